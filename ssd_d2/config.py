@@ -1,0 +1,84 @@
+from detectron2.config import CfgNode as CN
+
+
+def add_ssd_config(cfg):
+    """
+    Add the config keys of ssd_d2 (``MODEL.SSD``, ``INPUT.SSD``) to a Detectron2 config, in
+    place. The defaults are the SSD300 VOC model's (lufficc/SSD vgg_ssd300_voc0712). The
+    Detectron2 keys an SSD model sets differently (meta-architecture, backbone, pixel mean,
+    solver) live in ``configs/Base-SSD300.yaml``.
+    """
+    _C = cfg
+
+    _C.MODEL.SSD = CN()
+    # Number of foreground classes. The classifier has NUM_CLASSES + 1 outputs per default
+    # box, background first (index 0), as in the published SSD weights.
+    _C.MODEL.SSD.NUM_CLASSES = 20
+    # Side of the square image the network runs on; every input is resized to it.
+    _C.MODEL.SSD.IMAGE_SIZE = 300
+    # Backbone outputs fed to the head, from the finest to the coarsest level.
+    _C.MODEL.SSD.IN_FEATURES = ["conv4_3", "fc7", "conv8_2", "conv9_2", "conv10_2", "conv11_2"]
+    # Head, by its SSD_HEAD_REGISTRY name: "SSDConvHead" is the paper's 3x3 conv predictors.
+    _C.MODEL.SSD.HEAD_NAME = "SSDConvHead"
+    # A default box is positive when its IoU with a ground truth is >= this, and each ground
+    # truth also takes its best default box (SSD paper, section 2.2).
+    _C.MODEL.SSD.IOU_THRESHOLD = 0.5
+    # Box encoding weights (dx, dy, dw, dh): the paper's variances (0.1, 0.2) inverted.
+    _C.MODEL.SSD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    # Hard negative mining: negatives kept per positive in each image.
+    _C.MODEL.SSD.NEG_POS_RATIO = 3
+    # Hard negatives kept in an image with no positive default box. 0 (the peers' behaviour)
+    # lets images without objects contribute nothing to the loss; a positive value lets them
+    # teach the classifier what background looks like.
+    _C.MODEL.SSD.MIN_NEGATIVES_PER_IMAGE = 0
+    # Smooth L1 transition point of the box regression loss.
+    _C.MODEL.SSD.SMOOTH_L1_BETA = 1.0
+    # Inference: minimum class score of a detection.
+    _C.MODEL.SSD.SCORE_THRESH_TEST = 0.01
+    # Inference: IoU threshold of the class-wise NMS.
+    _C.MODEL.SSD.NMS_THRESH_TEST = 0.45
+    # Inference: candidates kept per class (highest scores) before NMS.
+    _C.MODEL.SSD.TOPK_CANDIDATES_TEST = 200
+
+    # Default boxes (priors), one entry per level of IN_FEATURES, in input pixels.
+    _C.MODEL.SSD.DEFAULT_BOXES = CN()
+    # Distance between the centres of neighbouring default boxes of a level.
+    _C.MODEL.SSD.DEFAULT_BOXES.STEPS = [8, 16, 32, 64, 100, 300]
+    # Side of the small square box of each level.
+    _C.MODEL.SSD.DEFAULT_BOXES.MIN_SIZES = [30, 60, 111, 162, 213, 264]
+    # The second square box of a level has side sqrt(min_size * max_size).
+    _C.MODEL.SSD.DEFAULT_BOXES.MAX_SIZES = [60, 111, 162, 213, 264, 315]
+    # Aspect ratios r > 1 of each level; each adds two boxes, r:1 and 1:r.
+    _C.MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+    # Cap each box's width and height at the image size (centre unchanged).
+    _C.MODEL.SSD.DEFAULT_BOXES.CLIP = True
+
+    # SSD training augmentations (SSDDatasetMapper), applied in this order.
+    _C.INPUT.SSD = CN()
+    # Photometric distortion: brightness, contrast, saturation and hue in random order.
+    _C.INPUT.SSD.PHOTOMETRIC = CN({"ENABLED": True})
+    # Brightness delta in pixel values (+-).
+    _C.INPUT.SSD.PHOTOMETRIC.BRIGHTNESS_DELTA = 32
+    # Contrast and saturation factor ranges.
+    _C.INPUT.SSD.PHOTOMETRIC.CONTRAST_RANGE = (0.5, 1.5)
+    _C.INPUT.SSD.PHOTOMETRIC.SATURATION_RANGE = (0.5, 1.5)
+    # Hue delta in degrees (+-).
+    _C.INPUT.SSD.PHOTOMETRIC.HUE_DELTA = 18
+    # Zoom out: place the image on a canvas up to MAX_RATIO times larger, filled with the
+    # pixel mean, with probability PROB.
+    _C.INPUT.SSD.EXPAND = CN({"ENABLED": True})
+    _C.INPUT.SSD.EXPAND.MAX_RATIO = 4.0
+    _C.INPUT.SSD.EXPAND.PROB = 0.5
+    # SSD random crop: a crop whose IoU with some box is at least one of MIN_IOUS (sampled
+    # together with "whole image" and "any crop").
+    _C.INPUT.SSD.MIN_IOU_CROP = CN({"ENABLED": True})
+    _C.INPUT.SSD.MIN_IOU_CROP.MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)
+    # Crop side as a fraction of the image side.
+    _C.INPUT.SSD.MIN_IOU_CROP.MIN_CROP_SIZE = 0.3
+    # Allowed crop aspect ratios (height / width).
+    _C.INPUT.SSD.MIN_IOU_CROP.ASPECT_RATIO_RANGE = (0.5, 2.0)
+    # Attempts before falling back to the whole image.
+    _C.INPUT.SSD.MIN_IOU_CROP.MAX_TRIALS = 50
+    # Horizontal flip probability (0 disables).
+    _C.INPUT.SSD.FLIP_PROB = 0.5
+

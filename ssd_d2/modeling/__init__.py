@@ -1,0 +1,5 @@
+# Importing these modules registers the SSD components in Detectron2's registries.
+from .anchor_generator import SSDDefaultBoxGenerator
+from .backbone import VGG16SSD, build_vgg16_ssd_backbone
+from .head import SSD_HEAD_REGISTRY, SSDConvHead, build_ssd_head
+from .meta_arch import SSD

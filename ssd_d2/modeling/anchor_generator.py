@@ -1,0 +1,147 @@
+import math
+from typing import List, Sequence
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY
+from detectron2.structures import Boxes
+
+__all__ = ["SSDDefaultBoxGenerator"]
+
+
+def _cell_box_sizes(min_size: float, max_size: float, aspect_ratios: Sequence[float]):
+    """
+    (width, height) of the default boxes of one location, in the SSD paper's order: the
+    min-size square, the sqrt(min * max) square, then an (r:1, 1:r) pair per aspect ratio.
+    """
+    sizes = [(min_size, min_size)]
+    side = math.sqrt(min_size * max_size)
+    sizes.append((side, side))
+    for ratio in aspect_ratios:
+        r = math.sqrt(ratio)
+        sizes.append((min_size * r, min_size / r))
+        sizes.append((min_size / r, min_size * r))
+    return sizes
+
+
+@ANCHOR_GENERATOR_REGISTRY.register()
+class SSDDefaultBoxGenerator(nn.Module):
+    """
+    The default boxes of SSD (Liu et al., ECCV 2016, section 2.2), in XYXY pixels of the
+    square network input. Unlike Detectron2's DefaultAnchorGenerator (a sizes x ratios
+    product), each level has its own box set: two squares plus two boxes per aspect ratio.
+    Boxes are ordered by (row, column, box), which is the order of ``permute_to_N_HWA_K``.
+    """
+
+    box_dim: int = 4
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        steps: List[float],
+        min_sizes: List[float],
+        max_sizes: List[float],
+        aspect_ratios: List[List[float]],
+        clip: bool = True,
+    ):
+        """
+        Args:
+            image_size: side of the square network input, in pixels.
+            steps: per level, the distance between neighbouring box centres.
+            min_sizes, max_sizes: per level, the sides of the two square boxes are
+                min_size and sqrt(min_size * max_size).
+            aspect_ratios: per level, ratios r > 1, each adding an r:1 and a 1:r box.
+            clip: cap each box's width and height at the image size, keeping its centre, as
+                the published SSD models do.
+        """
+        super().__init__()
+        num_levels = len(steps)
+        if not (len(min_sizes) == len(max_sizes) == len(aspect_ratios) == num_levels):
+            raise ValueError(
+                "MODEL.SSD.DEFAULT_BOXES needs one entry per level in STEPS, MIN_SIZES, "
+                f"MAX_SIZES and ASPECT_RATIOS; got {len(steps)}, {len(min_sizes)}, "
+                f"{len(max_sizes)} and {len(aspect_ratios)}."
+            )
+        for level, ratios in enumerate(aspect_ratios):
+            if any(r < 1 for r in ratios):
+                raise ValueError(
+                    f"MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS[{level}] = {list(ratios)}: give each "
+                    "ratio as r >= 1; the 1:r box is added for it."
+                )
+        self.image_size = image_size
+        self.steps = [float(s) for s in steps]
+        self.clip = clip
+        self.cell_sizes = [
+            _cell_box_sizes(mn, mx, ratios)
+            for mn, mx, ratios in zip(min_sizes, max_sizes, aspect_ratios)
+        ]
+        self._cache = {}
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        boxes = cfg.MODEL.SSD.DEFAULT_BOXES
+        return {
+            "image_size": cfg.MODEL.SSD.IMAGE_SIZE,
+            "steps": boxes.STEPS,
+            "min_sizes": boxes.MIN_SIZES,
+            "max_sizes": boxes.MAX_SIZES,
+            "aspect_ratios": boxes.ASPECT_RATIOS,
+            "clip": boxes.CLIP,
+        }
+
+    @property
+    def num_anchors(self) -> List[int]:
+        """Default boxes per location, for each level."""
+        return [len(sizes) for sizes in self.cell_sizes]
+
+    @property
+    def num_cell_anchors(self) -> List[int]:
+        # Detectron2's name for the same thing.
+        return self.num_anchors
+
+    def _level_boxes(self, level: int, height: int, width: int) -> torch.Tensor:
+        step = self.steps[level]
+        if abs(max(height, width) * step - self.image_size) > step:
+            raise ValueError(
+                f"Feature level {level} is {height}x{width}, but MODEL.SSD.DEFAULT_BOXES.STEPS"
+                f"[{level}] = {step} puts its default boxes over {max(height, width) * step:g} "
+                f"pixels of a {self.image_size}-pixel input (MODEL.SSD.IMAGE_SIZE). Make the "
+                "steps match the backbone's feature maps at this image size."
+            )
+        wh = torch.tensor(self.cell_sizes[level], dtype=torch.float64)
+        if self.clip:
+            wh = wh.clamp(max=self.image_size)
+        ys = (torch.arange(height, dtype=torch.float64) + 0.5) * step
+        xs = (torch.arange(width, dtype=torch.float64) + 0.5) * step
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2)  # (H*W, 1, 2)
+        half = wh.view(1, -1, 2) / 2  # (1, A, 2)
+        boxes = torch.cat([centres - half, centres + half], dim=-1)  # (H*W, A, 4)
+        return boxes.reshape(-1, 4).float()
+
+    @torch.no_grad()
+    def forward(self, features: List[torch.Tensor]) -> List[Boxes]:
+        """
+        Args:
+            features: the feature maps of the levels, each (N, C, Hi, Wi).
+        Returns:
+            per level, Boxes of the Hi * Wi * Ai default boxes.
+        """
+        if len(features) != len(self.cell_sizes):
+            raise ValueError(
+                f"The head gets {len(features)} feature levels (MODEL.SSD.IN_FEATURES) but "
+                f"MODEL.SSD.DEFAULT_BOXES describes {len(self.cell_sizes)}."
+            )
+        device = features[0].device
+        shapes = tuple(tuple(f.shape[-2:]) for f in features)
+        key = (shapes, str(device))
+        if key not in self._cache:
+            self._cache[key] = [
+                self._level_boxes(level, h, w).to(device) for level, (h, w) in enumerate(shapes)
+            ]
+        return [Boxes(b) for b in self._cache[key]]

@@ -1,0 +1,329 @@
+import logging
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, batched_nms, cat
+from detectron2.modeling import (
+    META_ARCH_REGISTRY,
+    Backbone,
+    build_anchor_generator,
+    build_backbone,
+    detector_postprocess,
+)
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector, permute_to_N_HWA_K
+from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.utils.events import get_event_storage
+
+from .head import build_ssd_head
+
+__all__ = ["SSD"]
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class SSD(DenseDetector):
+    """
+    SSD: Single Shot MultiBox Detector (Liu et al., ECCV 2016).
+
+    The model resizes every input image to ``image_size`` x ``image_size`` itself, so it
+    takes images of any size (from DefaultPredictor, a custom loader or any mapper) and
+    returns boxes in each input's "height" x "width" (default: the image's own size).
+    Classification logits have ``num_classes + 1`` channels per default box, background
+    first, as in the published SSD weights; ``pred_classes`` count foreground classes from 0.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        head: nn.Module,
+        head_in_features: List[str],
+        anchor_generator: nn.Module,
+        box2box_transform: Box2BoxTransform,
+        num_classes: int,
+        image_size: int,
+        iou_threshold: float = 0.5,
+        neg_pos_ratio: float = 3.0,
+        min_negatives_per_image: int = 0,
+        smooth_l1_beta: float = 1.0,
+        test_score_thresh: float = 0.01,
+        test_topk_candidates: int = 200,
+        test_nms_thresh: float = 0.45,
+        max_detections_per_image: int = 100,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+        input_format: str = "RGB",
+    ):
+        """
+        Args:
+            backbone: a Backbone whose outputs include ``head_in_features``.
+            head: returns per-level (class logits, box deltas) for a list of feature maps.
+            head_in_features: backbone outputs the head uses, finest level first.
+            anchor_generator: SSDDefaultBoxGenerator (or any generator with the same API).
+            box2box_transform: encodes matched boxes against default boxes.
+            num_classes: number of foreground classes.
+            image_size: side of the square network input.
+            iou_threshold: a default box with IoU >= this to a ground truth is positive.
+            neg_pos_ratio: hard negatives kept per positive, per image.
+            min_negatives_per_image: hard negatives kept even in an image without positives.
+            smooth_l1_beta: transition point of the smooth L1 box loss.
+            test_score_thresh, test_topk_candidates, test_nms_thresh: inference filtering:
+                score threshold and top-k candidates per class, then class-wise NMS.
+            max_detections_per_image: detections returned per image.
+            pixel_mean, pixel_std: input normalisation, in ``input_format`` channel order.
+            input_format: channel order of the images ("RGB" or "BGR").
+        """
+        super().__init__(
+            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
+        if num_classes < 1:
+            raise ValueError(f"MODEL.SSD.NUM_CLASSES must be >= 1, got {num_classes}.")
+        self.anchor_generator = anchor_generator
+        self.box2box_transform = box2box_transform
+        # SSD's matching: IoU >= threshold is positive, below is background; the rule that
+        # each ground truth also takes its best default box is applied in label_anchors.
+        self.anchor_matcher = Matcher(
+            [iou_threshold], [0, 1], allow_low_quality_matches=False
+        )
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.neg_pos_ratio = neg_pos_ratio
+        self.min_negatives_per_image = min_negatives_per_image
+        self.smooth_l1_beta = smooth_l1_beta
+        # Attribute names that DenseDetector's helpers read.
+        self.test_score_thresh = test_score_thresh
+        self.test_topk_candidates = test_topk_candidates
+        self.test_nms_thresh = test_nms_thresh
+        self.max_detections_per_image = max_detections_per_image
+        self.input_format = input_format
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        backbone_shape = backbone.output_shape()
+        in_features = list(cfg.MODEL.SSD.IN_FEATURES)
+        missing = [f for f in in_features if f not in backbone_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.SSD.IN_FEATURES names {missing}, which backbone "
+                f"{cfg.MODEL.BACKBONE.NAME} does not output; it has {list(backbone_shape)}."
+            )
+        feature_shapes = [backbone_shape[f] for f in in_features]
+        anchor_generator = build_anchor_generator(cfg, feature_shapes)
+        if len(anchor_generator.num_anchors) != len(in_features):
+            raise ValueError(
+                f"MODEL.SSD.DEFAULT_BOXES describes {len(anchor_generator.num_anchors)} levels "
+                f"but MODEL.SSD.IN_FEATURES has {len(in_features)}: {in_features}."
+            )
+        head = build_ssd_head(cfg, feature_shapes, anchor_generator.num_anchors)
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": in_features,
+            "anchor_generator": anchor_generator,
+            "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.SSD.BBOX_REG_WEIGHTS),
+            "num_classes": cfg.MODEL.SSD.NUM_CLASSES,
+            "image_size": cfg.MODEL.SSD.IMAGE_SIZE,
+            "iou_threshold": cfg.MODEL.SSD.IOU_THRESHOLD,
+            "neg_pos_ratio": cfg.MODEL.SSD.NEG_POS_RATIO,
+            "min_negatives_per_image": cfg.MODEL.SSD.MIN_NEGATIVES_PER_IMAGE,
+            "smooth_l1_beta": cfg.MODEL.SSD.SMOOTH_L1_BETA,
+            "test_score_thresh": cfg.MODEL.SSD.SCORE_THRESH_TEST,
+            "test_topk_candidates": cfg.MODEL.SSD.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": cfg.MODEL.SSD.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+        }
+
+    def forward(self, batched_inputs: List[Dict[str, Tensor]]):
+        """
+        Args:
+            batched_inputs: a list of dicts with "image" (C, H, W) in ``input_format``, and
+                optionally "height"/"width" (output resolution) and, in training,
+                "instances" (gt_boxes, gt_classes) in the image's coordinates.
+        Returns:
+            training: {"loss_cls", "loss_box_reg"}; inference: [{"instances": Instances}].
+        """
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images)
+        features = [features[f] for f in self.head_in_features]
+        pred_logits, pred_deltas = self.head(features)
+        anchors = Boxes.cat(self.anchor_generator(features))
+        pred_logits = cat([permute_to_N_HWA_K(x, self.num_classes + 1) for x in pred_logits], 1)
+        pred_deltas = cat([permute_to_N_HWA_K(x, 4) for x in pred_deltas], 1)
+        if pred_logits.shape[1] != len(anchors):
+            raise RuntimeError(
+                f"The head predicts {pred_logits.shape[1]} boxes but there are {len(anchors)} "
+                "default boxes: MODEL.SSD.DEFAULT_BOXES disagrees with the head."
+            )
+
+        if self.training:
+            if "instances" not in batched_inputs[0]:
+                raise ValueError("SSD in training mode needs 'instances' in every input dict.")
+            gt_instances = [self._instances_at_network_size(x) for x in batched_inputs]
+            return self.losses(anchors, pred_logits, pred_deltas, gt_instances)
+
+        results = self.inference(anchors, pred_logits, pred_deltas)
+        processed_results = []
+        for results_per_image, input_per_image in zip(results, batched_inputs):
+            height = input_per_image.get("height", input_per_image["image"].shape[-2])
+            width = input_per_image.get("width", input_per_image["image"].shape[-1])
+            r = detector_postprocess(results_per_image, height, width)
+            processed_results.append({"instances": r})
+        return processed_results
+
+    def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> Tensor:
+        """Resize every image to the network size, normalise, and batch: (N, C, S, S)."""
+        size = (self.image_size, self.image_size)
+        images = []
+        for x in batched_inputs:
+            image = x["image"]
+            if image.dim() != 3 or image.shape[0] != self.pixel_mean.shape[0]:
+                raise ValueError(
+                    f"SSD expects each 'image' as a (C, H, W) tensor with C = "
+                    f"{self.pixel_mean.shape[0]} channels in {self.input_format} order "
+                    f"(MODEL.PIXEL_MEAN), got shape {tuple(image.shape)}."
+                )
+            image = image.to(self.device, non_blocking=True).float()
+            if tuple(image.shape[-2:]) != size:
+                # Bilinear resize of the float image, as torchvision's SSD transform does.
+                image = F.interpolate(
+                    image[None], size=size, mode="bilinear", align_corners=False
+                )[0]
+            images.append(image)
+        images = torch.stack(images)
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def _instances_at_network_size(self, input_per_image) -> Instances:
+        """Ground truth moved to the network input's coordinates, degenerate boxes dropped."""
+        instances = input_per_image["instances"].to(self.device)
+        height, width = input_per_image["image"].shape[-2:]
+        boxes = instances.gt_boxes.clone()
+        if (height, width) != (self.image_size, self.image_size):
+            boxes.scale(self.image_size / width, self.image_size / height)
+        result = Instances((self.image_size, self.image_size))
+        result.gt_boxes = boxes
+        result.gt_classes = instances.gt_classes
+        keep = boxes.nonempty() & torch.isfinite(boxes.tensor).all(dim=1)
+        return result[keep]
+
+    @torch.no_grad()
+    def label_anchors(
+        self, anchors: Boxes, gt_instances: List[Instances]
+    ) -> Tuple[Tensor, Tensor]:
+        """
+        Match default boxes to ground truth (SSD paper, 2.2): a default box is positive for
+        the ground truth it overlaps most when that IoU >= the threshold, and each ground
+        truth also takes the default box it overlaps most, whatever the IoU.
+
+        Returns:
+            gt_labels: (N, R) class per default box, 0 = background, c + 1 = class c.
+            matched_gt_boxes: (N, R, 4) the matched ground-truth box (anything for background).
+        """
+        gt_labels, matched_gt_boxes = [], []
+        for instances in gt_instances:
+            if len(instances) == 0:
+                gt_labels.append(torch.zeros(len(anchors), dtype=torch.long, device=self.device))
+                matched_gt_boxes.append(torch.zeros_like(anchors.tensor))
+                continue
+            iou = pairwise_iou(instances.gt_boxes, anchors)  # (G, R)
+            matched_idxs, is_positive = self.anchor_matcher(iou)
+            best_anchor_per_gt = iou.argmax(dim=1)
+            matched_idxs[best_anchor_per_gt] = torch.arange(
+                len(instances), device=matched_idxs.device
+            )
+            is_positive[best_anchor_per_gt] = 1
+            labels = instances.gt_classes[matched_idxs] + 1
+            labels[is_positive == 0] = 0
+            gt_labels.append(labels)
+            matched_gt_boxes.append(instances.gt_boxes.tensor[matched_idxs])
+        return torch.stack(gt_labels), torch.stack(matched_gt_boxes)
+
+    def losses(self, anchors: Boxes, pred_logits, pred_deltas, gt_instances):
+        """
+        Smooth L1 on the positives' box deltas, and softmax cross-entropy on the positives
+        plus the hardest negatives (``neg_pos_ratio`` per positive in each image), both
+        summed and divided by max(1, number of positives in the batch).
+        """
+        gt_labels, matched_gt_boxes = self.label_anchors(anchors, gt_instances)
+        positive = gt_labels > 0
+        num_pos_per_image = positive.sum(dim=1)
+        num_pos = num_pos_per_image.sum().item()
+        normalizer = max(1.0, float(num_pos))
+        get_event_storage().put_scalar("num_foreground", num_pos / len(gt_instances))
+
+        anchors_per_positive = anchors.tensor.unsqueeze(0).expand_as(matched_gt_boxes)[positive]
+        gt_deltas = self.box2box_transform.get_deltas(
+            anchors_per_positive, matched_gt_boxes[positive]
+        )
+        loss_box_reg = F.smooth_l1_loss(
+            pred_deltas[positive], gt_deltas, beta=self.smooth_l1_beta, reduction="sum"
+        )
+
+        cls_loss = F.cross_entropy(
+            pred_logits.flatten(0, 1), gt_labels.flatten(), reduction="none"
+        ).view_as(gt_labels)
+        negative = self._hard_negatives(cls_loss.detach(), positive, num_pos_per_image)
+        loss_cls = cls_loss[positive].sum() + cls_loss[negative].sum()
+        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+
+    @torch.no_grad()
+    def _hard_negatives(self, cls_loss: Tensor, positive: Tensor, num_pos_per_image: Tensor):
+        """Mask of the negatives with the highest classification loss, per image."""
+        num_neg = (num_pos_per_image * self.neg_pos_ratio).long()
+        num_neg = num_neg.clamp(min=self.min_negatives_per_image)
+        loss = cls_loss.masked_fill(positive, float("-inf"))
+        order = loss.argsort(dim=1, descending=True)
+        rank = order.argsort(dim=1)
+        return (rank < num_neg.unsqueeze(1)) & ~positive
+
+    @torch.no_grad()
+    def inference(self, anchors: Boxes, pred_logits: Tensor, pred_deltas: Tensor):
+        """
+        Softmax scores, per-class score threshold and top-k, then class-wise NMS, for the
+        whole batch at once (one NMS call, grouped by image and class).
+
+        Returns:
+            list[Instances] in network-input coordinates, one per image.
+        """
+        num_images, num_boxes, _ = pred_logits.shape
+        scores = pred_logits.softmax(dim=-1)[..., 1:]  # (N, R, K), background dropped
+        boxes = self.box2box_transform.apply_deltas(
+            pred_deltas.reshape(-1, 4), anchors.tensor.repeat(num_images, 1)
+        ).view(num_images, num_boxes, 4)
+        boxes = Boxes(boxes.view(-1, 4))
+        boxes.clip((self.image_size, self.image_size))
+        boxes = boxes.tensor.view(num_images, num_boxes, 4)
+
+        k = min(self.test_topk_candidates, num_boxes)
+        top_scores, top_anchor = scores.transpose(1, 2).topk(k, dim=2)  # (N, K, k)
+        image_idx, class_idx, rank_idx = (top_scores > self.test_score_thresh).nonzero(
+            as_tuple=True
+        )
+        anchor_idx = top_anchor[image_idx, class_idx, rank_idx]
+        cand_scores = top_scores[image_idx, class_idx, rank_idx]
+        cand_boxes = boxes[image_idx, anchor_idx]
+        keep = batched_nms(
+            cand_boxes, cand_scores, image_idx * self.num_classes + class_idx, self.test_nms_thresh
+        )
+        # ``keep`` is sorted by decreasing score, so each image's first detections are its best.
+        keep_image = image_idx[keep]
+        results = []
+        for i in range(num_images):
+            keep_i = keep[keep_image == i][: self.max_detections_per_image]
+            result = Instances((self.image_size, self.image_size))
+            result.pred_boxes = Boxes(cand_boxes[keep_i])
+            result.scores = cand_scores[keep_i]
+            result.pred_classes = class_idx[keep_i]
+            results.append(result)
+        return results
