@@ -238,7 +238,8 @@ class SSD(DenseDetector):
                 continue
             iou = pairwise_iou(instances.gt_boxes, anchors)  # (G, R)
             matched_idxs, is_positive = self.anchor_matcher(iou)
-            best_anchor_per_gt = iou.argmax(dim=1)
+            # max() rather than argmax(): the same pick among tied boxes as torchvision's SSD.
+            best_anchor_per_gt = iou.max(dim=1).indices
             matched_idxs[best_anchor_per_gt] = torch.arange(
                 len(instances), device=matched_idxs.device
             )

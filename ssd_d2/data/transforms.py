@@ -1,0 +1,355 @@
+"""
+The SSD training augmentations (Liu et al., ECCV 2016, section 2.2 "Data augmentation") as
+Detectron2 :class:`~detectron2.data.transforms.Augmentation` objects:
+
+1. photometric distortion (:class:`RandomPhotometricDistortion`),
+2. zoom out on a canvas filled with the pixel mean (:class:`RandomExpand`),
+3. the min-IoU random crop (:class:`MinIoURandomCrop`),
+4. horizontal flip and 5. a fixed square resize (Detectron2's own ``RandomFlip`` / ``Resize``).
+
+All randomness is drawn from numpy's global RNG in ``get_transform``, so a Detectron2 data
+loader's per-worker seeding makes the whole chain reproducible, and each returned
+:class:`~fvcore.transforms.Transform` is deterministic.
+"""
+import random
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from detectron2.data import transforms as T
+from detectron2.projects.point_rend import ColorAugSSDTransform
+from detectron2.structures import Boxes, pairwise_iou
+
+__all__ = [
+    "SeededColorAugSSDTransform",
+    "RandomPhotometricDistortion",
+    "ExpandTransform",
+    "RandomExpand",
+    "SSDCropTransform",
+    "MinIoURandomCrop",
+    "build_ssd_train_augmentations",
+]
+
+
+class SeededColorAugSSDTransform(ColorAugSSDTransform):
+    """
+    Detectron2's SSD colour distortion with its random choices fixed by ``seed``.
+
+    ``ColorAugSSDTransform`` draws its choices from Python's global ``random`` module while it
+    transforms the image. Running it under a seed drawn by the augmentation makes the result
+    follow numpy's RNG (seeded per data loader worker by Detectron2) and makes the transform
+    deterministic; Python's global random state is left as it was.
+    """
+
+    def __init__(
+        self,
+        img_format: str,
+        seed: int,
+        brightness_delta: float = 32,
+        contrast_low: float = 0.5,
+        contrast_high: float = 1.5,
+        saturation_low: float = 0.5,
+        saturation_high: float = 1.5,
+        hue_delta: int = 9,
+    ):
+        """
+        Args:
+            img_format: "RGB" or "BGR", the channel order of the images.
+            seed: seed of the random choices.
+            brightness_delta, contrast_low, contrast_high, saturation_low, saturation_high:
+                as in ``ColorAugSSDTransform``.
+            hue_delta: in OpenCV's 8-bit hue units (2 degrees each), as in
+                ``ColorAugSSDTransform``.
+        """
+        super().__init__(
+            img_format,
+            brightness_delta=brightness_delta,
+            contrast_low=contrast_low,
+            contrast_high=contrast_high,
+            saturation_low=saturation_low,
+            saturation_high=saturation_high,
+            hue_delta=hue_delta,
+        )
+        self.seed = seed
+        self.img_format = img_format  # for the repr
+
+    def apply_image(self, img, interp=None):
+        state = random.getstate()
+        random.seed(self.seed)
+        try:
+            return super().apply_image(img)
+        finally:
+            random.setstate(state)
+
+
+class RandomPhotometricDistortion(T.Augmentation):
+    """
+    SSD's photometric distortion: random brightness, then contrast, saturation and hue (contrast
+    first or last), each applied with probability 0.5. Boxes are unchanged.
+    """
+
+    def __init__(
+        self,
+        image_format: str,
+        brightness_delta: float = 32,
+        contrast_range: Tuple[float, float] = (0.5, 1.5),
+        saturation_range: Tuple[float, float] = (0.5, 1.5),
+        hue_delta: float = 18,
+    ):
+        """
+        Args:
+            image_format: "RGB" or "BGR".
+            brightness_delta: pixel values added are drawn in [-delta, delta].
+            contrast_range, saturation_range: (low, high) of the multiplicative factors.
+            hue_delta: hue shift range in degrees (+-), as in ssd.pytorch and lufficc/SSD.
+        """
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image):
+        return SeededColorAugSSDTransform(
+            self.image_format,
+            seed=int(np.random.randint(np.iinfo(np.int32).max)),
+            brightness_delta=self.brightness_delta,
+            contrast_low=self.contrast_range[0],
+            contrast_high=self.contrast_range[1],
+            saturation_low=self.saturation_range[0],
+            saturation_high=self.saturation_range[1],
+            # OpenCV stores the hue of 8-bit images in [0, 180): one unit is 2 degrees.
+            hue_delta=int(round(self.hue_delta / 2)),
+        )
+
+
+class ExpandTransform(T.PadTransform):
+    """
+    Place the image at (x0, y0) on a larger canvas filled with a per-channel value, e.g. the
+    pixel mean, so that the filled area is zero after the model's mean subtraction.
+    """
+
+    def __init__(
+        self,
+        x0: int,
+        y0: int,
+        x1: int,
+        y1: int,
+        orig_w: Optional[int] = None,
+        orig_h: Optional[int] = None,
+        pad_value=0,
+        seg_pad_value: int = 0,
+    ):
+        """
+        Args:
+            x0, y0, x1, y1: canvas pixels added on the left, top, right and bottom.
+            orig_w, orig_h: size of the input image, needed only by ``inverse()``.
+            pad_value: the canvas colour: a number, or one value per channel in the channel
+                order of the images.
+            seg_pad_value: the value of the canvas in segmentation masks.
+        """
+        super().__init__(x0, y0, x1, y1, orig_w, orig_h, pad_value, seg_pad_value)
+
+    def apply_image(self, img):
+        h, w = img.shape[:2]
+        fill = np.asarray(self.pad_value, dtype=np.float64)
+        if np.issubdtype(img.dtype, np.integer):
+            fill = np.round(fill)
+        canvas_shape = (h + self.y0 + self.y1, w + self.x0 + self.x1) + img.shape[2:]
+        canvas = np.empty(canvas_shape, dtype=img.dtype)
+        # Fill one row, then copy it: much faster than broadcasting a per-channel value.
+        canvas[0] = fill.astype(img.dtype)
+        canvas[1:] = canvas[0]
+        canvas[self.y0 : self.y0 + h, self.x0 : self.x0 + w] = img
+        return canvas
+
+
+class RandomExpand(T.Augmentation):
+    """
+    SSD's zoom-out: with probability ``prob``, put the image at a random position on a canvas
+    ``ratio`` times its size, ``ratio`` uniform in [1, max_ratio]. Together with the crop it
+    creates the small objects SSD otherwise sees too rarely (the paper's "+2.1% mAP").
+    """
+
+    def __init__(self, max_ratio: float = 4.0, fill: Sequence[float] = (0, 0, 0), prob=0.5):
+        """
+        Args:
+            max_ratio: largest canvas side / image side.
+            fill: canvas colour, one value per channel in the images' channel order.
+            prob: probability of expanding.
+        """
+        super().__init__()
+        assert max_ratio >= 1.0, max_ratio
+        fill = tuple(float(v) for v in fill)
+        self._init(locals())
+
+    def get_transform(self, image):
+        if self._rand_range() >= self.prob:
+            return T.NoOpTransform()
+        h, w = image.shape[:2]
+        ratio = np.random.uniform(1.0, self.max_ratio)
+        canvas_h, canvas_w = int(h * ratio), int(w * ratio)
+        # Integer offsets: pixels and boxes then move by exactly the same amount.
+        top = np.random.randint(canvas_h - h + 1)
+        left = np.random.randint(canvas_w - w + 1)
+        return ExpandTransform(
+            left, top, canvas_w - w - left, canvas_h - h - top, w, h, pad_value=self.fill
+        )
+
+
+class SSDCropTransform(T.CropTransform):
+    """
+    A crop that keeps a box only if its centre lies strictly inside the crop (SSD paper, 2.2).
+
+    A Detectron2 transform must return one box per input box (the caller pairs classes with
+    boxes by index), so :meth:`apply_box` clips the kept boxes to the crop and turns the others
+    into zero-area boxes at the origin, for the dataset mapper to drop.
+    """
+
+    def apply_box(self, box: np.ndarray) -> np.ndarray:
+        box = np.asarray(box)
+        crop = np.array([self.x0, self.y0, self.x0 + self.w, self.y0 + self.h])
+        keep = _centers_inside(box, crop)
+        cropped = box - np.array([self.x0, self.y0, self.x0, self.y0], dtype=box.dtype)
+        cropped[:, 0::2] = cropped[:, 0::2].clip(0, self.w)
+        cropped[:, 1::2] = cropped[:, 1::2].clip(0, self.h)
+        cropped[~keep] = 0
+        return cropped
+
+
+def _centers_inside(boxes: np.ndarray, rects: np.ndarray) -> np.ndarray:
+    """
+    Whether each box centre lies strictly inside each XYXY rect: an array of shape
+    ``rects.shape[:-1] + (len(boxes),)``. Computed in float64 so that the crop's sampling and
+    its :meth:`SSDCropTransform.apply_box` agree exactly.
+    """
+    boxes = boxes.astype(np.float64).reshape(-1, 4)
+    rects = rects.astype(np.float64)[..., None, :]
+    centers = (boxes[:, :2] + boxes[:, 2:]) / 2
+    return ((centers > rects[..., :2]) & (centers < rects[..., 2:])).all(axis=-1)
+
+
+class MinIoURandomCrop(T.Augmentation):
+    """
+    SSD's random crop. Each call samples one mode uniformly among "whole image", each of
+    ``min_ious`` and "any crop" (min IoU -inf), then up to ``max_trials`` crops of width and
+    height uniform in [min_crop_size, 1] x the image's, aspect ratio h/w in
+    ``aspect_ratio_range``, at a uniform position. The first crop that is accepted is used.
+
+    A crop is accepted when its IoU with *at least one* ground-truth box is >= the mode's min IoU
+    and at least one box centre lies inside it. This is the rule of the original Caffe SSD
+    (``SatisfySampleConstraint`` is satisfied by any one box) and of lufficc/SSD
+    (``overlap.max() < min_iou`` rejects), whose VOC numbers this project reproduces; mmdetection
+    requires the IoU with *every* box instead. When no crop of the mode is accepted another mode
+    is drawn (as in ssd.pytorch), at most ``max_mode_draws`` times before keeping the whole
+    image, so the loop always ends. An image without boxes is never cropped, as in lufficc/SSD:
+    "at least one centre inside" cannot hold.
+
+    Crops have integer corners so that boxes move exactly as pixels do; box centres outside the
+    crop are dropped by :class:`SSDCropTransform`.
+    """
+
+    def __init__(
+        self,
+        min_ious: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+        min_crop_size: float = 0.3,
+        aspect_ratio_range: Tuple[float, float] = (0.5, 2.0),
+        max_trials: int = 50,
+        max_mode_draws: int = 100,
+    ):
+        """
+        Args:
+            min_ious: the minimum IoU of each constrained mode.
+            min_crop_size: smallest crop side as a fraction of the image side.
+            aspect_ratio_range: allowed (min, max) crop height / width.
+            max_trials: crops sampled per mode draw.
+            max_mode_draws: bound on the mode draws; then the whole image is kept.
+        """
+        super().__init__()
+        self._init(locals())
+        # The "whole image" mode, then the IoU-constrained ones, then "any crop".
+        self.modes = (None,) + tuple(float(v) for v in min_ious) + (-float("inf"),)
+
+    def get_transform(self, image, boxes):
+        h, w = image.shape[:2]
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if len(boxes) == 0:
+            return T.NoOpTransform()
+        for _ in range(self.max_mode_draws):
+            min_iou = self.modes[np.random.randint(len(self.modes))]
+            if min_iou is None:  # the "whole image" mode
+                return T.NoOpTransform()
+            rect = self._sample_crop(h, w, boxes, min_iou)
+            if rect is not None:
+                x0, y0, x1, y1 = rect
+                return SSDCropTransform(x0, y0, x1 - x0, y1 - y0, orig_w=w, orig_h=h)
+        return T.NoOpTransform()
+
+    def _sample_crop(
+        self, h: int, w: int, boxes: np.ndarray, min_iou: float
+    ) -> Optional[Tuple[int, int, int, int]]:
+        """
+        Sample ``max_trials`` crops at once and return the first accepted one as integer XYXY
+        corners, or None.
+        """
+        n = self.max_trials
+        crop_w = np.random.uniform(self.min_crop_size * w, w, size=n)
+        crop_h = np.random.uniform(self.min_crop_size * h, h, size=n)
+        left = np.random.uniform(0, w - crop_w)
+        top = np.random.uniform(0, h - crop_h)
+        # The constraints are checked on the integer crop that is actually cut.
+        rects = np.floor(np.stack([left, top, left + crop_w, top + crop_h], axis=1))
+
+        aspect_ratio = crop_h / crop_w
+        accepted = (aspect_ratio >= self.aspect_ratio_range[0]) & (
+            aspect_ratio <= self.aspect_ratio_range[1]
+        )
+        accepted &= (rects[:, 2] > rects[:, 0]) & (rects[:, 3] > rects[:, 1])
+        accepted &= _centers_inside(boxes, rects).any(axis=1)
+        if min_iou > -float("inf"):
+            iou = pairwise_iou(Boxes(torch.from_numpy(rects)), Boxes(torch.from_numpy(boxes)))
+            accepted &= iou.numpy().max(axis=1) >= min_iou
+        index = np.flatnonzero(accepted)
+        if len(index) == 0:
+            return None
+        return tuple(int(v) for v in rects[index[0]])
+
+
+def build_ssd_train_augmentations(cfg) -> list:
+    """
+    The SSD training augmentations configured by ``cfg.INPUT.SSD`` (see ``add_ssd_config``),
+    ending with the resize to ``MODEL.SSD.IMAGE_SIZE`` squared.
+
+    There is no test-time counterpart: at test time the mapper applies no augmentation and no
+    resize, since the SSD model resizes any input to its fixed size itself (and reports
+    detections in the input's coordinates).
+    """
+    ssd = cfg.INPUT.SSD
+    augmentations = []
+    if ssd.PHOTOMETRIC.ENABLED:
+        augmentations.append(
+            RandomPhotometricDistortion(
+                cfg.INPUT.FORMAT,
+                brightness_delta=ssd.PHOTOMETRIC.BRIGHTNESS_DELTA,
+                contrast_range=tuple(ssd.PHOTOMETRIC.CONTRAST_RANGE),
+                saturation_range=tuple(ssd.PHOTOMETRIC.SATURATION_RANGE),
+                hue_delta=ssd.PHOTOMETRIC.HUE_DELTA,
+            )
+        )
+    if ssd.EXPAND.ENABLED:
+        # PIXEL_MEAN is in INPUT.FORMAT order, the order the mapper reads images in.
+        augmentations.append(
+            RandomExpand(ssd.EXPAND.MAX_RATIO, fill=cfg.MODEL.PIXEL_MEAN, prob=ssd.EXPAND.PROB)
+        )
+    if ssd.MIN_IOU_CROP.ENABLED:
+        augmentations.append(
+            MinIoURandomCrop(
+                min_ious=tuple(ssd.MIN_IOU_CROP.MIN_IOUS),
+                min_crop_size=ssd.MIN_IOU_CROP.MIN_CROP_SIZE,
+                aspect_ratio_range=tuple(ssd.MIN_IOU_CROP.ASPECT_RATIO_RANGE),
+                max_trials=ssd.MIN_IOU_CROP.MAX_TRIALS,
+            )
+        )
+    if ssd.FLIP_PROB > 0:
+        augmentations.append(T.RandomFlip(prob=ssd.FLIP_PROB))
+    size = cfg.MODEL.SSD.IMAGE_SIZE
+    augmentations.append(T.Resize((size, size)))
+    return augmentations

@@ -1,0 +1,103 @@
+import math
+
+import pytest
+import torch
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.image_list import ImageList
+
+from ssd_d2.modeling import SSDDefaultBoxGenerator
+
+from .conftest import load_config
+
+SSD300_MAPS = [38, 19, 10, 5, 3, 1]
+SSD512_MAPS = [64, 32, 16, 8, 4, 2, 1]
+
+
+def _feature_maps(sizes):
+    return [torch.zeros(1, 1, s, s) for s in sizes]
+
+
+def _generator(config_name):
+    return SSDDefaultBoxGenerator(load_config(config_name), [])
+
+
+@pytest.mark.parametrize(
+    "config_name, maps, expected",
+    [("ssd300_voc", SSD300_MAPS, 8732), ("ssd300_coco", SSD300_MAPS, 8732),
+     ("ssd512_voc", SSD512_MAPS, 24564), ("ssd512_coco", SSD512_MAPS, 24564)],
+)
+def test_box_counts_match_the_paper(config_name, maps, expected):
+    boxes = _generator(config_name)(_feature_maps(maps))
+    assert sum(len(b) for b in boxes) == expected
+
+
+def test_voc_ssd300_boxes_by_hand():
+    generator = _generator("ssd300_voc")
+    assert generator.num_anchors == [4, 6, 6, 6, 4, 4]
+    boxes = generator(_feature_maps(SSD300_MAPS))
+    assert [len(b) for b in boxes] == [5776, 2166, 600, 150, 36, 4]
+
+    # First location of the first level: centre (4, 4), step 8, sizes 30 and 60.
+    s = math.sqrt(30 * 60)
+    w2, h2 = 30 * math.sqrt(2), 30 / math.sqrt(2)
+    expected = torch.tensor(
+        [
+            [4 - 15, 4 - 15, 4 + 15, 4 + 15],
+            [4 - s / 2, 4 - s / 2, 4 + s / 2, 4 + s / 2],
+            [4 - w2 / 2, 4 - h2 / 2, 4 + w2 / 2, 4 + h2 / 2],
+            [4 - h2 / 2, 4 - w2 / 2, 4 + h2 / 2, 4 + w2 / 2],
+        ]
+    )
+    torch.testing.assert_close(boxes[0].tensor[:4], expected, atol=1e-4, rtol=0)
+    # Second location of the first level is one step (8 px) to the right.
+    torch.testing.assert_close(
+        boxes[0].tensor[4:8], expected + torch.tensor([8.0, 0, 8, 0]), atol=1e-4, rtol=0
+    )
+    # First location of the second row: one step down (38 locations per row, 4 boxes each).
+    torch.testing.assert_close(
+        boxes[0].tensor[38 * 4 : 38 * 4 + 4],
+        expected + torch.tensor([0, 8.0, 0, 8]),
+        atol=1e-4,
+        rtol=0,
+    )
+
+    # The single 1x1 location of the last level: centre 150, sizes 264 and 315; the 2:1 box
+    # is 373 px wide and is clipped to the 300-px image, keeping its centre.
+    s = math.sqrt(264 * 315)
+    w2, h2 = 264 * math.sqrt(2), 264 / math.sqrt(2)
+    expected = torch.tensor(
+        [
+            [150 - 132, 150 - 132, 150 + 132, 150 + 132],
+            [150 - s / 2, 150 - s / 2, 150 + s / 2, 150 + s / 2],
+            [0, 150 - h2 / 2, 300, 150 + h2 / 2],
+            [150 - h2 / 2, 0, 150 + h2 / 2, 300],
+        ]
+    )
+    assert w2 > 300
+    torch.testing.assert_close(boxes[5].tensor, expected, atol=1e-4, rtol=0)
+
+
+def test_coco_ssd300_boxes_equal_torchvision():
+    ours = torch.cat([b.tensor for b in _generator("ssd300_coco")(_feature_maps(SSD300_MAPS))])
+    theirs = DefaultBoxGenerator(
+        [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+        scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
+        steps=[8, 16, 32, 64, 100, 300],
+    )
+    images = ImageList(torch.zeros(1, 3, 300, 300), [(300, 300)])
+    theirs = theirs(images, _feature_maps(SSD300_MAPS))[0]
+    assert ours.shape == theirs.shape == (8732, 4)
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_steps_that_disagree_with_the_feature_maps_fail_clearly():
+    cfg = load_config("ssd300_voc", "MODEL.SSD.DEFAULT_BOXES.STEPS", "[16, 32, 64, 128, 256, 300]")
+    generator = SSDDefaultBoxGenerator(cfg, [])
+    with pytest.raises(ValueError, match="STEPS"):
+        generator(_feature_maps(SSD300_MAPS))
+
+
+def test_level_count_mismatch_fails_clearly():
+    cfg = load_config("ssd300_voc", "MODEL.SSD.DEFAULT_BOXES.MIN_SIZES", "[30, 60, 111]")
+    with pytest.raises(ValueError, match="MIN_SIZES"):
+        SSDDefaultBoxGenerator(cfg, [])
