@@ -1,3 +1,5 @@
+import torch
+
 from detectron2.config import CfgNode as CN
 
 
@@ -9,6 +11,10 @@ def add_ssd_config(cfg):
     solver) live in ``configs/Base-SSD300.yaml``.
     """
     _C = cfg
+
+    # Detectron2 defaults to "cuda"; on a machine without a GPU, train and predict on the CPU.
+    if not torch.cuda.is_available():
+        _C.MODEL.DEVICE = "cpu"
 
     _C.MODEL.SSD = CN()
     # Number of foreground classes. The classifier has NUM_CLASSES + 1 outputs per default
@@ -52,6 +58,13 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
     # Cap each box's width and height at the image size (centre unchanged).
     _C.MODEL.SSD.DEFAULT_BOXES.CLIP = True
+
+    # The VGG16 SSD backbone (build_vgg16_ssd_backbone).
+    _C.MODEL.VGG = CN()
+    # Scales the channels of every layer; 1.0 is the published model.
+    _C.MODEL.VGG.WIDTH_MULT = 1.0
+    # Norm after each conv: "" (none, as published), "BN", "SyncBN", "FrozenBN", "GN".
+    _C.MODEL.VGG.NORM = ""
 
     # SSD training augmentations (SSDDatasetMapper), applied in this order.
     _C.INPUT.SSD = CN()

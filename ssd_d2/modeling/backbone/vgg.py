@@ -1,10 +1,10 @@
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectron2.layers import ShapeSpec
+from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 __all__ = ["L2Norm", "VGG16SSD", "build_vgg16_ssd_backbone"]
@@ -12,7 +12,7 @@ __all__ = ["L2Norm", "VGG16SSD", "build_vgg16_ssd_backbone"]
 # VGG16 conv1_1 ... conv5_3: output channels, "M" a 2x2/2 max pool, "C" the same with
 # ceil_mode (so that 75 -> 38 at 300, giving the paper's 38x38 conv4_3 map).
 _VGG16_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512]
-_CONV4_3_INDEX = 22  # index in the layer list below of the ReLU after conv4_3
+_CONV4_3_LAYOUT_INDEX = 12  # conv4_3 in _VGG16_LAYOUT
 
 # Extra layers after fc7: (1x1 channels, 3x3 channels, stride, padding) per level.
 _EXTRAS = {
@@ -21,26 +21,40 @@ _EXTRAS = {
 }
 
 
-def _vgg16_layers() -> nn.Sequential:
+def _scaled(channels: int, width_mult: float) -> int:
+    return max(8, int(round(channels * width_mult)))
+
+
+def _conv(in_channels, out_channels, norm: str, **kwargs) -> List[nn.Module]:
+    """A conv and its ReLU, with a norm layer between them when ``norm`` is set."""
+    layers = [nn.Conv2d(in_channels, out_channels, **kwargs)]
+    if norm:
+        layers.append(get_norm(norm, out_channels))
+    return layers + [nn.ReLU(inplace=True)]
+
+
+def _vgg16_layers(width_mult: float, norm: str) -> Tuple[nn.Sequential, int]:
+    """VGG16 up to fc7, and the index of the layer whose output is conv4_3's."""
     layers: List[nn.Module] = []
     in_channels = 3
-    for v in _VGG16_LAYOUT:
+    conv4_3_index = -1
+    for i, v in enumerate(_VGG16_LAYOUT):
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         elif v == "C":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
         else:
-            layers += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-            in_channels = v
+            out_channels = _scaled(v, width_mult)
+            layers += _conv(in_channels, out_channels, norm, kernel_size=3, padding=1)
+            in_channels = out_channels
+        if i == _CONV4_3_LAYOUT_INDEX:
+            conv4_3_index = len(layers) - 1
     # pool5 keeps the resolution; fc6 and fc7 become a dilated 3x3 and a 1x1 conv.
-    layers += [
-        nn.MaxPool2d(kernel_size=3, stride=1, padding=1),
-        nn.Conv2d(512, 1024, kernel_size=3, padding=6, dilation=6),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(1024, 1024, kernel_size=1),
-        nn.ReLU(inplace=True),
-    ]
-    return nn.Sequential(*layers)
+    fc_channels = _scaled(1024, width_mult)
+    layers.append(nn.MaxPool2d(kernel_size=3, stride=1, padding=1))
+    layers += _conv(in_channels, fc_channels, norm, kernel_size=3, padding=6, dilation=6)
+    layers += _conv(fc_channels, fc_channels, norm, kernel_size=1)
+    return nn.Sequential(*layers), conv4_3_index
 
 
 class L2Norm(nn.Module):
@@ -60,37 +74,46 @@ class L2Norm(nn.Module):
 class VGG16SSD(Backbone):
     """
     The VGG16 backbone of SSD300 / SSD512: conv4_3 (L2-normalised), fc7 and the extra
-    layers, one output per level. Layer indices in ``vgg`` follow the published SSD
-    checkpoints' ``vgg.N`` numbering, which keeps weight conversion a renaming.
+    layers, one output per level. With the defaults, layer indices in ``vgg`` follow the
+    published SSD checkpoints' ``vgg.N`` numbering, which keeps weight conversion a renaming.
     """
 
-    def __init__(self, image_size: int = 300):
+    def __init__(self, image_size: int = 300, width_mult: float = 1.0, norm: str = ""):
+        """
+        Args:
+            image_size: 300 or 512, which selects the extra layers.
+            width_mult: scales every layer's channels (1.0 is the published model; smaller
+                values give fast demo models).
+            norm: a Detectron2 norm ("BN", "SyncBN", "FrozenBN", ...) after every conv, or ""
+                for none, as in the published model.
+        """
         super().__init__()
         if image_size not in _EXTRAS:
             raise ValueError(
                 f"MODEL.SSD.IMAGE_SIZE = {image_size}: the VGG16 SSD backbone has extra layers "
                 f"for {sorted(_EXTRAS)} only."
             )
-        self.vgg = _vgg16_layers()
-        self.l2_norm = L2Norm(512)
+        self.vgg, self._conv4_3_index = _vgg16_layers(width_mult, norm)
+        conv4_3_channels = _scaled(512, width_mult)
+        self.l2_norm = L2Norm(conv4_3_channels)
         extras = []
-        in_channels = 1024
+        in_channels = _scaled(1024, width_mult)
+        channels = [conv4_3_channels, in_channels]
         for mid, out, stride, padding in _EXTRAS[image_size]:
+            mid, out = _scaled(mid, width_mult), _scaled(out, width_mult)
             # SSD512's last extra layer is a 4x4 conv that turns 2x2 into 1x1.
             kernel = 4 if (image_size == 512 and stride == 1) else 3
             extras.append(
                 nn.Sequential(
-                    nn.Conv2d(in_channels, mid, kernel_size=1),
-                    nn.ReLU(inplace=True),
-                    nn.Conv2d(mid, out, kernel_size=kernel, stride=stride, padding=padding),
-                    nn.ReLU(inplace=True),
+                    *_conv(in_channels, mid, norm, kernel_size=1),
+                    *_conv(mid, out, norm, kernel_size=kernel, stride=stride, padding=padding),
                 )
             )
             in_channels = out
+            channels.append(out)
         self.extras = nn.ModuleList(extras)
 
         names = ["conv4_3", "fc7"] + [f"conv{8 + i}_2" for i in range(len(extras))]
-        channels = [512, 1024] + [spec[1] for spec in _EXTRAS[image_size]]
         self._out_features = names
         # Nominal strides (powers of two); the default-box steps of the config give the
         # exact geometry (e.g. 100 and 300 at SSD300's last levels).
@@ -103,7 +126,7 @@ class VGG16SSD(Backbone):
         outputs = []
         for i, layer in enumerate(self.vgg):
             x = layer(x)
-            if i == _CONV4_3_INDEX:
+            if i == self._conv4_3_index:
                 outputs.append(self.l2_norm(x))
         outputs.append(x)  # fc7
         for extra in self.extras:
@@ -129,4 +152,8 @@ def build_vgg16_ssd_backbone(cfg, input_shape: ShapeSpec) -> VGG16SSD:
             f"build_vgg16_ssd_backbone takes 3-channel images; MODEL.PIXEL_MEAN has "
             f"{input_shape.channels} values."
         )
-    return VGG16SSD(image_size=cfg.MODEL.SSD.IMAGE_SIZE)
+    return VGG16SSD(
+        image_size=cfg.MODEL.SSD.IMAGE_SIZE,
+        width_mult=cfg.MODEL.VGG.WIDTH_MULT,
+        norm=cfg.MODEL.VGG.NORM,
+    )

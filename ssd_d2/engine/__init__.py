@@ -1,0 +1,2 @@
+from .launch import DEFAULT_TIMEOUT, launch
+from .trainer import SSDTrainer

@@ -1,0 +1,91 @@
+import contextlib
+import logging
+import os
+
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer
+from detectron2.engine import defaults as d2_defaults
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.utils import comm
+
+from ..data import SSDDatasetMapper, check_dataset_files
+
+__all__ = ["SSDTrainer", "has_compiled_coco_eval"]
+
+logger = logging.getLogger(__name__)
+
+
+def has_compiled_coco_eval() -> bool:
+    """Whether detectron2 was built with its C++ COCOeval (absent in the PyPI source route)."""
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return hasattr(_C, "COCOevalEvaluateImages")
+
+
+@contextlib.contextmanager
+def _ddp_without_device_ids_on_cpu():
+    """
+    Detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]`` even when the model
+    is on the CPU, which DistributedDataParallel rejects; drop it for CPU models.
+    """
+    create_ddp_model = d2_defaults.create_ddp_model
+
+    def create_cpu_compatible_ddp_model(model, **kwargs):
+        if comm.get_world_size() > 1 and not next(model.parameters()).is_cuda:
+            kwargs.setdefault("device_ids", None)
+        return create_ddp_model(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_cpu_compatible_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = create_ddp_model
+
+
+class SSDTrainer(DefaultTrainer):
+    """
+    DefaultTrainer with SSD's data pipeline (SSDDatasetMapper) and evaluators chosen by each
+    data set's ``evaluator_type``. Everything else (SGD with warmup multi-step schedule,
+    checkpoints, ``resume_or_load``, periodic evaluation, metrics.json and tensorboard
+    events) is Detectron2's.
+    """
+
+    def __init__(self, cfg):
+        with _ddp_without_device_ids_on_cpu():
+            super().__init__(cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        check_dataset_files(cfg.DATASETS.TRAIN)
+        return build_detection_train_loader(cfg, mapper=SSDDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        check_dataset_files([dataset_name])
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=SSDDatasetMapper(cfg, is_train=False)
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if evaluator_type == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        if evaluator_type == "coco":
+            # Without detectron2's compiled COCOeval, pycocotools' own gives the same numbers.
+            return COCOEvaluator(
+                dataset_name,
+                tasks=("bbox",),
+                distributed=True,
+                output_dir=output_folder,
+                use_fast_impl=has_compiled_coco_eval(),
+            )
+        raise ValueError(
+            f"No evaluator for data set {dataset_name!r} (evaluator_type {evaluator_type!r}): "
+            "set MetadataCatalog.get(name).evaluator_type to 'coco' or 'pascal_voc', or "
+            "override SSDTrainer.build_evaluator."
+        )

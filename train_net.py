@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""
+Train and evaluate SSD models with Detectron2.
+
+    python train_net.py --config-file configs/ssd300_voc.yaml --num-gpus 2
+    python train_net.py --config-file configs/ssd300_voc.yaml --eval-only MODEL.WEIGHTS model.pth
+
+Without GPUs, --num-gpus N runs N data-parallel gloo processes on the CPU.
+"""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+from ssd_d2 import SSDTrainer, add_ssd_config
+from ssd_d2.engine import launch
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_ssd_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = SSDTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = SSDTrainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+
+    trainer = SSDTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
