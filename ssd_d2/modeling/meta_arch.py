@@ -1,4 +1,3 @@
-import logging
 from typing import Dict, List, Tuple
 
 import torch
@@ -18,13 +17,13 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector, permute_to_N_HWA_K
 from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from .head import build_ssd_head
 
 __all__ = ["SSD"]
 
-logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
@@ -260,8 +259,8 @@ class SSD(DenseDetector):
         positive = gt_labels > 0
         num_pos_per_image = positive.sum(dim=1)
         num_pos = num_pos_per_image.sum().item()
-        normalizer = max(1.0, float(num_pos))
         get_event_storage().put_scalar("num_foreground", num_pos / len(gt_instances))
+        normalizer = self._loss_normalizer(num_pos)
 
         anchors_per_positive = anchors.tensor.unsqueeze(0).expand_as(matched_gt_boxes)[positive]
         gt_deltas = self.box2box_transform.get_deltas(
@@ -277,6 +276,19 @@ class SSD(DenseDetector):
         negative = self._hard_negatives(cls_loss.detach(), positive, num_pos_per_image)
         loss_cls = cls_loss[positive].sum() + cls_loss[negative].sum()
         return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+
+    def _loss_normalizer(self, num_pos: int) -> float:
+        """
+        max(1, positives in the whole batch), divided by the number of processes: data
+        parallel training averages the gradients of the processes, so N processes with
+        batch B/N then train exactly as one process with batch B.
+        """
+        world_size = comm.get_world_size()
+        if world_size == 1:
+            return max(1.0, float(num_pos))
+        total = torch.tensor([float(num_pos)], device=self.device)
+        torch.distributed.all_reduce(total)
+        return max(1.0, total.item()) / world_size
 
     @torch.no_grad()
     def _hard_negatives(self, cls_loss: Tensor, positive: Tensor, num_pos_per_image: Tensor):
