@@ -7,14 +7,13 @@ Train and evaluate SSD models with Detectron2.
 
 Without GPUs, --num-gpus N runs N data-parallel gloo processes on the CPU.
 """
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from ssd_d2 import SSDTrainer, add_ssd_config
-from ssd_d2.engine import launch
+from ssd_d2.engine import SSDCheckpointer, launch
 
 
 def setup(args):
@@ -31,7 +30,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = SSDTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SSDCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = SSDTrainer.test(cfg, model)

@@ -26,6 +26,12 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.IN_FEATURES = ["conv4_3", "fc7", "conv8_2", "conv9_2", "conv10_2", "conv11_2"]
     # Head, by its SSD_HEAD_REGISTRY name: "SSDConvHead" is the paper's 3x3 conv predictors.
     _C.MODEL.SSD.HEAD_NAME = "SSDConvHead"
+    # SSDLiteHead only: the norm after each predictor's depthwise conv ("BN", "SyncBN", ...).
+    _C.MODEL.SSD.HEAD_NORM = "BN"
+    # SSDLiteHead only: "torchvision" (a separable predictor on every level, N(0, 0.03) init)
+    # or "lufficc" (biased depthwise convs, a plain 1x1 conv on the last level, Xavier init),
+    # the layouts of those peers' SSDLite checkpoints.
+    _C.MODEL.SSD.HEAD_LAYOUT = "torchvision"
     # A default box is positive when its IoU with a ground truth is >= this, and each ground
     # truth also takes its best default box (SSD paper, section 2.2).
     _C.MODEL.SSD.IOU_THRESHOLD = 0.5
@@ -65,6 +71,14 @@ def add_ssd_config(cfg):
     _C.MODEL.VGG.WIDTH_MULT = 1.0
     # Norm after each conv: "" (none, as published), "BN", "SyncBN", "FrozenBN", "GN".
     _C.MODEL.VGG.NORM = ""
+
+    # The MobileNet SSDLite backbones (build_mobilenet_v2/v3_ssdlite_backbone).
+    _C.MODEL.MOBILENET = CN()
+    # Norm of every layer: "BN", "SyncBN" (multi-GPU training) or "FrozenBN" (fine-tuning).
+    _C.MODEL.MOBILENET.NORM = "BN"
+    # MobileNetV3 only: halve the channels after stride 16 (MobileNetV3 paper, table 6), as
+    # torchvision's SSDLite COCO model does; ImageNet-pretrained MobileNetV3 weights need False.
+    _C.MODEL.MOBILENET.REDUCED_TAIL = True
 
     # SSD training augmentations (SSDDatasetMapper), applied in this order.
     _C.INPUT.SSD = CN()

@@ -1,2 +1,3 @@
+from .checkpoint import SSDCheckpointer
 from .launch import DEFAULT_TIMEOUT, launch
 from .trainer import SSDTrainer

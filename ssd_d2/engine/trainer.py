@@ -1,6 +1,7 @@
 import contextlib
 import logging
 import os
+import weakref
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
@@ -9,6 +10,7 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
 from ..data import SSDDatasetMapper, check_dataset_files
+from .checkpoint import SSDCheckpointer
 
 __all__ = ["SSDTrainer", "has_compiled_coco_eval"]
 
@@ -55,6 +57,25 @@ class SSDTrainer(DefaultTrainer):
     def __init__(self, cfg):
         with _ddp_without_device_ids_on_cpu():
             super().__init__(cfg)
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ calls this right after creating its checkpointer: replace it
+        # here, before the checkpoint hook takes it, with one that saves atomically.
+        self.checkpointer = SSDCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            last = self.checkpointer.get_checkpoint_file() or "none yet"
+            raise FloatingPointError(
+                f"{e}\nTraining stopped at iteration {self.iter}. Last checkpoint: {last}. "
+                "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS, then continue with "
+                "--resume."
+            ) from e
 
     @classmethod
     def build_train_loader(cls, cfg):
