@@ -7,9 +7,9 @@ Convert published SSD weights into Detectron2 checkpoints of ssd_d2's models.
 The output is ``{"model": state_dict, "__author__": ..., "matching_heuristics": False}`` in the
 exact key layout of the target config's model, so that DetectionCheckpointer loads it by
 name, without its renaming heuristics. The published models share ssd_d2's conventions
-(RGB input in 0-255 minus the mean (123, 117, 104), background as class output 0, the same
-default-box order and box encoding), so converting them is a renaming, plus re-indexing the
-class outputs of torchvision's 91 COCO category ids.
+(RGB input, background as class output 0, the same default-box order and box encoding;
+each config sets its peer's pixel mean and std), so converting them is a renaming, plus
+re-indexing the class outputs of torchvision's 91 COCO category ids.
 
 To fine-tune on another class count, load the converted checkpoint with the other config:
 DetectionCheckpointer skips the class logits (``head.cls_score.*``), whose shapes differ,
@@ -56,9 +56,11 @@ _DETECTOR_CONFIGS = {
     (7, 21): "ssd512_voc.yaml",
     (7, 81): "ssd512_coco.yaml",
 }
+_SSDLITE_CONFIGS = {(6, 81): "ssdlite320_mobilenet_v3_coco.yaml"}
 # The model a checkpoint without a recognisable head is compared with, for the error message.
 _FALLBACK_CONFIGS = {
     "torchvision": "ssd300_coco.yaml",
+    "torchvision_ssdlite": "ssdlite320_mobilenet_v3_coco.yaml",
     "lufficc": "ssd300_voc.yaml",
     "amdegroot": "ssd300_voc.yaml",
 }
@@ -67,6 +69,7 @@ _VGG16_CONFIG = "ssd300_voc.yaml"
 
 _SOURCE_NAMES = {
     "torchvision": "torchvision ssd300_vgg16",
+    "torchvision_ssdlite": "torchvision ssdlite320_mobilenet_v3_large",
     "lufficc": "lufficc/SSD VGG",
     "amdegroot": "amdegroot/ssd.pytorch",
     "vgg16": "VGG16 ImageNet",
@@ -78,6 +81,9 @@ examples:
   # torchvision's COCO SSD300 -> configs/ssd300_coco.yaml (91 category ids -> 80 classes)
   python -m ssd_d2.tools.convert --source torchvision ssd300_vgg16_coco-b556d3b4.pth \\
       ssd300_coco_torchvision.pth
+  # torchvision's COCO SSDLite320 MobileNetV3 -> configs/ssdlite320_mobilenet_v3_coco.yaml
+  python -m ssd_d2.tools.convert --source torchvision \\
+      ssdlite320_mobilenet_v3_large_coco-a79551df.pth ssdlite320_coco_torchvision.pth
   # lufficc/SSD: 300 or 512 (head levels) and VOC or COCO (class outputs) come from the shapes
   python -m ssd_d2.tools.convert --source lufficc vgg_ssd512_coco_trainval35k.pth \\
       ssd512_coco_lufficc.pth
@@ -152,6 +158,18 @@ _RULES: Dict[str, List[_Rule]] = {
         ),
         (
             r"head\.regression_head\.module_list\.(\d+)" + _W,
+            lambda m: f"head.bbox_pred.{m[1]}.{m[2]}",
+        ),
+    ],
+    # ssd_d2's MobileNetV3 SSDLite keeps torchvision's backbone nesting (features.0/1, extra).
+    "torchvision_ssdlite": [
+        (r"backbone\.((features|extra)\..+)", lambda m: f"backbone.{m[1]}"),
+        (
+            r"head\.classification_head\.module_list\.(\d+)\.(.+)",
+            lambda m: f"head.cls_score.{m[1]}.{m[2]}",
+        ),
+        (
+            r"head\.regression_head\.module_list\.(\d+)\.(.+)",
             lambda m: f"head.bbox_pred.{m[1]}.{m[2]}",
         ),
     ],
@@ -352,8 +370,13 @@ def _check_fits(
     guess = _guess_source(list(origins.values()) + list(unmatched))
     if guess == "ssd_d2":
         lines.append("Its keys are ssd_d2's already: load it with MODEL.WEIGHTS as it is.")
-    elif guess is not None and guess != source:
+    elif guess is not None and not source.startswith(guess):
         lines.append(f"Its keys look like a {_SOURCE_NAMES[guess]} checkpoint: --source {guess}?")
+    elif guess is not None and unexpected:
+        lines.append(
+            f"Its keys are {_SOURCE_NAMES[guess]}'s, but of an architecture that this converter "
+            "does not handle (VGG16 SSD300/SSD512, and torchvision's SSDLite320 MobileNetV3)."
+        )
     elif wrong_shapes and not (unexpected or missing):
         lines.append(
             "Its layers match but not their sizes: another class count or default-box set "
@@ -366,22 +389,22 @@ def _check_fits(
 # Converters.
 
 
-def _head_layout(state_dict: Dict[str, Tensor]) -> Optional[Tuple[List[int], int]]:
+def _head_layout(
+    state_dict: Dict[str, Tensor], output_conv: str
+) -> Optional[Tuple[List[int], int]]:
     """
     (default boxes per location of each level, class outputs per box with background),
-    read from the head's shapes; None when there is no complete head.
+    read from the shapes of the head's output convs (``head.cls_score.<level><output_conv>``);
+    None when there is no complete head.
     """
-    levels = sorted(
-        int(m[1])
-        for m in (re.fullmatch(r"head\.cls_score\.(\d+)\.weight", k) for k in state_dict)
-        if m
-    )
+    pattern = re.compile(r"head\.cls_score\.(\d+)" + re.escape(output_conv) + r"\.weight")
+    levels = sorted(int(m[1]) for m in map(pattern.fullmatch, state_dict) if m)
     if not levels or levels != list(range(len(levels))):
         return None
     num_anchors, outputs = [], set()
     for level in levels:
-        box_weight = state_dict.get(f"head.bbox_pred.{level}.weight")
-        cls_weight = state_dict[f"head.cls_score.{level}.weight"]
+        box_weight = state_dict.get(f"head.bbox_pred.{level}{output_conv}.weight")
+        cls_weight = state_dict[f"head.cls_score.{level}{output_conv}.weight"]
         if box_weight is None:
             return None
         boxes = box_weight.shape[0] // 4
@@ -398,13 +421,17 @@ def _head_layout(state_dict: Dict[str, Tensor]) -> Optional[Tuple[List[int], int
 
 
 def _select_class_outputs(
-    state_dict: Dict[str, Tensor], num_anchors: List[int], num_outputs: int, keep: List[int]
+    state_dict: Dict[str, Tensor],
+    output_conv: str,
+    num_anchors: List[int],
+    num_outputs: int,
+    keep: List[int],
 ) -> None:
     """Keep the class outputs ``keep`` (source indices, in order) of every default box."""
     index = torch.tensor(keep)
     for level, boxes in enumerate(num_anchors):
         for name in ("weight", "bias"):
-            key = f"head.cls_score.{level}.{name}"
+            key = f"head.cls_score.{level}{output_conv}.{name}"
             value = state_dict[key]
             per_box = value.reshape(boxes, num_outputs, *value.shape[1:])
             state_dict[key] = per_box[:, index].reshape(boxes * len(keep), *value.shape[1:])
@@ -418,27 +445,30 @@ def _is_ssdlite(state_dict: Dict[str, Tensor]) -> bool:
 def _convert_detector(
     source: str, state_dict: Dict[str, Tensor], config_file: Optional[str], opts: Sequence[str]
 ) -> Conversion:
-    """A VGG16 SSD300/SSD512 detector of torchvision, lufficc/SSD or ssd.pytorch."""
+    """
+    A VGG16 SSD300/SSD512 of torchvision, lufficc/SSD or ssd.pytorch, or torchvision's
+    SSDLite320 MobileNetV3.
+    """
+    configs = _DETECTOR_CONFIGS
+    # The conv that predicts, within each level's predictor: SSDLite's is a separable
+    # (depthwise + norm + ReLU6, then 1x1) Sequential.
+    output_conv = ""
     if source == "torchvision" and _is_ssdlite(state_dict):
-        raise NotImplementedError(
-            "This is a torchvision SSDLite (MobileNet) checkpoint: converting "
-            "ssdlite320_mobilenet_v3_large needs configs/ssdlite320_mobilenet_v3_coco.yaml and "
-            "ssd_d2's MobileNetV3 backbone and SSDLite head, which this version does not have."
-        )
+        source, configs, output_conv = "torchvision_ssdlite", _SSDLITE_CONFIGS, ".1"
     renamed, origins, unmatched = _rename(state_dict, _RULES[source])
     notes = []
-    layout = _head_layout(renamed)
+    layout = _head_layout(renamed, output_conv)
     if layout is not None:
         num_anchors, num_outputs = layout
         notes.append(
             f"head: {len(num_anchors)} levels, {num_anchors} default boxes per location, "
             f"{num_outputs} class outputs per box (background first)"
         )
-        if source == "torchvision" and num_outputs == 91:
+        if source.startswith("torchvision") and num_outputs == 91:
             # torchvision predicts COCO category ids (1..90, 10 of them unused); Detectron2
             # numbers the 80 classes contiguously in category id order.
             keep = [0] + coco_category_ids()
-            _select_class_outputs(renamed, num_anchors, num_outputs, keep)
+            _select_class_outputs(renamed, output_conv, num_anchors, num_outputs, keep)
             notes.append(
                 "class outputs: 91 COCO category ids -> background + 80 contiguous classes "
                 f"(dropped the outputs of the {91 - len(keep)} unused ids)"
@@ -451,12 +481,12 @@ def _convert_detector(
             # whose keys make the error message say what does not fit.
             name = _FALLBACK_CONFIGS[source]
         else:
-            name = _DETECTOR_CONFIGS.get((len(layout[0]), layout[1]))
+            name = configs.get((len(layout[0]), layout[1]))
         if name is None:
             raise ConversionError(
                 f"The checkpoint has {len(layout[0])} head levels and {layout[1] - 1} classes, "
-                "which is not one of the published VOC (20) / COCO (80), SSD300 (6 levels) / "
-                "SSD512 (7 levels) models: pass --config-file (and options such as "
+                f"unlike the published models of its kind ({', '.join(sorted(configs.values()))})"
+                ": pass --config-file (and options such as "
                 f"MODEL.SSD.NUM_CLASSES {layout[1] - 1} after OUTPUT)."
             )
         config_file = os.path.join(CONFIG_DIR, name)
@@ -595,7 +625,10 @@ def convert_file(
 ) -> Conversion:
     """Read ``input_path``, convert it and write the Detectron2 checkpoint ``output_path``."""
     conversion = convert(source, load_state_dict(input_path), config_file, opts)
-    author = f"{_SOURCE_NAMES[source]} ({os.path.basename(input_path)}) via ssd_d2.tools.convert"
+    author = (
+        f"{_SOURCE_NAMES[conversion.source]} ({os.path.basename(input_path)}) "
+        "via ssd_d2.tools.convert"
+    )
     save_checkpoint(conversion.state_dict, output_path, author)
     return conversion
 
@@ -609,10 +642,10 @@ def summarize(conversion: Conversion) -> List[str]:
         group[1] += value.numel()
     total = sum(v.numel() for v in conversion.state_dict.values())
     lines = [
-        f"Converted {len(conversion.state_dict)} tensors ({total:,} parameters) from "
+        f"Converted {len(conversion.state_dict)} tensors ({total:,} values) from "
         f"{_SOURCE_NAMES[conversion.source]} for {conversion.config_file}:"
     ]
-    lines += [f"  {name:<18} {n:>3} tensors {p:>12,} parameters" for name, (n, p) in groups.items()]
+    lines += [f"  {name:<18} {n:>3} tensors {p:>12,} values" for name, (n, p) in groups.items()]
     lines += [f"  note: {note}" for note in conversion.notes]
     return lines
 
@@ -629,7 +662,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--source",
         required=True,
         choices=SOURCES,
-        help="torchvision: ssd300_vgg16 state dict (COCO); lufficc: lufficc/SSD vgg_ssd300/512 "
+        help="torchvision: ssd300_vgg16 or ssdlite320_mobilenet_v3_large state dict (COCO); "
+        "lufficc: lufficc/SSD vgg_ssd300/512 "
         "(VOC or COCO); amdegroot: ssd.pytorch SSD300; vgg16: torchvision vgg16 or ssd.pytorch "
         "vgg16_reducedfc.pth, to train from",
     )
