@@ -4,6 +4,7 @@
 detectron2 itself is not on PyPI under its own name: dev/install.sh installs it (and torch)
 before this package. See README.md, "Install".
 """
+
 from setuptools import find_packages, setup
 
 setup(

@@ -7,6 +7,7 @@ Train and evaluate SSD models with Detectron2.
 
 Without GPUs, --num-gpus N runs N data-parallel gloo processes on the CPU.
 """
+
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results

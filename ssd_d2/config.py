@@ -108,4 +108,3 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.MIN_IOU_CROP.MAX_TRIALS = 50
     # Horizontal flip probability (0 disables).
     _C.INPUT.SSD.FLIP_PROB = 0.5
-

@@ -9,9 +9,11 @@ from ssd_d2.engine import SSDCheckpointer
 
 def _checkpointer(tmp_path, model=None):
     model = model or nn.Linear(3, 2)
-    return SSDCheckpointer(model, save_dir=str(tmp_path), optimizer=torch.optim.SGD(
-        model.parameters(), lr=0.1, momentum=0.9
-    ))
+    return SSDCheckpointer(
+        model,
+        save_dir=str(tmp_path),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+    )
 
 
 def test_save_writes_the_checkpoint_and_the_tag(tmp_path):

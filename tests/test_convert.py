@@ -1,7 +1,9 @@
 """
 ssd_d2.tools.convert: published SSD weights become checkpoints that DetectionCheckpointer
-loads by name, and a converted torchvision SSD300 detects exactly what torchvision detects.
+loads by name, and converted torchvision SSD300 / SSDLite320 models detect what torchvision's
+detect.
 """
+
 import argparse
 import copy
 import subprocess
@@ -31,6 +33,7 @@ IMAGE_SIZES = [(300, 300), (480, 640), (375, 500), (200, 333), (512, 512)]
 
 # The published VGG16 SSD layout, as the SSD paper describes it and lufficc/SSD and
 # ssd.pytorch store it: VGG16 as one flat layer list (index: in, out, kernel), pools between.
+# fmt: off
 PUBLISHED_VGG_CONVS = {
     0: (3, 64, 3), 2: (64, 64, 3),
     5: (64, 128, 3), 7: (128, 128, 3),
@@ -39,7 +42,8 @@ PUBLISHED_VGG_CONVS = {
     24: (512, 512, 3), 26: (512, 512, 3), 28: (512, 512, 3),  # conv5_x
     31: (512, 1024, 3),  # fc6: dilation 6
     33: (1024, 1024, 1),  # fc7
-}  # fmt: skip
+}
+# fmt: on
 PUBLISHED_VGG_POOLS = {
     4: dict(kernel_size=2, stride=2),
     9: dict(kernel_size=2, stride=2),
@@ -49,6 +53,7 @@ PUBLISHED_VGG_POOLS = {
 }
 CONV4_3 = 21
 # The extra layers as one flat conv list: (in, out, kernel, stride, padding).
+# fmt: off
 PUBLISHED_EXTRAS = {
     300: [
         (1024, 256, 1, 1, 0), (256, 512, 3, 2, 1),
@@ -63,7 +68,8 @@ PUBLISHED_EXTRAS = {
         (256, 128, 1, 1, 0), (128, 256, 3, 2, 1),
         (256, 128, 1, 1, 0), (128, 256, 4, 1, 1),
     ],
-}  # fmt: skip
+}
+# fmt: on
 # Per level: input channels and default boxes per location.
 PUBLISHED_HEAD = {
     300: ([512, 1024, 512, 256, 256, 256], [4, 6, 6, 6, 4, 4]),
@@ -239,6 +245,41 @@ def _matched_differences(ours, theirs):
     return box_diff[rows, match].max().item(), score_diff[rows, match].max().item()
 
 
+def _compare_with_torchvision(ours, theirs, seed):
+    """
+    Run both models on random uint8 RGB images of several sizes (ssd_d2 takes them in 0-255,
+    torchvision in 0-1); return the detections per image and the largest box and score
+    differences over all matched detections.
+    """
+    g = torch.Generator().manual_seed(seed)
+    images = [
+        torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in IMAGE_SIZES
+    ]
+    with torch.no_grad():
+        inputs = [{"image": x, "height": x.shape[1], "width": x.shape[2]} for x in images]
+        our_outputs = ours(inputs)
+        their_outputs = theirs([x.float() / 255 for x in images])
+
+    coco_ids = torch.tensor(coco_category_ids())
+    max_box, max_score, counts = 0.0, 0.0, []
+    for mine, expected in zip(our_outputs, their_outputs):
+        instances = mine["instances"]
+        counts.append(len(instances))
+        # ssd_d2 would drop boxes that are empty in the output image (detector_postprocess);
+        # torchvision keeps them. Equal counts: there were none.
+        assert len(instances) == len(expected["scores"])
+        mine = (instances.pred_boxes.tensor, instances.scores, coco_ids[instances.pred_classes])
+        expected = (expected["boxes"], expected["scores"], expected["labels"])
+        for a, b in [(mine, expected), (expected, mine)]:
+            box, score = _matched_differences(a, b)
+            max_box, max_score = max(max_box, box), max(max_score, score)
+    print(
+        f"detections per image {counts}, max |box| diff {max_box:.2e} px, "
+        f"max |score| diff {max_score:.2e}"
+    )
+    return counts, max_box, max_score
+
+
 def test_torchvision_ssd300_detections_equal(torchvision_converted):
     theirs, path, conversion = torchvision_converted
     assert conversion.config_file.endswith("ssd300_coco.yaml")
@@ -247,38 +288,109 @@ def test_torchvision_ssd300_detections_equal(torchvision_converted):
     assert checkpoint["matching_heuristics"] is False
 
     # torchvision's inference settings.
+    # fmt: off
     cfg = load_config(
         "ssd300_coco",
         "MODEL.SSD.SCORE_THRESH_TEST", "0.01",
         "MODEL.SSD.NMS_THRESH_TEST", "0.45",
         "MODEL.SSD.TOPK_CANDIDATES_TEST", "400",
         "TEST.DETECTIONS_PER_IMAGE", "200",
-    )  # fmt: skip
+    )
+    # fmt: on
     ours = build_model(cfg).eval()
     assert_loads_cleanly(ours, path)
 
-    g = torch.Generator().manual_seed(5)
-    images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in IMAGE_SIZES]
-    with torch.no_grad():
-        our_outputs = ours([{"image": x, "height": x.shape[1], "width": x.shape[2]} for x in images])
-        their_outputs = theirs([x.float() / 255 for x in images])
-
-    coco_ids = torch.tensor(coco_category_ids())
-    max_box, max_score, counts = 0.0, 0.0, []
-    for mine, expected in zip(our_outputs, their_outputs):
-        instances = mine["instances"]
-        counts.append(len(instances))
-        assert len(instances) == len(expected["scores"])
-        mine = (instances.pred_boxes.tensor, instances.scores, coco_ids[instances.pred_classes])
-        expected = (expected["boxes"], expected["scores"], expected["labels"])
-        for a, b in [(mine, expected), (expected, mine)]:
-            box, score = _matched_differences(a, b)
-            max_box, max_score = max(max_box, box), max(max_score, score)
-    print(f"detections per image {counts}, max |box| diff {max_box:.2e} px, max |score| diff "
-          f"{max_score:.2e}")  # fmt: skip
+    counts, max_box, max_score = _compare_with_torchvision(ours, theirs, seed=5)
     assert all(10 <= n < 200 for n in counts), counts  # a moderate number, below the cap
     assert max_box <= 1e-3
     assert max_score <= 1e-5
+
+
+def _random_torchvision_ssdlite(spread=2.5, background=16.0):
+    """
+    A random torchvision SSDLite320 MobileNetV3 (91 COCO category ids) that behaves like a
+    trained one: He-normal convs (torchvision's N(0, 0.03) init gives nearly constant maps),
+    norm statistics measured on random images (so activations neither vanish nor explode),
+    random norm affines, and a background logit that leaves a few dozen detections per image.
+    """
+    torch.manual_seed(0)
+    model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
+    g = torch.Generator().manual_seed(0)
+    unused = [i for i in range(1, 91) if i not in coco_category_ids()]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                std = (2.0 / module.weight[0].numel()) ** 0.5
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * std)
+                if module.bias is not None:
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
+        for norm in norms:
+            norm.weight.copy_(1 + torch.randn(norm.num_features, generator=g) * 0.1)
+            norm.bias.copy_(torch.randn(norm.num_features, generator=g) * 0.1)
+            norm.momentum = None  # running statistics = the average over the batches seen
+        images = [torch.randint(0, 256, (3, 320, 320), generator=g).float() / 255 for _ in range(4)]
+        batch = model.transform(images)[0].tensors
+        model.train()
+        model.head(list(model.backbone(batch).values()))
+        model.eval()
+        for norm in norms:
+            # Four images say little about the variance of the 1x1 and 2x2 maps: a floor
+            # keeps those layers from amplifying rounding errors.
+            norm.running_var.clamp_(min=0.1)
+
+        features = list(model.backbone(batch[:1]).values())
+        for predictor, feature in zip(model.head.classification_head.module_list, features):
+            conv = predictor[1]  # after the depthwise conv, norm and ReLU6
+            conv.weight.mul_(spread / F.conv2d(predictor[0](feature), conv.weight).std())
+            weight = conv.weight.view(-1, 91, *conv.weight.shape[1:])
+            bias = conv.bias.view(-1, 91)
+            bias[:, 0] += background
+            weight[:, unused] = 0.0
+            bias[:, unused] = -30.0
+        for predictor in model.head.regression_head.module_list:
+            predictor[1].weight.mul_(0.2)
+    return model
+
+
+def test_torchvision_ssdlite_detections_equal(tmp_path):
+    theirs = _random_torchvision_ssdlite()
+    source, output = str(tmp_path / "ssdlite.pth"), str(tmp_path / "ssdlite_d2.pth")
+    torch.save(theirs.state_dict(), source)
+    conversion = main(["--source", "torchvision", source, output])
+    assert conversion.config_file.endswith("ssdlite320_mobilenet_v3_coco.yaml")
+    ours = build_model(load_config("ssdlite320_mobilenet_v3_coco")).eval()
+    assert_loads_cleanly(ours, output)
+
+    # The same normalised input gives the same features, and the same head outputs once
+    # torchvision's category ids are re-indexed.
+    g = torch.Generator().manual_seed(7)
+    image = torch.randint(0, 256, (3, 320, 320), generator=g).float() / 255
+    keep = torch.tensor([0] + coco_category_ids())
+    with torch.no_grad():
+        batch = theirs.transform([image])[0].tensors
+        their_features = list(theirs.backbone(batch).values())
+        our_features = ours.backbone(batch)
+        our_features = [our_features[f] for f in ours.head_in_features]
+        our_logits, our_deltas = ours.head(our_features)
+        for level, (mine, expected) in enumerate(zip(our_features, their_features)):
+            torch.testing.assert_close(mine, expected, rtol=0, atol=0)
+            logits = theirs.head.classification_head.module_list[level](expected)
+            n, _, h, w = logits.shape
+            logits = logits.view(n, -1, 91, h, w)[:, :, keep].reshape(n, -1, h, w)
+            deltas = theirs.head.regression_head.module_list[level](expected)
+            torch.testing.assert_close(our_logits[level], logits, rtol=1e-6, atol=1e-5)
+            torch.testing.assert_close(our_deltas[level], deltas, rtol=1e-6, atol=1e-5)
+
+    # End to end, with the config's inference settings (torchvision's 0.001 / 0.55 / 300 /
+    # 300). The two normalise in a different order (ssd_d2: resize, then (x - 127.5) / 127.5;
+    # torchvision: x / 255, (x - 0.5) / 0.5, then resize), which rounds differently by up to
+    # 6e-8; this random MobileNet amplifies that to a few 1e-5 in the scores (the VGG16 SSD
+    # above to 2e-6), hence a 1e-4 score tolerance here.
+    counts, max_box, max_score = _compare_with_torchvision(ours, theirs, seed=6)
+    assert all(10 <= n < 300 for n in counts), counts
+    assert max_box <= 1e-3
+    assert max_score <= 1e-4
 
 
 def test_converted_coco_checkpoint_fine_tunes_on_voc(torchvision_converted):
@@ -288,7 +400,7 @@ def test_converted_coco_checkpoint_fine_tunes_on_voc(torchvision_converted):
     initial_logits = copy.deepcopy(model.head.cls_score.state_dict())
     incompatible = load_checkpoint(model, path)
 
-    cls_keys = {f"head.cls_score.{level}.{name}" for level in range(6) for name in ("weight", "bias")}
+    cls_keys = {f"head.cls_score.{level}.{n}" for level in range(6) for n in ("weight", "bias")}
     assert {k for k, _, _ in incompatible.incorrect_shapes} == cls_keys
     assert set(incompatible.missing_keys) == cls_keys
     assert incompatible.unexpected_keys == []
@@ -364,7 +476,8 @@ def test_other_class_count_needs_config(tmp_path):
     torch.save(state_dict, path)
     args = ["--source", "lufficc", "--config-file", "ssd300_voc", path, output]
     main(args + ["MODEL.SSD.NUM_CLASSES", "5"])
-    assert_loads_cleanly(build_model(load_config("ssd300_voc", "MODEL.SSD.NUM_CLASSES", "5")), output)
+    model = build_model(load_config("ssd300_voc", "MODEL.SSD.NUM_CLASSES", "5"))
+    assert_loads_cleanly(model, output)
 
 
 # ---------------------------------------------------------------------------------------
@@ -386,11 +499,12 @@ def test_vgg16_fc_layers_subsampled(tmp_path, imagenet_vgg16):
     theirs = imagenet_vgg16
     conversion = convert("vgg16", theirs)
     ours = conversion.state_dict
-    assert set(ours) == {f"backbone.vgg.{i}.{n}" for i in PUBLISHED_VGG_CONVS for n in ("weight", "bias")}
-    for index in PUBLISHED_VGG_CONVS:
-        if index <= 28:
-            assert torch.equal(ours[f"backbone.vgg.{index}.weight"], theirs[f"features.{index}.weight"])
-            assert torch.equal(ours[f"backbone.vgg.{index}.bias"], theirs[f"features.{index}.bias"])
+    layers = PUBLISHED_VGG_CONVS
+    assert set(ours) == {f"backbone.vgg.{i}.{n}" for i in layers for n in ("weight", "bias")}
+    for index in [i for i in layers if i <= 28]:  # conv1_1 ... conv5_3
+        for name in ("weight", "bias"):
+            expected = theirs[f"features.{index}.{name}"]
+            assert torch.equal(ours[f"backbone.vgg.{index}.{name}"], expected)
 
     # conv6[o, c, i, j] = fc6[4 o, (c, 3 i, 3 j) of the 512x7x7 input]; conv7[o, c] = fc7[4 o, 4 c].
     fc6, fc7 = theirs["classifier.0.weight"], theirs["classifier.3.weight"]
@@ -472,8 +586,10 @@ def test_wrong_shapes_list_keys():
     with pytest.raises(ConversionError) as error:
         convert("amdegroot", voc, config_file="ssd300_coco")
     message = str(error.value)
-    assert "conf.0.weight -> head.cls_score.0.weight: (84, 512, 3, 3) in the checkpoint, " in message
-    assert "(324, 512, 3, 3) in the model" in message
+    assert (
+        "conf.0.weight -> head.cls_score.0.weight: (84, 512, 3, 3) in the checkpoint, "
+        "(324, 512, 3, 3) in the model"
+    ) in message
 
     # An ssd_d2 checkpoint needs no conversion.
     converted = convert("amdegroot", voc).state_dict
@@ -481,12 +597,19 @@ def test_wrong_shapes_list_keys():
         convert("amdegroot", converted)
 
 
-def test_unreadable_and_unsupported_inputs(tmp_path):
+class _PickledObject:
+    pass
+
+
+def test_checkpoint_reading(tmp_path):
+    # torchvision's reference scripts save their arguments with the model: readable.
+    path = str(tmp_path / "reference_script.pth")
+    weights = {"module.vgg.0.weight": torch.ones(2)}
+    torch.save({"model": weights, "args": argparse.Namespace(lr=0.1), "epoch": 3}, path)
+    assert list(load_state_dict(path)) == ["vgg.0.weight"]
+
+    # Other objects need torch.load(weights_only=False), which the converter does not do.
     path = str(tmp_path / "pickled_objects.pth")
-    torch.save({"model": {"vgg.0.weight": torch.zeros(1)}, "args": argparse.Namespace(a=1)}, path)
+    torch.save({"model": weights, "trainer": _PickledObject()}, path)
     with pytest.raises(ConversionError, match="weights_only"):
         load_state_dict(path)
-
-    ssdlite = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).state_dict()
-    with pytest.raises(NotImplementedError, match="ssdlite320_mobilenet_v3_coco.yaml"):
-        convert("torchvision", ssdlite)

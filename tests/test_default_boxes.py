@@ -23,8 +23,12 @@ def _generator(config_name):
 
 @pytest.mark.parametrize(
     "config_name, maps, expected",
-    [("ssd300_voc", SSD300_MAPS, 8732), ("ssd300_coco", SSD300_MAPS, 8732),
-     ("ssd512_voc", SSD512_MAPS, 24564), ("ssd512_coco", SSD512_MAPS, 24564)],
+    [
+        ("ssd300_voc", SSD300_MAPS, 8732),
+        ("ssd300_coco", SSD300_MAPS, 8732),
+        ("ssd512_voc", SSD512_MAPS, 24564),
+        ("ssd512_coco", SSD512_MAPS, 24564),
+    ],
 )
 def test_box_counts_match_the_paper(config_name, maps, expected):
     boxes = _generator(config_name)(_feature_maps(maps))

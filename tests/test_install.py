@@ -1,4 +1,5 @@
 """The installed detectron2 imports in any order with ssd_d2, with or without compiled ops."""
+
 import subprocess
 import sys
 

@@ -79,9 +79,7 @@ def test_train_and_eval_forward(config_name):
         assert set(losses) == {"loss_cls", "loss_box_reg"}
         assert all(torch.isfinite(v) for v in losses.values())
         sum(losses.values()).backward()
-        assert all(
-            torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None
-        )
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         # A batch without any box trains too, with a zero box loss.
         losses = model(_inputs([(size, size)] * 2, [0, 0]))
         assert all(torch.isfinite(v) for v in losses.values())
@@ -134,10 +132,14 @@ def test_in_features_the_backbone_lacks_fail_clearly():
 def test_default_boxes_for_fewer_levels_than_the_head_fail_clearly():
     cfg = load_config(
         "ssd300_voc",
-        "MODEL.SSD.DEFAULT_BOXES.STEPS", "[8, 16, 32, 64, 100]",
-        "MODEL.SSD.DEFAULT_BOXES.MIN_SIZES", "[30, 60, 111, 162, 213]",
-        "MODEL.SSD.DEFAULT_BOXES.MAX_SIZES", "[60, 111, 162, 213, 264]",
-        "MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS", "[[2], [2, 3], [2, 3], [2, 3], [2]]",
+        "MODEL.SSD.DEFAULT_BOXES.STEPS",
+        "[8, 16, 32, 64, 100]",
+        "MODEL.SSD.DEFAULT_BOXES.MIN_SIZES",
+        "[30, 60, 111, 162, 213]",
+        "MODEL.SSD.DEFAULT_BOXES.MAX_SIZES",
+        "[60, 111, 162, 213, 264]",
+        "MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS",
+        "[[2], [2, 3], [2, 3], [2, 3], [2]]",
     )
     with pytest.raises(ValueError, match="IN_FEATURES"):
         build_model(cfg)

@@ -5,6 +5,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 

@@ -2,6 +2,7 @@
 ssd_d2's matching, box encoding, loss and post-processing against torchvision's SSD, run on
 the same default boxes, predictions and targets.
 """
+
 import pytest
 import torch
 from torchvision.models.detection import ssd300_vgg16
@@ -22,14 +23,23 @@ def models():
     ours = build_model(
         load_config(
             "ssd300_voc",
-            "MODEL.SSD.TOPK_CANDIDATES_TEST", "400",
-            "TEST.DETECTIONS_PER_IMAGE", "200",
+            "MODEL.SSD.TOPK_CANDIDATES_TEST",
+            "400",
+            "TEST.DETECTIONS_PER_IMAGE",
+            "200",
         )
     )
     theirs = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1)
     # torchvision's VGG16 SSD300 default boxes are the VOC geometry's at scales 0.1 ... 1.05.
-    theirs.anchor_generator.scales = [30 / 300, 60 / 300, 111 / 300, 162 / 300, 213 / 300,
-                                      264 / 300, 315 / 300]
+    theirs.anchor_generator.scales = [
+        30 / 300,
+        60 / 300,
+        111 / 300,
+        162 / 300,
+        213 / 300,
+        264 / 300,
+        315 / 300,
+    ]
     theirs.anchor_generator._wh_pairs = theirs.anchor_generator._generate_wh_pairs(
         len(theirs.anchor_generator.scales) - 1
     )
@@ -39,7 +49,9 @@ def models():
 def _anchors(ours, theirs):
     maps = [torch.zeros(1, 1, s, s) for s in [38, 19, 10, 5, 3, 1]]
     our_anchors = Boxes.cat(ours.anchor_generator(maps))
-    their_anchors = theirs.anchor_generator(ImageList(torch.zeros(1, 3, 300, 300), [(300, 300)]), maps)[0]
+    their_anchors = theirs.anchor_generator(
+        ImageList(torch.zeros(1, 3, 300, 300), [(300, 300)]), maps
+    )[0]
     return our_anchors, their_anchors
 
 

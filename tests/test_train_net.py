@@ -2,6 +2,7 @@
 train_net.py end to end on the embedded data set, on the CPU: two gloo processes, resume,
 --eval-only, and data-parallel training equal to single-process training.
 """
+
 import json
 import os
 import re
@@ -16,19 +17,26 @@ REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
 # A small, quick variant of the demo config: the 300-image validation split for training too
 # (so that only it is generated), a few iterations, no data loader workers.
 SMALL_RUN = [
-    "DATASETS.TRAIN", "('ssd_shapes_val',)",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "4",
-    "SOLVER.WARMUP_ITERS", "1",
+    "DATASETS.TRAIN",
+    "('ssd_shapes_val',)",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "4",
+    "SOLVER.WARMUP_ITERS",
+    "1",
 ]
 
 
 def _train_net(tmp_path, opts, flags=(), num_gpus=1):
     env = dict(os.environ, SSD_D2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
     command = [
-        sys.executable, os.path.join(REPO_ROOT, "train_net.py"),
-        "--config-file", os.path.join(REPO_ROOT, "configs", "ssd300_shapes.yaml"),
-        "--num-gpus", str(num_gpus),
+        sys.executable,
+        os.path.join(REPO_ROOT, "train_net.py"),
+        "--config-file",
+        os.path.join(REPO_ROOT, "configs", "ssd160_shapes_demo.yaml"),
+        "--num-gpus",
+        str(num_gpus),
         *flags,
         *opts,
     ]
@@ -74,16 +82,26 @@ def test_two_processes_of_batch_4_train_like_one_of_batch_8(tmp_path):
     # the batch is split across processes.
     deterministic = [
         *SMALL_RUN,
-        "SOLVER.IMS_PER_BATCH", "8",
-        "SOLVER.MAX_ITER", "3",
-        "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
-        "MODEL.VGG.NORM", "",
-        "INPUT.SSD.PHOTOMETRIC.ENABLED", "False",
-        "INPUT.SSD.EXPAND.ENABLED", "False",
-        "INPUT.SSD.MIN_IOU_CROP.ENABLED", "False",
-        "INPUT.SSD.FLIP_PROB", "0.0",
-        "DATASETS.TEST", "()",
-        "SEED", "7",
+        "SOLVER.IMS_PER_BATCH",
+        "8",
+        "SOLVER.MAX_ITER",
+        "3",
+        "SOLVER.CLIP_GRADIENTS.ENABLED",
+        "False",
+        "MODEL.VGG.NORM",
+        "",
+        "INPUT.SSD.PHOTOMETRIC.ENABLED",
+        "False",
+        "INPUT.SSD.EXPAND.ENABLED",
+        "False",
+        "INPUT.SSD.MIN_IOU_CROP.ENABLED",
+        "False",
+        "INPUT.SSD.FLIP_PROB",
+        "0.0",
+        "DATASETS.TEST",
+        "()",
+        "SEED",
+        "7",
     ]
     _train_net(tmp_path, [*deterministic, "OUTPUT_DIR", str(tmp_path / "one")], num_gpus=1)
     _train_net(tmp_path, [*deterministic, "OUTPUT_DIR", str(tmp_path / "two")], num_gpus=2)

@@ -11,6 +11,7 @@ All randomness is drawn from numpy's global RNG in ``get_transform``, so a Detec
 loader's per-worker seeding makes the whole chain reproducible, and each returned
 :class:`~fvcore.transforms.Transform` is deterministic.
 """
+
 import random
 from typing import Optional, Sequence, Tuple
 

@@ -3,7 +3,11 @@ import logging
 import os
 import weakref
 
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator

@@ -14,7 +14,8 @@ __all__ = ["SSD_HEAD_REGISTRY", "SSDConvHead", "SSDLiteHead", "build_ssd_head"]
 SSD_HEAD_REGISTRY = Registry("SSD_HEAD")
 SSD_HEAD_REGISTRY.__doc__ = """
 Registry for SSD heads: given per-level feature maps, return per-level class logits
-(N, A_i * (K + 1), H_i, W_i) and box deltas (N, A_i * 4, H_i, W_i).
+(N, A_i * (K + 1), H_i, W_i) and box deltas (N, A_i * 4, H_i, W_i). A head is built as
+``head(cfg, input_shapes, num_anchors)`` (``@configurable``) or with explicit arguments.
 """
 
 
@@ -25,6 +26,7 @@ class SSDConvHead(nn.Module):
     box deltas of that level's default boxes (their count differs per level).
     """
 
+    @configurable
     def __init__(self, in_channels: List[int], num_anchors: List[int], num_classes: int):
         """
         Args:
@@ -50,6 +52,14 @@ class SSDConvHead(nn.Module):
             # Xavier init with zero bias, as the published SSD implementations use.
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    @classmethod
+    def from_config(cls, cfg, input_shapes: List[ShapeSpec], num_anchors: List[int]):
+        return {
+            "in_channels": [s.channels for s in input_shapes],
+            "num_anchors": num_anchors,
+            "num_classes": cfg.MODEL.SSD.NUM_CLASSES,
+        }
 
     def forward(self, features):
         logits = [layer(x) for layer, x in zip(self.cls_score, features)]
@@ -160,7 +170,8 @@ class SSDLiteHead(nn.Module):
         layout = cfg.MODEL.SSD.HEAD_LAYOUT
         if layout not in _SSDLITE_HEAD_LAYOUTS:
             raise ValueError(
-                f"MODEL.SSD.HEAD_LAYOUT = {layout!r}; choose one of {sorted(_SSDLITE_HEAD_LAYOUTS)}."
+                f"MODEL.SSD.HEAD_LAYOUT = {layout!r}; choose one of "
+                f"{sorted(_SSDLITE_HEAD_LAYOUTS)}."
             )
         return {
             "in_channels": [s.channels for s in input_shapes],
@@ -184,12 +195,4 @@ def build_ssd_head(cfg, input_shapes: List[ShapeSpec], num_anchors: List[int]) -
             f"MODEL.SSD.HEAD_NAME = {name!r} is not a registered SSD head; choose one of "
             f"{sorted(k for k, _ in SSD_HEAD_REGISTRY)}."
         )
-    head_class = SSD_HEAD_REGISTRY.get(name)
-    if hasattr(head_class, "from_config"):
-        # A @configurable head reads its own options (e.g. SSDLiteHead's norm and layout).
-        return head_class(cfg, input_shapes, num_anchors)
-    return head_class(
-        in_channels=[s.channels for s in input_shapes],
-        num_anchors=num_anchors,
-        num_classes=cfg.MODEL.SSD.NUM_CLASSES,
-    )
+    return SSD_HEAD_REGISTRY.get(name)(cfg, input_shapes, num_anchors)

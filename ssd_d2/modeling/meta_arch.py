@@ -25,7 +25,6 @@ from .head import build_ssd_head
 __all__ = ["SSD"]
 
 
-
 @META_ARCH_REGISTRY.register()
 class SSD(DenseDetector):
     """
@@ -89,9 +88,7 @@ class SSD(DenseDetector):
         self.box2box_transform = box2box_transform
         # SSD's matching: IoU >= threshold is positive, below is background; the rule that
         # each ground truth also takes its best default box is applied in label_anchors.
-        self.anchor_matcher = Matcher(
-            [iou_threshold], [0, 1], allow_low_quality_matches=False
-        )
+        self.anchor_matcher = Matcher([iou_threshold], [0, 1], allow_low_quality_matches=False)
         self.num_classes = num_classes
         self.image_size = image_size
         self.neg_pos_ratio = neg_pos_ratio
@@ -196,9 +193,9 @@ class SSD(DenseDetector):
             image = image.to(self.device, non_blocking=True).float()
             if tuple(image.shape[-2:]) != size:
                 # Bilinear resize of the float image, as torchvision's SSD transform does.
-                image = F.interpolate(
-                    image[None], size=size, mode="bilinear", align_corners=False
-                )[0]
+                image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[
+                    0
+                ]
             images.append(image)
         images = torch.stack(images)
         return (images - self.pixel_mean) / self.pixel_std
@@ -217,9 +214,7 @@ class SSD(DenseDetector):
         return result[keep]
 
     @torch.no_grad()
-    def label_anchors(
-        self, anchors: Boxes, gt_instances: List[Instances]
-    ) -> Tuple[Tensor, Tensor]:
+    def label_anchors(self, anchors: Boxes, gt_instances: List[Instances]) -> Tuple[Tensor, Tensor]:
         """
         Match default boxes to ground truth (SSD paper, 2.2): a default box is positive for
         the ground truth it overlaps most when that IoU >= the threshold, and each ground

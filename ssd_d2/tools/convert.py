@@ -15,11 +15,13 @@ To fine-tune on another class count, load the converted checkpoint with the othe
 DetectionCheckpointer skips the class logits (``head.cls_score.*``), whose shapes differ,
 with a warning, and loads everything else.
 """
+
 import argparse
 import os
 import pickle
 import re
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -36,12 +38,14 @@ __all__ = [
     "SOURCES",
     "Conversion",
     "ConversionError",
+    "build_argument_parser",
     "coco_category_ids",
     "convert",
     "convert_file",
     "load_state_dict",
     "main",
     "save_checkpoint",
+    "summarize",
 ]
 
 SOURCES = ("torchvision", "lufficc", "amdegroot", "vgg16")
@@ -70,7 +74,7 @@ _VGG16_CONFIG = "ssd300_voc.yaml"
 _SOURCE_NAMES = {
     "torchvision": "torchvision ssd300_vgg16",
     "torchvision_ssdlite": "torchvision ssdlite320_mobilenet_v3_large",
-    "lufficc": "lufficc/SSD VGG",
+    "lufficc": "lufficc/SSD",
     "amdegroot": "amdegroot/ssd.pytorch",
     "vgg16": "VGG16 ImageNet",
     "ssd_d2": "ssd_d2",
@@ -217,8 +221,9 @@ def _rename(
         for pattern, new_name in compiled:
             match = pattern.fullmatch(key)
             if match:
-                renamed[new_name(match)] = value
-                origins[new_name(match)] = key
+                name = new_name(match)
+                renamed[name] = value
+                origins[name] = key
                 break
         else:
             unmatched[key] = value
@@ -234,8 +239,12 @@ def load_state_dict(path: str) -> Dict[str, Tensor]:
     The state dict in ``path``: a bare state dict or a checkpoint holding one under "model"
     or "state_dict", with any DataParallel "module." prefix removed.
     """
+    # torchvision's detection reference scripts save their argparse arguments too.
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    allow_namespace = safe_globals([argparse.Namespace]) if safe_globals else nullcontext()
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with allow_namespace:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ConversionError(
             f"{path} cannot be read with torch.load(weights_only=True), which loads tensors "
@@ -269,10 +278,6 @@ def save_checkpoint(state_dict: Dict[str, Tensor], path: str, author: str) -> No
         k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
         for k, v in state_dict.items()
     }
-    if path.endswith(".pyth"):
-        raise ConversionError(
-            f"{path}: DetectionCheckpointer reads '.pyth' files as pycls checkpoints; use '.pth'."
-        )
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     if path.endswith(".pkl"):
@@ -503,7 +508,11 @@ def _convert_detector(
 
 
 def _reduce_fc(
-    classifier: Dict[str, Tensor], renamed: Dict[str, Tensor], origins, unmatched, notes
+    classifier: Dict[str, Tensor],
+    renamed: Dict[str, Tensor],
+    origins: Dict[str, str],
+    unmatched: Dict[str, Tensor],
+    notes: List[str],
 ) -> bool:
     """
     Turn torchvision vgg16's fc6 and fc7 into SSD's conv6 (3x3, dilation 6) and conv7 (1x1),
@@ -606,8 +615,8 @@ def convert(
     the config that the source's head shapes imply).
 
     Raises:
-        ConversionError: when the state dict is not the source's VGG16 SSD, or does not fit
-            the config; the message lists the first keys and shapes that do not fit.
+        ConversionError: when the state dict is not one of the source's models, or does not
+            fit the config; the message lists the first keys and shapes that do not fit.
     """
     if source not in SOURCES:
         raise ConversionError(f"Unknown source {source!r}; choose one of {SOURCES}.")
@@ -624,6 +633,11 @@ def convert_file(
     opts: Sequence[str] = (),
 ) -> Conversion:
     """Read ``input_path``, convert it and write the Detectron2 checkpoint ``output_path``."""
+    if output_path.endswith(".pyth"):
+        raise ConversionError(
+            f"{output_path}: DetectionCheckpointer reads '.pyth' files as pycls checkpoints; "
+            "use '.pth'."
+        )
     conversion = convert(source, load_state_dict(input_path), config_file, opts)
     author = (
         f"{_SOURCE_NAMES[conversion.source]} ({os.path.basename(input_path)}) "
@@ -634,7 +648,7 @@ def convert_file(
 
 
 def summarize(conversion: Conversion) -> List[str]:
-    """Lines that say what was converted: tensors and parameters per module, and notes."""
+    """Lines that say what was converted: tensors and values per module, and notes."""
     groups: Dict[str, List[int]] = {}
     for key, value in conversion.state_dict.items():
         group = groups.setdefault(".".join(key.split(".")[:2]), [0, 0])
@@ -662,17 +676,17 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--source",
         required=True,
         choices=SOURCES,
-        help="torchvision: ssd300_vgg16 or ssdlite320_mobilenet_v3_large state dict (COCO); "
-        "lufficc: lufficc/SSD vgg_ssd300/512 "
-        "(VOC or COCO); amdegroot: ssd.pytorch SSD300; vgg16: torchvision vgg16 or ssd.pytorch "
-        "vgg16_reducedfc.pth, to train from",
+        help="torchvision: ssd300_vgg16 or ssdlite320_mobilenet_v3_large (COCO); lufficc: "
+        "lufficc/SSD vgg_ssd300/512 (VOC or COCO); amdegroot: ssd.pytorch SSD300; vgg16: "
+        "torchvision vgg16 or ssd.pytorch vgg16_reducedfc.pth, to train from",
     )
     parser.add_argument(
         "--config-file",
         default=None,
         metavar="FILE",
         help="the ssd_d2 config to convert to (a path or a name in configs/); by default the "
-        "one the head's shapes imply (ssd300/ssd512 x voc/coco; ssd300_voc.yaml for vgg16)",
+        "one the head's shapes imply (ssd300/ssd512 x voc/coco, ssdlite320_mobilenet_v3_coco; "
+        "ssd300_voc.yaml for vgg16)",
     )
     parser.add_argument("input", metavar="INPUT", help="the checkpoint to convert (.pth)")
     parser.add_argument(
@@ -691,7 +705,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Conversion:
     args = build_argument_parser().parse_args(argv)
     try:
         conversion = convert_file(args.source, args.input, args.output, args.config_file, args.opts)
-    except (ConversionError, NotImplementedError) as e:
+    except ConversionError as e:
         sys.exit(f"error: {args.input}: {e}")
     print("\n".join(summarize(conversion)))
     print(

@@ -4,4 +4,4 @@ from .mobilenet import (
     build_mobilenet_v2_ssdlite_backbone,
     build_mobilenet_v3_ssdlite_backbone,
 )
-from .vgg import L2Norm, VGG16SSD, build_vgg16_ssd_backbone
+from .vgg import VGG16SSD, L2Norm, build_vgg16_ssd_backbone

@@ -25,12 +25,12 @@ def get_norm_layer(norm: str, eps: float, momentum: float) -> Callable[[int], nn
     """
     A ``channels -> module`` factory (what torchvision's MobileNets take as ``norm_layer``)
     for a Detectron2 norm name ("BN", "SyncBN", "FrozenBN", ...), with the given epsilon and
-    momentum where the layer has them: the peers' SSDLite models train with non-default ones.
+    momentum where the layer has them: torchvision's SSDLite trains with non-default ones.
     """
     if not norm:
         raise ValueError(
-            "The SSDLite MobileNet backbones and SSDLiteHead need a norm layer (\"BN\", "
-            "\"SyncBN\", \"FrozenBN\", ...); got none."
+            'The SSDLite MobileNet backbones and SSDLiteHead need a norm layer ("BN", '
+            '"SyncBN", "FrozenBN", ...); got none.'
         )
 
     def make(channels: int) -> nn.Module:

@@ -1,4 +1,4 @@
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -73,33 +73,50 @@ class L2Norm(nn.Module):
 
 class VGG16SSD(Backbone):
     """
-    The VGG16 backbone of SSD300 / SSD512: conv4_3 (L2-normalised), fc7 and the extra
-    layers, one output per level. With the defaults, layer indices in ``vgg`` follow the
+    The VGG16 backbone of SSD300 / SSD512: conv4_3 (L2-normalised when there is no norm
+    layer), fc7 and the extra layers, one output per level. With the defaults, layer indices in ``vgg`` follow the
     published SSD checkpoints' ``vgg.N`` numbering, which keeps weight conversion a renaming.
     """
 
-    def __init__(self, image_size: int = 300, width_mult: float = 1.0, norm: str = ""):
+    def __init__(
+        self,
+        image_size: int = 300,
+        width_mult: float = 1.0,
+        norm: str = "",
+        out_features: Optional[List[str]] = None,
+    ):
         """
         Args:
-            image_size: 300 or 512, which selects the extra layers.
+            image_size: input side; from 512 up the SSD512 extra layers are used, below it
+                SSD300's.
             width_mult: scales every layer's channels (1.0 is the published model; smaller
                 values give fast demo models).
             norm: a Detectron2 norm ("BN", "SyncBN", "FrozenBN", ...) after every conv, or ""
                 for none, as in the published model.
+            out_features: the levels to output and build, by name; default all. Smaller
+                inputs need fewer levels (the last ones would shrink below 1x1).
         """
         super().__init__()
-        if image_size not in _EXTRAS:
+        extras_layout = _EXTRAS[512] if image_size >= 512 else _EXTRAS[300]
+        all_names = ["conv4_3", "fc7"] + [f"conv{8 + i}_2" for i in range(len(extras_layout))]
+        out_features = list(out_features or all_names)
+        unknown = [f for f in out_features if f not in all_names]
+        if unknown:
             raise ValueError(
-                f"MODEL.SSD.IMAGE_SIZE = {image_size}: the VGG16 SSD backbone has extra layers "
-                f"for {sorted(_EXTRAS)} only."
+                f"VGG16SSD at {image_size} pixels has no outputs {unknown}; it has {all_names}."
             )
+        num_levels = max(all_names.index(f) for f in out_features) + 1
+        extras_layout = extras_layout[: max(0, num_levels - 2)]
         self.vgg, self._conv4_3_index = _vgg16_layers(width_mult, norm)
         conv4_3_channels = _scaled(512, width_mult)
-        self.l2_norm = L2Norm(conv4_3_channels)
+        # L2Norm evens out conv4_3's larger activations; with a norm layer after every conv
+        # the levels are already on one scale, and rescaling every location to the same
+        # norm would only amplify background noise.
+        self.l2_norm = nn.Identity() if norm else L2Norm(conv4_3_channels)
         extras = []
         in_channels = _scaled(1024, width_mult)
         channels = [conv4_3_channels, in_channels]
-        for mid, out, stride, padding in _EXTRAS[image_size]:
+        for mid, out, stride, padding in extras_layout:
             mid, out = _scaled(mid, width_mult), _scaled(out, width_mult)
             # SSD512's last extra layer is a 4x4 conv that turns 2x2 into 1x1.
             kernel = 4 if (image_size == 512 and stride == 1) else 3
@@ -113,12 +130,11 @@ class VGG16SSD(Backbone):
             channels.append(out)
         self.extras = nn.ModuleList(extras)
 
-        names = ["conv4_3", "fc7"] + [f"conv{8 + i}_2" for i in range(len(extras))]
-        self._out_features = names
+        self._out_features = out_features
         # Nominal strides (powers of two); the default-box steps of the config give the
         # exact geometry (e.g. 100 and 300 at SSD300's last levels).
-        self._out_feature_strides = {name: 2 ** (3 + i) for i, name in enumerate(names)}
-        self._out_feature_channels = dict(zip(names, channels))
+        self._out_feature_strides = {name: 2 ** (3 + i) for i, name in enumerate(all_names)}
+        self._out_feature_channels = dict(zip(all_names, channels))
 
     def forward(self, x) -> Dict[str, torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -132,7 +148,8 @@ class VGG16SSD(Backbone):
         for extra in self.extras:
             x = extra(x)
             outputs.append(x)
-        return dict(zip(self._out_features, outputs))
+        outputs = dict(zip(self._out_feature_channels, outputs))
+        return {name: outputs[name] for name in self._out_features}
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
@@ -146,7 +163,7 @@ class VGG16SSD(Backbone):
 
 @BACKBONE_REGISTRY.register()
 def build_vgg16_ssd_backbone(cfg, input_shape: ShapeSpec) -> VGG16SSD:
-    """The VGG16 SSD backbone for ``MODEL.SSD.IMAGE_SIZE`` (300 or 512)."""
+    """The VGG16 SSD backbone for ``MODEL.SSD.IMAGE_SIZE``, with the levels of IN_FEATURES."""
     if input_shape.channels != 3:
         raise ValueError(
             f"build_vgg16_ssd_backbone takes 3-channel images; MODEL.PIXEL_MEAN has "
@@ -156,4 +173,5 @@ def build_vgg16_ssd_backbone(cfg, input_shape: ShapeSpec) -> VGG16SSD:
         image_size=cfg.MODEL.SSD.IMAGE_SIZE,
         width_mult=cfg.MODEL.VGG.WIDTH_MULT,
         norm=cfg.MODEL.VGG.NORM,
+        out_features=cfg.MODEL.SSD.IN_FEATURES,
     )
