@@ -80,6 +80,9 @@ def add_ssd_config(cfg):
     # torchvision's SSDLite COCO model does; ImageNet-pretrained MobileNetV3 weights need False.
     _C.MODEL.MOBILENET.REDUCED_TAIL = True
 
+    # "SGD" (Detectron2's, with SOLVER.MOMENTUM; the published SSD recipes) or "ADAMW".
+    _C.SOLVER.OPTIMIZER = "SGD"
+
     # SSD training augmentations (SSDDatasetMapper), applied in this order.
     _C.INPUT.SSD = CN()
     # Photometric distortion: brightness, contrast, saturation and hue in random order.

@@ -3,6 +3,8 @@ import logging
 import os
 import weakref
 
+import torch
+
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
@@ -11,6 +13,8 @@ from detectron2.data import (
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.solver import build_optimizer
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from ..data import SSDDatasetMapper, check_dataset_files
@@ -80,6 +84,24 @@ class SSDTrainer(DefaultTrainer):
                 "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS, then continue with "
                 "--resume."
             ) from e
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's SGD, or AdamW (``SOLVER.OPTIMIZER``) with the same parameter groups."""
+        name = cfg.SOLVER.OPTIMIZER.upper()
+        if name == "SGD":
+            return build_optimizer(cfg, model)
+        if name != "ADAMW":
+            raise ValueError(f"SOLVER.OPTIMIZER = {cfg.SOLVER.OPTIMIZER!r}: use 'SGD' or 'ADAMW'.")
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(params, lr=cfg.SOLVER.BASE_LR)
 
     @classmethod
     def build_train_loader(cls, cfg):
