@@ -613,3 +613,129 @@ def test_checkpoint_reading(tmp_path):
     torch.save({"model": weights, "trainer": _PickledObject()}, path)
     with pytest.raises(ConversionError, match="weights_only"):
         load_state_dict(path)
+
+
+# ---------------------------------------------------------------------------------------
+# lufficc/SSD's MobileNetV2 SSDLite320 (mobilenet_v2_ssd320_voc0712).
+
+
+def _lufficc_bn(prefix, channels):
+    """nn.BatchNorm2d's state dict."""
+    return {
+        f"{prefix}.weight": (channels,),
+        f"{prefix}.bias": (channels,),
+        f"{prefix}.running_mean": (channels,),
+        f"{prefix}.running_var": (channels,),
+        f"{prefix}.num_batches_tracked": (),
+    }
+
+
+def _lufficc_conv_bn_relu(prefix, cin, cout, kernel, groups=1):
+    """lufficc's ConvBNReLU: (conv without bias, bn, relu6)."""
+    return {f"{prefix}.0.weight": (cout, cin // groups, kernel, kernel)} | _lufficc_bn(
+        f"{prefix}.1", cout
+    )
+
+
+def _lufficc_inverted_residual(prefix, cin, cout, expand_ratio):
+    """lufficc's InvertedResidual.conv: ([pw ConvBNReLU], dw ConvBNReLU, pw-linear conv, bn)."""
+    hidden = int(round(cin * expand_ratio))
+    shapes, i = {}, 0
+    if expand_ratio != 1:
+        shapes |= _lufficc_conv_bn_relu(f"{prefix}.conv.{i}", cin, hidden, 1)
+        i += 1
+    shapes |= _lufficc_conv_bn_relu(f"{prefix}.conv.{i}", hidden, hidden, 3, groups=hidden)
+    shapes[f"{prefix}.conv.{i + 1}.weight"] = (cout, hidden, 1, 1)
+    return shapes | _lufficc_bn(f"{prefix}.conv.{i + 2}", cout)
+
+
+def lufficc_mobilenet_v2_ssdlite_shapes(num_classes=21):
+    """Key -> shape in lufficc/SSD's mobilenet_v2_ssd320_voc0712, as its code defines them."""
+    shapes = _lufficc_conv_bn_relu("backbone.features.0", 3, 32, 3)
+    cin, index = 32, 1
+    for t, c, n, _ in [
+        [1, 16, 1, 1],
+        [6, 24, 2, 2],
+        [6, 32, 3, 2],
+        [6, 64, 4, 2],
+        [6, 96, 3, 1],
+        [6, 160, 3, 2],
+        [6, 320, 1, 1],
+    ]:
+        for _ in range(n):
+            shapes |= _lufficc_inverted_residual(f"backbone.features.{index}", cin, c, t)
+            cin, index = c, index + 1
+    shapes |= _lufficc_conv_bn_relu(f"backbone.features.{index}", 320, 1280, 1)
+    cin = 1280
+    for i, (cout, ratio) in enumerate([(512, 0.2), (256, 0.25), (256, 0.5), (64, 0.25)]):
+        shapes |= _lufficc_inverted_residual(f"backbone.extras.{i}", cin, cout, ratio)
+        cin = cout
+    # SSDLiteBoxPredictor: SeparableConv2d.conv = (dw conv with bias, bn, relu6, 1x1 conv) on
+    # every level but the last, a plain 1x1 conv.
+    channels, boxes = [96, 1280, 512, 256, 256, 64], [6, 6, 6, 6, 6, 6]
+    for level, (c, b) in enumerate(zip(channels, boxes)):
+        for name, outputs in [("cls_headers", b * num_classes), ("reg_headers", b * 4)]:
+            prefix = f"box_head.predictor.{name}.{level}"
+            if level == len(channels) - 1:
+                shapes[f"{prefix}.weight"] = (outputs, c, 1, 1)
+                shapes[f"{prefix}.bias"] = (outputs,)
+                continue
+            shapes[f"{prefix}.conv.0.weight"] = (c, 1, 3, 3)
+            shapes[f"{prefix}.conv.0.bias"] = (c,)
+            shapes |= _lufficc_bn(f"{prefix}.conv.1", c)
+            shapes[f"{prefix}.conv.3.weight"] = (outputs, c, 1, 1)
+            shapes[f"{prefix}.conv.3.bias"] = (outputs,)
+    return shapes
+
+
+def test_lufficc_mobilenet_v2_ssdlite_lands_in_place(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    shapes = lufficc_mobilenet_v2_ssdlite_shapes()
+    state_dict = {
+        k: (
+            torch.randint(0, 1000, s, generator=g)
+            if k.endswith("num_batches_tracked")
+            else torch.randn(s, generator=g)
+        )
+        for k, s in shapes.items()
+    }
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    params = sum(v.numel() for k, v in state_dict.items() if not k.endswith(buffers))
+    assert params == 3_304_708  # lufficc's parameter count
+    path = str(tmp_path / "mobilenet_v2_ssd320_voc0712.pth")
+    torch.save({"model": state_dict, "iteration": 120000}, path)
+    output = str(tmp_path / "converted.pth")
+    conversion = main(["--source", "lufficc", path, output])
+    assert conversion.config_file.endswith("ssdlite320_mobilenet_v2_voc.yaml")
+    assert len(conversion.state_dict) == len(state_dict)
+
+    model = build_model(load_config("ssdlite320_mobilenet_v2_voc"))
+    assert_loads_cleanly(model, output)
+    ours = model.state_dict()
+    expected_places = {
+        "backbone.features.0.0.weight": "backbone.features.0.0.0.weight",
+        "backbone.features.0.1.running_var": "backbone.features.0.0.1.running_var",
+        "backbone.features.1.conv.0.0.weight": "backbone.features.0.1.conv.0.0.weight",
+        "backbone.features.13.conv.1.0.weight": "backbone.features.0.13.conv.1.0.weight",
+        "backbone.features.14.conv.1.0.weight": "backbone.features.1.14.conv.1.0.weight",
+        "backbone.features.17.conv.3.bias": "backbone.features.1.17.conv.3.bias",
+        "backbone.features.18.0.weight": "backbone.features.1.18.0.weight",
+        "backbone.extras.0.conv.0.0.weight": "backbone.extra.0.0.0.weight",
+        "backbone.extras.1.conv.1.0.weight": "backbone.extra.1.1.0.weight",
+        "backbone.extras.2.conv.1.1.running_mean": "backbone.extra.2.1.1.running_mean",
+        "backbone.extras.3.conv.2.weight": "backbone.extra.3.2.0.weight",
+        "backbone.extras.3.conv.3.bias": "backbone.extra.3.2.1.bias",
+        "box_head.predictor.cls_headers.0.conv.0.weight": "head.cls_score.0.0.0.weight",
+        "box_head.predictor.cls_headers.0.conv.0.bias": "head.cls_score.0.0.0.bias",
+        "box_head.predictor.cls_headers.0.conv.1.weight": "head.cls_score.0.0.1.weight",
+        "box_head.predictor.cls_headers.0.conv.3.weight": "head.cls_score.0.1.weight",
+        "box_head.predictor.reg_headers.4.conv.3.bias": "head.bbox_pred.4.1.bias",
+        "box_head.predictor.cls_headers.5.weight": "head.cls_score.5.weight",
+        "box_head.predictor.reg_headers.5.bias": "head.bbox_pred.5.bias",
+    }
+    for theirs, mine in expected_places.items():
+        assert torch.equal(ours[mine], state_dict[theirs]), (theirs, mine)
+    # Background is class output 0 in both: the class outputs are not re-indexed.
+    assert torch.equal(
+        ours["head.cls_score.1.1.bias"], state_dict["box_head.predictor.cls_headers.1.conv.3.bias"]
+    )

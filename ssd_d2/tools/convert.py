@@ -61,11 +61,13 @@ _DETECTOR_CONFIGS = {
     (7, 81): "ssd512_coco.yaml",
 }
 _SSDLITE_CONFIGS = {(6, 81): "ssdlite320_mobilenet_v3_coco.yaml"}
+_LUFFICC_SSDLITE_CONFIGS = {(6, 21): "ssdlite320_mobilenet_v2_voc.yaml"}
 # The model a checkpoint without a recognisable head is compared with, for the error message.
 _FALLBACK_CONFIGS = {
     "torchvision": "ssd300_coco.yaml",
     "torchvision_ssdlite": "ssdlite320_mobilenet_v3_coco.yaml",
     "lufficc": "ssd300_voc.yaml",
+    "lufficc_ssdlite": "ssdlite320_mobilenet_v2_voc.yaml",
     "amdegroot": "ssd300_voc.yaml",
 }
 # Every VGG16 SSD config has the same backbone.vgg layers: this one checks an initialisation.
@@ -75,6 +77,7 @@ _SOURCE_NAMES = {
     "torchvision": "torchvision ssd300_vgg16",
     "torchvision_ssdlite": "torchvision ssdlite320_mobilenet_v3_large",
     "lufficc": "lufficc/SSD",
+    "lufficc_ssdlite": "lufficc/SSD mobilenet_v2_ssd320",
     "amdegroot": "amdegroot/ssd.pytorch",
     "vgg16": "VGG16 ImageNet",
     "ssd_d2": "ssd_d2",
@@ -91,6 +94,9 @@ examples:
   # lufficc/SSD: 300 or 512 (head levels) and VOC or COCO (class outputs) come from the shapes
   python -m ssd_d2.tools.convert --source lufficc vgg_ssd512_coco_trainval35k.pth \\
       ssd512_coco_lufficc.pth
+  # lufficc/SSD's MobileNetV2 SSDLite320 VOC -> configs/ssdlite320_mobilenet_v2_voc.yaml
+  python -m ssd_d2.tools.convert --source lufficc mobilenet_v2_ssd320_voc0712.pth \\
+      ssdlite320_voc_lufficc.pth
   # amdegroot/ssd.pytorch SSD300 VOC -> configs/ssd300_voc.yaml
   python -m ssd_d2.tools.convert --source amdegroot ssd300_mAP_77.43_v2.pth ssd300_voc_amdegroot.pth
   # ImageNet VGG16 to train from: ssd.pytorch's vgg16_reducedfc.pth or a torchvision vgg16
@@ -144,6 +150,27 @@ def _extras_pair(flat_index: str) -> str:
     return f"{i // 2}.{2 * (i % 2)}"
 
 
+# lufficc's MobileNetV2 computes its first map after features[:14] (the 96-channel block
+# before the one that goes to stride 32); ssd_d2 splits the same blocks into features.0
+# (0 ... 13) and features.1 (14 ... 18), keeping each block's index.
+_LUFFICC_MOBILENET_V2_SPLIT = 14
+
+
+def _lufficc_ssdlite_head_rules(theirs: str, ours: str) -> List[_Rule]:
+    """
+    lufficc's SSDLiteBoxPredictor level: SeparableConv2d ``conv`` = (0: depthwise 3x3 with
+    bias, 1: BatchNorm, 2: ReLU6, 3: 1x1) -> ssd_d2's (0: (0: depthwise, 1: norm), 1: 1x1);
+    the last level is a plain 1x1 conv in both.
+    """
+    prefix = rf"box_head\.predictor\.{theirs}\.(\d+)"
+    return [
+        (prefix + r"\.conv\.0" + _W, lambda m: f"head.{ours}.{m[1]}.0.0.{m[2]}"),
+        (prefix + r"\.conv\.1\.(.+)", lambda m: f"head.{ours}.{m[1]}.0.1.{m[2]}"),
+        (prefix + r"\.conv\.3" + _W, lambda m: f"head.{ours}.{m[1]}.1.{m[2]}"),
+        (prefix + _W, lambda m: f"head.{ours}.{m[1]}.{m[2]}"),
+    ]
+
+
 _RULES: Dict[str, List[_Rule]] = {
     "torchvision": [
         (r"backbone\.scale_weight", lambda m: "backbone.l2_norm.weight"),
@@ -189,6 +216,31 @@ _RULES: Dict[str, List[_Rule]] = {
             r"box_head\.predictor\.reg_headers\.(\d+)" + _W,
             lambda m: f"head.bbox_pred.{m[1]}.{m[2]}",
         ),
+    ],
+    # lufficc/SSD's mobilenet_v2_ssd320_voc0712 (MobileNetV2 + SSDLiteBoxPredictor).
+    "lufficc_ssdlite": [
+        # The body's blocks (ConvBNReLU = (conv, bn, relu6); InvertedResidual.conv = ([1x1
+        # ConvBNReLU,] depthwise ConvBNReLU, 1x1 conv, bn)) nest as torchvision's MobileNetV2,
+        # which ssd_d2 builds: only the stage prefix changes.
+        (
+            r"backbone\.features\.(\d+)\.(.+)",
+            lambda m: (
+                f"backbone.features.{int(int(m[1]) >= _LUFFICC_MOBILENET_V2_SPLIT)}.{m[1]}.{m[2]}"
+            ),
+        ),
+        # The extras are InvertedResidual blocks, conv = (0: 1x1 ConvBNReLU, 1: depthwise
+        # ConvBNReLU, 2: 1x1 conv, 3: bn); ssd_d2's are (0, 1, 2: (0: 1x1 conv, 1: norm)).
+        (
+            r"backbone\.extras\.(\d+)\.conv\.([01])\.([01]\..+)",
+            lambda m: f"backbone.extra.{m[1]}.{m[2]}.{m[3]}",
+        ),
+        (
+            r"backbone\.extras\.(\d+)\.conv\.2\.weight",
+            lambda m: f"backbone.extra.{m[1]}.2.0.weight",
+        ),
+        (r"backbone\.extras\.(\d+)\.conv\.3\.(.+)", lambda m: f"backbone.extra.{m[1]}.2.1.{m[2]}"),
+        *_lufficc_ssdlite_head_rules("cls_headers", "cls_score"),
+        *_lufficc_ssdlite_head_rules("reg_headers", "bbox_pred"),
     ],
     "amdegroot": [
         (r"vgg\.(\d+)" + _W, lambda m: f"backbone.vgg.{m[1]}.{m[2]}"),
@@ -380,7 +432,8 @@ def _check_fits(
     elif guess is not None and unexpected:
         lines.append(
             f"Its keys are {_SOURCE_NAMES[guess]}'s, but of an architecture that this converter "
-            "does not handle (VGG16 SSD300/SSD512, and torchvision's SSDLite320 MobileNetV3)."
+            "does not handle (VGG16 SSD300/SSD512, torchvision's SSDLite320 MobileNetV3 and "
+            "lufficc/SSD's SSDLite320 MobileNetV2)."
         )
     elif wrong_shapes and not (unexpected or missing):
         lines.append(
@@ -399,17 +452,21 @@ def _head_layout(
 ) -> Optional[Tuple[List[int], int]]:
     """
     (default boxes per location of each level, class outputs per box with background),
-    read from the shapes of the head's output convs (``head.cls_score.<level><output_conv>``);
+    read from the shapes of the head's output convs (``head.cls_score.<level><output_conv>``,
+    or ``head.cls_score.<level>`` for a plain conv level such as lufficc's SSDLite last one);
     None when there is no complete head.
     """
-    pattern = re.compile(r"head\.cls_score\.(\d+)" + re.escape(output_conv) + r"\.weight")
+    pattern = re.compile(r"head\.cls_score\.(\d+)(" + re.escape(output_conv) + r")?\.weight")
     levels = sorted(int(m[1]) for m in map(pattern.fullmatch, state_dict) if m)
     if not levels or levels != list(range(len(levels))):
         return None
     num_anchors, outputs = [], set()
     for level in levels:
-        box_weight = state_dict.get(f"head.bbox_pred.{level}{output_conv}.weight")
-        cls_weight = state_dict[f"head.cls_score.{level}{output_conv}.weight"]
+        conv = output_conv
+        if f"head.cls_score.{level}{conv}.weight" not in state_dict:
+            conv = ""
+        box_weight = state_dict.get(f"head.bbox_pred.{level}{conv}.weight")
+        cls_weight = state_dict[f"head.cls_score.{level}{conv}.weight"]
         if box_weight is None:
             return None
         boxes = box_weight.shape[0] // 4
@@ -447,12 +504,21 @@ def _is_ssdlite(state_dict: Dict[str, Tensor]) -> bool:
     return any(k.startswith("backbone.features.0.0.") for k in state_dict)
 
 
+def _is_lufficc_ssdlite(state_dict: Dict[str, Tensor]) -> bool:
+    # A MobileNet body (its VGG16 models have backbone.vgg.*) and SSDLiteBoxPredictor's
+    # SeparableConv2d levels (cls_headers.<level>.conv.*).
+    head = re.compile(r"box_head\.predictor\.(cls|reg)_headers\.\d+\.conv\..+")
+    return any(k.startswith("backbone.features.") for k in state_dict) and any(
+        head.fullmatch(k) for k in state_dict
+    )
+
+
 def _convert_detector(
     source: str, state_dict: Dict[str, Tensor], config_file: Optional[str], opts: Sequence[str]
 ) -> Conversion:
     """
-    A VGG16 SSD300/SSD512 of torchvision, lufficc/SSD or ssd.pytorch, or torchvision's
-    SSDLite320 MobileNetV3.
+    A VGG16 SSD300/SSD512 of torchvision, lufficc/SSD or ssd.pytorch, torchvision's
+    SSDLite320 MobileNetV3 or lufficc/SSD's SSDLite320 MobileNetV2.
     """
     configs = _DETECTOR_CONFIGS
     # The conv that predicts, within each level's predictor: SSDLite's is a separable
@@ -460,6 +526,9 @@ def _convert_detector(
     output_conv = ""
     if source == "torchvision" and _is_ssdlite(state_dict):
         source, configs, output_conv = "torchvision_ssdlite", _SSDLITE_CONFIGS, ".1"
+    elif source == "lufficc" and _is_lufficc_ssdlite(state_dict):
+        # Its last level is a plain 1x1 conv (head.cls_score.5), which _head_layout reads too.
+        source, configs, output_conv = "lufficc_ssdlite", _LUFFICC_SSDLITE_CONFIGS, ".1"
     renamed, origins, unmatched = _rename(state_dict, _RULES[source])
     notes = []
     layout = _head_layout(renamed, output_conv)
@@ -677,7 +746,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
         required=True,
         choices=SOURCES,
         help="torchvision: ssd300_vgg16 or ssdlite320_mobilenet_v3_large (COCO); lufficc: "
-        "lufficc/SSD vgg_ssd300/512 (VOC or COCO); amdegroot: ssd.pytorch SSD300; vgg16: "
+        "lufficc/SSD vgg_ssd300/512 (VOC or COCO) or mobilenet_v2_ssd320 (VOC); amdegroot: "
+        "ssd.pytorch SSD300; vgg16: "
         "torchvision vgg16 or ssd.pytorch vgg16_reducedfc.pth, to train from",
     )
     parser.add_argument(
@@ -685,7 +755,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="the ssd_d2 config to convert to (a path or a name in configs/); by default the "
-        "one the head's shapes imply (ssd300/ssd512 x voc/coco, ssdlite320_mobilenet_v3_coco; "
+        "one the head's shapes imply (ssd300/ssd512 x voc/coco, ssdlite320_mobilenet_v3_coco, "
+        "ssdlite320_mobilenet_v2_voc; "
         "ssd300_voc.yaml for vgg16)",
     )
     parser.add_argument("input", metavar="INPUT", help="the checkpoint to convert (.pth)")
