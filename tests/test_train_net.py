@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 import torch
 
 REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, batched_nms, cat
+from detectron2.layers import batched_nms, cat
 from detectron2.modeling import (
     META_ARCH_REGISTRY,
     Backbone,

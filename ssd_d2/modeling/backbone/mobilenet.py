@@ -106,15 +106,6 @@ class _SSDLiteBackbone(Backbone):
             outputs.append(x)
         return dict(zip(self._out_features, outputs))
 
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name],
-                stride=self._out_feature_strides[name],
-            )
-            for name in self._out_features
-        }
-
 
 class MobileNetV2SSDLite(_SSDLiteBackbone):
     """

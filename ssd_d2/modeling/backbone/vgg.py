@@ -151,15 +151,6 @@ class VGG16SSD(Backbone):
         outputs = dict(zip(self._out_feature_channels, outputs))
         return {name: outputs[name] for name in self._out_features}
 
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name],
-                stride=self._out_feature_strides[name],
-            )
-            for name in self._out_features
-        }
-
 
 @BACKBONE_REGISTRY.register()
 def build_vgg16_ssd_backbone(cfg, input_shape: ShapeSpec) -> VGG16SSD:
