@@ -1,0 +1,403 @@
+"""
+``ssd_shapes``: a synthetic object-detection data set drawn with OpenCV, so that SSD can be
+trained and evaluated end to end without downloading anything.
+
+Each image has a cluttered background (colour gradient, smooth blobs, random lines and
+curves, noise) and up to a few filled shapes of five classes. The data is written as JPEG
+files plus one COCO-format json, and read back with Detectron2's ``load_coco_json``, so it
+goes through the same loading and evaluation path as COCO itself.
+"""
+import functools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from typing import Dict, List, Optional
+
+import cv2
+import numpy as np
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+__all__ = [
+    "SHAPE_CLASSES",
+    "SHAPES_SPLITS",
+    "generate_shapes_dataset",
+    "register_shapes_dataset",
+    "shapes_dataset_root",
+]
+
+logger = logging.getLogger(__name__)
+
+# The thing classes, in category id order (COCO ids 1..5).
+SHAPE_CLASSES = ("circle", "square", "triangle", "star", "ellipse")
+
+# The registered splits: data set name -> sub-folder of the cache root, seed, image count.
+SHAPES_SPLITS = {
+    "ssd_shapes_train": {"dirname": "train", "seed": 0, "num_images": 2000},
+    "ssd_shapes_val": {"dirname": "val", "seed": 1, "num_images": 300},
+}
+
+# Bump when the drawing changes, so that a cache written by an older version is detected.
+_GENERATOR_VERSION = 2
+_ANNOTATIONS_FILE = "annotations.json"
+_IMAGES_DIRNAME = "images"
+# Shape vertices go to OpenCV in fixed point with this many fractional bits (sub-pixel shapes).
+_SHIFT = 4
+
+
+def shapes_dataset_root(root: Optional[str] = None) -> str:
+    """
+    The folder that caches the generated splits, as an absolute path: ``root`` if given, else
+    ``$SSD_D2_DATASETS``, else ``$DETECTRON2_DATASETS/ssd_shapes``, else
+    ``./datasets/ssd_shapes``.
+    """
+    if root is None:
+        root = os.environ.get("SSD_D2_DATASETS")
+    if root is None and "DETECTRON2_DATASETS" in os.environ:
+        root = os.path.join(os.environ["DETECTRON2_DATASETS"], "ssd_shapes")
+    if root is None:
+        root = os.path.join("datasets", "ssd_shapes")
+    # Absolute, so that the paths put in the metadata survive a later chdir.
+    return os.path.abspath(os.path.expanduser(os.fspath(root)))
+
+
+def generate_shapes_dataset(
+    output_dir: str,
+    num_images: int,
+    seed: int,
+    *,
+    min_image_side: int = 240,
+    max_image_side: int = 400,
+    max_shapes_per_image: int = 6,
+    empty_image_fraction: float = 0.08,
+    min_shape_size: int = 20,
+    max_shape_fraction: float = 0.6,
+    max_hidden_fraction: float = 0.6,
+    min_contrast: float = 120.0,
+    jpeg_quality: int = 90,
+) -> str:
+    """
+    Draw ``num_images`` images into ``output_dir/images/*.jpg`` and write their boxes to
+    ``output_dir/annotations.json`` (COCO format). The same arguments give byte-identical
+    files. The json is written last, so its presence means the folder is complete.
+
+    Args:
+        output_dir: folder to write into; created if missing.
+        num_images: number of images.
+        seed: seed of all the randomness.
+        min_image_side, max_image_side: range of the image width and height, each drawn
+            independently, so that both aspect ratio and scale vary.
+        max_shapes_per_image: an image that is not empty draws 1..this many shapes.
+        empty_image_fraction: probability that an image has no shape (background only).
+        min_shape_size: smallest shape diameter, in pixels.
+        max_shape_fraction: largest shape diameter, as a fraction of the shorter image side.
+        max_hidden_fraction: a shape covered by later shapes over more than this fraction of
+            its area is not annotated (it is still drawn).
+        min_contrast: smallest RGB distance between a shape's colour and the mean colour of
+            the pixels it covers, so that every annotated shape can actually be seen.
+        jpeg_quality: JPEG quality of the written images.
+
+    Returns:
+        the path of the json file.
+    """
+    image_dir = os.path.join(output_dir, _IMAGES_DIRNAME)
+    os.makedirs(image_dir, exist_ok=True)
+
+    images, annotations = [], []
+    # One random stream per image, so that image i does not depend on num_images.
+    image_seeds = np.random.SeedSequence(seed).spawn(num_images)
+    for index, image_seed in enumerate(image_seeds):
+        rng = np.random.default_rng(image_seed)
+        width, height = (int(v) for v in rng.integers(min_image_side, max_image_side + 1, 2))
+        if rng.random() < empty_image_fraction:
+            num_shapes = 0
+        else:
+            num_shapes = int(rng.integers(1, max_shapes_per_image + 1))
+        image, objects = _draw_image(
+            rng,
+            height,
+            width,
+            num_shapes,
+            min_shape_size=min_shape_size,
+            max_shape_size=max_shape_fraction * min(height, width),
+            max_hidden_fraction=max_hidden_fraction,
+            min_contrast=min_contrast,
+        )
+
+        image_id = index + 1
+        file_name = "{:06d}.jpg".format(image_id)
+        ok = cv2.imwrite(
+            os.path.join(image_dir, file_name), image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+        )
+        if not ok:
+            raise IOError("Could not write {}".format(os.path.join(image_dir, file_name)))
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for obj in objects:
+            obj.update(id=len(annotations) + 1, image_id=image_id, iscrowd=0)
+            annotations.append(obj)
+
+    dataset = {
+        "info": {
+            "description": "ssd_shapes: synthetic shapes drawn by ssd_d2",
+            "version": _GENERATOR_VERSION,
+            "seed": seed,
+            "num_images": num_images,
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": i + 1, "name": name, "supercategory": "shape"}
+            for i, name in enumerate(SHAPE_CLASSES)
+        ],
+    }
+    json_file = os.path.join(output_dir, _ANNOTATIONS_FILE)
+    # Written beside and renamed, so that a reader never sees half a json.
+    with open(json_file + ".tmp", "w") as f:
+        json.dump(dataset, f)
+    os.replace(json_file + ".tmp", json_file)
+    return json_file
+
+
+def _draw_image(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    num_shapes: int,
+    *,
+    min_shape_size: float,
+    max_shape_size: float,
+    max_hidden_fraction: float,
+    min_contrast: float,
+):
+    """
+    Returns a BGR uint8 image and the COCO annotations (without ids) of its visible shapes.
+    """
+    image = _draw_background(rng, height, width)
+
+    # owner[y, x] is 1 + the index of the shape seen at that pixel (0: background). Counting
+    # each shape's pixels in it at the end gives how much of the shape later ones left visible.
+    owner = np.zeros((height, width), dtype=np.uint16)
+    mask = np.empty((height, width), dtype=np.uint8)
+    shapes = []
+    for index in range(num_shapes):
+        category = int(rng.integers(len(SHAPE_CLASSES)))
+        # Log-uniform size: every scale octave equally common, so small objects (SSD's weak
+        # spot) are frequent.
+        size = float(np.exp(rng.uniform(np.log(min_shape_size), np.log(max_shape_size))))
+        # Up to 30% of a shape may lie outside the image (a truncated object, still annotated).
+        cx = rng.uniform(0.2 * size, width - 0.2 * size)
+        cy = rng.uniform(0.2 * size, height - 0.2 * size)
+        mask.fill(0)
+        _draw_shape_mask(rng, mask, SHAPE_CLASSES[category], cx, cy, size)
+        # The box is the extent of the whole shape, including the parts drawn over later.
+        x, y, w, h = cv2.boundingRect(mask)
+        if w == 0 or h == 0:
+            continue
+        # Work inside the box only: most shapes are small.
+        inside = mask[y : y + h, x : x + w].astype(bool)
+        image_box = image[y : y + h, x : x + w]
+        image_box[inside] = _contrasting_color(rng, image_box[inside].mean(axis=0), min_contrast)
+        owner[y : y + h, x : x + w][inside] = index + 1
+        shapes.append((index + 1, category, int(inside.sum()), [x, y, w, h]))
+
+    visible_area = np.bincount(owner.ravel(), minlength=num_shapes + 1)
+    objects = []
+    for owner_id, category, area, box in shapes:
+        visible = int(visible_area[owner_id])
+        if visible < (1.0 - max_hidden_fraction) * area:
+            continue
+        # COCO's "area" is the visible object area; it sets the small/medium/large buckets.
+        objects.append({"category_id": category + 1, "bbox": box, "area": visible})
+
+    image = _add_noise(rng, image)
+    return image, objects
+
+
+def _draw_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A colour gradient with smooth blobs, random lines and curves: clutter, no shapes."""
+    # A coarse grid holding a linear colour ramp plus random blobs, upsampled to the image:
+    # one small resize instead of per-pixel arithmetic.
+    grid_h, grid_w = (int(v) for v in rng.integers(2, 8, 2))
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * np.linspace(-0.5, 0.5, grid_w)[None, :]
+    ramp = ramp + np.sin(angle) * np.linspace(-0.5, 0.5, grid_h)[:, None]
+    start, end = rng.uniform(0, 255, (2, 3))
+    grid = (start + end) / 2 + ramp[..., None] * (end - start)
+    grid += rng.normal(0, rng.uniform(0, 40), grid.shape)
+    grid = np.clip(grid, 0, 255).astype(np.uint8)
+    image = cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
+
+    for _ in range(int(rng.integers(0, 5))):
+        p0 = rng.integers(0, (width, height)).tolist()
+        p1 = rng.integers(0, (width, height)).tolist()
+        color = rng.integers(0, 256, 3).tolist()
+        cv2.line(image, p0, p1, color, int(rng.integers(1, 4)), cv2.LINE_AA)
+    for _ in range(int(rng.integers(0, 4))):
+        # An open random walk: clutter that is neither straight nor one of the classes.
+        steps = rng.normal(0, 0.08 * min(height, width), (int(rng.integers(4, 12)), 2))
+        points = np.cumsum(steps, axis=0) + rng.uniform(0, (width, height))
+        color = rng.integers(0, 256, 3).tolist()
+        cv2.polylines(
+            image, [points.astype(np.int32)], False, color, int(rng.integers(1, 4)), cv2.LINE_AA
+        )
+    return image
+
+
+def _draw_shape_mask(
+    rng: np.random.Generator, mask: np.ndarray, name: str, cx: float, cy: float, size: float
+) -> None:
+    """Fill the pixels of one shape of diameter ``size`` centred at (cx, cy) in ``mask``."""
+    scale = 1 << _SHIFT
+    center = (int(round(cx * scale)), int(round(cy * scale)))
+    radius = size / 2
+    rotation = rng.uniform(0, 2 * np.pi)
+    if name == "circle":
+        cv2.circle(mask, center, int(round(radius * scale)), 1, -1, cv2.LINE_8, _SHIFT)
+        return
+    if name == "ellipse":
+        # Minor axis well below the major one, so that an ellipse never passes for a circle.
+        axes = (int(round(radius * scale)), int(round(radius * rng.uniform(0.3, 0.65) * scale)))
+        cv2.ellipse(mask, center, axes, np.degrees(rotation), 0, 360, 1, -1, cv2.LINE_8, _SHIFT)
+        return
+
+    if name == "square":
+        angles = rotation + np.arange(4) * np.pi / 2
+        radii = np.full(4, radius)
+    elif name == "triangle":
+        # Roughly equilateral: vertex angles jittered so that triangles are not all alike.
+        angles = rotation + np.arange(3) * 2 * np.pi / 3 + rng.uniform(-0.25, 0.25, 3)
+        radii = np.full(3, radius)
+    elif name == "star":
+        angles = rotation + np.arange(10) * np.pi / 5
+        radii = np.tile([radius, radius * rng.uniform(0.38, 0.5)], 5)
+    else:
+        raise ValueError("Unknown shape {!r}".format(name))
+    points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
+    cv2.fillPoly(mask, [np.round(points * scale).astype(np.int32)], 1, cv2.LINE_8, _SHIFT)
+
+
+def _contrasting_color(
+    rng: np.random.Generator, background: np.ndarray, min_contrast: float
+) -> np.ndarray:
+    """A random colour at least ``min_contrast`` away (RGB distance) from ``background``."""
+    for _ in range(10):
+        color = rng.integers(0, 256, 3)
+        if np.linalg.norm(color - background) >= min_contrast:
+            return color.astype(np.uint8)
+    # Rare (mid-grey backgrounds): the per-channel opposite extreme is always far enough.
+    return np.where(background < 128, 255, 0).astype(np.uint8)
+
+
+def _add_noise(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Gaussian noise over everything, and sometimes a slight blur."""
+    # One noise value per pixel, shared by the channels (luminance noise): a third of the
+    # random numbers of per-channel noise, the largest cost of drawing an image.
+    noise = rng.standard_normal(image.shape[:2] + (1,), dtype=np.float32)
+    noise *= rng.uniform(0, 6)
+    noisy = image.astype(np.float32)
+    noisy += noise
+    image = np.clip(noisy, 0, 255, out=noisy).astype(np.uint8)
+    if rng.random() < 0.25:
+        image = cv2.GaussianBlur(image, (3, 3), 0)
+    return image
+
+
+def _is_complete(split_dir: str) -> bool:
+    return os.path.isfile(os.path.join(split_dir, _ANNOTATIONS_FILE))
+
+
+def _ensure_split(split_dir: str, seed: int, num_images: int) -> str:
+    """
+    Generate a split into ``split_dir`` unless it is there already; return its json path.
+
+    Several processes (the ranks of a distributed run) may call this at once. Each draws into
+    its own temporary folder next to ``split_dir`` and renames it into place; the first rename
+    wins and the others drop their copy, which is identical since the drawing is seeded.
+    """
+    json_file = os.path.join(split_dir, _ANNOTATIONS_FILE)
+    if not _is_complete(split_dir):
+        parent, dirname = os.path.split(split_dir)
+        os.makedirs(parent, exist_ok=True)
+        tmp_dir = tempfile.mkdtemp(prefix=".{}.tmp-".format(dirname), dir=parent)
+        try:
+            logger.info("Generating {} ssd_shapes images into {} ...".format(num_images, split_dir))
+            generate_shapes_dataset(tmp_dir, num_images, seed)
+            _move_into_place(tmp_dir, split_dir)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    with open(json_file) as f:
+        info = json.load(f).get("info", {})
+    expected = {"version": _GENERATOR_VERSION, "seed": seed, "num_images": num_images}
+    found = {key: info.get(key) for key in expected}
+    if found != expected:
+        raise RuntimeError(
+            "{} holds an ssd_shapes split made with {}, but {} is asked for. Delete {} to "
+            "regenerate it, or use another root.".format(json_file, found, expected, split_dir)
+        )
+    return json_file
+
+
+def _move_into_place(tmp_dir: str, split_dir: str) -> None:
+    for _ in range(5):
+        try:
+            os.rename(tmp_dir, split_dir)
+            return
+        except OSError:
+            if _is_complete(split_dir):
+                return  # another process finished first
+        # A folder without the json was left by an interrupted copy or a manual edit: it must
+        # not pass for a split. Set it aside and try again. (Should another process complete
+        # the split meanwhile, that copy is set aside too, and ours, identical, replaces it.)
+        stale_dir = "{}.stale-{}".format(split_dir, uuid.uuid4().hex)
+        try:
+            os.rename(split_dir, stale_dir)
+        except FileNotFoundError:
+            continue
+        logger.warning("Removing the incomplete ssd_shapes folder {}".format(split_dir))
+        shutil.rmtree(stale_dir, ignore_errors=True)
+    raise RuntimeError("Could not move {} into place at {}".format(tmp_dir, split_dir))
+
+
+def _load_shapes_split(name: str, split_dir: str, seed: int, num_images: int) -> List[Dict]:
+    json_file = _ensure_split(split_dir, seed, num_images)
+    return load_coco_json(json_file, os.path.join(split_dir, _IMAGES_DIRNAME), name)
+
+
+def register_shapes_dataset(root: Optional[str] = None, splits: Optional[Dict] = None) -> None:
+    """
+    Register the ``ssd_shapes`` splits (``SHAPES_SPLITS`` unless ``splits`` is given) in
+    ``DatasetCatalog`` and ``MetadataCatalog``. Nothing is drawn here: a split is generated
+    into ``<root>/<dirname>/`` on its first ``DatasetCatalog.get``, and reused after that.
+    Names already registered are left as they are, so calling this again is harmless.
+
+    Args:
+        root: cache folder; see :func:`shapes_dataset_root` for the default.
+        splits: data set name -> {"dirname": str, "seed": int, "num_images": int}.
+    """
+    root = shapes_dataset_root(root)
+    splits = SHAPES_SPLITS if splits is None else splits
+    for name, split in splits.items():
+        if name in DatasetCatalog.list():
+            continue
+        split_dir = os.path.join(root, split["dirname"])
+        DatasetCatalog.register(
+            name,
+            functools.partial(
+                _load_shapes_split, name, split_dir, split["seed"], split["num_images"]
+            ),
+        )
+        # COCOEvaluator opens json_file when it is built: that is the path the first
+        # DatasetCatalog.get writes, and DefaultTrainer.test builds the test loader (which
+        # calls it) before the evaluator.
+        MetadataCatalog.get(name).set(
+            json_file=os.path.join(split_dir, _ANNOTATIONS_FILE),
+            image_root=os.path.join(split_dir, _IMAGES_DIRNAME),
+            evaluator_type="coco",
+            thing_classes=list(SHAPE_CLASSES),
+        )
