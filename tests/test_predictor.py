@@ -7,7 +7,7 @@ from .conftest import load_config
 
 
 def test_default_predictor_takes_bgr_images_of_any_size():
-    cfg = load_config("ssd160_shapes_demo", "MODEL.SSD.SCORE_THRESH_TEST", "0.2")
+    cfg = load_config("ssd160_shapes_demo")
     predictor = DefaultPredictor(cfg)  # random weights: no MODEL.WEIGHTS
     rng = np.random.default_rng(0)
     bgr = rng.integers(0, 256, (240, 333, 3), dtype=np.uint8)

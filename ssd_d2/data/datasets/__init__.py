@@ -1,4 +1,5 @@
 """Data sets: the embedded ssd_shapes set, and checks for Detectron2's built-in ones."""
+
 from .builtin import check_dataset_files
 from .shapes import (
     SHAPE_CLASSES,

@@ -1,4 +1,5 @@
 """Registers the embedded data set, and checks Detectron2's built-in VOC/COCO files are there."""
+
 import os
 from typing import Iterable
 

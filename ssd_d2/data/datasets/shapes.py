@@ -7,6 +7,7 @@ curves, noise) and up to a few filled shapes of five classes. The data is writte
 files plus one COCO-format json, and read back with Detectron2's ``load_coco_json``, so it
 goes through the same loading and evaluation path as COCO itself.
 """
+
 import functools
 import json
 import logging

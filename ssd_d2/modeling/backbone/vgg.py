@@ -103,7 +103,8 @@ class VGG16SSD(Backbone):
         unknown = [f for f in out_features if f not in all_names]
         if unknown:
             raise ValueError(
-                f"VGG16SSD at {image_size} pixels has no outputs {unknown}; it has {all_names}."
+                f"MODEL.SSD.IN_FEATURES names {unknown}, which VGG16SSD at {image_size} pixels "
+                f"does not output; it has {all_names}."
             )
         num_levels = max(all_names.index(f) for f in out_features) + 1
         extras_layout = extras_layout[: max(0, num_levels - 2)]
