@@ -74,6 +74,17 @@ class SSDTrainer(DefaultTrainer):
         )
         return super().build_hooks()
 
+    def state_dict(self):
+        # detectron2 v0.6 leaves the optimizer out of checkpoints; --resume needs it.
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
     def run_step(self):
         try:
             super().run_step()
