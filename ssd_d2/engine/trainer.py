@@ -56,10 +56,10 @@ def _ddp_without_device_ids_on_cpu():
 
 class SSDTrainer(DefaultTrainer):
     """
-    DefaultTrainer with SSD's data pipeline (SSDDatasetMapper) and evaluators chosen by each
-    data set's ``evaluator_type``. Everything else (SGD with warmup multi-step schedule,
-    checkpoints, ``resume_or_load``, periodic evaluation, metrics.json and tensorboard
-    events) is Detectron2's.
+    DefaultTrainer with SSD's data pipeline (SSDDatasetMapper), evaluators chosen by each
+    data set's ``evaluator_type``, atomic checkpoints that include the optimizer state, and
+    CPU data-parallel training. The rest (warmup multi-step schedule, ``resume_or_load``,
+    periodic evaluation, metrics.json and tensorboard events) is Detectron2's.
     """
 
     def __init__(self, cfg):
