@@ -99,7 +99,7 @@ def test_v3_computes_what_torchvision_computes(torchvision_ssdlite):
     with torch.no_grad():
         our_input = ours.preprocess_image([{"image": image}])
         their_input = theirs.transform([image.float() / 255])[0].tensors
-        torch.testing.assert_close(our_input, their_input, rtol=0, atol=1e-5)
+        torch.testing.assert_close(our_input, their_input, rtol=0, atol=0)
 
         our_features = ours.backbone(their_input)
         their_features = theirs.backbone(their_input)

@@ -179,8 +179,11 @@ class SSD(DenseDetector):
         return processed_results
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> Tensor:
-        """Resize every image to the network size, normalise, and batch: (N, C, S, S)."""
+        """Normalise, resize every image to the network size, and batch: (N, C, S, S)."""
         size = (self.image_size, self.image_size)
+        # torchvision's order and rounding (scale to [0, 1], normalise, then resize), so that
+        # converted torchvision models give its outputs to the last bits.
+        mean, std = self.pixel_mean / 255, self.pixel_std / 255
         images = []
         for x in batched_inputs:
             image = x["image"]
@@ -190,15 +193,12 @@ class SSD(DenseDetector):
                     f"{self.pixel_mean.shape[0]} channels in {self.input_format} order "
                     f"(MODEL.PIXEL_MEAN), got shape {tuple(image.shape)}."
                 )
-            image = image.to(self.device, non_blocking=True).float()
+            image = (image.to(self.device, non_blocking=True).float() / 255 - mean) / std
             if tuple(image.shape[-2:]) != size:
-                # Bilinear resize of the float image, as torchvision's SSD transform does.
-                image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[
-                    0
-                ]
+                image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
+                image = image[0]
             images.append(image)
-        images = torch.stack(images)
-        return (images - self.pixel_mean) / self.pixel_std
+        return torch.stack(images)
 
     def _instances_at_network_size(self, input_per_image) -> Instances:
         """Ground truth moved to the network input's coordinates, degenerate boxes dropped."""
