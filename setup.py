@@ -21,6 +21,18 @@ setup(
         "opencv-python-headless",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout"],
+        # Export to ONNX and checking it; executing the notebook; measuring memory.
+        "export": ["onnx", "onnxscript", "onnxruntime"],
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "onnx",
+            "onnxscript",
+            "onnxruntime",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+            "psutil",
+        ],
     },
 )
