@@ -1,4 +1,6 @@
-from typing import Dict, List, Tuple
+import functools
+import warnings
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -151,17 +153,7 @@ class SSD(DenseDetector):
             training: {"loss_cls", "loss_box_reg"}; inference: [{"instances": Instances}].
         """
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images)
-        features = [features[f] for f in self.head_in_features]
-        pred_logits, pred_deltas = self.head(features)
-        anchors = Boxes.cat(self.anchor_generator(features))
-        pred_logits = cat([permute_to_N_HWA_K(x, self.num_classes + 1) for x in pred_logits], 1)
-        pred_deltas = cat([permute_to_N_HWA_K(x, 4) for x in pred_deltas], 1)
-        if pred_logits.shape[1] != len(anchors):
-            raise RuntimeError(
-                f"The head predicts {pred_logits.shape[1]} boxes but there are {len(anchors)} "
-                "default boxes: MODEL.SSD.DEFAULT_BOXES disagrees with the head."
-            )
+        anchors, pred_logits, pred_deltas = self.predict(images)
 
         if self.training:
             if "instances" not in batched_inputs[0]:
@@ -178,12 +170,39 @@ class SSD(DenseDetector):
             processed_results.append({"instances": r})
         return processed_results
 
+    def predict(self, images: Tensor) -> Tuple[Boxes, Tensor, Tensor]:
+        """
+        Run the backbone and the head on a normalised (N, C, S, S) batch.
+
+        Returns:
+            the R default boxes, class logits (N, R, K + 1) and box deltas (N, R, 4).
+        """
+        features = self.backbone(images)
+        features = [features[f] for f in self.head_in_features]
+        pred_logits, pred_deltas = self.head(features)
+        anchors = Boxes.cat(self.anchor_generator(features))
+        pred_logits = cat([permute_to_N_HWA_K(x, self.num_classes + 1) for x in pred_logits], 1)
+        pred_deltas = cat([permute_to_N_HWA_K(x, 4) for x in pred_deltas], 1)
+        if pred_logits.shape[1] != len(anchors):
+            raise RuntimeError(
+                f"The head predicts {pred_logits.shape[1]} boxes but there are {len(anchors)} "
+                "default boxes: MODEL.SSD.DEFAULT_BOXES disagrees with the head."
+            )
+        return anchors, pred_logits, pred_deltas
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """
+        Images (C, H, W) or (N, C, H, W), 0-255 in ``input_format``, on the model's device,
+        scaled to [0, 1] and then normalised by pixel_mean / 255 and pixel_std / 255.
+        """
+        images = images.to(self.device, non_blocking=True).float()
+        return (images / 255 - self.pixel_mean / 255) / (self.pixel_std / 255)
+
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> Tensor:
         """Normalise, resize every image to the network size, and batch: (N, C, S, S)."""
         size = (self.image_size, self.image_size)
         # torchvision's order and rounding (scale to [0, 1], normalise, then resize), so that
         # converted torchvision models give its outputs to the last bits.
-        mean, std = self.pixel_mean / 255, self.pixel_std / 255
         images = []
         for x in batched_inputs:
             image = x["image"]
@@ -193,7 +212,7 @@ class SSD(DenseDetector):
                     f"{self.pixel_mean.shape[0]} channels in {self.input_format} order "
                     f"(MODEL.PIXEL_MEAN), got shape {tuple(image.shape)}."
                 )
-            image = (image.to(self.device, non_blocking=True).float() / 255 - mean) / std
+            image = self.normalize(image)
             if tuple(image.shape[-2:]) != size:
                 image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
                 image = image[0]
@@ -299,39 +318,116 @@ class SSD(DenseDetector):
     def inference(self, anchors: Boxes, pred_logits: Tensor, pred_deltas: Tensor):
         """
         Softmax scores, per-class score threshold and top-k, then class-wise NMS, for the
-        whole batch at once (one NMS call, grouped by image and class).
+        whole batch at once (``detect``).
 
         Returns:
             list[Instances] in network-input coordinates, one per image.
         """
+        boxes, scores, classes, image_idx = self.detect(anchors.tensor, pred_logits, pred_deltas)
+        results = []
+        for i in range(len(pred_logits)):
+            in_image = image_idx == i
+            result = Instances((self.image_size, self.image_size))
+            result.pred_boxes = Boxes(boxes[in_image])
+            result.scores = scores[in_image]
+            result.pred_classes = classes[in_image]
+            results.append(result)
+        return results
+
+    def detect(
+        self,
+        anchors: Tensor,
+        pred_logits: Tensor,
+        pred_deltas: Tensor,
+        per_class_nms: Optional[Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]] = None,
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """
+        Inference on tensors only, shared by eager inference and the exported models
+        (ssd_d2.export): decode and clip the boxes, take the top-k candidates of each class
+        and image, NMS them (``per_class_nms``), keep each image's best detections.
+
+        Args:
+            anchors: (R, 4) default boxes; pred_logits: (N, R, K + 1); pred_deltas: (N, R, 4).
+            per_class_nms: replaces ``self.per_class_nms``, with its arguments and results (an
+                export substitutes its format's NMS operator).
+
+        Returns:
+            boxes (M, 4) in network-input pixels, scores (M,), classes (M,) and image indices
+            (M,) of the detections, in decreasing score (images mixed).
+        """
         num_images, num_boxes, _ = pred_logits.shape
         scores = pred_logits.softmax(dim=-1)[..., 1:]  # (N, R, K), background dropped
         boxes = self.box2box_transform.apply_deltas(
-            pred_deltas.reshape(-1, 4), anchors.tensor.repeat(num_images, 1)
-        ).view(num_images, num_boxes, 4)
-        boxes = Boxes(boxes.view(-1, 4))
+            pred_deltas.reshape(-1, 4), anchors.repeat(num_images, 1)
+        )
+        boxes = Boxes(boxes)
         boxes.clip((self.image_size, self.image_size))
         boxes = boxes.tensor.view(num_images, num_boxes, 4)
 
         k = min(self.test_topk_candidates, num_boxes)
         top_scores, top_anchor = scores.transpose(1, 2).topk(k, dim=2)  # (N, K, k)
-        image_idx, class_idx, rank_idx = (top_scores > self.test_score_thresh).nonzero(
-            as_tuple=True
+        # Candidates grouped by image and class: group g is image g // K, class g % K.
+        top_scores = top_scores.reshape(-1, k)
+        top_boxes = boxes.gather(1, top_anchor.reshape(num_images, -1, 1).expand(-1, -1, 4))
+        top_boxes = top_boxes.view(-1, k, 4)
+        group_idx, rank_idx = (per_class_nms or self.per_class_nms)(top_boxes, top_scores)
+
+        image_idx = torch.div(group_idx, self.num_classes, rounding_mode="floor")
+        # Detections come in decreasing score, so each image's first ones are its best.
+        keep = rank_within_images(image_idx, num_images) < self.max_detections_per_image
+        group_idx, rank_idx, image_idx = group_idx[keep], rank_idx[keep], image_idx[keep]
+        return (
+            top_boxes[group_idx, rank_idx],
+            top_scores[group_idx, rank_idx],
+            group_idx - image_idx * self.num_classes,
+            image_idx,
         )
-        anchor_idx = top_anchor[image_idx, class_idx, rank_idx]
-        cand_scores = top_scores[image_idx, class_idx, rank_idx]
-        cand_boxes = boxes[image_idx, anchor_idx]
-        keep = batched_nms(
-            cand_boxes, cand_scores, image_idx * self.num_classes + class_idx, self.test_nms_thresh
+
+    def per_class_nms(self, boxes: Tensor, scores: Tensor) -> Tuple[Tensor, Tensor]:
+        """
+        Drop candidates with a score <= the score threshold, then NMS each group of
+        candidates (one image's class) separately.
+
+        Args:
+            boxes: (G, k, 4) candidate boxes; scores: (G, k) their scores.
+        Returns:
+            group and candidate indices of the kept boxes, in decreasing score.
+        """
+        group_idx, rank_idx = (scores > self.test_score_thresh).nonzero(as_tuple=True)
+        keep = _batched_nms(
+            boxes[group_idx, rank_idx],
+            scores[group_idx, rank_idx],
+            group_idx,
+            self.test_nms_thresh,
         )
-        # ``keep`` is sorted by decreasing score, so each image's first detections are its best.
-        keep_image = image_idx[keep]
-        results = []
-        for i in range(num_images):
-            keep_i = keep[keep_image == i][: self.max_detections_per_image]
-            result = Instances((self.image_size, self.image_size))
-            result.pred_boxes = Boxes(cand_boxes[keep_i])
-            result.scores = cand_scores[keep_i]
-            result.pred_classes = class_idx[keep_i]
-            results.append(result)
-        return results
+        return group_idx[keep], rank_idx[keep]
+
+
+def rank_within_images(image_idx: Tensor, num_images: int) -> Tensor:
+    """
+    The 0-based position of each detection among its image's, in the given order; a
+    cumulative count rather than a loop over images, so that a traced model keeps it for
+    any batch size.
+    """
+    in_image = (image_idx[:, None] == torch.arange(num_images, device=image_idx.device)).long()
+    return (in_image.cumsum(dim=0) * in_image).sum(dim=1) - 1
+
+
+def _batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """
+    Detectron2's batched_nms; while tracing (TorchScript export), its scripted version.
+    Tracing would freeze batched_nms's data-dependent choices for the traced example, and
+    torchvision, while tracing, always NMSes all groups at once with the coordinate-offset
+    trick, whose large float32 offsets cost IoU precision; the scripted function keeps the
+    eager choices, hence the eager results.
+    """
+    if torch.jit.is_tracing():
+        return _scripted_batched_nms()(boxes, scores, groups, iou_threshold)
+    return batched_nms(boxes, scores, groups, iou_threshold)
+
+
+@functools.lru_cache(maxsize=None)
+def _scripted_batched_nms():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's deprecation notice
+        return torch.jit.script(batched_nms)
