@@ -129,6 +129,14 @@ def test_demo_threshold_scale_and_class_names(tmp_path, images, weights, capsys)
     assert runner.metadata.thing_classes == list(SHAPE_CLASSES)  # DATASETS.TEST[0]'s
 
 
+def test_demo_counts_without_tqdm(tmp_path, images, weights, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now fails
+    assert _run("--input", *images[:2], "--opts", "MODEL.WEIGHTS", weights) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"[1/2] {images[0]}: 0 objects in ")
+    assert lines[1].startswith(f"[2/2] {images[1]}: 0 objects in ")
+
+
 def test_demo_writes_an_annotated_video(tmp_path, weights, capsys):
     video = str(tmp_path / "clip.avi")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))

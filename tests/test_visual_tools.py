@@ -17,7 +17,13 @@ from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
 from ssd_d2.data.datasets import SHAPE_CLASSES, register_shapes_dataset
 from ssd_d2.modeling.anchor_generator import SSDDefaultBoxGenerator
-from ssd_d2.tools import plot_evaluation, plot_metrics, visualize_data, visualize_default_boxes
+from ssd_d2.tools import (
+    demo,
+    plot_evaluation,
+    plot_metrics,
+    visualize_data,
+    visualize_default_boxes,
+)
 
 from .conftest import CONFIG_DIR, load_config
 
@@ -119,7 +125,7 @@ def test_visualize_default_boxes_command(dataset, tmp_path, capsys):
     output = tmp_path / "boxes.png"
     args = ["--config-file", DEMO_CONFIG, "--output", str(output)]
     assert visualize_default_boxes.main([*args, "--dataset", dataset, "--index", "1"]) == 0
-    _check_png(output, (1080, 810))  # 3 x 2 panels of 3.6 inches, legend, at 100 dpi
+    _check_png(output, (1140, 894))  # 3 x 2 panels of 3.6 inches, titles, legend, at 100 dpi
     assert "conv4_3: 20x20 cells, 4 boxes per cell" in capsys.readouterr().out
 
     for bad in (["--input", str(tmp_path / "missing.jpg")], ["--dataset", dataset, "--index", "9"]):
@@ -327,3 +333,13 @@ def test_plot_evaluation_command(dataset, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         plot_evaluation.main([*args, "--results", str(tmp_path / "missing.json")])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "tool", [demo, visualize_default_boxes, visualize_data, plot_metrics, plot_evaluation]
+)
+def test_every_tool_has_help(tool, capsys):
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m {tool.__name__}")

@@ -254,7 +254,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--dataset", metavar="NAME", help="registered data set (default: DATASETS.TEST[0])"
     )
     parser.add_argument(
-        "--max-images", type=int, default=None, help="evaluate only the first N images"
+        "--max-images", type=int, metavar="N", help="evaluate only the first N images"
     )
     parser.add_argument(
         "--results",

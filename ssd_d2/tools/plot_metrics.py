@@ -166,8 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = ", ".join(
         f"{name} {last[name]:.4g}" for name in ["total_loss", "lr", "bbox/AP"] if name in last
     )
-    iterations = max(len(its) for its, _ in metrics.values())
-    print(f"{iterations} iterations logged; last: {summary}")
+    last_iteration = max(int(iterations[-1]) for iterations, _ in metrics.values())
+    print(f"up to iteration {last_iteration}; last: {summary}")
     print(f"wrote {args.output}")
     return 0
 

@@ -150,7 +150,20 @@ def draw_default_boxes(
     size = image.shape[0]
     ncols = min(len(levels), 3 if len(levels) <= 6 else 4)
     nrows = math.ceil(len(levels) / ncols)
-    fig = Figure(figsize=(_PANEL_INCHES * ncols, _PANEL_INCHES * nrows + 0.9), dpi=_DPI)
+    # Fixed margins in inches: two title lines above each panel, the figure title at the top,
+    # the legend at the bottom.
+    title_inches, top_inches, legend_inches, gap_inches = 0.45, 0.45, 0.4, 0.15
+    fig_width = ncols * (_PANEL_INCHES + gap_inches) + gap_inches
+    fig_height = nrows * (_PANEL_INCHES + title_inches) + top_inches + legend_inches
+    fig = Figure(figsize=(fig_width, fig_height), dpi=_DPI)
+    fig.subplots_adjust(
+        left=gap_inches / fig_width,
+        right=1 - gap_inches / fig_width,
+        bottom=legend_inches / fig_height,
+        top=1 - (top_inches + title_inches) / fig_height,
+        wspace=gap_inches / _PANEL_INCHES,
+        hspace=title_inches / _PANEL_INCHES,
+    )
     # The image in grey, squeezed into mid-tones: coloured, white and yellow boxes all stand
     # out on any picture.
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -213,11 +226,8 @@ def draw_default_boxes(
             Line2D([], [], color=_MATCH_COLOR, linewidth=1.5, linestyle="--", label="matched")
         )
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
-    top = 1.0
     if title:
-        fig.suptitle(title, fontsize=11)
-        top = 1 - 0.45 / fig.get_figheight()
-    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, top), h_pad=2.0)
+        fig.suptitle(title, fontsize=11, y=1 - 0.12 / fig_height, va="top")
     return fig
 
 
