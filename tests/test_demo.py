@@ -71,6 +71,15 @@ def test_expand_inputs(tmp_path):
     assert "empty: no image or video file" in errors[2]
 
 
+def test_output_names_never_overwrite_inputs_or_each_other(tmp_path):
+    inputs = [str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg"), "c/y.gif"]
+    names = demo._OutputNames(str(tmp_path / "a"), inputs)  # writing into an input folder
+    assert names(inputs[0]) == str(tmp_path / "a" / "x_2.jpg")
+    assert names(inputs[1]) == str(tmp_path / "a" / "x_3.jpg")
+    assert names(inputs[2]) == str(tmp_path / "a" / "y.png")  # OpenCV writes no GIF
+    assert names("clip.avi", ".mp4") == str(tmp_path / "a" / "clip.mp4")
+
+
 def test_demo_draws_images_and_skips_bad_inputs(tmp_path, images, weights, capsys):
     folder = tmp_path / "in"
     folder.mkdir()

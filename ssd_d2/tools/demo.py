@@ -31,7 +31,14 @@ from detectron2.utils.visualizer import Visualizer
 
 from .common import check_weights, load_config
 
-__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "build_argument_parser", "expand_inputs", "main"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "DemoRunner",
+    "build_argument_parser",
+    "expand_inputs",
+    "main",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -129,13 +136,15 @@ class _OutputNames:
         stem, ext = os.path.splitext(os.path.basename(input_path))
         ext = extension or (ext.lower() if ext.lower() in IMAGE_EXTENSIONS else ".png")
         candidate, n = stem + ext, 1
-        while candidate in self.used or os.path.realpath(os.path.join(self.folder, candidate)) in (
-            self.inputs
-        ):
+        # Never overwrite an input (--output may be an input folder) or an earlier output.
+        while candidate in self.used or self._is_input(candidate):
             n += 1
             candidate = f"{stem}_{n}{ext}"
         self.used.add(candidate)
         return os.path.join(self.folder, candidate)
+
+    def _is_input(self, name: str) -> bool:
+        return os.path.realpath(os.path.join(self.folder, name)) in self.inputs
 
 
 class _Progress:

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from .common import save_figure
 
@@ -106,7 +107,7 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
 
     ncols = 2 if len(panels) > 1 else 1
     nrows = (len(panels) + 1) // 2
-    fig = Figure(figsize=(6.0 * ncols, 3.6 * nrows + 0.4), dpi=_DPI)
+    fig = Figure(figsize=(6.0 * ncols, 3.6 * nrows + (0.4 if title else 0.0)), dpi=_DPI)
     for i, (name, keys, log_scale) in enumerate(panels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         for key in keys:
@@ -123,6 +124,9 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
             )
         if log_scale:
             ax.set_yscale("log")
+            # Plain numbers (0.5, 2, 10) rather than powers of ten on the loss axis.
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
         if name == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         ax.set_title(name, fontsize=11)
@@ -131,9 +135,15 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
         if len(keys) > 1 or name != "learning rate":
             ax.legend(fontsize=8, ncol=2 if len(keys) > 4 else 1)
     if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight() if title else 1))
+        fig.suptitle(title, fontsize=11, y=1 - 0.1 / fig.get_figheight(), va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight() if title else 1))
     return fig
+
+
+def _minor_log_label(value: float, _) -> str:
+    # Label the 2x and 5x minor ticks of each decade; the others stay unlabelled.
+    mantissa = value / 10 ** np.floor(np.log10(value))
+    return f"{value:g}" if round(mantissa) in (2, 5) else ""
 
 
 def _ap_order(name: str) -> Tuple[int, str]:
