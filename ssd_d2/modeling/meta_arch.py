@@ -1,5 +1,3 @@
-import functools
-import warnings
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -7,7 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detectron2.config import configurable
-from detectron2.layers import batched_nms, cat
+from detectron2.layers import cat
 from detectron2.modeling import (
     META_ARCH_REGISTRY,
     Backbone,
@@ -23,6 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from .head import build_ssd_head
+from .nms import grouped_nms
 
 __all__ = ["SSD"]
 
@@ -386,21 +385,15 @@ class SSD(DenseDetector):
     def per_class_nms(self, boxes: Tensor, scores: Tensor) -> Tuple[Tensor, Tensor]:
         """
         Drop candidates with a score <= the score threshold, then NMS each group of
-        candidates (one image's class) separately.
+        candidates (one image's class) separately (``grouped_nms``).
 
         Args:
-            boxes: (G, k, 4) candidate boxes; scores: (G, k) their scores.
+            boxes: (G, k, 4) candidate boxes; scores: (G, k) their scores, each group sorted
+                by decreasing score.
         Returns:
             group and candidate indices of the kept boxes, in decreasing score.
         """
-        group_idx, rank_idx = (scores > self.test_score_thresh).nonzero(as_tuple=True)
-        keep = _batched_nms(
-            boxes[group_idx, rank_idx],
-            scores[group_idx, rank_idx],
-            group_idx,
-            self.test_nms_thresh,
-        )
-        return group_idx[keep], rank_idx[keep]
+        return grouped_nms(boxes, scores, self.test_score_thresh, self.test_nms_thresh)
 
 
 def rank_within_images(image_idx: Tensor, num_images: int) -> Tensor:
@@ -411,23 +404,3 @@ def rank_within_images(image_idx: Tensor, num_images: int) -> Tensor:
     """
     in_image = (image_idx[:, None] == torch.arange(num_images, device=image_idx.device)).long()
     return (in_image.cumsum(dim=0) * in_image).sum(dim=1) - 1
-
-
-def _batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """
-    Detectron2's batched_nms; while tracing (TorchScript export), its scripted version.
-    Tracing would freeze batched_nms's data-dependent choices for the traced example, and
-    torchvision, while tracing, always NMSes all groups at once with the coordinate-offset
-    trick, whose large float32 offsets cost IoU precision; the scripted function keeps the
-    eager choices, hence the eager results.
-    """
-    if torch.jit.is_tracing():
-        return _scripted_batched_nms()(boxes, scores, groups, iou_threshold)
-    return batched_nms(boxes, scores, groups, iou_threshold)
-
-
-@functools.lru_cache(maxsize=None)
-def _scripted_batched_nms():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's deprecation notice
-        return torch.jit.script(batched_nms)
