@@ -12,18 +12,22 @@ from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ssd_d2 import SSDTrainer, add_ssd_config
+from ssd_d2.config import merge_from_file_safely
 from ssd_d2.engine import SSDCheckpointer, launch
 
 
 def setup(args):
     cfg = get_cfg()
     add_ssd_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    merge_from_file_safely(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # default_setup logs detectron2's and fvcore's messages; ssd_d2's data checks go there too.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ssd_d2")
     return cfg
 
 
@@ -31,9 +35,9 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = SSDTrainer.build_model(cfg)
-        SSDCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        SSDCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = SSDTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

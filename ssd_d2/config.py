@@ -1,6 +1,9 @@
 import torch
+import yaml
 
 from detectron2.config import CfgNode as CN
+
+__all__ = ["add_ssd_config", "merge_from_file_safely"]
 
 
 def add_ssd_config(cfg):
@@ -83,6 +86,11 @@ def add_ssd_config(cfg):
     # "SGD" (Detectron2's, with SOLVER.MOMENTUM; the published SSD recipes) or "ADAMW".
     _C.SOLVER.OPTIMIZER = "SGD"
 
+    # Checkpoints (MODEL.WEIGHTS, --resume) are read without running code from the file:
+    # tensors and plain containers only. True accepts any pickled object, which can run
+    # arbitrary code: only for files from a source you trust.
+    _C.MODEL.ALLOW_UNSAFE_CHECKPOINTS = False
+
     # SSD training augmentations (SSDDatasetMapper), applied in this order.
     _C.INPUT.SSD = CN()
     # Photometric distortion: brightness, contrast, saturation and hue in random order.
@@ -111,3 +119,21 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.MIN_IOU_CROP.MAX_TRIALS = 50
     # Horizontal flip probability (0 disables).
     _C.INPUT.SSD.FLIP_PROB = 0.5
+
+
+def merge_from_file_safely(cfg, filename: str) -> None:
+    """
+    ``cfg.merge_from_file(filename)`` with YAML's safe loader only, for the file and its
+    ``_BASE_`` files. Detectron2's ``merge_from_file`` falls back to ``yaml.unsafe_load``,
+    which builds any Python object a ``!!python/...`` tag names and so runs code from the file;
+    here such a tag is an error that names the file.
+    """
+    try:
+        cfg.merge_from_file(filename, allow_unsafe=False)
+    except yaml.constructor.ConstructorError as e:
+        raise ValueError(
+            f"Config file {filename} (or one of its _BASE_ files) contains a Python tag "
+            f"({e.problem}{e.problem_mark}). ssd_d2 reads configs with YAML's safe loader, "
+            "which never builds Python objects, since such a tag can run any code on your "
+            "machine. Replace the tag with a plain value."
+        ) from e

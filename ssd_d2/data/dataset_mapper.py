@@ -1,17 +1,54 @@
 import copy
-from typing import List, Union
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.utils.file_io import PathManager
 
 from .transforms import build_ssd_train_augmentations
 
-__all__ = ["SSDDatasetMapper"]
+__all__ = ["SSDDatasetMapper", "UnreadableImageError", "read_image"]
+
+# PIL modes of images with more than 8 bits per channel (16-bit PNG and TIFF open as "I").
+_HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+class UnreadableImageError(OSError):
+    """An image file that exists but cannot be decoded (truncated, corrupt, not an image)."""
+
+    def __init__(self, file_name: str, reason: str):
+        super().__init__(f"Cannot read image {file_name}: {reason}")
+        self.file_name = file_name
+        self.reason = reason
+
+
+def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
+    """
+    Detectron2's ``read_image`` (EXIF orientation applied, converted to ``format``), plus:
+    16-bit images are scaled to 8 bits instead of saturating, and a file that cannot be
+    decoded raises :class:`UnreadableImageError` naming it. The whole file is decoded here, so
+    truncated data fails now rather than as a partly grey image.
+    """
+    try:
+        with PathManager.open(file_name, "rb") as f:
+            image = Image.open(f)
+            image.load()
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImageError(file_name, f"{type(e).__name__}: {e}") from e
+    image = utils._apply_exif_orientation(image)
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        # PIL's convert() would clip 16-bit values at 255: scale 0..65535 to 0..255 instead.
+        pixels = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+        image = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), mode="L")
+    return utils.convert_PIL_to_numpy(image, format)
 
 
 class SSDDatasetMapper:
@@ -19,8 +56,11 @@ class SSDDatasetMapper:
     Map a Detectron2 dataset dict to the input of the SSD model, like Detectron2's
     ``DatasetMapper`` but with the SSD augmentations and boxes only:
 
-    1. read the image in ``image_format`` (the model's ``INPUT.FORMAT``);
-    2. training: apply the augmentations to the image and its boxes (crowd annotations are
+    1. read the image in ``image_format`` (the model's ``INPUT.FORMAT``) with :func:`read_image`;
+       a file that cannot be decoded raises :class:`UnreadableImageError` (the training loader
+       skips it and counts it, evaluation stops);
+    2. training: an image with a side above ``max_input_size`` is first scaled down to it
+       (see :meth:`from_config`), then apply the augmentations to the image and its boxes (crowd annotations are
        skipped), drop the boxes that the crop removed or that became empty, and store them as
        ``instances`` (``gt_boxes``, ``gt_classes``). An image left without boxes is kept, with
        empty instances: a valid negative;
@@ -37,16 +77,20 @@ class SSDDatasetMapper:
         *,
         augmentations: List[Union[T.Augmentation, T.Transform]],
         image_format: str,
+        max_input_size: Optional[int] = None,
     ):
         """
         Args:
             is_train: whether to map annotations to training instances.
             augmentations: applied in order to the image and, in training, its boxes.
             image_format: the format the image is read in, e.g. "RGB".
+            max_input_size: training only: images with a longer side are scaled down to it
+                (aspect ratio kept) before the augmentations. None: no limit.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
+        self.max_input_size = max_input_size
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -55,6 +99,10 @@ class SSDDatasetMapper:
             "is_train": is_train,
             "augmentations": augmentations,
             "image_format": cfg.INPUT.FORMAT,
+            # The min-IoU crop keeps at least MIN_CROP_SIZE (0.3) of a side and the result is
+            # resized to IMAGE_SIZE: 4x IMAGE_SIZE loses no resolution that reaches the network,
+            # while zooming out an 8000x8000 photo 4x would allocate gigabytes.
+            "max_input_size": 4 * cfg.MODEL.SSD.IMAGE_SIZE,
         }
 
     def __call__(self, dataset_dict):
@@ -67,7 +115,7 @@ class SSDDatasetMapper:
             "annotations".
         """
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         annotations = dataset_dict.pop("annotations", None)
 
@@ -82,6 +130,11 @@ class SSDDatasetMapper:
         classes = np.array([a["category_id"] for a in annotations], dtype=np.int64)
 
         aug_input = T.AugInput(image, boxes=boxes)
+        height, width = image.shape[:2]
+        if self.max_input_size and max(height, width) > self.max_input_size:
+            scale = self.max_input_size / max(height, width)
+            new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+            aug_input.transform(T.ResizeTransform(height, width, new_h, new_w, Image.BILINEAR))
         self.augmentations(aug_input)
         image = aug_input.image
         image_size = image.shape[:2]

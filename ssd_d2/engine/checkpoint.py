@@ -1,11 +1,77 @@
+import glob
 import os
+import pickle
 import tempfile
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 
-__all__ = ["SSDCheckpointer"]
+__all__ = ["SSDCheckpointer", "UnsafeCheckpointError", "load_checkpoint_file"]
+
+# Globals a Detectron2 model zoo ".pkl" (a pickle of numpy arrays) may name: array and dtype
+# reconstruction only, nothing that can run code.
+_SAFE_PICKLE_GLOBALS = {
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),
+}
+
+_UNSAFE_HINT = (
+    "Loading it would need Python's full unpickling, which runs whatever code the file "
+    "contains: a checkpoint from an untrusted source can take over your account. Only if you "
+    "trust where the file comes from, set MODEL.ALLOW_UNSAFE_CHECKPOINTS True (train_net.py: "
+    "append `MODEL.ALLOW_UNSAFE_CHECKPOINTS True`), or load it once yourself and save its "
+    "state_dict() with torch.save."
+)
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint that cannot be loaded without executing code from the file."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _SAFE_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafeCheckpointError(f"it refers to {module}.{name}")
+
+
+def load_checkpoint_file(filename: str, allow_unsafe: bool = False):
+    """
+    The object in a checkpoint file, read without running code from it unless
+    ``allow_unsafe``: ``torch.load(weights_only=True)`` (tensors and plain containers), or for
+    Detectron2's ".pkl" model zoo files an unpickler that accepts numpy arrays only.
+
+    Raises:
+        UnsafeCheckpointError: the file needs more than that; the message explains the risk
+            and the flag that accepts it.
+    """
+    try:
+        with PathManager.open(filename, "rb") as f:
+            if filename.endswith(".pkl"):
+                unpickler = pickle.Unpickler if allow_unsafe else _RestrictedUnpickler
+                return unpickler(f, encoding="latin1").load()
+            return torch.load(f, map_location=torch.device("cpu"), weights_only=not allow_unsafe)
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f"Refusing to load checkpoint {filename}: {e}. " + _UNSAFE_HINT)
+    except pickle.UnpicklingError as e:
+        # torch names the global it refused; other unpickling errors mean a damaged file.
+        if not allow_unsafe and "GLOBAL" in str(e):
+            refused = [line for line in str(e).splitlines() if "GLOBAL" in line]
+            raise UnsafeCheckpointError(
+                f"Refusing to load checkpoint {filename}: it holds Python objects other than "
+                f"tensors and containers ({refused[0].strip()}). " + _UNSAFE_HINT
+            ) from None
+        raise
 
 
 class SSDCheckpointer(DetectionCheckpointer):
@@ -16,7 +82,14 @@ class SSDCheckpointer(DetectionCheckpointer):
     Checkpoints and the ``last_checkpoint`` tag are written to a temporary file in the same
     folder and renamed over the target, so the previous checkpoint stays intact until the
     new one is complete.
+
+    Files are read with :func:`load_checkpoint_file`: no code from the file runs unless
+    ``allow_unsafe`` (``MODEL.ALLOW_UNSAFE_CHECKPOINTS``) is set.
     """
+
+    def __init__(self, model, save_dir: str = "", *, allow_unsafe: bool = False, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.allow_unsafe = allow_unsafe
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -37,7 +110,9 @@ class SSDCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str):
         try:
-            return super()._load_file(filename)
+            data = load_checkpoint_file(filename, self.allow_unsafe)
+        except UnsafeCheckpointError:
+            raise
         except Exception as e:
             raise RuntimeError(
                 f"Cannot read checkpoint {filename}: {type(e).__name__}: {e}\n"
@@ -45,6 +120,30 @@ class SSDCheckpointer(DetectionCheckpointer):
                 "the output folder's last_checkpoint file) at an intact checkpoint, or convert "
                 "a checkpoint of another code base with `python -m ssd_d2.tools.convert`."
             ) from e
+        if not isinstance(data, dict):
+            raise RuntimeError(
+                f"Checkpoint {filename} holds a {type(data).__name__}, not a dict of weights. "
+                "Save the model's state_dict() instead of the model."
+            )
+        if filename.endswith(".pkl"):
+            return _model_zoo_checkpoint(data, self.logger)
+        if filename.endswith(".pyth") and "model_state" in data:  # pycls
+            model_state = data["model_state"]
+            model_state = {
+                k: v for k, v in model_state.items() if not k.endswith("num_batches_tracked")
+            }
+            return {"model": model_state, "__author__": "pycls", "matching_heuristics": True}
+        return data if "model" in data else {"model": data}
+
+
+def _model_zoo_checkpoint(data: dict, logger) -> dict:
+    """Detectron2's reading of its ".pkl" files: its own model zoo format, or Caffe2's blobs."""
+    if "model" in data and "__author__" in data:
+        logger.info(f"Reading a file from '{data['__author__']}'")
+        return data
+    blobs = data.get("blobs", data)
+    weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+    return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
 
 
 def _atomic_write(path: str, write, mode: str) -> None:
@@ -60,3 +159,9 @@ def _atomic_write(path: str, write, mode: str) -> None:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
+    # Temporary files of saves that a killed process left behind.
+    for stale in glob.glob(glob.escape(path) + ".*.tmp"):
+        try:
+            os.remove(stale)
+        except OSError:
+            pass

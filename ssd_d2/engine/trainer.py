@@ -5,19 +5,22 @@ import weakref
 
 import torch
 
-from detectron2.data import (
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-)
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver import build_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 
-from ..data import SSDDatasetMapper, check_dataset_files
+from ..data import (
+    DatasetError,
+    SSDDatasetMapper,
+    build_ssd_train_loader,
+    check_dataset_files,
+    load_dataset_dicts,
+)
 from .checkpoint import SSDCheckpointer
 
 __all__ = ["SSDTrainer", "has_compiled_coco_eval"]
@@ -60,6 +63,13 @@ class SSDTrainer(DefaultTrainer):
     data set's ``evaluator_type``, atomic checkpoints that include the optimizer state, and
     CPU data-parallel training. The rest (warmup multi-step schedule, ``resume_or_load``,
     periodic evaluation, metrics.json and tensorboard events) is Detectron2's.
+
+    The training data are checked when the loader is built (a report per data set in the
+    log), and each batch is a function of ``SEED`` and the iteration only
+    (:func:`~ssd_d2.data.build_ssd_train_loader`): a run resumed from a checkpoint continues
+    with the batches, augmentations included, that the uninterrupted run would have seen.
+    Training images that cannot be decoded are skipped and counted in ``metrics.json`` as
+    ``data/skipped_images``.
     """
 
     def __init__(self, cfg):
@@ -70,7 +80,10 @@ class SSDTrainer(DefaultTrainer):
         # DefaultTrainer.__init__ calls this right after creating its checkpointer: replace it
         # here, before the checkpoint hook takes it, with one that saves atomically.
         self.checkpointer = SSDCheckpointer(
-            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            self._trainer.model,
+            self.cfg.OUTPUT_DIR,
+            allow_unsafe=self.cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS,
+            trainer=weakref.proxy(self),
         )
         return super().build_hooks()
 
@@ -85,6 +98,13 @@ class SSDTrainer(DefaultTrainer):
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
 
+    def train(self):
+        # The loader starts its workers at the first batch, at the iteration resumed from.
+        data_loader = self._trainer.data_loader
+        if hasattr(data_loader, "start_iter"):
+            data_loader.start_iter = self.start_iter
+        return super().train()
+
     def run_step(self):
         try:
             super().run_step()
@@ -95,6 +115,9 @@ class SSDTrainer(DefaultTrainer):
                 "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS, then continue with "
                 "--resume."
             ) from e
+        num_skipped = getattr(self._trainer.data_loader, "num_skipped", None)
+        if num_skipped is not None:
+            get_event_storage().put_scalar("data/skipped_images", num_skipped, smoothing_hint=False)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -117,13 +140,24 @@ class SSDTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         check_dataset_files(cfg.DATASETS.TRAIN)
-        return build_detection_train_loader(cfg, mapper=SSDDatasetMapper(cfg, is_train=True))
+        return build_ssd_train_loader(cfg, mapper=SSDDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         check_dataset_files([dataset_name])
+        dataset_dicts = load_dataset_dicts(dataset_name)
+        # Every test image counts in the metrics: a missing one stops here, before inference.
+        missing = [d["file_name"] for d in dataset_dicts if not os.path.isfile(d["file_name"])]
+        if missing:
+            raise DatasetError(
+                f"{len(missing)} of the {len(dataset_dicts)} images of test data set "
+                f"{dataset_name!r} do not exist, e.g. {', '.join(missing[:3])}. Check the image "
+                "root it is registered with (for the built-in data sets, $DETECTRON2_DATASETS)."
+            )
         return build_detection_test_loader(
-            cfg, dataset_name, mapper=SSDDatasetMapper(cfg, is_train=False)
+            dataset_dicts,
+            mapper=SSDDatasetMapper(cfg, is_train=False),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
         )
 
     @classmethod

@@ -33,6 +33,7 @@ from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.modeling import build_model
 
 from ssd_d2 import add_ssd_config  # importing ssd_d2 registers the SSD components
+from ssd_d2.config import merge_from_file_safely
 
 __all__ = [
     "SOURCES",
@@ -286,22 +287,26 @@ def _rename(
 # Reading, checking and writing.
 
 
-def load_state_dict(path: str) -> Dict[str, Tensor]:
+def load_state_dict(path: str, allow_unsafe: bool = False) -> Dict[str, Tensor]:
     """
     The state dict in ``path``: a bare state dict or a checkpoint holding one under "model"
-    or "state_dict", with any DataParallel "module." prefix removed.
+    or "state_dict", with any DataParallel "module." prefix removed. Read with
+    ``torch.load(weights_only=True)`` unless ``allow_unsafe`` (which runs any code the file
+    holds).
     """
     # torchvision's detection reference scripts save their argparse arguments too.
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     allow_namespace = safe_globals([argparse.Namespace]) if safe_globals else nullcontext()
     try:
         with allow_namespace:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
     except pickle.UnpicklingError as e:
         raise ConversionError(
             f"{path} cannot be read with torch.load(weights_only=True), which loads tensors "
-            "and plain containers only. If it holds a whole pickled model or other objects "
-            "and you trust it, load it yourself and torch.save() its state_dict() instead.\n"
+            "and plain containers only. It holds other pickled objects: loading those runs "
+            "whatever code the file contains, so a file from an untrusted source can take over "
+            "your account. Only if you trust where it comes from, add --allow-unsafe-checkpoint "
+            "(or load it yourself and torch.save() its state_dict()).\n"
             f"torch.load said: {e}"
         ) from e
     if isinstance(loaded, dict):
@@ -357,7 +362,7 @@ def _model_state_dict(config_file: str, opts: Sequence[str]) -> Dict[str, Tensor
     """The state dict of the model that ``config_file`` builds: the layout to convert to."""
     cfg = get_cfg()
     add_ssd_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_from_file_safely(cfg, config_file)
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"
     return build_model(cfg).state_dict()
@@ -700,14 +705,18 @@ def convert_file(
     output_path: str,
     config_file: Optional[str] = None,
     opts: Sequence[str] = (),
+    allow_unsafe: bool = False,
 ) -> Conversion:
-    """Read ``input_path``, convert it and write the Detectron2 checkpoint ``output_path``."""
+    """
+    Read ``input_path`` (see :func:`load_state_dict` for ``allow_unsafe``), convert it and
+    write the Detectron2 checkpoint ``output_path``.
+    """
     if output_path.endswith(".pyth"):
         raise ConversionError(
             f"{output_path}: DetectionCheckpointer reads '.pyth' files as pycls checkpoints; "
             "use '.pth'."
         )
-    conversion = convert(source, load_state_dict(input_path), config_file, opts)
+    conversion = convert(source, load_state_dict(input_path, allow_unsafe), config_file, opts)
     author = (
         f"{_SOURCE_NAMES[conversion.source]} ({os.path.basename(input_path)}) "
         "via ssd_d2.tools.convert"
@@ -759,6 +768,12 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "ssdlite320_mobilenet_v2_voc; "
         "ssd300_voc.yaml for vgg16)",
     )
+    parser.add_argument(
+        "--allow-unsafe-checkpoint",
+        action="store_true",
+        help="read INPUT with full unpickling (torch.load(weights_only=False)), which runs any "
+        "code the file holds: only for a file from a source you trust",
+    )
     parser.add_argument("input", metavar="INPUT", help="the checkpoint to convert (.pth)")
     parser.add_argument(
         "output", metavar="OUTPUT", help="the Detectron2 checkpoint to write (.pth or .pkl)"
@@ -775,7 +790,14 @@ def build_argument_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> Conversion:
     args = build_argument_parser().parse_args(argv)
     try:
-        conversion = convert_file(args.source, args.input, args.output, args.config_file, args.opts)
+        conversion = convert_file(
+            args.source,
+            args.input,
+            args.output,
+            args.config_file,
+            args.opts,
+            allow_unsafe=args.allow_unsafe_checkpoint,
+        )
     except ConversionError as e:
         sys.exit(f"error: {args.input}: {e}")
     print("\n".join(summarize(conversion)))

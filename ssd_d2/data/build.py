@@ -1,0 +1,296 @@
+"""
+A training data loader whose batches depend only on the seed and the iteration.
+
+Detectron2's loader draws the sample order from one endless random stream and seeds each data
+loader worker's augmentations once, so a run resumed at iteration k would see the batches of
+iteration 0 again, augmented differently. Here batch ``i`` of process ``r`` is computed from
+``(seed, i, r)`` alone:
+
+* the global sample stream is one random permutation of the data set per epoch, each seeded
+  by ``(seed, epoch)``; position ``p`` of the stream is sample ``p % N`` of epoch ``p // N``;
+* process ``r`` of ``W`` takes positions ``r, r + W, r + 2W, ...`` (as Detectron2's
+  ``TrainingSampler``), so its batch ``i`` holds positions ``(i * B + s) * W + r`` for
+  ``s < B``: ``W`` processes of batch ``B`` see the samples of one process of batch ``W * B``;
+* every sample is mapped (read and augmented) under numpy, ``random`` and torch RNGs seeded by
+  ``(seed, position)``, so its augmentation is the same whichever worker, process or run maps
+  it;
+* data loader worker ``w`` of ``K`` builds the batches ``i`` with ``i % K == w``, the order in
+  which PyTorch's loader collects them.
+
+Resuming at iteration ``k`` therefore continues with exactly the batches an uninterrupted run
+sees at ``k``, for any number of workers.
+"""
+
+import itertools
+import logging
+import random
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from detectron2.data import MetadataCatalog
+from detectron2.data.common import DatasetFromList
+from detectron2.utils import comm
+
+from .dataset_mapper import UnreadableImageError
+
+__all__ = ["SeededTrainingStream", "SeededTrainLoader", "build_ssd_train_loader"]
+
+logger = logging.getLogger(__name__)
+
+# Distinct first words of the seeds of the sample order and of the augmentations.
+_ORDER_STREAM = 0
+_AUGMENTATION_STREAM = 1
+_SUBSTITUTE_STREAM = 2
+
+
+class SeededTrainingStream(IterableDataset):
+    """
+    The endless training batches of one process, a pure function of the seed and the
+    iteration (see the module docstring). Iterating yields ``(batch, skipped)`` pairs:
+    the list of mapped dicts, and the (file name, reason) of each image skipped because it
+    could not be read. Such an image is replaced by another sample, chosen from the seed and
+    the position, so that the batch stays reproducible.
+    """
+
+    def __init__(
+        self,
+        dataset: Sequence[dict],
+        mapper: Callable[[dict], Optional[dict]],
+        *,
+        batch_size: int,
+        seed: int,
+        start_iter: int = 0,
+        shuffle: bool = True,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+        max_substitutions: int = 100,
+    ):
+        """
+        Args:
+            dataset: the data set dicts (a list, or Detectron2's ``DatasetFromList``).
+            mapper: maps a data set dict to a model input; it may raise
+                :class:`UnreadableImageError` or return None for a sample to skip.
+            batch_size: images per batch of this process.
+            seed: seed of the sample order and of the augmentations.
+            start_iter: the first iteration to produce.
+            shuffle: permute each epoch (else take the data set in order).
+            rank, world_size: this process's place among the data-parallel processes;
+                default: Detectron2's ``comm``.
+            max_substitutions: after this many unreadable images in a row for one sample,
+                give up with an error (the data set is then mostly unreadable).
+        """
+        if len(dataset) == 0:
+            raise ValueError("The training data set is empty.")
+        self.dataset = dataset
+        self.mapper = mapper
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.start_iter = int(start_iter)
+        self.shuffle = shuffle
+        self.rank = comm.get_rank() if rank is None else rank
+        self.world_size = comm.get_world_size() if world_size is None else world_size
+        self.max_substitutions = max_substitutions
+        self._epoch_cache = {}
+        self._unreadable = {}  # dataset index -> reason, so that a bad file is read once
+
+    def positions(self, iteration: int) -> List[int]:
+        """Global stream positions of the samples of this process's batch ``iteration``."""
+        first = iteration * self.batch_size
+        return [(first + s) * self.world_size + self.rank for s in range(self.batch_size)]
+
+    def index_at(self, position: int) -> int:
+        """The data set index at a global stream position."""
+        epoch, offset = divmod(position, len(self.dataset))
+        return int(self._epoch_order(epoch)[offset])
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        order = self._epoch_cache.get(epoch)
+        if order is None:
+            if self.shuffle:
+                rng = np.random.default_rng([_ORDER_STREAM, self.seed, epoch])
+                order = rng.permutation(len(self.dataset))
+            else:
+                order = np.arange(len(self.dataset))
+            # Batches of a few neighbouring epochs are in flight at a time.
+            if len(self._epoch_cache) >= 2:
+                self._epoch_cache.pop(min(self._epoch_cache))
+            self._epoch_cache[epoch] = order
+        return order
+
+    def batch(self, iteration: int) -> Tuple[List[dict], List[Tuple[str, str]]]:
+        """The mapped batch of ``iteration`` and the images skipped to build it."""
+        batch, skipped = [], []
+        for position in self.positions(iteration):
+            batch.append(self._map_position(position, skipped))
+        return batch, skipped
+
+    def _map_position(self, position: int, skipped: List[Tuple[str, str]]) -> dict:
+        index = self.index_at(position)
+        for attempt in range(self.max_substitutions + 1):
+            if attempt > 0:
+                # Another sample, drawn from the position and the attempt only.
+                rng = np.random.default_rng([_SUBSTITUTE_STREAM, self.seed, position, attempt])
+                index = int(rng.integers(len(self.dataset)))
+            dataset_dict = self.dataset[index]
+            reason = self._unreadable.get(index)
+            if reason is None:
+                with _seeded_rngs([_AUGMENTATION_STREAM, self.seed, position, attempt]):
+                    try:
+                        mapped = self.mapper(dataset_dict)
+                    except UnreadableImageError as e:
+                        mapped, reason = None, e.reason
+                if mapped is not None:
+                    return mapped
+                reason = reason or "the mapper returned None"
+                self._unreadable[index] = reason
+            skipped.append((dataset_dict.get("file_name", f"index {index}"), reason))
+        raise RuntimeError(
+            f"{self.max_substitutions + 1} training images in a row could not be read; the "
+            f"last: {skipped[-1][0]} ({skipped[-1][1]}). Check the image files of the data set."
+        )
+
+    def __iter__(self):
+        worker = get_worker_info()
+        worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        for iteration in itertools.count(self.start_iter + worker_id, num_workers):
+            yield self.batch(iteration)
+
+
+class _seeded_rngs:
+    """Seed numpy's, Python's and torch's global RNGs from ``key``; restore them after."""
+
+    def __init__(self, key: Sequence[int]):
+        self.key = key
+
+    def __enter__(self):
+        self._states = (np.random.get_state(), random.getstate(), torch.random.get_rng_state())
+        words = np.random.SeedSequence(list(self.key)).generate_state(4)
+        np.random.seed(words)
+        random.seed(int(words[0]) << 32 | int(words[1]))
+        torch.manual_seed(int(words[2]) << 32 | int(words[3]))
+
+    def __exit__(self, *exc):
+        np_state, py_state, torch_state = self._states
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        torch.random.set_rng_state(torch_state)
+        return False
+
+
+def _identity(x):
+    return x
+
+
+class SeededTrainLoader:
+    """
+    Iterates over the batches of a :class:`SeededTrainingStream` with ``num_workers`` data
+    loader workers, starting at ``start_iter``. The workers start at the first ``next()``,
+    so ``start_iter`` may be set after ``iter()`` (the trainer sets it when it resumes).
+
+    ``num_skipped`` counts the images skipped so far because they could not be read; each is
+    logged with its file name.
+    """
+
+    def __init__(self, stream: SeededTrainingStream, num_workers: int = 0):
+        self.stream = stream
+        self.num_workers = num_workers
+        self.num_skipped = 0
+
+    @property
+    def start_iter(self) -> int:
+        return self.stream.start_iter
+
+    @start_iter.setter
+    def start_iter(self, value: int) -> None:
+        self.stream.start_iter = int(value)
+
+    def __iter__(self):
+        loader = DataLoader(
+            self.stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=_identity,
+            # Fresh seeds per worker would not matter: every sample seeds its own RNGs.
+            worker_init_fn=None,
+        )
+        for batch, skipped in loader:
+            for file_name, reason in skipped:
+                self.num_skipped += 1
+                logger.warning(
+                    f"Skipped unreadable training image {file_name} ({reason}); "
+                    f"{self.num_skipped} skipped so far."
+                )
+            yield batch
+
+
+def as_dataset(dataset_dicts: List[dict]):
+    """The dicts as Detectron2's serialised list, which data loader workers share unchanged."""
+    return DatasetFromList(dataset_dicts, copy=False, serialize=True)
+
+
+def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
+    """
+    The SSD training loader: the data sets of ``cfg.DATASETS.TRAIN`` loaded and checked
+    (:func:`~ssd_d2.data.validation.check_dataset_dicts`, a report per data set in the log),
+    images without boxes dropped if ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``, then batches
+    seeded by ``cfg.SEED`` and the iteration (:class:`SeededTrainingStream`).
+
+    Batches are not grouped by aspect ratio (``DATALOADER.ASPECT_RATIO_GROUPING`` is not
+    read): every training image is resized to the same square, so grouping would save nothing,
+    and it would make a batch depend on the ones before it rather than on the iteration.
+    """
+    from detectron2.data.build import print_instances_class_histogram
+    from detectron2.data.detection_utils import check_metadata_consistency
+
+    from .dataset_mapper import SSDDatasetMapper
+    from .validation import check_dataset_dicts, load_dataset_dicts
+
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        raise ValueError(
+            f"DATALOADER.SAMPLER_TRAIN = {cfg.DATALOADER.SAMPLER_TRAIN!r}: SSDTrainer's "
+            "resumable loader implements 'TrainingSampler' (a random permutation per epoch) only."
+        )
+    dataset_dicts = []
+    for name in cfg.DATASETS.TRAIN:
+        dicts, report = check_dataset_dicts(
+            load_dataset_dicts(name), num_classes=cfg.MODEL.SSD.NUM_CLASSES, dataset_name=name
+        )
+        logger.info(report.summary())
+        dataset_dicts.extend(dicts)
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        before = len(dataset_dicts)
+        dataset_dicts = [
+            d
+            for d in dataset_dicts
+            if any(a.get("iscrowd", 0) == 0 for a in d.get("annotations") or [])
+        ]
+        logger.info(
+            f"Dropped {before - len(dataset_dicts)} images without boxes "
+            "(DATALOADER.FILTER_EMPTY_ANNOTATIONS)."
+        )
+    try:
+        check_metadata_consistency("thing_classes", cfg.DATASETS.TRAIN)
+        thing_classes = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes
+        print_instances_class_histogram(dataset_dicts, thing_classes)
+    except AttributeError:  # data sets without class names
+        pass
+
+    if mapper is None:
+        mapper = SSDDatasetMapper(cfg, is_train=True)
+    world_size = comm.get_world_size()
+    if cfg.SOLVER.IMS_PER_BATCH % world_size != 0:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is the batch of all processes "
+            f"together and must be divisible by their number, {world_size}."
+        )
+    seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+    stream = SeededTrainingStream(
+        as_dataset(dataset_dicts),
+        mapper,
+        batch_size=cfg.SOLVER.IMS_PER_BATCH // world_size,
+        seed=seed,
+    )
+    return SeededTrainLoader(stream, num_workers=cfg.DATALOADER.NUM_WORKERS)

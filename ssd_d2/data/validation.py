@@ -1,0 +1,401 @@
+"""
+Checks of the training data, run once when the training loader is built.
+
+Problems a user must fix (a wrong path, a wrong class count, corrupt annotation values) stop
+training at once with a :class:`DatasetError` that names the file, the annotation and the fix.
+Problems that a real data set has a few of (degenerate or out-of-image boxes, unreadable
+images) are repaired or skipped, logged with examples and counted in the training log. The
+README's "Bad data" table lists every case.
+"""
+
+import logging
+import math
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+from detectron2.utils.file_io import PathManager
+
+__all__ = ["DatasetError", "DatasetReport", "check_dataset_dicts", "load_dataset_dicts"]
+
+logger = logging.getLogger(__name__)
+
+# EXIF orientations that rotate by 90 or 270 degrees, swapping width and height.
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
+# Examples of each kind of repaired or skipped problem written to the log.
+_LOGGED_EXAMPLES = 5
+
+
+class DatasetError(ValueError):
+    """A data set problem that training cannot work around; the message says how to fix it."""
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`check_dataset_dicts` found, repaired and skipped in one data set."""
+
+    dataset_name: str = ""
+    num_images: int = 0
+    num_boxes: int = 0
+    clipped_boxes: int = 0
+    degenerate_boxes: int = 0
+    outside_boxes: int = 0
+    images_without_annotations: int = 0
+    images_left_without_boxes: int = 0
+    unreadable_images: List[Tuple[str, str]] = field(default_factory=list)
+    examples: Dict[str, List[str]] = field(default_factory=dict)
+
+    def _example(self, kind: str, text: str) -> None:
+        examples = self.examples.setdefault(kind, [])
+        if len(examples) < _LOGGED_EXAMPLES:
+            examples.append(text)
+
+    def summary(self) -> str:
+        lines = [
+            f"Data set {self.dataset_name!r}: {self.num_images} images, {self.num_boxes} boxes "
+            "checked.",
+            f"  boxes clipped to their image: {self.clipped_boxes}",
+            f"  boxes dropped, zero or negative width or height: {self.degenerate_boxes}",
+            f"  boxes dropped, wholly outside their image: {self.outside_boxes}",
+            f"  images without annotations: {self.images_without_annotations}",
+            f"  images left without boxes by the drops: {self.images_left_without_boxes}",
+            f"  images dropped, unreadable: {len(self.unreadable_images)}",
+        ]
+        for kind, examples in self.examples.items():
+            lines.append(f"  e.g. {kind}: " + "; ".join(examples))
+        return "\n".join(lines)
+
+
+def _annotation_source(dataset_name: str, dataset_dict: dict) -> str:
+    """The file the annotations of ``dataset_dict`` come from, as well as can be told."""
+    metadata = MetadataCatalog.get(dataset_name) if dataset_name else None
+    if metadata is not None and metadata.get("json_file", None):
+        return metadata.json_file
+    if metadata is not None and metadata.get("dirname", None):
+        return os.path.join(metadata.dirname, "Annotations", f"{dataset_dict.get('image_id')}.xml")
+    return f"the dicts that data set {dataset_name!r} is registered with"
+
+
+def _describe(dataset_dict: dict, index: int, annotation: dict, dataset_name: str = "") -> str:
+    """
+    "annotation <index> (id <id>) of image <file>". Detectron2's COCO loader drops the
+    annotation ids: given the data set's name, an error message looks the id up in its json.
+    """
+    annotation_id = annotation.get("id")
+    if annotation_id is None and dataset_name:
+        annotation_id = _coco_annotation_id(dataset_name, dataset_dict.get("image_id"), index)
+    ident = f" (id {annotation_id})" if annotation_id is not None else ""
+    return f"annotation {index}{ident} of image {dataset_dict.get('file_name')}"
+
+
+def _coco_annotation_id(dataset_name: str, image_id, index: int):
+    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
+    if not json_file:
+        return None
+    try:
+        import json
+
+        with PathManager.open(json_file) as f:
+            annotations = json.load(f).get("annotations", [])
+        # load_coco_json keeps each image's annotations in the json's order.
+        of_image = [a for a in annotations if a.get("image_id") == image_id]
+        return of_image[index].get("id")
+    except Exception:
+        return None
+
+
+def _image_header(file_name: str) -> Tuple[int, int, int]:
+    """(width, height, EXIF orientation) from the file's header, without decoding pixels."""
+    with PathManager.open(file_name, "rb") as f:
+        with Image.open(f) as image:
+            width, height = image.size
+            try:
+                orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+            except Exception:  # a malformed EXIF block: PIL's reader ignores it too
+                orientation = 1
+    return width, height, orientation
+
+
+def _check_image(dataset_dict: dict, dataset_name: str) -> Optional[Tuple[int, int]]:
+    """
+    The (width, height) of the image as the mapper will read it (EXIF orientation applied).
+    Raises FileNotFoundError, or OSError for a header PIL cannot read, or DatasetError when
+    the size disagrees with the dict's.
+    """
+    file_name = dataset_dict["file_name"]
+    if not PathManager.exists(file_name):
+        raise FileNotFoundError(file_name)
+    try:
+        raw_w, raw_h, orientation = _image_header(file_name)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise OSError(f"{type(e).__name__}: {e}") from e
+    width, height = (raw_h, raw_w) if orientation in _TRANSPOSING_ORIENTATIONS else (raw_w, raw_h)
+    expected = (dataset_dict.get("width"), dataset_dict.get("height"))
+    if None in expected or expected == (width, height):
+        return width, height
+    source = _annotation_source(dataset_name, dataset_dict)
+    if orientation in _TRANSPOSING_ORIENTATIONS and expected == (raw_w, raw_h):
+        raise DatasetError(
+            f"Image {file_name} is stored {raw_w}x{raw_h} with EXIF orientation {orientation} "
+            f"(shown {width}x{height}, as ssd_d2 and Detectron2 read it), but {source} gives "
+            f"it width {expected[0]} and height {expected[1]}, the size of the unrotated "
+            "pixels. Write the displayed size and boxes into the annotations, or save the image "
+            "with its rotation applied and no EXIF orientation tag."
+        )
+    raise DatasetError(
+        f"Image {file_name} is {width}x{height} but {source} gives width {expected[0]} and "
+        f"height {expected[1]}. Correct the size in the annotations (and check that their "
+        "boxes belong to this image)."
+    )
+
+
+def check_dataset_dicts(
+    dataset_dicts: Sequence[dict],
+    *,
+    num_classes: int,
+    dataset_name: str = "",
+    check_images: bool = True,
+) -> Tuple[List[dict], DatasetReport]:
+    """
+    Check and repair the training dicts of one data set, as described in the module docstring.
+
+    * an image file that is missing: DatasetError (all missing files listed);
+    * an image whose header cannot be read: dropped and counted;
+    * an image whose size is not the dict's width/height (EXIF rotation included):
+      DatasetError;
+    * a box with a NaN or infinite coordinate, a category id outside [0, num_classes), a box
+      that is not 4 numbers or not in an absolute box mode: DatasetError;
+    * a box partly outside its image: clipped to it and counted;
+    * a box wholly outside its image, or with zero or negative width or height: dropped and
+      counted;
+    * crowd annotations are left as they are (the mapper ignores them).
+
+    Images that have (or are left with) no boxes are kept and counted; filtering them is the
+    caller's choice (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``).
+
+    Returns:
+        the checked dicts (repaired copies; the input is not modified) and the report.
+    """
+    report = DatasetReport(dataset_name=dataset_name, num_images=len(dataset_dicts))
+    checked, missing = [], []
+    for dataset_dict in dataset_dicts:
+        size = (dataset_dict.get("width"), dataset_dict.get("height"))
+        if check_images:
+            try:
+                size = _check_image(dataset_dict, dataset_name)
+            except FileNotFoundError:
+                missing.append(dataset_dict["file_name"])
+                continue
+            except DatasetError:
+                raise
+            except OSError as e:
+                report.unreadable_images.append((dataset_dict["file_name"], str(e)))
+                report._example("unreadable image", f"{dataset_dict['file_name']} ({e})")
+                continue
+        checked.append(_check_annotations(dataset_dict, size, num_classes, dataset_name, report))
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} of the {len(dataset_dicts)} images of data set {dataset_name!r} "
+            f"do not exist, e.g. {', '.join(missing[:3])}. If none exist, the data set's image "
+            "folder is wrong: check the image root it is registered with (for the built-in "
+            "data sets, $DETECTRON2_DATASETS). Otherwise restore the files or remove those "
+            f"images from {_annotation_source(dataset_name, {'image_id': '<image id>'})}."
+        )
+    if report.unreadable_images:
+        logger.warning(
+            f"Dropped {len(report.unreadable_images)} unreadable images of {dataset_name!r}, "
+            f"e.g. {report.unreadable_images[0][0]}: {report.unreadable_images[0][1]}"
+        )
+    if len(checked) == 0:
+        raise DatasetError(f"Data set {dataset_name!r} has no readable image left.")
+    return checked, report
+
+
+def _check_annotations(
+    dataset_dict: dict,
+    size: Tuple[Optional[int], Optional[int]],
+    num_classes: int,
+    dataset_name: str,
+    report: DatasetReport,
+) -> dict:
+    annotations = dataset_dict.get("annotations")
+    if not annotations:
+        report.images_without_annotations += 1
+        return dataset_dict
+    width, height = size
+    kept, had_boxes = [], False
+    for index, annotation in enumerate(annotations):
+        if annotation.get("iscrowd", 0):
+            kept.append(annotation)
+            continue
+        had_boxes = True
+        report.num_boxes += 1
+        box = _checked_box(dataset_dict, index, annotation, num_classes, dataset_name)
+        where = _describe(dataset_dict, index, annotation)
+        if box[2] <= box[0] or box[3] <= box[1]:
+            report.degenerate_boxes += 1
+            report._example("zero or negative size", f"{where}: {annotation['bbox']}")
+            continue
+        if width is not None and height is not None:
+            clipped = [
+                min(max(box[0], 0.0), width),
+                min(max(box[1], 0.0), height),
+                min(max(box[2], 0.0), width),
+                min(max(box[3], 0.0), height),
+            ]
+            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+                report.outside_boxes += 1
+                report._example("outside the image", f"{where}: {annotation['bbox']}")
+                continue
+            if clipped != box:
+                report.clipped_boxes += 1
+                report._example("clipped", f"{where}: {annotation['bbox']}")
+                annotation = dict(annotation, bbox=clipped, bbox_mode=BoxMode.XYXY_ABS)
+        kept.append(annotation)
+    if had_boxes and not any(not a.get("iscrowd", 0) for a in kept):
+        report.images_left_without_boxes += 1
+    if len(kept) == len(annotations) and all(a is b for a, b in zip(kept, annotations)):
+        return dataset_dict
+    return dict(dataset_dict, annotations=kept)
+
+
+def _checked_box(
+    dataset_dict: dict, index: int, annotation: dict, num_classes: int, dataset_name: str
+) -> List[float]:
+    """The annotation's box as XYXY_ABS floats, after the checks that raise DatasetError."""
+
+    class _Where:  # described only for an error message: the lookup may read the json
+        def __str__(self):
+            return _describe(dataset_dict, index, annotation, dataset_name)
+
+    where = _Where()
+    source = _annotation_source(dataset_name, dataset_dict)
+    category = annotation.get("category_id")
+    try:
+        known = not isinstance(category, bool) and float(category) == int(category)
+        known = known and 0 <= int(category) < num_classes
+    except (TypeError, ValueError, OverflowError):
+        known = False
+    if not known:
+        thing_classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
+        classes = f" ({len(thing_classes)} thing_classes in its metadata)" if thing_classes else ""
+        raise DatasetError(
+            f"{where} in {source} has category_id {category!r}, but the model knows classes "
+            f"0..{num_classes - 1} (MODEL.SSD.NUM_CLASSES = {num_classes}){classes}. Fix or remove "
+            "the annotation, or set MODEL.SSD.NUM_CLASSES to the data set's class count."
+        )
+    try:
+        bbox = [float(v) for v in annotation["bbox"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetError(
+            f"{where} in {source} has no valid 'bbox' ({e}). Give it 4 numbers."
+        ) from e
+    if len(bbox) != 4:
+        raise DatasetError(
+            f"{where} in {source} has bbox {annotation['bbox']}: SSD needs 4 numbers (an "
+            "axis-aligned box). Fix the annotation or remove it."
+        )
+    if not all(math.isfinite(v) for v in bbox):
+        raise DatasetError(
+            f"{where} in {source} has bbox {annotation['bbox']} with a NaN or infinite "
+            "coordinate. The tool that wrote the annotations failed on it: fix the annotation "
+            "or remove it."
+        )
+    mode = BoxMode(annotation.get("bbox_mode", BoxMode.XYXY_ABS))
+    if mode not in (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS):
+        raise DatasetError(
+            f"{where} in {source} has bbox_mode {mode.name}; SSD reads absolute boxes "
+            "(XYXY_ABS or XYWH_ABS). Convert the boxes when registering the data set."
+        )
+    if mode == BoxMode.XYWH_ABS:
+        x, y, w, h = bbox
+        return [x, y, x + w, y + h]
+    return bbox
+
+
+def load_dataset_dicts(dataset_name: str) -> List[dict]:
+    """
+    ``DatasetCatalog.get(dataset_name)``; when the data set's own loader fails on a bad
+    annotation (Detectron2's COCO and VOC loaders stop at the first unknown category without
+    naming the file), the error says which file and annotation, and how to fix it.
+    """
+    try:
+        dicts = DatasetCatalog.get(dataset_name)
+    except Exception as e:
+        explanation = _explain_load_error(dataset_name)
+        if explanation is None:
+            raise
+        raise DatasetError(f"{explanation}\n(Loading {dataset_name!r} failed with: {e})") from e
+    if len(dicts) == 0:
+        raise DatasetError(f"Data set {dataset_name!r} is empty.")
+    return dicts
+
+
+def _explain_load_error(dataset_name: str) -> Optional[str]:
+    metadata = MetadataCatalog.get(dataset_name)
+    try:
+        if metadata.get("json_file", None) and os.path.isfile(metadata.json_file):
+            return _explain_coco_json(metadata.json_file)
+        if metadata.get("dirname", None) and metadata.get("split", None):
+            return _explain_voc(metadata.dirname, metadata.split, metadata.get("thing_classes"))
+    except Exception as e:  # the diagnosis must never hide the original error
+        logger.warning(f"Could not diagnose the failure to load {dataset_name!r}: {e}")
+    return None
+
+
+def _explain_coco_json(json_file: str) -> Optional[str]:
+    import json
+
+    with PathManager.open(json_file) as f:
+        data = json.load(f)
+    category_ids = {c["id"] for c in data.get("categories", [])}
+    file_names = {image["id"]: image.get("file_name") for image in data.get("images", [])}
+    for annotation in data.get("annotations", []):
+        if annotation.get("category_id") not in category_ids:
+            return (
+                f"{json_file}: annotation id {annotation.get('id')} (image "
+                f"{file_names.get(annotation.get('image_id'))}) has category_id "
+                f"{annotation.get('category_id')!r}, which is not among the json's categories "
+                f"{sorted(category_ids)}. Add the category to 'categories', or fix or remove "
+                "the annotation."
+            )
+    return None
+
+
+def _explain_voc(dirname: str, split: str, class_names: Optional[Sequence[str]]) -> Optional[str]:
+    with PathManager.open(os.path.join(dirname, "ImageSets", "Main", split + ".txt")) as f:
+        file_ids = [line.strip() for line in f if line.strip()]
+    for file_id in file_ids:
+        xml_file = os.path.join(dirname, "Annotations", file_id + ".xml")
+        if not PathManager.exists(xml_file):
+            return f"{xml_file} does not exist: remove {file_id!r} from {split}.txt or add it."
+        with PathManager.open(xml_file) as f:
+            tree = ET.parse(f)
+        for number, obj in enumerate(tree.findall("object")):
+            name = obj.findtext("name")
+            if class_names is not None and name not in class_names:
+                return (
+                    f"{xml_file}: object {number} is named {name!r}, which is not one of the "
+                    f"data set's classes {list(class_names)}. Rename it, or register the data "
+                    "set with a class list that includes it."
+                )
+            box = obj.find("bndbox")
+            values = [box.findtext(k) if box is not None else None for k in _VOC_BOX_KEYS]
+            try:
+                [float(v) for v in values]
+            except (TypeError, ValueError):
+                return (
+                    f"{xml_file}: object {number} ({name!r}) has bndbox "
+                    f"{dict(zip(_VOC_BOX_KEYS, values))}; give xmin, ymin, xmax and ymax as "
+                    "numbers, or remove the object."
+                )
+    return None
+
+
+_VOC_BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
