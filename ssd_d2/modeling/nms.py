@@ -1,10 +1,13 @@
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 from torch import Tensor
 from torchvision.ops import nms
 
 __all__ = ["grouped_nms"]
+
+# grouped_nms stays scriptable (torch.jit.script): the TorchScript export (ssd_d2.export) runs
+# it scripted, so that an exported model makes the same run-time choices as eager inference.
 
 # Elements of the IoU matrix computed at once: bounds the memory of the worst case (every
 # class of every image full of candidates) to a few hundred MB of temporaries.
@@ -46,7 +49,7 @@ def grouped_nms(
 
 def _nms_each_group(boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float):
     # Sorted scores: each group's candidates are a prefix of it.
-    counts = valid.sum(dim=1).tolist()
+    counts: List[int] = valid.sum(dim=1).tolist()
     group_idx, rank_idx = [valid.new_zeros(0, dtype=torch.long)], [
         valid.new_zeros(0, dtype=torch.long)
     ]
@@ -73,11 +76,13 @@ def _nms_all_groups(boxes: Tensor, valid: Tensor, iou_threshold: float):
         kept = ~suppressed[:, rank]
         keep[:, rank] = kept
         suppressed |= overlaps[:, rank] & kept[:, None]
-    group_idx, rank_idx = keep.nonzero(as_tuple=True)
+    group_idx, rank_idx = keep.nonzero().unbind(dim=1)
     return groups[group_idx], rank_idx
 
 
-def _iou_above(boxes: Tensor, threshold: float) -> Tensor:
+def _iou_above(
+    boxes: Tensor, threshold: float, chunk_elements: int = _IOU_CHUNK_ELEMENTS
+) -> Tensor:
     """
     (G, k, k) bool: IoU of candidates i and j of each group > threshold, computed as
     torchvision's NMS kernels do (intersection / (area_i + area_j - intersection)).
@@ -85,7 +90,7 @@ def _iou_above(boxes: Tensor, threshold: float) -> Tensor:
     num_groups, k, _ = boxes.shape
     area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
     result = torch.empty((num_groups, k, k), dtype=torch.bool, device=boxes.device)
-    step = max(1, _IOU_CHUNK_ELEMENTS // max(1, k * k))
+    step = max(1, chunk_elements // max(1, k * k))
     for start in range(0, num_groups, step):
         b, a = boxes[start : start + step], area[start : start + step]
         top_left = torch.max(b[:, :, None, :2], b[:, None, :, :2])
