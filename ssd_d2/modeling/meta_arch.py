@@ -101,6 +101,8 @@ class SSD(DenseDetector):
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
+        # Channels-last convolutions are faster on CPUs (oneDNN) and GPUs (tensor cores).
+        self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -176,7 +178,7 @@ class SSD(DenseDetector):
         Returns:
             the R default boxes, class logits (N, R, K + 1) and box deltas (N, R, 4).
         """
-        features = self.backbone(images)
+        features = self.backbone(images.contiguous(memory_format=torch.channels_last))
         features = [features[f] for f in self.head_in_features]
         pred_logits, pred_deltas = self.head(features)
         anchors = Boxes.cat(self.anchor_generator(features))
