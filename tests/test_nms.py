@@ -29,13 +29,10 @@ def _reference(boxes, scores, score_threshold, iou_threshold):
 
 
 @pytest.mark.parametrize("iou_threshold", [0.3, 0.45, 0.7])
-@pytest.mark.parametrize("path", ["each group", "all groups", "all groups in chunks"])
-def test_grouped_nms_equals_torchvision_nms_per_group(monkeypatch, iou_threshold, path):
-    # The CPU runs torchvision's kernel group by group; a GPU, the batched pass.
-    if path != "each group":
-        monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
-    if path == "all groups in chunks":
-        monkeypatch.setattr(nms_module, "_IOU_CHUNK_ELEMENTS", 1000)
+@pytest.mark.parametrize("batched", [False, True])
+def test_grouped_nms_equals_torchvision_nms_per_group(monkeypatch, iou_threshold, batched):
+    # The CPU runs torchvision's kernel group by group; a GPU (and a trace), the batched pass.
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: batched)
     boxes, scores = _random_groups(num_groups=60, k=50, seed=0)
     scores[::3] *= 0.3  # groups with few or no candidates above the threshold
     group_idx, rank_idx = grouped_nms(boxes, scores, 0.2, iou_threshold)
@@ -54,3 +51,10 @@ def test_grouped_nms_without_candidates(monkeypatch, batched):
     for candidates in [(boxes, scores), (boxes[:, :0], scores[:, :0]), (boxes[:0], scores[:0])]:
         group_idx, rank_idx = grouped_nms(*candidates, score_threshold=1.0, iou_threshold=0.5)
         assert group_idx.shape == rank_idx.shape == (0,)
+
+
+def test_iou_in_chunks_equals_iou_at_once():
+    boxes, _ = _random_groups(num_groups=30, k=20, seed=2)
+    at_once = nms_module._iou_above(boxes, 0.3)
+    assert at_once.any() and not at_once.all()
+    torch.testing.assert_close(nms_module._iou_above(boxes, 0.3, chunk_elements=1000), at_once)
