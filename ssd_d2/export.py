@@ -4,7 +4,7 @@ per-class top-k and NMS) to TorchScript or ONNX.
 
 The exported model is ``ExportableSSD``: one function of an image batch at the network size,
 
-    images (N, C, S, S), uint8 or float, 0-255, channels in INPUT.FORMAT (RGB for ssd_d2's configs)
+    images (N, C, S, S), uint8 or float, 0-255, channels in INPUT.FORMAT (RGB in ssd_d2's configs)
     -> boxes (N, D, 4) float32, XYXY pixels of the S x S input,
        scores (N, D) float32,
        classes (N, D) int64, foreground classes from 0, -1 where there is no detection,
@@ -12,9 +12,13 @@ The exported model is ``ExportableSSD``: one function of an image batch at the n
 
 with S = MODEL.SSD.IMAGE_SIZE and D = TEST.DETECTIONS_PER_IMAGE; image i's detections are
 rows [0, num_detections[i]) in decreasing score, the rest is padding (zeros, class -1). These
-are the detections of the eager model given the same S x S images (``[{"image": x}]``). The
-batch size N is free in both formats. It runs the model's own code: ``SSD.normalize``,
-``SSD.predict`` and ``SSD.detect``; only the NMS operator differs in ONNX, which has its own.
+are the detections of the eager model given the same S x S images (``[{"image": x}]``), for
+any batch size N in both formats. The exported graph is the model's own code
+(``SSD.normalize``, ``SSD.predict``, ``SSD.detect``), traced; the NMS step runs as
+``grouped_nms`` scripted (TorchScript) or as ONNX's NonMaxSuppression operator (ONNX).
+
+Not in the exported graph: resizing (images come at S x S; the eager model resizes any
+size itself), rescaling the boxes to another output size (detector_postprocess), training.
 """
 
 import contextlib
@@ -74,6 +78,12 @@ def check_exportable(model: nn.Module) -> None:
             f"Only ssd_d2's SSD models export (MODEL.META_ARCHITECTURE 'SSD'); got "
             f"{type(model).__name__}."
         )
+    if type(model).per_class_nms is not SSD.per_class_nms:
+        # The exports run grouped_nms (scripted, or as ONNX's operator) in its place.
+        raise ExportError(
+            f"{type(model).__name__} overrides SSD.per_class_nms, which the exports replace by "
+            "grouped_nms (scripted for TorchScript, NonMaxSuppression for ONNX)."
+        )
 
 
 class ExportableSSD(nn.Module):
@@ -90,7 +100,9 @@ class ExportableSSD(nn.Module):
         """
         Args:
             model: an SSD model; it is put in eval mode.
-            per_class_nms: replaces ``model.per_class_nms`` (see ``SSD.detect``).
+            per_class_nms: replaces ``model.per_class_nms`` (see ``SSD.detect``); the export
+                functions pass their format's, since tracing the model's own would keep the
+                traced example's number of candidate groups.
         """
         super().__init__()
         check_exportable(model)

@@ -14,6 +14,7 @@ from torch import nn
 
 from detectron2.modeling import build_model
 
+from ssd_d2 import SSD
 from ssd_d2.data.datasets.shapes import _draw_image
 from ssd_d2.export import (
     OUTPUT_NAMES,
@@ -62,7 +63,7 @@ def _trained_like(model: nn.Module, images: torch.Tensor, spread=2.5, background
         for norm in norms:
             norm.running_var.clamp_(min=1.0)
 
-        features = model.backbone(model.normalize(images))
+        features = model.backbone(model.normalize(images[:1]))
         logits, _ = model.head([features[f] for f in model.head_in_features])
         for predictor, level_logits in zip(model.head.cls_score, logits):
             conv = predictor[-1] if isinstance(predictor, nn.Sequential) else predictor
@@ -77,7 +78,7 @@ def _build(config_name: str) -> nn.Module:
     torch.manual_seed(0)
     model = build_model(load_config(config_name)).eval()
     if config_name.startswith("ssdlite"):
-        _trained_like(model, example_images(model, 4, seed=100))
+        _trained_like(model, example_images(model, 2, seed=100))
     return model
 
 
@@ -159,6 +160,41 @@ def test_exported_detections_equal_eager(exported, config_name, format):
     assert scene_count > 0
 
 
+def _model_with_few_detections():
+    """
+    The demo model with a score threshold between its two best images' best scores: one
+    of the three images has detections, two have none. Returns the model and the images.
+    """
+    if "few detections" not in _MODELS:
+        torch.manual_seed(0)
+        model = build_model(load_config("ssd160_shapes_demo")).eval()
+        images = torch.cat(
+            [example_images(model, 2, seed=1), _drawn_scenes(1, model.image_size, seed=2)]
+        )
+        _trained_like(model, images, spread=0.5, background=2.0)
+        model.test_score_thresh = 0.0
+        best = sorted(float(scores.max()) for _, scores, _ in eager_detections(model, images))
+        model.test_score_thresh = (best[-1] + best[-2]) / 2
+        _MODELS["few detections"] = model, images
+    return _MODELS["few detections"]
+
+
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_images_without_detections(tmp_path, format):
+    model, images = _model_with_few_detections()
+    path = str(tmp_path / f"model.{format}")
+    export_model(model, format, path)
+    run = load_exported(format, path)
+    result = compare_with_eager(model, run, images)
+    assert sorted(result["detections"])[:2] == [0, 0] and max(result["detections"]) > 0
+    assert result["max_box_diff"] <= BOX_TOLERANCE
+    assert result["max_score_diff"] <= SCORE_TOLERANCE
+    # No detection in the whole batch.
+    empty = images[torch.tensor(result["detections"]) == 0]
+    boxes, scores, classes, counts = run(empty)
+    assert counts.tolist() == [0, 0] and (classes == -1).all() and (scores == 0).all()
+
+
 def test_output_contract(exported):
     model, run, _ = exported("ssd160_shapes_demo", "torchscript")
     cfg = load_config("ssd160_shapes_demo", "MODEL.SSD.SCORE_THRESH_TEST", "0.3")
@@ -219,6 +255,13 @@ def test_unsupported_exports_fail_clearly(tmp_path):
         export_onnx(model, str(tmp_path / "model.onnx"), opset=10)
     with pytest.raises(ExportError, match="Only ssd_d2's SSD models"):
         check_exportable(nn.Conv2d(3, 8, 3))
+
+    class OwnNMS(SSD):
+        def per_class_nms(self, boxes, scores):
+            return super().per_class_nms(boxes, scores)
+
+    with pytest.raises(ExportError, match="overrides SSD.per_class_nms"):
+        check_exportable(OwnNMS.__new__(OwnNMS))
     assert not os.path.exists(tmp_path / "model.onnx")
 
 

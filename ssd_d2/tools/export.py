@@ -196,7 +196,16 @@ def _export(args: argparse.Namespace) -> Dict[str, object]:
         images = _read_images(args.verify_images, cfg, size).to(model.device, dtype)
         batches.append((f"{len(images)} given", images))
     for name, images in batches:
-        check = compare_with_eager(model, exported, images)
+        try:
+            check = compare_with_eager(model, exported, images)
+        except ExportError as e:
+            if cfg.MODEL.WEIGHTS:
+                raise
+            raise ExportError(
+                f"{e} (MODEL.WEIGHTS is empty: the scores of a randomly initialised model can "
+                "be nearly equal, and which of them make the cut then depends on rounding; "
+                "check with trained weights, or pass --no-verify)"
+            ) from None
         print(
             f"Checked against eager inference on {name} image(s): detections "
             f"{check['detections']}, max |box| diff {check['max_box_diff']:.2e} px, "
