@@ -12,7 +12,12 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from ssd_d2.config import add_ssd_config
 from ssd_d2.data.dataset_mapper import SSDDatasetMapper
-from ssd_d2.data.transforms import MinIoURandomCrop, RandomExpand, RandomPhotometricDistortion
+from ssd_d2.data.transforms import (
+    MinIoURandomCrop,
+    RandomExpand,
+    RandomPhotometricDistortion,
+    SquareResize,
+)
 
 IMAGE_SIZE = 64
 HEIGHT, WIDTH = 90, 120
@@ -141,12 +146,12 @@ def test_from_config_switches():
         return [type(a) for a in mapper.augmentations.augs]
 
     all_types = [RandomPhotometricDistortion, RandomExpand, MinIoURandomCrop, T.RandomFlip]
-    assert augmentation_types() == all_types + [T.Resize]
+    assert augmentation_types() == all_types + [SquareResize]
     for i, key in enumerate(["PHOTOMETRIC", "EXPAND", "MIN_IOU_CROP"]):
         types = augmentation_types(f"INPUT.SSD.{key}.ENABLED", False)
-        assert types == all_types[:i] + all_types[i + 1 :] + [T.Resize]
-    assert augmentation_types("INPUT.SSD.FLIP_PROB", 0.0) == all_types[:3] + [T.Resize]
-    assert augmentation_types(*_no_random_augmentations()) == [T.Resize]
+        assert types == all_types[:i] + all_types[i + 1 :] + [SquareResize]
+    assert augmentation_types("INPUT.SSD.FLIP_PROB", 0.0) == all_types[:3] + [SquareResize]
+    assert augmentation_types(*_no_random_augmentations()) == [SquareResize]
     assert augmentation_types(is_train=False) == []
 
     mapper = SSDDatasetMapper(_cfg(), is_train=True)
@@ -154,7 +159,7 @@ def test_from_config_switches():
     assert photometric.image_format == "RGB" and photometric.brightness_delta == 32
     assert expand.fill == (123.0, 117.0, 104.0) and expand.max_ratio == 4.0
     assert crop.min_ious == (0.1, 0.3, 0.5, 0.7, 0.9) and crop.max_trials == 50
-    assert flip.prob == 0.5 and resize.shape == (IMAGE_SIZE, IMAGE_SIZE)
+    assert flip.prob == 0.5 and resize.size == IMAGE_SIZE
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,8 @@ from ssd_d2.data.transforms import (
     MinIoURandomCrop,
     RandomExpand,
     RandomPhotometricDistortion,
+    SeededColorAugSSDTransform,
+    SquareResize,
     SSDCropTransform,
 )
 
@@ -87,7 +89,7 @@ def test_boxes_move_exactly_as_pixels():
 def test_full_chain_output_size_boxes_and_classes():
     rng = np.random.default_rng(1)
     np.random.seed(1)
-    augmentations = _geometric_augmentations() + [T.Resize((IMAGE_SIZE, IMAGE_SIZE))]
+    augmentations = _geometric_augmentations() + [SquareResize(IMAGE_SIZE)]
     num_checked_colors = 0
     for _ in range(2000):
         image, boxes, classes = _random_sample(rng)
@@ -109,7 +111,7 @@ def test_full_chain_with_photometric_distortion():
     rng = np.random.default_rng(2)
     np.random.seed(2)
     augmentations = [RandomPhotometricDistortion("RGB")] + _geometric_augmentations()
-    augmentations.append(T.Resize((IMAGE_SIZE, IMAGE_SIZE)))
+    augmentations.append(SquareResize(IMAGE_SIZE))
     for _ in range(300):
         image, boxes, classes = _random_sample(rng)
         image, boxes, _ = _augment(augmentations, image, boxes, classes)
@@ -258,9 +260,28 @@ def test_crop_terminates_on_degenerate_inputs():
         crop.get_transform(image, [[30, 30, 30, 40]])  # zero area
 
     augmentations = [RandomPhotometricDistortion("RGB")] + _geometric_augmentations()
-    augmentations.append(T.Resize((IMAGE_SIZE, IMAGE_SIZE)))
+    augmentations.append(SquareResize(IMAGE_SIZE))
     for boxes in [no_boxes, np.array([[0, 0, 1, 1]], dtype=np.float32)]:
         for _ in range(20):
             aug_input = T.AugInput(one_pixel, boxes=boxes)
             T.AugmentationList(augmentations)(aug_input)
             assert aug_input.image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+@pytest.mark.parametrize("image_format", ["RGB", "BGR"])
+def test_color_distortion_equals_detectron2s(image_format):
+    # The tabulated brightness, contrast, saturation and hue give detectron2's results.
+    from detectron2.projects.point_rend import ColorAugSSDTransform
+
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    changed = 0
+    for seed in range(40):
+        ours = SeededColorAugSSDTransform(image_format, seed=seed, hue_delta=9)
+        state = random.getstate()
+        random.seed(seed)
+        expected = ColorAugSSDTransform(image_format, hue_delta=9).apply_image(image.copy())
+        random.setstate(state)
+        result = ours.apply_image(image.copy())
+        np.testing.assert_array_equal(result, expected)
+        changed += not np.array_equal(result, image)
+    assert changed > 30

@@ -5,7 +5,8 @@ Detectron2 :class:`~detectron2.data.transforms.Augmentation` objects:
 1. photometric distortion (:class:`RandomPhotometricDistortion`),
 2. zoom out on a canvas filled with the pixel mean (:class:`RandomExpand`),
 3. the min-IoU random crop (:class:`MinIoURandomCrop`),
-4. horizontal flip and 5. a fixed square resize (Detectron2's own ``RandomFlip`` / ``Resize``).
+4. horizontal flip (Detectron2's ``RandomFlip``) and 5. a fixed square resize
+   (:class:`SquareResize`, with OpenCV).
 
 All randomness is drawn from numpy's global RNG in ``get_transform``, so a Detectron2 data
 loader's per-worker seeding makes the whole chain reproducible, and each returned
@@ -15,6 +16,7 @@ loader's per-worker seeding makes the whole chain reproducible, and each returne
 import random
 from typing import Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
 
@@ -29,6 +31,8 @@ __all__ = [
     "RandomExpand",
     "SSDCropTransform",
     "MinIoURandomCrop",
+    "OpenCVResizeTransform",
+    "SquareResize",
     "build_ssd_train_augmentations",
 ]
 
@@ -82,6 +86,26 @@ class SeededColorAugSSDTransform(ColorAugSSDTransform):
             return super().apply_image(img)
         finally:
             random.setstate(state)
+
+    # The parent's per-value maps, tabulated for the 256 values of uint8 images and applied
+    # with one lookup per pixel: the same results, several times faster.
+
+    def convert(self, img, alpha=1, beta=0):
+        if img.dtype != np.uint8:
+            return super().convert(img, alpha, beta)
+        table = super().convert(np.arange(256, dtype=np.uint8), alpha, beta)
+        return cv2.LUT(np.ascontiguousarray(img), table)
+
+    def hue(self, img):
+        if img.dtype != np.uint8:
+            return super().hue(img)
+        if random.randrange(2):
+            shift = random.randint(-self.hue_delta, self.hue_delta)
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+            table = ((np.arange(256) + shift) % 180).astype(np.uint8)
+            img[:, :, 0] = cv2.LUT(np.ascontiguousarray(img[:, :, 0]), table)
+            return cv2.cvtColor(img, cv2.COLOR_HSV2BGR)
+        return img
 
 
 class RandomPhotometricDistortion(T.Augmentation):
@@ -314,6 +338,35 @@ class MinIoURandomCrop(T.Augmentation):
         return tuple(int(v) for v in rects[index[0]])
 
 
+class OpenCVResizeTransform(T.ResizeTransform):
+    """
+    Detectron2's ResizeTransform with OpenCV's bilinear resize for images: tens of times
+    faster than PIL's on the large, strided arrays that zoom out and crop leave, and the
+    resize that lufficc/SSD and ssd.pytorch train with. Boxes are scaled as by the parent.
+    """
+
+    def __init__(self, h: int, w: int, new_h: int, new_w: int):
+        super().__init__(h, w, new_h, new_w, interp=None)
+
+    def apply_image(self, img, interp=None):
+        if img.shape[:2] != (self.h, self.w):
+            raise ValueError(f"Expected an image of {self.h}x{self.w}, got {img.shape[:2]}.")
+        resized = cv2.resize(img, (self.new_w, self.new_h), interpolation=cv2.INTER_LINEAR)
+        return resized.reshape((self.new_h, self.new_w) + img.shape[2:])
+
+
+class SquareResize(T.Augmentation):
+    """Resize to ``size`` x ``size`` (:class:`OpenCVResizeTransform`)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_transform(self, image):
+        height, width = image.shape[:2]
+        return OpenCVResizeTransform(height, width, self.size, self.size)
+
+
 def build_ssd_train_augmentations(cfg) -> list:
     """
     The SSD training augmentations configured by ``cfg.INPUT.SSD`` (see ``add_ssd_config``),
@@ -352,5 +405,5 @@ def build_ssd_train_augmentations(cfg) -> list:
     if ssd.FLIP_PROB > 0:
         augmentations.append(T.RandomFlip(prob=ssd.FLIP_PROB))
     size = cfg.MODEL.SSD.IMAGE_SIZE
-    augmentations.append(T.Resize((size, size)))
+    augmentations.append(SquareResize(size))
     return augmentations
