@@ -8,6 +8,8 @@ Train and evaluate SSD models with Detectron2.
 Without GPUs, --num-gpus N runs N data-parallel gloo processes on the CPU.
 """
 
+from datetime import timedelta
+
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
@@ -16,7 +18,7 @@ from detectron2.utils.logger import setup_logger
 
 from ssd_d2 import SSDTrainer, add_ssd_config
 from ssd_d2.config import merge_from_file_safely
-from ssd_d2.engine import SSDCheckpointer, launch
+from ssd_d2.engine import DEFAULT_TIMEOUT, SSDCheckpointer, launch
 
 
 def setup(args):
@@ -48,8 +50,21 @@ def main(args):
     return trainer.train()
 
 
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT.total_seconds(),
+        metavar="SECONDS",
+        help="with several processes, how long one waits for the others in a collective "
+        "before it fails instead of hanging (default: %(default)s)",
+    )
+    return parser
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,
@@ -58,4 +73,5 @@ if __name__ == "__main__":
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        timeout=timedelta(seconds=args.dist_timeout),
     )

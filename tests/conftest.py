@@ -22,3 +22,9 @@ def load_config(name: str, *opts):
 @pytest.fixture(autouse=True)
 def _fixed_seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory):
+    """One ssd_shapes cache (SSD_D2_DATASETS) for the tests that run train_net.py."""
+    return tmp_path_factory.mktemp("ssd_shapes")

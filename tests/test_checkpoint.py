@@ -55,3 +55,51 @@ def test_truncated_or_foreign_files_fail_naming_the_file(tmp_path):
     foreign.write_text("not a checkpoint")
     with pytest.raises(RuntimeError, match="notes.pth"):
         _checkpointer(tmp_path).load(str(foreign))
+
+
+_SAVE_LOOP = """
+import sys
+import torch
+from torch import nn
+from ssd_d2.engine import SSDCheckpointer
+
+model = nn.Linear(1000, 2000)  # 8 MB: a save takes long enough to be killed in the middle
+checkpointer = SSDCheckpointer(model, save_dir=sys.argv[1])
+for iteration in range(1000000):
+    with torch.no_grad():
+        model.weight.fill_(iteration)
+    checkpointer.save("model_final", iteration=iteration)
+"""
+
+
+def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random()
+    for attempt in range(2):
+        save_dir = tmp_path / f"run{attempt}"
+        save_dir.mkdir()
+        process = subprocess.Popen([sys.executable, "-c", _SAVE_LOOP, str(save_dir)])
+        try:
+            deadline = time.monotonic() + 120
+            while not (save_dir / "last_checkpoint").exists():
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.5))
+            process.send_signal(signal.SIGKILL)
+            assert process.wait(timeout=60) == -signal.SIGKILL
+        finally:
+            if process.poll() is None:
+                process.kill()
+        # Whatever the moment, the tag names a complete checkpoint whose contents agree.
+        checkpointer = SSDCheckpointer(nn.Linear(1000, 2000), save_dir=str(save_dir))
+        assert checkpointer.get_checkpoint_file() == str(save_dir / "model_final.pth")
+        data = checkpointer.resume_or_load("", resume=True)
+        assert (checkpointer.model.weight == data["iteration"]).all()
+        # A later save removes what a killed save left behind.
+        checkpointer.save("model_final", iteration=data["iteration"] + 1)
+        assert sorted(p.name for p in save_dir.iterdir()) == ["last_checkpoint", "model_final.pth"]

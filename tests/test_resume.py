@@ -46,14 +46,14 @@ def _command(output_dir, num_workers, resume=False):
     return command + TINY_RUN + opts
 
 
-def _env(tmp_path):
+def _env(datasets):
     # One thread: the same floating-point reductions in every run.
-    return dict(os.environ, SSD_D2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    return dict(os.environ, SSD_D2_DATASETS=str(datasets), OMP_NUM_THREADS="1")
 
 
-def _run(tmp_path, command):
+def _run(tmp_path, datasets, command):
     result = subprocess.run(
-        command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600
+        command, cwd=tmp_path, env=_env(datasets), capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout + result.stderr
@@ -64,14 +64,14 @@ def _final_weights(output_dir):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def _kill_at_random_moment(tmp_path, output_dir, num_workers, rng):
+def _kill_at_random_moment(tmp_path, datasets, output_dir, num_workers, rng):
     """Start training, SIGKILL it at a random moment once it has saved a checkpoint."""
     log_path = tmp_path / f"killed_{num_workers}.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             _command(output_dir, num_workers),
             cwd=tmp_path,
-            env=_env(tmp_path),
+            env=_env(datasets),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -95,18 +95,22 @@ def _kill_at_random_moment(tmp_path, output_dir, num_workers, rng):
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_path, num_workers):
+def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(
+    tmp_path, shapes_root, num_workers
+):
     seed = random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
 
-    _run(tmp_path, _command(straight, num_workers))
-    delay, was_running = _kill_at_random_moment(tmp_path, interrupted, num_workers, rng)
+    _run(tmp_path, shapes_root, _command(straight, num_workers))
+    delay, was_running = _kill_at_random_moment(
+        tmp_path, shapes_root, interrupted, num_workers, rng
+    )
     context = f"(killed {delay:.2f} s after the first checkpoint, kill seed {seed})"
     assert was_running, f"the run ended before the kill {context}"
     assert not (interrupted / "model_final.pth").exists(), context
     resumed_from = (interrupted / "last_checkpoint").read_text()
-    log = _run(tmp_path, _command(interrupted, num_workers, resume=True))
+    log = _run(tmp_path, shapes_root, _command(interrupted, num_workers, resume=True))
     assert "Starting training from iteration" in log
     assert "Starting training from iteration 0" not in log, context
 

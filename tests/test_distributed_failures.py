@@ -1,0 +1,108 @@
+"""
+Two gloo processes on the CPU: when one dies or hangs, the other does not wait forever, and
+the error says which process and why.
+"""
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import psutil
+import pytest
+import torch
+import torch.distributed as dist
+
+from ssd_d2.engine import launch
+
+REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _all_reduce_until(failing_rank, failure, marker):
+    """Data-parallel steps; ``failing_rank`` dies or hangs at the third step."""
+    for step in itertools.count():
+        if dist.get_rank() == failing_rank and step == 3:
+            with open(marker, "w") as f:
+                f.write(str(time.time()))
+            if failure == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(3600)  # "hang": alive, but never joins the next collective
+        dist.all_reduce(torch.ones(1))
+
+
+@pytest.mark.parametrize("failure", ["sigkill", "hang"])
+def test_a_dead_or_hung_process_stops_the_other_within_the_timeout(tmp_path, failure):
+    marker = tmp_path / "failed_at"
+    timeout = 5
+    with pytest.raises(RuntimeError) as error:
+        launch(
+            _all_reduce_until,
+            2,
+            args=(1, failure, str(marker)),
+            timeout=timedelta(seconds=timeout),
+        )
+    elapsed = time.time() - float(marker.read_text())
+    message = str(error.value)
+    if failure == "sigkill":
+        # Noticed at once, by the launching process or by the survivor's broken connection.
+        assert elapsed < 20, elapsed
+        assert ("Training process 1 of 2" in message and "died with signal SIGKILL" in message) or (
+            "Training process 0 of 2 failed" in message
+        ), message
+    else:
+        # The survivor's all-reduce gives up after the timeout.
+        assert timeout <= elapsed < timeout + 20, elapsed
+        assert "Training process 0 of 2 failed" in message and "Timed out" in message, message
+    assert "the other processes were stopped" in message
+
+
+def test_train_net_stops_when_one_of_its_processes_is_killed(tmp_path, shapes_root):
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        os.path.join(REPO_ROOT, "train_net.py"),
+        "--config-file", os.path.join(REPO_ROOT, "configs", "ssd160_shapes_demo.yaml"),
+        "--num-gpus", "2",
+        "--dist-timeout", "30",
+        "DATASETS.TRAIN", "('ssd_shapes_val',)", "DATASETS.TEST", "()",
+        "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "100000",
+        "MODEL.VGG.NORM", "", "OUTPUT_DIR", str(out),
+    ]  # fmt: skip
+    env = dict(os.environ, SSD_D2_DATASETS=str(shapes_root), OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while "Starting training" not in _read(out / "log.txt"):
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(1.0)  # in the middle of training
+        workers = [
+            p
+            for p in psutil.Process(process.pid).children()
+            if "spawn_main" in " ".join(p.cmdline())
+        ]
+        assert len(workers) == 2
+        workers[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        output, _ = process.communicate(timeout=120)
+        elapsed = time.monotonic() - killed_at
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0
+    assert elapsed < 30, elapsed
+    assert "the other processes were stopped" in output, output[-3000:]
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in workers)
+
+
+def _read(path):
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
