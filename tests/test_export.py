@@ -294,6 +294,9 @@ def test_cli_refuses_what_it_cannot_export(tmp_path, capsys):
     common = ["--config-file", config_file, "--output", output]
     with pytest.raises(SystemExit, match="this tool exports ssd_d2's SSD models only"):
         export_tool.main(["--format", "onnx", *common, "MODEL.META_ARCHITECTURE", "RetinaNet"])
+    missing = str(tmp_path / "missing.pth")
+    with pytest.raises(SystemExit, match="MODEL.WEIGHTS file not found: .*missing.pth"):
+        export_tool.main(["--format", "onnx", *common, "MODEL.WEIGHTS", missing])
     with pytest.raises(SystemExit, match="opset 9 is too old"):
         export_tool.main(["--format", "onnx", "--opset", "9", *common, "MODEL.DEVICE", "cpu"])
     with pytest.raises(SystemExit) as exit_info:

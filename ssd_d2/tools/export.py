@@ -20,12 +20,13 @@ import cv2
 import numpy as np
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
 from ssd_d2 import add_ssd_config  # importing ssd_d2 registers the SSD components
+from ssd_d2.engine import SSDCheckpointer
+from ssd_d2.engine.checkpoint import UnsafeCheckpointError
 from ssd_d2.export import (
     DEFAULT_ONNX_OPSET,
     FORMATS,
@@ -163,13 +164,25 @@ def _export(args: argparse.Namespace) -> Dict[str, object]:
             f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}: this tool exports "
             "ssd_d2's SSD models only."
         )
+    weights = cfg.MODEL.WEIGHTS
+    # URLs and detectron2:// names are the checkpointer's to resolve.
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise ExportError(f"MODEL.WEIGHTS file not found: {weights}")
     model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    if weights:
+        checkpointer = SSDCheckpointer(model, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS)
+        try:
+            checkpointer.load(weights)
+        except (RuntimeError, UnsafeCheckpointError) as e:
+            raise ExportError(str(e)) from None
     else:
         print("note: MODEL.WEIGHTS is empty: exporting the model's random initialisation")
     model.eval()
     dtype = getattr(torch, args.input_dtype)
+    channels, size, _ = input_shape(model)
+    given = None
+    if args.verify_images and not args.no_verify:
+        given = _read_images(args.verify_images, cfg, size).to(model.device, dtype)
 
     start = time.perf_counter()
     kwargs = {"example": example_images(model, 2, dtype=dtype)}
@@ -177,7 +190,6 @@ def _export(args: argparse.Namespace) -> Dict[str, object]:
         kwargs["opset"] = args.opset
     export_model(model, args.format, args.output, **kwargs)
     seconds = time.perf_counter() - start
-    channels, size, _ = input_shape(model)
     print(
         f"Wrote {args.output} ({args.format}, {os.path.getsize(args.output) / 2**20:.1f} MiB) in "
         f"{seconds:.1f} s: input images (N, {channels}, {size}, {size}) {args.input_dtype} "
@@ -192,9 +204,8 @@ def _export(args: argparse.Namespace) -> Dict[str, object]:
     batches = [
         (f"{n} random", example_images(model, n, seed=n, dtype=dtype)) for n in VERIFY_BATCH_SIZES
     ]
-    if args.verify_images:
-        images = _read_images(args.verify_images, cfg, size).to(model.device, dtype)
-        batches.append((f"{len(images)} given", images))
+    if given is not None:
+        batches.append((f"{len(given)} given", given))
     for name, images in batches:
         try:
             check = compare_with_eager(model, exported, images)
