@@ -13,7 +13,7 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
@@ -51,10 +51,10 @@ class DatasetReport:
     unreadable_images: List[Tuple[str, str]] = field(default_factory=list)
     examples: Dict[str, List[str]] = field(default_factory=dict)
 
-    def _example(self, kind: str, text: str) -> None:
+    def _example(self, kind: str, describe: Callable[[], str]) -> None:
         examples = self.examples.setdefault(kind, [])
         if len(examples) < _LOGGED_EXAMPLES:
-            examples.append(text)
+            examples.append(describe())
 
     def summary(self) -> str:
         lines = [
@@ -195,8 +195,9 @@ def check_dataset_dicts(
             except DatasetError:
                 raise
             except OSError as e:
-                report.unreadable_images.append((dataset_dict["file_name"], str(e)))
-                report._example("unreadable image", f"{dataset_dict['file_name']} ({e})")
+                unreadable = (dataset_dict["file_name"], str(e))
+                report.unreadable_images.append(unreadable)
+                report._example("unreadable image", lambda: "{} ({})".format(*unreadable))
                 continue
         checked.append(_check_annotations(dataset_dict, size, num_classes, dataset_name, report))
     if missing:
@@ -237,10 +238,13 @@ def _check_annotations(
         had_boxes = True
         report.num_boxes += 1
         box = _checked_box(dataset_dict, index, annotation, num_classes, dataset_name)
-        where = _describe(dataset_dict, index, annotation)
+
+        def where():
+            return _describe(dataset_dict, index, annotation)
+
         if box[2] <= box[0] or box[3] <= box[1]:
             report.degenerate_boxes += 1
-            report._example("zero or negative size", f"{where}: {annotation['bbox']}")
+            report._example("zero or negative size", lambda: f"{where()}: {annotation['bbox']}")
             continue
         if width is not None and height is not None:
             clipped = [
@@ -251,11 +255,11 @@ def _check_annotations(
             ]
             if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
                 report.outside_boxes += 1
-                report._example("outside the image", f"{where}: {annotation['bbox']}")
+                report._example("outside the image", lambda: f"{where()}: {annotation['bbox']}")
                 continue
             if clipped != box:
                 report.clipped_boxes += 1
-                report._example("clipped", f"{where}: {annotation['bbox']}")
+                report._example("clipped", lambda: f"{where()}: {annotation['bbox']}")
                 annotation = dict(annotation, bbox=clipped, bbox_mode=BoxMode.XYXY_ABS)
         kept.append(annotation)
     if had_boxes and not any(not a.get("iscrowd", 0) for a in kept):
@@ -270,12 +274,12 @@ def _checked_box(
 ) -> List[float]:
     """The annotation's box as XYXY_ABS floats, after the checks that raise DatasetError."""
 
-    class _Where:  # described only for an error message: the lookup may read the json
-        def __str__(self):
-            return _describe(dataset_dict, index, annotation, dataset_name)
+    def where():  # for error messages only: the annotation id lookup may read the json
+        return (
+            f"{_describe(dataset_dict, index, annotation, dataset_name)} in "
+            f"{_annotation_source(dataset_name, dataset_dict)}"
+        )
 
-    where = _Where()
-    source = _annotation_source(dataset_name, dataset_dict)
     category = annotation.get("category_id")
     try:
         known = not isinstance(category, bool) and float(category) == int(category)
@@ -286,31 +290,29 @@ def _checked_box(
         thing_classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
         classes = f" ({len(thing_classes)} thing_classes in its metadata)" if thing_classes else ""
         raise DatasetError(
-            f"{where} in {source} has category_id {category!r}, but the model knows classes "
+            f"{where()} has category_id {category!r}, but the model knows classes "
             f"0..{num_classes - 1} (MODEL.SSD.NUM_CLASSES = {num_classes}){classes}. Fix or remove "
             "the annotation, or set MODEL.SSD.NUM_CLASSES to the data set's class count."
         )
     try:
         bbox = [float(v) for v in annotation["bbox"]]
     except (KeyError, TypeError, ValueError) as e:
-        raise DatasetError(
-            f"{where} in {source} has no valid 'bbox' ({e}). Give it 4 numbers."
-        ) from e
+        raise DatasetError(f"{where()} has no valid 'bbox' ({e}). Give it 4 numbers.") from e
     if len(bbox) != 4:
         raise DatasetError(
-            f"{where} in {source} has bbox {annotation['bbox']}: SSD needs 4 numbers (an "
+            f"{where()} has bbox {annotation['bbox']}: SSD needs 4 numbers (an "
             "axis-aligned box). Fix the annotation or remove it."
         )
     if not all(math.isfinite(v) for v in bbox):
         raise DatasetError(
-            f"{where} in {source} has bbox {annotation['bbox']} with a NaN or infinite "
+            f"{where()} has bbox {annotation['bbox']} with a NaN or infinite "
             "coordinate. The tool that wrote the annotations failed on it: fix the annotation "
             "or remove it."
         )
     mode = BoxMode(annotation.get("bbox_mode", BoxMode.XYXY_ABS))
     if mode not in (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS):
         raise DatasetError(
-            f"{where} in {source} has bbox_mode {mode.name}; SSD reads absolute boxes "
+            f"{where()} has bbox_mode {mode.name}; SSD reads absolute boxes "
             "(XYXY_ABS or XYWH_ABS). Convert the boxes when registering the data set."
         )
     if mode == BoxMode.XYWH_ABS:
