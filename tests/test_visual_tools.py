@@ -301,6 +301,9 @@ def test_evaluate_detections_per_class():
     # Restricted to image 1, class b has no ground truth left.
     only_first = plot_evaluation.evaluate_detections(_ground_truth(), detections, image_ids=[1])
     np.testing.assert_allclose(only_first.ap, [1.0, np.nan, np.nan])
+    # No detections at all: AP 0 wherever there is ground truth.
+    nothing = plot_evaluation.evaluate_detections(_ground_truth(), [])
+    np.testing.assert_allclose(nothing.ap, [0.0, 0.0, np.nan])
 
 
 def test_plot_evaluation_command(dataset, tmp_path, capsys):
@@ -315,7 +318,7 @@ def test_plot_evaluation_command(dataset, tmp_path, capsys):
     ]
     (tmp_path / "results.json").write_text(json.dumps(results))
     assert plot_evaluation.main([*args, "--results", str(tmp_path / "results.json")]) == 0
-    _check_png(output, (1200, 440))
+    _check_png(output, (1300, 440))
     out = capsys.readouterr().out
     assert out.startswith("AP 100.0 AP50 100.0")
     classes = MetadataCatalog.get(dataset).thing_classes
@@ -326,7 +329,7 @@ def test_plot_evaluation_command(dataset, tmp_path, capsys):
     # The model (random weights) on the first two images.
     output.unlink()
     assert plot_evaluation.main([*args, "--max-images", "2"]) == 0
-    _check_png(output, (1200, 440))
+    _check_png(output, (1300, 440))
     out = capsys.readouterr().out
     assert all(f"  {name}: AP " in out for name in MetadataCatalog.get(dataset).thing_classes)
 

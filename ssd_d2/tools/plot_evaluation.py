@@ -151,13 +151,14 @@ def plot_evaluation(curves: ClassCurves, title: str = "") -> Figure:
     """
     num_classes = len(curves.class_names)
     height = max(4.0, 0.32 * num_classes + 1.5)
-    fig = Figure(figsize=(12.0, height + 0.4), dpi=_DPI)
+    fig = Figure(figsize=(13.0, height + 0.4), dpi=_DPI)
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if num_classes <= 10 else "tab20"]
     colors = [cmap(i % cmap.N) for i in range(num_classes)]
 
-    ax = fig.add_subplot(1, 2, 1)
+    grid = fig.add_gridspec(1, 2, width_ratios=(1.0, 1.15))
+    ax = fig.add_subplot(grid[0])
     y = np.arange(num_classes)[::-1]
     bar_height = 0.4
     ap = np.nan_to_num(curves.ap * 100)
@@ -186,7 +187,7 @@ def plot_evaluation(curves: ClassCurves, title: str = "") -> Figure:
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(True, axis="x", alpha=0.3)
 
-    ax = fig.add_subplot(1, 2, 2)
+    ax = fig.add_subplot(grid[1])
     for k, name in enumerate(curves.class_names):
         if np.isnan(curves.ap50[k]):
             continue
@@ -206,11 +207,18 @@ def plot_evaluation(curves: ClassCurves, title: str = "") -> Figure:
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_title("precision-recall (COCO interpolation, all areas)", fontsize=11)
-    ax.legend(fontsize=8, loc="lower left", ncol=2 if num_classes > 10 else 1)
+    # Outside the axes: curves may fill any corner.
+    ax.legend(
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        ncol=2 if num_classes > 16 else 1,
+        frameon=False,
+    )
     ax.grid(True, alpha=0.3)
     if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight() if title else 1))
+        fig.suptitle(title, fontsize=11, y=1 - 0.1 / fig.get_figheight(), va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight() if title else 1))
     return fig
 
 

@@ -124,9 +124,12 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
             )
         if log_scale:
             ax.set_yscale("log")
-            # Plain numbers (0.5, 2, 10) rather than powers of ten on the loss axis.
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
+            # Plain numbers (0.5, 2, 10) rather than powers of ten; within one decade every
+            # tick is labelled, else only the 2x and 5x ones.
+            low, high = ax.get_ylim()
+            minor = _plain_number if high / low < 10 else _minor_log_label
+            ax.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+            ax.yaxis.set_minor_formatter(FuncFormatter(minor))
         if name == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         ax.set_title(name, fontsize=11)
@@ -138,6 +141,10 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
         fig.suptitle(title, fontsize=11, y=1 - 0.1 / fig.get_figheight(), va="top")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight() if title else 1))
     return fig
+
+
+def _plain_number(value: float, _) -> str:
+    return f"{value:g}"
 
 
 def _minor_log_label(value: float, _) -> str:
