@@ -45,6 +45,7 @@ def test_a_dead_or_hung_process_stops_the_other_within_the_timeout(tmp_path, fai
             timeout=timedelta(seconds=timeout),
         )
     elapsed = time.time() - float(marker.read_text())
+    print(f"{failure}: the launch failed {elapsed:.1f} s after the failure")
     message = str(error.value)
     if failure == "sigkill":
         # Noticed at once, by the launching process or by the survivor's broken connection.
@@ -95,6 +96,7 @@ def test_train_net_stops_when_one_of_its_processes_is_killed(tmp_path, shapes_ro
     finally:
         if process.poll() is None:
             process.kill()
+    print(f"train_net.py exited {elapsed:.1f} s after the SIGKILL")
     assert process.returncode != 0
     assert elapsed < 30, elapsed
     assert "the other processes were stopped" in output, output[-3000:]

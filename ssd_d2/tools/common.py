@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 from detectron2.config import CfgNode, get_cfg
 
 from ssd_d2 import add_ssd_config  # importing ssd_d2 registers the SSD components
+from ssd_d2.config import merge_from_file_safely
 
 __all__ = ["check_weights", "load_config", "save_figure"]
 
@@ -22,7 +23,7 @@ def load_config(config_file: str, opts: Optional[Sequence[str]] = None) -> CfgNo
         raise FileNotFoundError(f"Config file not found: {config_file}")
     cfg = get_cfg()
     add_ssd_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_from_file_safely(cfg, config_file)
     cfg.merge_from_list(list(opts or []))
     return cfg
 

@@ -25,6 +25,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
 from ssd_d2 import add_ssd_config  # importing ssd_d2 registers the SSD components
+from ssd_d2.config import merge_from_file_safely
 from ssd_d2.engine import SSDCheckpointer
 from ssd_d2.engine.checkpoint import UnsafeCheckpointError
 from ssd_d2.export import (
@@ -132,7 +133,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         raise ExportError(f"Config file not found: {args.config_file}")
     cfg = get_cfg()
     add_ssd_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    merge_from_file_safely(cfg, args.config_file)
     # Options after the arguments may include --opts and more options: argparse leaves them
     # all to the trailing ones.
     opts = [o for o in args.overrides if o != "--opts"] + list(args.opts)
