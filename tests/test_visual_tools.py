@@ -179,7 +179,7 @@ def test_visualize_data_command(dataset, tmp_path, capsys):
     output = tmp_path / "samples.png"
     args = ["--config-file", DEMO_CONFIG, "--dataset", dataset, "--output", str(output)]
     assert visualize_data.main([*args, "--indices", "0", "1", "--samples", "3"]) == 0
-    _check_png(output, (1040, 570))  # 4 x 2 panels of 2.6 inches, title, at 100 dpi
+    _check_png(output, (1115, 665))  # 4 x 2 panels of 2.6 inches, titles, at 100 dpi
     assert "image 0: " in capsys.readouterr().out
 
     with pytest.raises(SystemExit) as e:

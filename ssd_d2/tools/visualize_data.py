@@ -111,7 +111,19 @@ def draw_samples(rows: List[List[Sample]], class_names: Sequence[str], title: st
     its class name, and each panel's title gives its size and number of boxes.
     """
     nrows, ncols = len(rows), max(len(row) for row in rows)
-    fig = Figure(figsize=(_CELL_INCHES * ncols, _CELL_INCHES * nrows + 0.5), dpi=_DPI)
+    # Fixed margins in inches: two title lines above each panel, the figure title on top.
+    title_inches, top_inches, gap_inches = 0.45, 0.4 if title else 0.0, 0.15
+    fig_width = ncols * (_CELL_INCHES + gap_inches) + gap_inches
+    fig_height = nrows * (_CELL_INCHES + title_inches) + top_inches + gap_inches
+    fig = Figure(figsize=(fig_width, fig_height), dpi=_DPI)
+    fig.subplots_adjust(
+        left=gap_inches / fig_width,
+        right=1 - gap_inches / fig_width,
+        bottom=gap_inches / fig_height,
+        top=1 - (top_inches + title_inches) / fig_height,
+        wspace=gap_inches / _CELL_INCHES,
+        hspace=title_inches / _CELL_INCHES,
+    )
     colors = _class_colors(len(class_names))
     outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
     for r, row in enumerate(rows):
@@ -157,11 +169,8 @@ def draw_samples(rows: List[List[Sample]], class_names: Sequence[str], title: st
                 f"{sample.title}\n{width}x{height}, {boxes} box{'es' if boxes != 1 else ''}",
                 fontsize=9,
             )
-    top = 1.0
     if title:
-        fig.suptitle(title, fontsize=11)
-        top = 1 - 0.4 / fig.get_figheight()
-    fig.tight_layout(rect=(0, 0, 1, top), h_pad=1.5)
+        fig.suptitle(title, fontsize=11, y=1 - 0.1 / fig_height, va="top")
     return fig
 
 
