@@ -122,22 +122,29 @@ def _set_regime(model, regime: str, images: List[torch.Tensor]):
     category get a very low logit (as in a trained model), so that the 80-class conversion
     computes the same softmax.
     """
+    used = torch.tensor(coco_category_ids(), device=images[0].device)
     unused = [i for i in range(1, 91) if i not in coco_category_ids()]
     convs = _class_convs(model)
+    if regime == "trained":
+        # Spread the categories' logits (std 2); the background is raised below.
+        batch = model.transform(images)[0].tensors
+        features = list(model.backbone(batch).values())
+        blocks = model.head.classification_head.module_list
+        for conv, block, feature in zip(convs, blocks, features):
+            x = block[:-1](feature) if isinstance(block, torch.nn.Sequential) else feature
+            out = conv(x)
+            out = out.view(len(images), -1, 91, *out.shape[-2:])[:, :, used]
+            conv.weight.mul_(2.0 / out.std())
     for conv in convs:
+        conv.weight.view(-1, 91, *conv.weight.shape[1:])[:, unused] = 0.0
         conv.bias.view(-1, 91)[:, unused] = -30.0
     if regime == "worst":
         return
-    # Spread the logits (std 2), then raise the background until about TRAINED_CANDIDATES
-    # (box, class) pairs per image pass the score threshold.
-    batch = model.transform(images)[0].tensors
-    features = list(model.backbone(batch).values())
+    # Raise the background until about TRAINED_CANDIDATES (box, class) pairs per image pass
+    # the score threshold.
     logits = []
-    for conv, block, feature in zip(convs, model.head.classification_head.module_list, features):
+    for conv, block, feature in zip(convs, blocks, features):
         x = block[:-1](feature) if isinstance(block, torch.nn.Sequential) else feature
-        scale = 2.0 / conv(x).view(len(images), -1, 91, *x.shape[-2:])[:, :, 1:].std()
-        conv.weight.mul_(scale)
-        conv.bias.view(-1, 91)[:, 1:].mul_(scale)
         out = conv(x)
         n, _, h, w = out.shape
         logits.append(out.view(n, -1, 91, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 91))
@@ -156,7 +163,7 @@ def _set_regime(model, regime: str, images: List[torch.Tensor]):
 def build_pair(builder, config_name: str, regime: str, device: str, images):
     """torchvision's model and the ssd_d2 model converted from its weights, both in eval."""
     torch.manual_seed(0)
-    theirs = builder(weights=None, weights_backbone=None).eval()
+    theirs = builder(weights=None, weights_backbone=None).eval().to(device)
     _set_regime(theirs, regime, [x.float() / 255 for x in images[:2]])
     cfg = load_cfg(
         config_name,
@@ -172,10 +179,9 @@ def build_pair(builder, config_name: str, regime: str, device: str, images):
         str(theirs.detections_per_img),
     )
     ours = build_model(cfg).eval()
-    ours.load_state_dict(
-        convert("torchvision", theirs.state_dict(), config_name + ".yaml").state_dict
-    )
-    return ours, theirs.to(device)
+    weights = {k: v.cpu() for k, v in theirs.state_dict().items()}
+    ours.load_state_dict(convert("torchvision", weights, config_name + ".yaml").state_dict)
+    return ours, theirs
 
 
 def random_images(count: int, seed: int, height=375, width=500, device="cpu"):
@@ -253,7 +259,7 @@ class _NMSTimer:
     """Wraps the NMS that SSD.inference calls, adding up its time."""
 
     def __init__(self, device):
-        self.device, self.seconds, self.nms = device, 0.0, meta_arch.batched_nms
+        self.device, self.seconds, self.nms = device, 0.0, meta_arch.grouped_nms
 
     def __call__(self, *args):
         synchronize(self.device)
@@ -288,7 +294,7 @@ def stage_times(model, inputs, device) -> Dict[str, float]:
     logits, deltas = model.head(features)
     lap("head")
     nms_timer = _NMSTimer(device)
-    meta_arch.batched_nms = nms_timer
+    meta_arch.grouped_nms = nms_timer
     try:
         anchors = Boxes.cat(model.anchor_generator(features))
         logits = cat([permute_to_N_HWA_K(x, model.num_classes + 1) for x in logits], 1)
@@ -297,7 +303,7 @@ def stage_times(model, inputs, device) -> Dict[str, float]:
         for r, x in zip(results, inputs):
             detector_postprocess(r, x["image"].shape[-2], x["image"].shape[-1])
     finally:
-        meta_arch.batched_nms = nms_timer.nms
+        meta_arch.grouped_nms = nms_timer.nms
     lap("decode")
     times["decode"] -= nms_timer.seconds
     times["nms"] = nms_timer.seconds
