@@ -8,6 +8,7 @@ __all__ = ["grouped_nms"]
 
 # grouped_nms stays scriptable (torch.jit.script): the TorchScript export (ssd_d2.export) runs
 # it scripted, so that an exported model makes the same run-time choices as eager inference.
+# Tracing it would freeze the candidate counts of the traced example.
 
 # Elements of the IoU matrix computed at once: bounds the memory of the worst case (every
 # class of every image full of candidates) to a few hundred MB of temporaries.
@@ -25,7 +26,7 @@ def grouped_nms(
     groups. One NMS call over all of them (the coordinate-offset trick of ``batched_nms``)
     compares every pair across groups, and masking the candidates group by group reads all
     of them once per group. Here the groups are slices: on the CPU, torchvision's NMS kernel
-    runs on each non-empty group; on a GPU (and while tracing), the IoUs within every group
+    runs on each non-empty group; on a GPU, the IoUs within every group
     are one batched tensor operation and the greedy pass walks the ranks of all groups at once.
 
     Args:
@@ -39,7 +40,7 @@ def grouped_nms(
         group and rank indices of the kept candidates, in decreasing score.
     """
     valid = scores > score_threshold
-    if boxes.device.type == "cpu" and not torch.jit.is_tracing():
+    if boxes.device.type == "cpu":
         group_idx, rank_idx = _nms_each_group(boxes, scores, valid, iou_threshold)
     else:
         group_idx, rank_idx = _nms_all_groups(boxes, valid, iou_threshold)
@@ -62,9 +63,8 @@ def _nms_each_group(boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold:
 
 
 def _nms_all_groups(boxes: Tensor, valid: Tensor, iou_threshold: float):
-    if not torch.jit.is_tracing():
-        # Skip the ranks that no group reaches.
-        valid = valid[:, : int(valid.sum(dim=1).max()) if valid.numel() else 0]
+    # Skip the ranks that no group reaches.
+    valid = valid[:, : int(valid.sum(dim=1).max()) if valid.numel() else 0]
     depth = valid.shape[1]
     groups = valid.any(dim=1).nonzero().flatten()
     valid = valid[groups]
