@@ -132,7 +132,7 @@ def _shape_name(width: float, height: float, index: int) -> str:
     if index == 1:
         return "sqrt(min*max)"
     ratio = width / height
-    return f"{ratio:.0f}:1" if ratio >= 1 else f"1:{1 / ratio:.0f}"
+    return f"{ratio:.3g}:1" if ratio >= 1 else f"1:{1 / ratio:.3g}"
 
 
 def draw_default_boxes(
