@@ -27,6 +27,7 @@ taken within the run.
     python -m benchmarks.run                       # CPU, all sections
     python -m benchmarks.run --device cuda --amp   # GPU, fp32 and mixed precision
     python -m benchmarks.run --sections inference breakdown --repeats 5
+    python -m benchmarks.run --report benchmarks/results/cpu.json   # the tables of a run
 """
 
 import argparse
@@ -590,6 +591,102 @@ def evaluation_times(args):
 # ----------------------------------------------------------------------------------------
 
 
+def markdown_tables(report: dict) -> str:
+    """The report's figures as the Markdown tables of the README."""
+    lines = []
+
+    def table(header, rows):
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        lines.extend("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
+        lines.append("")
+
+    if "inference" in report:
+        table(
+            [
+                "model",
+                "regime",
+                "batch",
+                "precision",
+                "ssd_d2 ms",
+                "torchvision ms",
+                "ratio",
+                "ssd_d2 img/s",
+                "detections (ssd_d2 / tv)",
+            ],
+            [
+                [
+                    r["model"],
+                    r["regime"],
+                    r["batch"],
+                    r["precision"],
+                    f"{r['ssd_d2_ms']:.1f}",
+                    f"{r['torchvision_ms']:.1f}",
+                    f"{r['ratio']:.2f}",
+                    f"{r['ssd_d2_images_per_s']:.1f}",
+                    f"{r['detections']['ssd_d2']} / {r['detections']['torchvision']}",
+                ]
+                for r in report["inference"]
+            ],
+        )
+    if "breakdown" in report:
+        stages = ["preprocess", "backbone", "head", "decode", "nms"]
+        table(
+            ["model", "regime (batch 8)", "total ms"] + stages + ["decode + NMS"],
+            [
+                [r["model"], r["regime"], f"{r['total_ms']:.1f}"]
+                + [f"{100 * r[f'{k}_share']:.1f}%" for k in stages]
+                + [f"{100 * r['postprocess_share']:.1f}%"]
+                for r in report["breakdown"]
+            ],
+        )
+    if "train" in report:
+        table(
+            ["training step, SSD300 batch 8", "ssd_d2 ms", "torchvision ms", "ratio"],
+            [
+                [
+                    r["precision"],
+                    f"{r['ssd_d2_ms']:.0f}",
+                    f"{r['torchvision_ms']:.0f}",
+                    f"{r['ratio']:.2f}",
+                ]
+                for r in report["train"]
+            ],
+        )
+    if "data" in report:
+        table(
+            ["data pipeline (500x375 JPEGs, full SSD augmentation)", "images/s"],
+            [[k, f"{v:.0f}"] for k, v in report["data"].items() if k != "threads"],
+        )
+    if "memory" in report:
+        table(
+            ["peak memory, SSD300 training", "batch", "precision", "ssd_d2 MiB", "torchvision MiB"],
+            [
+                [
+                    r["kind"],
+                    r["batch"],
+                    r["precision"],
+                    f"{r['ssd_d2_peak_mib']:.0f}",
+                    f"{r['torchvision_peak_mib']:.0f}",
+                ]
+                for r in report["memory"]
+            ],
+        )
+    if "scaling_batch" in report:
+        table(
+            ["SSD300 inference, batch", "ms", "ms per image"],
+            [
+                [r["batch"], f"{r['ms']:.1f}", f"{r['ms_per_image']:.1f}"]
+                for r in report["scaling_batch"]
+            ],
+        )
+        table(
+            ["evaluation of the demo model, images", "seconds"],
+            [[r["images"], f"{r['seconds']:.1f}"] for r in report["scaling_eval"]],
+        )
+    return "\n".join(lines)
+
+
 def machine_description(device: str) -> dict:
     info = {
         "processor": platform.processor() or platform.machine(),
@@ -619,6 +716,7 @@ def parse_args(argv=None):
     parser.add_argument("--memory-batches", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--eval-sizes", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--output", default="", help="JSON file (default: results/<device>.json)")
+    parser.add_argument("--report", help="print the tables of a results JSON and exit")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.amp and not args.device.startswith("cuda"):
@@ -631,6 +729,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.report:
+        with open(args.report) as f:
+            print(markdown_tables(json.load(f)))
+        return
     if args.memory_child:
         model_name, batch, amp = args.memory_child
         _memory_child(model_name, int(batch), args.device, bool(int(amp)))
@@ -650,6 +752,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
         json.dump(report, f, indent=2)
+    print(markdown_tables(report))
     print(f"Wrote {output}")
 
 
