@@ -134,6 +134,8 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         ax.set_title(name, fontsize=11)
         ax.set_xlabel("iteration")
+        if name in ("evaluation", "AP per class"):
+            ax.set_ylabel("AP (%)")  # Detectron2's evaluators report percents
         ax.grid(True, alpha=0.3, which="both")
         if len(keys) > 1 or name != "learning rate":
             ax.legend(fontsize=8, ncol=2 if len(keys) > 4 else 1)
