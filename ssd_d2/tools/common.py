@@ -54,3 +54,35 @@ def save_figure(fig, path: str, dpi: int = 100) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+def panel_grid_figure(
+    nrows: int,
+    ncols: int,
+    panel_inches: float,
+    title_inches: float,
+    top_inches: float,
+    bottom_inches: float,
+    gap_inches: float,
+    dpi: int = 100,
+):
+    """
+    A matplotlib Figure sized for ``nrows`` x ``ncols`` square panels with fixed margins in
+    inches (``title_inches`` above each panel, ``top_inches`` for the figure title,
+    ``bottom_inches`` below, ``gap_inches`` between panels), so that titles and labels keep
+    their size and never overlap, whatever the grid.
+    """
+    from matplotlib.figure import Figure
+
+    fig_width = ncols * (panel_inches + gap_inches) + gap_inches
+    fig_height = nrows * (panel_inches + title_inches) + top_inches + bottom_inches
+    fig = Figure(figsize=(fig_width, fig_height), dpi=dpi)
+    fig.subplots_adjust(
+        left=gap_inches / fig_width,
+        right=1 - gap_inches / fig_width,
+        bottom=bottom_inches / fig_height,
+        top=1 - (top_inches + title_inches) / fig_height,
+        wspace=gap_inches / panel_inches,
+        hspace=title_inches / panel_inches,
+    )
+    return fig

@@ -27,7 +27,7 @@ from detectron2.structures import BoxMode
 
 from ssd_d2.data import SSDDatasetMapper
 
-from .common import load_config, save_figure
+from .common import load_config, panel_grid_figure, save_figure
 
 __all__ = ["Sample", "augmented_samples", "draw_samples", "main"]
 
@@ -112,18 +112,17 @@ def draw_samples(rows: List[List[Sample]], class_names: Sequence[str], title: st
     """
     nrows, ncols = len(rows), max(len(row) for row in rows)
     # Fixed margins in inches: two title lines above each panel, the figure title on top.
-    title_inches, top_inches, gap_inches = 0.45, 0.4 if title else 0.0, 0.15
-    fig_width = ncols * (_CELL_INCHES + gap_inches) + gap_inches
-    fig_height = nrows * (_CELL_INCHES + title_inches) + top_inches + gap_inches
-    fig = Figure(figsize=(fig_width, fig_height), dpi=_DPI)
-    fig.subplots_adjust(
-        left=gap_inches / fig_width,
-        right=1 - gap_inches / fig_width,
-        bottom=gap_inches / fig_height,
-        top=1 - (top_inches + title_inches) / fig_height,
-        wspace=gap_inches / _CELL_INCHES,
-        hspace=title_inches / _CELL_INCHES,
+    fig = panel_grid_figure(
+        nrows,
+        ncols,
+        _CELL_INCHES,
+        title_inches=0.45,
+        top_inches=0.4 if title else 0.0,
+        bottom_inches=0.15,
+        gap_inches=0.15,
+        dpi=_DPI,
     )
+    fig_height = fig.get_figheight()
     colors = _class_colors(len(class_names))
     outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
     for r, row in enumerate(rows):

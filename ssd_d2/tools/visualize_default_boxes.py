@@ -31,7 +31,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from .common import load_config, save_figure
+from .common import load_config, panel_grid_figure, save_figure
 
 __all__ = ["LevelDefaultBoxes", "default_boxes_by_level", "draw_default_boxes", "main"]
 
@@ -152,18 +152,17 @@ def draw_default_boxes(
     nrows = math.ceil(len(levels) / ncols)
     # Fixed margins in inches: two title lines above each panel, the figure title at the top,
     # the legend at the bottom.
-    title_inches, top_inches, legend_inches, gap_inches = 0.45, 0.45, 0.4, 0.15
-    fig_width = ncols * (_PANEL_INCHES + gap_inches) + gap_inches
-    fig_height = nrows * (_PANEL_INCHES + title_inches) + top_inches + legend_inches
-    fig = Figure(figsize=(fig_width, fig_height), dpi=_DPI)
-    fig.subplots_adjust(
-        left=gap_inches / fig_width,
-        right=1 - gap_inches / fig_width,
-        bottom=legend_inches / fig_height,
-        top=1 - (top_inches + title_inches) / fig_height,
-        wspace=gap_inches / _PANEL_INCHES,
-        hspace=title_inches / _PANEL_INCHES,
+    fig = panel_grid_figure(
+        nrows,
+        ncols,
+        _PANEL_INCHES,
+        title_inches=0.45,
+        top_inches=0.45,
+        bottom_inches=0.4,
+        gap_inches=0.15,
+        dpi=_DPI,
     )
+    fig_height = fig.get_figheight()
     # The image in grey, squeezed into mid-tones: coloured, white and yellow boxes all stand
     # out on any picture.
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
