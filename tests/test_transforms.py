@@ -285,3 +285,15 @@ def test_color_distortion_equals_detectron2s(image_format):
         np.testing.assert_array_equal(result, expected)
         changed += not np.array_equal(result, image)
     assert changed > 30
+
+
+def test_square_resize_of_a_flipped_view():
+    image = np.random.default_rng(3).integers(0, 256, (150, 230, 3), dtype=np.uint8)
+    mirrored_view = T.HFlipTransform(230).apply_image(image)
+    assert mirrored_view.strides[1] < 0
+    resize = SquareResize(64).get_transform(mirrored_view)
+    result = resize.apply_image(mirrored_view)
+    expected = resize.apply_image(np.ascontiguousarray(mirrored_view))
+    assert result.shape == (64, 64, 3) and result.flags["C_CONTIGUOUS"]
+    assert np.abs(result.astype(int) - expected.astype(int)).max() <= 1
+    assert not np.array_equal(result, resize.apply_image(image))  # it is mirrored
