@@ -86,3 +86,23 @@ def panel_grid_figure(
         hspace=title_inches / panel_inches,
     )
     return fig
+
+
+def add_box(ax, box, color, gid: str, linewidth: float, linestyle: str = "-", path_effects=None):
+    """Draw an XYXY box outline on ``ax``; ``gid`` names the patch for tests and SVG output."""
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = box
+    ax.add_patch(
+        Rectangle(
+            (x0, y0),
+            x1 - x0,
+            y1 - y0,
+            fill=False,
+            edgecolor=color,
+            linewidth=linewidth,
+            linestyle=linestyle,
+            gid=gid,
+            path_effects=path_effects,
+        )
+    )

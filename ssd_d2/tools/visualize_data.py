@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from matplotlib import patheffects
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
@@ -27,7 +26,7 @@ from detectron2.structures import BoxMode
 
 from ssd_d2.data import SSDDatasetMapper
 
-from .common import load_config, panel_grid_figure, save_figure
+from .common import add_box, load_config, panel_grid_figure, save_figure
 
 __all__ = ["Sample", "augmented_samples", "draw_samples", "main"]
 
@@ -133,18 +132,7 @@ def draw_samples(rows: List[List[Sample]], class_names: Sequence[str], title: st
             for box, cls in zip(sample.boxes.tolist(), sample.classes.tolist()):
                 color = colors[cls % len(colors)]
                 x0, y0, x1, y1 = box
-                ax.add_patch(
-                    Rectangle(
-                        (x0, y0),
-                        x1 - x0,
-                        y1 - y0,
-                        fill=False,
-                        edgecolor=color,
-                        linewidth=2,
-                        gid="gt_box",
-                        path_effects=outline,
-                    )
-                )
+                add_box(ax, box, color, "gt_box", linewidth=2, path_effects=outline)
                 label = class_names[cls] if cls < len(class_names) else str(cls)
                 # Above the box, or inside it where the image ends.
                 inside = y0 < 0.08 * height

@@ -31,7 +31,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from .common import load_config, panel_grid_figure, save_figure
+from .common import add_box, load_config, panel_grid_figure, save_figure
 
 __all__ = ["LevelDefaultBoxes", "default_boxes_by_level", "draw_default_boxes", "main"]
 
@@ -183,10 +183,10 @@ def draw_default_boxes(
         cx, cy = np.meshgrid(centres_x, centres_y)
         ax.plot(cx.ravel(), cy.ravel(), ".", color="black", markersize=1.5, alpha=0.6)
         for box in level.matched_boxes.tolist():
-            _add_box(ax, box, _MATCH_COLOR, "matched_box", linewidth=1.2, linestyle="--")
+            add_box(ax, box, _MATCH_COLOR, "matched_box", linewidth=1.2, linestyle="--")
         if gt_boxes is not None:
             for box in torch.as_tensor(gt_boxes).tolist():
-                _add_box(ax, box, "white", "gt_box", linewidth=2.0, outline=True)
+                add_box(ax, box, "white", "gt_box", linewidth=2.0, path_effects=_OUTLINE)
         for row, col in level.cells:
             ax.add_patch(
                 Rectangle(
@@ -200,7 +200,7 @@ def draw_default_boxes(
             )
         for j, box in enumerate(level.cell_boxes.tolist()):
             color = _SHAPE_COLORS[(j % level.boxes_per_cell) % len(_SHAPE_COLORS)]
-            _add_box(ax, box, color, "default_box", linewidth=1.8)
+            add_box(ax, box, color, "default_box", linewidth=1.8)
         matches = f", {len(level.matched_boxes)} matched" if gt_boxes is not None else ""
         ax.set_title(
             f"{level.name}: {height}x{width}, step {level.step:g}\n"
@@ -228,23 +228,6 @@ def draw_default_boxes(
     if title:
         fig.suptitle(title, fontsize=11, y=1 - 0.12 / fig_height, va="top")
     return fig
-
-
-def _add_box(ax, box, color, gid, linewidth, linestyle="-", outline=False):
-    x0, y0, x1, y1 = box
-    ax.add_patch(
-        Rectangle(
-            (x0, y0),
-            x1 - x0,
-            y1 - y0,
-            fill=False,
-            edgecolor=color,
-            linewidth=linewidth,
-            linestyle=linestyle,
-            gid=gid,
-            path_effects=_OUTLINE if outline else None,
-        )
-    )
 
 
 def _parse_point(text: str) -> Tuple[float, float]:
