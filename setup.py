@@ -5,7 +5,74 @@ detectron2 itself is not on PyPI under its own name: dev/install.sh installs it 
 before this package. See README.md, "Install".
 """
 
+import json
+import subprocess
+import sys
+
 from setuptools import find_packages, setup
+
+# The lowest versions the test suite has passed with (the detectron2 v0.6 environment of
+# dev/install.sh); newer releases are tested in the detectron2 main environment.
+REQUIREMENTS = [
+    "torch>=2.11",
+    "torchvision>=0.26",
+    "fvcore>=0.1.5.post20221221",
+    "pycocotools>=2.0.11",
+    "numpy>=1.23.5",
+    "Pillow>=9.5",
+    "matplotlib>=3.7",
+    "PyYAML>=6.0",
+    "tqdm>=4.70",
+]
+
+OPENCV_DISTRIBUTIONS = (
+    "opencv-python",
+    "opencv-python-headless",
+    "opencv-contrib-python",
+    "opencv-contrib-python-headless",
+)
+
+
+def _installed_versions(names):
+    """
+    Versions of the distributions ``names`` in the environment pip installs into. pip builds
+    in an isolated environment that hides the target's packages, but runs this file with the
+    target's interpreter: ask it in a process of its own, isolated from pip's path changes.
+    """
+    probe = (
+        "import json, sys, importlib.metadata as m\n"
+        "found = {}\n"
+        "for name in sys.argv[1:]:\n"
+        "    try: found[name] = m.version(name)\n"
+        "    except m.PackageNotFoundError: pass\n"
+        "print(json.dumps(found))\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-I", "-c", probe, *names],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        return json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}
+
+
+def opencv_requirement():
+    """
+    Any OpenCV flavour that is installed already is used as it is (each owns the ``cv2``
+    package, so adding a second one would overwrite the first). Otherwise the headless one,
+    no newer than the installed numpy supports: OpenCV 4.12 and later need numpy 2, which would
+    replace a numpy 1 that other packages (detectron2 v0.6) depend on.
+    """
+    installed = _installed_versions(OPENCV_DISTRIBUTIONS + ("numpy",))
+    if any(name in installed for name in OPENCV_DISTRIBUTIONS):
+        return []
+    numpy_major = int(installed.get("numpy", "2").split(".")[0])
+    return ["opencv-python-headless<4.12" if numpy_major < 2 else "opencv-python-headless"]
+
 
 setup(
     name="ssd_d2",
@@ -13,16 +80,11 @@ setup(
     description="The SSD family of one-stage detectors as a Detectron2 project",
     packages=find_packages(exclude=("tests", "tests.*", "benchmarks")),
     python_requires=">=3.9",
-    install_requires=[
-        "torch>=1.10",
-        "torchvision",
-        "fvcore",
-        "pycocotools>=2.0.2",
-        "opencv-python-headless",
-    ],
+    install_requires=REQUIREMENTS + opencv_requirement(),
     extras_require={
-        # Export to ONNX and checking it; executing the notebook; measuring memory.
+        # Export to ONNX and checking it.
         "export": ["onnx", "onnxscript", "onnxruntime"],
+        # The test suite: exporting, executing the notebook, measuring memory.
         "test": [
             "pytest",
             "pytest-timeout",

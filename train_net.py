@@ -18,7 +18,7 @@ from detectron2.utils.logger import setup_logger
 
 from ssd_d2 import SSDTrainer, add_ssd_config
 from ssd_d2.config import merge_from_file_safely
-from ssd_d2.engine import DEFAULT_TIMEOUT, SSDCheckpointer, launch
+from ssd_d2.engine import SSDCheckpointer, default_timeout, launch
 
 
 def setup(args):
@@ -55,10 +55,11 @@ def argument_parser():
     parser.add_argument(
         "--dist-timeout",
         type=float,
-        default=DEFAULT_TIMEOUT.total_seconds(),
+        default=default_timeout().total_seconds(),
         metavar="SECONDS",
         help="with several processes, how long one waits for the others in a collective "
-        "before it fails instead of hanging (default: %(default)s)",
+        "before it fails instead of hanging (default: %(default)s; 1800 with GPUs, as "
+        "Detectron2, 600 on the CPU)",
     )
     return parser
 

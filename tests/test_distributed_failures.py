@@ -66,7 +66,7 @@ def test_train_net_stops_when_one_of_its_processes_is_killed(tmp_path, shapes_ro
         sys.executable,
         os.path.join(REPO_ROOT, "train_net.py"),
         "--config-file", os.path.join(REPO_ROOT, "configs", "ssd160_shapes_demo.yaml"),
-        "--num-gpus", "2",
+        "--num-gpus", "2", "--dist-url", "auto",
         "--dist-timeout", "30",
         "DATASETS.TRAIN", "('ssd_shapes_val',)", "DATASETS.TEST", "()",
         "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "100000",

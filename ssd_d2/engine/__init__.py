@@ -1,3 +1,3 @@
 from .checkpoint import SSDCheckpointer
-from .launch import DEFAULT_TIMEOUT, launch
+from .launch import default_timeout, launch
 from .trainer import SSDTrainer

@@ -1,12 +1,12 @@
 import contextlib
 import logging
 import os
+import re
 import weakref
 
 import torch
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader
-from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver import build_optimizer
@@ -22,6 +22,7 @@ from ..data import (
     load_dataset_dicts,
 )
 from .checkpoint import SSDCheckpointer
+from .compat import TrainerWithState
 
 __all__ = ["SSDTrainer", "has_compiled_coco_eval"]
 
@@ -57,7 +58,7 @@ def _ddp_without_device_ids_on_cpu():
         d2_defaults.create_ddp_model = create_ddp_model
 
 
-class SSDTrainer(DefaultTrainer):
+class SSDTrainer(TrainerWithState):
     """
     DefaultTrainer with SSD's data pipeline (SSDDatasetMapper), evaluators chosen by each
     data set's ``evaluator_type``, atomic checkpoints that include the optimizer state, and
@@ -87,17 +88,6 @@ class SSDTrainer(DefaultTrainer):
         )
         return super().build_hooks()
 
-    def state_dict(self):
-        # detectron2 v0.6 leaves the optimizer out of checkpoints; --resume needs it.
-        ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
-
     def train(self):
         # The loader starts its workers at the first batch, at the iteration resumed from.
         data_loader = self._trainer.data_loader
@@ -120,8 +110,11 @@ class SSDTrainer(DefaultTrainer):
             super().run_step()
         except FloatingPointError as e:
             last = self.checkpointer.get_checkpoint_file() or "none yet"
+            # Detectron2 prints the losses as numpy scalars, which numpy 2 shows as
+            # "np.float64(nan)": show the numbers.
+            losses = re.sub(r"np\.\w+\(([^()]*)\)", r"\1", str(e))
             raise FloatingPointError(
-                f"{e}\nTraining stopped at iteration {self.iter}. Last checkpoint: {last}. "
+                f"{losses}\nTraining stopped at iteration {self.iter}. Last checkpoint: {last}. "
                 "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS, then continue with "
                 "--resume."
             ) from e

@@ -76,7 +76,10 @@ def panel_grid_figure(
 
     fig_width = ncols * (panel_inches + gap_inches) + gap_inches
     fig_height = nrows * (panel_inches + title_inches) + top_inches + bottom_inches
-    fig = Figure(figsize=(fig_width, fig_height), dpi=dpi)
+    # Whole pixels plus a quarter: matplotlib releases that truncate the size in pixels and
+    # those that round it then draw the same picture size.
+    figsize = [(round(inches * dpi) + 0.25) / dpi for inches in (fig_width, fig_height)]
+    fig = Figure(figsize=figsize, dpi=dpi)
     fig.subplots_adjust(
         left=gap_inches / fig_width,
         right=1 - gap_inches / fig_width,

@@ -1,0 +1,59 @@
+"""
+What a supported Detectron2 lacks, detected by feature (v0.6 and main both call themselves
+"0.6"). Each entry names the release that needs it; on a Detectron2 that has the feature,
+Detectron2's own code runs.
+"""
+
+import importlib
+import inspect
+
+import torch.distributed as dist
+
+from detectron2.engine import DefaultTrainer
+from detectron2.utils import comm
+
+__all__ = ["TrainerWithState", "create_local_process_group", "launch_runs_on_cpu"]
+
+
+# v0.6: DefaultTrainer's checkpoints hold no optimizer state (later releases save the inner
+# trainer's state, the optimizer and AMP's grad scaler, under "_trainer"); --resume needs it.
+if "state_dict" in vars(DefaultTrainer):
+    TrainerWithState = DefaultTrainer
+else:
+
+    class TrainerWithState(DefaultTrainer):
+        def state_dict(self):
+            ret = super().state_dict()
+            ret["_trainer"] = self._trainer.state_dict()
+            return ret
+
+        def load_state_dict(self, state_dict):
+            super().load_state_dict(state_dict)
+            if "_trainer" in state_dict:
+                self._trainer.load_state_dict(state_dict["_trainer"])
+
+
+def create_local_process_group(num_processes_per_machine: int) -> None:
+    """
+    The process group of this machine's processes, which ``comm.get_local_rank()`` reads.
+    v0.6 has no ``comm.create_local_process_group`` and makes the group inside its launch only.
+    """
+    if hasattr(comm, "create_local_process_group"):
+        comm.create_local_process_group(num_processes_per_machine)
+        return
+    machine_rank = dist.get_rank() // num_processes_per_machine
+    for machine in range(dist.get_world_size() // num_processes_per_machine):
+        first = machine * num_processes_per_machine
+        group = dist.new_group(list(range(first, first + num_processes_per_machine)))
+        if machine == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+
+
+def launch_runs_on_cpu() -> bool:
+    """
+    Whether Detectron2's ``launch`` starts gloo processes on a machine without GPUs. v0.6
+    asserts that CUDA is available in each worker; later releases pick gloo instead of NCCL.
+    """
+    # (detectron2.engine's ``launch`` function hides the module of that name.)
+    launch_module = importlib.import_module("detectron2.engine.launch")
+    return '"GLOO"' in inspect.getsource(launch_module._distributed_worker)
