@@ -3,7 +3,10 @@ import yaml
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_ssd_config", "merge_from_file_safely"]
+__all__ = ["add_ssd_config", "merge_from_file_safely", "resolve_device", "settle_device"]
+
+# MODEL.DEVICE values that leave the choice to the machine that builds the model.
+AUTO_DEVICES = ("auto", "")
 
 
 def add_ssd_config(cfg):
@@ -15,9 +18,12 @@ def add_ssd_config(cfg):
     """
     _C = cfg
 
-    # Detectron2 defaults to "cuda"; on a machine without a GPU, train and predict on the CPU.
-    if not torch.cuda.is_available():
-        _C.MODEL.DEVICE = "cpu"
+    # "auto": CUDA when the machine that builds the model has it, else the CPU (see
+    # settle_device). Not Detectron2's "cuda", which fails on a CPU-only machine, and not the
+    # device of the machine that assembles the config, which config.yaml would then carry to
+    # machines that differ: a config made on a CPU login node must still train on GPU nodes.
+    # "cpu", "cuda", "cuda:1" ... are used as given.
+    _C.MODEL.DEVICE = "auto"
 
     _C.MODEL.SSD = CN()
     # Number of foreground classes. The classifier has NUM_CLASSES + 1 outputs per default
@@ -119,6 +125,39 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.MIN_IOU_CROP.MAX_TRIALS = 50
     # Horizontal flip probability (0 disables).
     _C.INPUT.SSD.FLIP_PROB = 0.5
+
+
+def resolve_device(device: str) -> str:
+    """
+    The torch device that the MODEL.DEVICE value ``device`` names on this machine: for "auto"
+    (or an empty value), "cuda" when CUDA is available, else "cpu"; any other value as given.
+    "cuda" without an index is the current device, the one Detectron2's launch assigns to
+    each process.
+    """
+    if device.strip().lower() in AUTO_DEVICES:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def settle_device(cfg) -> None:
+    """
+    Replace an "auto" MODEL.DEVICE in ``cfg`` by the device it stands for here, frozen or not.
+
+    Detectron2's ``build_model`` constructs the meta-architecture and then moves it to
+    ``torch.device(cfg.MODEL.DEVICE)``, which does not know "auto": the SSD meta-architecture
+    calls this while it is built, so that ``build_model`` and ``DefaultPredictor`` (which
+    builds from its own copy of the config) work from a config that says "auto". Detectron2's
+    PointRend updates a frozen config the same way when its model is built. A config that
+    names a device is left alone.
+    """
+    device = resolve_device(cfg.MODEL.DEVICE)
+    if device == cfg.MODEL.DEVICE:
+        return
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = device
+    if frozen:
+        cfg.freeze()
 
 
 def merge_from_file_safely(cfg, filename: str) -> None:

@@ -1,5 +1,6 @@
 """python -m ssd_d2.tools.demo: inputs, outputs, failures and exit status."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from ssd_d2.data.datasets import SHAPE_CLASSES, generate_shapes_dataset
@@ -140,22 +143,43 @@ def test_demo_threshold_scale_and_class_names(tmp_path, images, weights, capsys)
 
 def test_demo_counts_without_tqdm(tmp_path, images, weights, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now fails
+    monkeypatch.delenv("DISPLAY", raising=False)  # no window, whatever OpenCV this is
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert _run("--input", *images[:2], "--opts", "MODEL.WEIGHTS", weights) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"[1/2] {images[0]}: 0 objects in ")
     assert lines[1].startswith(f"[2/2] {images[1]}: 0 objects in ")
 
 
-def test_demo_writes_an_annotated_video(tmp_path, weights, capsys):
-    video = str(tmp_path / "clip.avi")
-    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
-    if not writer.isOpened():
-        pytest.skip("OpenCV cannot write videos here")
-    for i in range(4):
-        frame = np.full((64, 96, 3), 60, np.uint8)
-        cv2.circle(frame, (20 + 15 * i, 32), 14, (0, 0, 255), -1)
-        writer.write(frame)
+def _write_video(path, num_frames=4):
+    """A small MJPG video of a moving red disc."""
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
+    assert writer.isOpened(), "OpenCV cannot write MJPG videos here"
+    for i in range(num_frames):
+        writer.write(_frame(i))
     writer.release()
+    return path
+
+
+def _frame(i):
+    frame = np.full((64, 96, 3), 60, np.uint8)
+    cv2.circle(frame, (20 + 15 * i, 32), 14, (0, 0, 255), -1)
+    return frame
+
+
+def _read_video(path):
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    return frames
+
+
+def test_demo_writes_an_annotated_video(tmp_path, weights, capsys):
+    video = _write_video(str(tmp_path / "clip.avi"))
 
     out = tmp_path / "out"
     opts = ["MODEL.WEIGHTS", weights, "TEST.DETECTIONS_PER_IMAGE", "5"]
@@ -197,3 +221,171 @@ def test_demo_command_exit_status(tmp_path, images):
     assert "missing.png: no such file or folder" in result.stderr
     assert "MODEL.WEIGHTS is empty" in result.stderr
     assert (tmp_path / os.path.basename(images[0])).exists()
+
+
+class FakeWindow:
+    """Stands in for the OpenCV window: records what is shown, asks to stop after ``stop_after``."""
+
+    def __init__(self, stop_after=None):
+        self.shown, self.waits, self.closed = [], [], False
+        self.stop_after = stop_after
+
+    def show(self, bgr, wait_ms):
+        self.shown.append(bgr.copy())
+        self.waits.append(wait_ms)
+        return self.stop_after is None or len(self.shown) < self.stop_after
+
+    def close(self):
+        self.closed = True
+
+
+class FakeCamera:
+    """Stands in for cv2.VideoCapture(0): ``frames`` frames, then nothing."""
+
+    def __init__(self, frames):
+        self.frames, self.reads, self.released = list(frames), 0, False
+
+    def isOpened(self):
+        return True
+
+    def read(self):
+        self.reads += 1
+        if not self.frames:
+            return False, None
+        return True, self.frames.pop(0)
+
+    def get(self, prop):
+        return 10.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def release(self):
+        self.released = True
+
+
+def test_output_file_for_a_single_input(tmp_path, images, weights, capsys):
+    out = tmp_path / "sub" / "drawn.jpg"
+    args = ["--confidence-threshold", "0.1", "--opts", "MODEL.WEIGHTS", weights]
+    assert _run("--input", images[0], "--output", str(out), *args) == 0
+    assert f" -> {out}" in capsys.readouterr().out
+    assert cv2.imread(str(out)).shape == cv2.imread(images[0]).shape
+
+    with pytest.raises(SystemExit) as e:  # a file takes one input
+        _run("--input", *images[:2], "--output", str(tmp_path / "two.jpg"), *args)
+    assert e.value.code == 2
+    assert "takes a single input; 2 inputs were given" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # an image is not written as a video
+        _run("--input", images[0], "--output", str(tmp_path / "x.mp4"), *args)
+    assert e.value.code == 2
+    assert "the input is an image" in capsys.readouterr().err
+    assert not (tmp_path / "two.jpg").exists() and not (tmp_path / "x.mp4").exists()
+
+
+def test_json_holds_the_predictors_detections(tmp_path, images, weights, capsys):
+    from pycocotools.coco import COCO
+
+    path = tmp_path / "dets.json"
+    opts = ["MODEL.WEIGHTS", weights, "TEST.DETECTIONS_PER_IMAGE", "7"]
+    args = ["--input", *images, "--json", str(path), "--confidence-threshold", "0.1"]
+    assert _run(*args, "--opts", *opts) == 0
+    assert f"-> {path} (image ids: {tmp_path / 'dets.images.json'})" in capsys.readouterr().out
+
+    results = json.loads(path.read_text())
+    listed = json.loads((tmp_path / "dets.images.json").read_text())
+    assert [(i["id"], i["file_name"]) for i in listed["images"]] == list(enumerate(images, 1))
+    # ssd_shapes is a COCO-format data set: its own category ids 1..5, with their names.
+    assert listed["categories"] == [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)]
+
+    cfg = load_config("ssd160_shapes_demo", *opts, "MODEL.SSD.SCORE_THRESH_TEST", "0.1")
+    predictor = DefaultPredictor(cfg)
+    total = 0
+    for image_id, file_name in enumerate(images, 1):
+        image = read_image(file_name, format="BGR")
+        instances = predictor(image)["instances"].to("cpu")
+        mine = [r for r in results if r["image_id"] == image_id]
+        assert len(mine) == len(instances) > 0
+        total += len(mine)
+        xywh = torch.tensor([r["bbox"] for r in mine])
+        xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        torch.testing.assert_close(xyxy, instances.pred_boxes.tensor, rtol=0, atol=1e-4)
+        torch.testing.assert_close(torch.tensor([r["score"] for r in mine]), instances.scores)
+        assert [r["category_id"] for r in mine] == (instances.pred_classes + 1).tolist()
+        entry = listed["images"][image_id - 1]
+        assert (entry["height"], entry["width"]) == image.shape[:2]
+    assert len(results) == total
+
+    # For unlabelled images: pycocotools takes the images file as the data set.
+    coco = COCO(str(tmp_path / "dets.images.json"))
+    detections = coco.loadRes(str(path))
+    assert len(detections.getAnnIds()) == total
+
+
+def test_category_ids_without_a_dataset_mapping():
+    from detectron2.data.catalog import Metadata
+
+    assert demo.coco_category_ids(Metadata(name="x", thing_classes=["a", "b"]), 2) == [0, 1]
+    mapped = Metadata(name="y", thing_dataset_id_to_contiguous_id={3: 1, 7: 0})
+    assert demo.coco_category_ids(mapped, 2) == [7, 3]
+
+
+def test_video_input_to_an_output_file_and_json(tmp_path, weights, capsys):
+    video = _write_video(str(tmp_path / "clip.avi"), num_frames=5)
+    out, dets = tmp_path / "annotated.mp4", tmp_path / "clip.json"
+    opts = ["MODEL.WEIGHTS", weights, "TEST.DETECTIONS_PER_IMAGE", "3"]
+    args = ["--video-input", video, "--output", str(out), "--json", str(dets)]
+    assert _run(*args, "--confidence-threshold", "0.1", "--opts", *opts) == 0
+    assert "clip.avi: 5 frames, 15 objects, " in capsys.readouterr().out
+    frames = _read_video(out)
+    assert len(frames) == 5 and frames[0].shape == (64, 96, 3)
+    listed = json.loads((tmp_path / "clip.images.json").read_text())
+    assert [(i["file_name"], i["frame"]) for i in listed["images"]] == [
+        (video, f) for f in range(5)
+    ]
+    assert len(json.loads(dets.read_text())) == 15
+
+
+def test_webcam_shows_frames_in_the_window_until_esc(tmp_path, weights, capsys):
+    opts = ["--confidence-threshold", "0.1", "--opts", "MODEL.WEIGHTS", weights]
+    opened = []
+
+    def open_capture(source):
+        opened.append(source)
+        return camera
+
+    camera, window = FakeCamera([_frame(i) for i in range(3)]), FakeWindow()
+    assert demo.main(["--config-file", DEMO_CONFIG, "--webcam", *opts], window, open_capture) == 0
+    assert opened == [0] and camera.released and window.closed
+    assert len(window.shown) == 3 and window.waits == [1, 1, 1]
+    assert window.shown[0].shape == (64, 96, 3)
+    assert np.abs(window.shown[0].astype(int) - _frame(0).astype(int)).mean() > 1  # drawn on
+    assert "webcam: 3 frames, " in capsys.readouterr().out
+
+    # Esc in the window after the second frame: the camera is read no further.
+    camera, window = FakeCamera([_frame(i) for i in range(5)]), FakeWindow(stop_after=2)
+    assert demo.main(["--config-file", DEMO_CONFIG, "--webcam", *opts], window, open_capture) == 0
+    assert len(window.shown) == 2 and camera.reads == 2 and camera.released
+
+
+def test_images_wait_for_a_key_in_the_window(images, weights):
+    window = FakeWindow(stop_after=1)  # Esc on the first image: the others are not processed
+    args = ["--config-file", DEMO_CONFIG, "--input", *images, "--opts", "MODEL.WEIGHTS", weights]
+    assert demo.main(args, window) == 0
+    assert window.waits == [0] and window.closed
+    assert window.shown[0].shape == cv2.imread(images[0]).shape
+
+
+def test_no_gui_is_said_not_crashed_on(images, weights, monkeypatch, capsys):
+    linux = sys.platform.startswith("linux")
+    assert "headless" in demo.gui_unavailable_reason("  GUI:   NONE\n", {"DISPLAY": ":0"})
+    assert demo.gui_unavailable_reason("  GUI:   GTK3\n", {"DISPLAY": ":0"}) is None
+    assert (demo.gui_unavailable_reason("  GUI:   QT5\n", {}) is not None) == linux
+    if not linux:
+        return
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert _run("--input", images[0], "--opts", "MODEL.WEIGHTS", weights) == 0
+    captured = capsys.readouterr()
+    assert "note: no window to show the detections in: " in captured.err
+    assert f"{images[0]}: 0 objects in " in captured.out
+    with pytest.raises(SystemExit) as e:
+        _run("--webcam", "--opts", "MODEL.WEIGHTS", weights)
+    assert e.value.code == 2
+    assert "--webcam shows the camera in a window, but " in capsys.readouterr().err

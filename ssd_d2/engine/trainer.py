@@ -165,8 +165,14 @@ class SSDTrainer(TrainerWithState):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """
+        The data set's evaluator, writing into ``OUTPUT_DIR/inference``. That is where
+        Detectron2's train_net.py puts every test data set's files, so tools made for it find
+        them; the same file names too (with several COCO-style test sets,
+        ``coco_instances_results.json`` holds the last one's, as it does in Detectron2).
+        """
         if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)

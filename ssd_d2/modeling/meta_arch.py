@@ -20,6 +20,8 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..config import settle_device
+from ..ignored_keys import warn_ignored_keys
 from .head import build_ssd_head
 from .nms import grouped_nms
 
@@ -106,6 +108,11 @@ class SSD(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg):
+        # Every way of building an SSD model (training, evaluation, DefaultPredictor, the
+        # tools) passes here once: the place to settle MODEL.DEVICE "auto" before
+        # Detectron2's build_model reads it, and to name the Detectron2 keys SSD ignores.
+        settle_device(cfg)
+        warn_ignored_keys(cfg)
         backbone = build_backbone(cfg)
         backbone_shape = backbone.output_shape()
         in_features = list(cfg.MODEL.SSD.IN_FEATURES)

@@ -25,7 +25,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
 from ssd_d2 import add_ssd_config  # importing ssd_d2 registers the SSD components
-from ssd_d2.config import merge_from_file_safely
+from ssd_d2.config import merge_from_file_safely, resolve_device
 from ssd_d2.engine import SSDCheckpointer
 from ssd_d2.engine.checkpoint import UnsafeCheckpointError
 from ssd_d2.export import (
@@ -140,8 +140,11 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     cfg.merge_from_list(opts)
     if args.device:
         cfg.MODEL.DEVICE = args.device
-    elif cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    else:
+        # The device is read below (loading the exported model), not only by build_model.
+        cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
+        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+            cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 

@@ -8,7 +8,7 @@ precision-recall curves:
 The model runs on ``--dataset`` (default: DATASETS.TEST[0]), or on its first
 ``--max-images``. ``--results`` reads saved detections instead, e.g. the
 ``coco_instances_results.json`` that COCOEvaluator writes into
-``<OUTPUT_DIR>/inference/<dataset>/`` (train_net.py --eval-only). Any data set with
+``<OUTPUT_DIR>/inference/`` (train_net.py --eval-only). Any data set with
 ``thing_classes`` works, VOC included: its ground truth is converted to COCO's format.
 """
 

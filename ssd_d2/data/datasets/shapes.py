@@ -401,4 +401,7 @@ def register_shapes_dataset(root: Optional[str] = None, splits: Optional[Dict] =
             image_root=os.path.join(split_dir, _IMAGES_DIRNAME),
             evaluator_type="coco",
             thing_classes=list(SHAPE_CLASSES),
+            # Known before the annotations are read (load_coco_json sets the same), so that
+            # detections name the data set's category ids however they were made.
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPE_CLASSES))},
         )
