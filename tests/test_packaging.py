@@ -27,8 +27,8 @@ def _requirements(tmp_path):
 
 def test_declares_what_it_imports_and_keeps_an_installed_opencv(tmp_path):
     names = {r.split(">")[0].split("<")[0].split("=")[0] for r in _requirements(tmp_path)}
-    for imported in ("torch", "torchvision", "fvcore", "pycocotools", "numpy", "Pillow",
-                     "matplotlib", "PyYAML", "tqdm"):  # fmt: skip
+    declared = "torch torchvision fvcore pycocotools numpy Pillow matplotlib PyYAML tqdm"
+    for imported in declared.split():
         assert imported in names
     # This environment has an OpenCV already (each flavour owns the cv2 package): no second.
     assert not any(name.startswith("opencv") for name in names)

@@ -149,15 +149,12 @@ def test_two_processes_and_two_machines_of_batch_4_train_like_one_of_batch_8(tmp
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    machines = [
-        _start_train_net(
-            tmp_path,
-            [*DETERMINISTIC, "OUTPUT_DIR", str(tmp_path / "machines")],
-            ["--num-machines", "2", "--machine-rank", str(rank),
-             "--dist-url", f"tcp://127.0.0.1:{port}"],
-        )  # fmt: skip
-        for rank in (0, 1)
-    ]
+    opts = [*DETERMINISTIC, "OUTPUT_DIR", str(tmp_path / "machines")]
+    machines = []
+    for rank in (0, 1):
+        flags = ["--num-machines", "2", "--machine-rank", str(rank)]
+        flags += ["--dist-url", f"tcp://127.0.0.1:{port}"]
+        machines.append(_start_train_net(tmp_path, opts, flags))
     logs = [machine.communicate(timeout=900)[0] for machine in machines]
     for machine, log in zip(machines, logs):
         assert machine.returncode == 0, log[-5000:]

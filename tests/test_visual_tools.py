@@ -209,7 +209,6 @@ def _write_metrics(path):
 def test_load_and_plot_metrics(tmp_path):
     _write_metrics(tmp_path / "metrics.json")
     metrics = plot_metrics.load_metrics(str(tmp_path))  # the folder holding metrics.json
-
     assert sorted(metrics) == [
         "bbox/AP", "bbox/AP-circle", "bbox/AP50", "loss_box_reg", "loss_cls", "lr", "total_loss"
     ]  # fmt: skip

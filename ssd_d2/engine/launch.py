@@ -92,9 +92,7 @@ def _share_cores(main_func, num_processes_per_machine, *args):
     main_func(*args)
 
 
-def _launch_on_cpu(
-    main_func, num_per_machine, num_machines, machine_rank, dist_url, args, timeout
-):
+def _launch_on_cpu(main_func, num_per_machine, num_machines, machine_rank, dist_url, args, timeout):
     """Detectron2 v0.6's launch, which needs CUDA, for gloo processes on the CPU."""
     if dist_url == "auto":
         if num_machines != 1:
