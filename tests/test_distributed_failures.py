@@ -1,9 +1,11 @@
 """
-Two gloo processes on the CPU: when one dies or hangs, the other does not wait forever, and
-the error says which process and why.
+Several processes: when one dies or hangs, the others do not wait forever, and the error says
+which process and why; the collective timeouts; data set checks shared by the processes.
 """
 
+import importlib
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import psutil
 import pytest
 import torch
 import torch.distributed as dist
+from PIL import Image
 
 from ssd_d2.engine import launch
 
@@ -108,3 +111,69 @@ def _read(path):
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+def test_gpu_runs_wait_detectron2s_30_minutes_and_cpu_runs_10(monkeypatch):
+    from ssd_d2.engine.launch import default_timeout
+
+    assert default_timeout() == timedelta(minutes=10)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_timeout() == timedelta(minutes=30)
+
+
+def test_a_dying_process_on_the_gpu_path_gets_the_same_named_error(monkeypatch):
+    # (ssd_d2.engine's ``launch`` function hides the module of that name.)
+    launch_module = importlib.import_module("ssd_d2.engine.launch")
+
+    def gpu_launch_whose_process_1_is_killed(*args, **kwargs):
+        raise torch.multiprocessing.ProcessExitedException(
+            "process 1 terminated with signal SIGKILL", 1, 4711, -9, "SIGKILL"
+        )
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(launch_module, "d2_launch", gpu_launch_whose_process_1_is_killed)
+    with pytest.raises(RuntimeError) as error:
+        launch(print, 2, num_machines=2, machine_rank=1, dist_url="tcp://127.0.0.1:1")
+    message = str(error.value)
+    assert "Training process 3 of 4 (pid 4711) died with signal SIGKILL" in message
+    assert "out-of-memory killer" in message and "--resume" in message
+
+
+def _check_data_set_in_this_process(image_folder, result_folder):
+    from ssd_d2.data import validation
+
+    opened = []
+    read_header = validation._image_header
+
+    def counting_header_reader(file_name):
+        opened.append(os.path.basename(file_name))
+        return read_header(file_name)
+
+    validation._image_header = counting_header_reader
+    names = sorted(os.listdir(image_folder))
+    dicts = [
+        {"file_name": os.path.join(image_folder, name), "image_id": i, "width": 32,
+         "height": 24, "annotations": []}
+        for i, name in enumerate(names)
+    ]  # fmt: skip
+    checked, report = validation.check_dataset_dicts(dicts, num_classes=1, dataset_name="shared")
+    result = {"opened": opened, "kept": [d["image_id"] for d in checked]}
+    result["summary"] = report.summary()
+    with open(os.path.join(result_folder, f"rank{dist.get_rank()}.json"), "w") as f:
+        json.dump(result, f)
+
+
+def test_data_set_checks_read_each_image_once_per_run_and_agree_on_every_process(tmp_path):
+    images, results = tmp_path / "images", tmp_path / "results"
+    images.mkdir()
+    results.mkdir()
+    for i in range(7):
+        Image.new("RGB", (32, 24)).save(images / f"{i}.png")
+    (images / "7.png").write_bytes(b"not an image")  # dropped and counted, on every process
+    launch(_check_data_set_in_this_process, 2, args=(str(images), str(results)))
+    ranks = [json.loads((results / f"rank{r}.json").read_text()) for r in (0, 1)]
+    opened = ranks[0]["opened"] + ranks[1]["opened"]
+    assert sorted(opened) == sorted(f"{i}.png" for i in range(8))  # each file once in all
+    assert len(ranks[0]["opened"]) == len(ranks[1]["opened"]) == 4
+    assert ranks[0]["kept"] == ranks[1]["kept"] == list(range(7))
+    assert ranks[0]["summary"] == ranks[1]["summary"]

@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 
 from ssd_d2 import SSDTrainer
 from ssd_d2.data.datasets import register_shapes_dataset
-from ssd_d2.engine.trainer import has_compiled_coco_eval
+from ssd_d2.engine.compat import has_compiled_coco_eval
 
 from .conftest import load_config
 

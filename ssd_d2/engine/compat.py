@@ -12,7 +12,12 @@ import torch.distributed as dist
 from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 
-__all__ = ["TrainerWithState", "create_local_process_group", "launch_runs_on_cpu"]
+__all__ = [
+    "TrainerWithState",
+    "create_local_process_group",
+    "has_compiled_coco_eval",
+    "launch_runs_on_cpu",
+]
 
 
 # v0.6: DefaultTrainer's checkpoints hold no optimizer state (later releases save the inner
@@ -57,3 +62,16 @@ def launch_runs_on_cpu() -> bool:
     # (detectron2.engine's ``launch`` function hides the module of that name.)
     launch_module = importlib.import_module("detectron2.engine.launch")
     return '"GLOO"' in inspect.getsource(launch_module._distributed_worker)
+
+
+def has_compiled_coco_eval() -> bool:
+    """
+    Whether detectron2 was built with its C++ COCOeval. The PyPI v0.6 source has no C++
+    sources (dev/install.sh installs a stand-in ``_C``): COCOEvaluator then uses pycocotools'
+    own COCOeval, which gives the same numbers.
+    """
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return hasattr(_C, "COCOevalEvaluateImages")

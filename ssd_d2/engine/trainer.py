@@ -22,20 +22,11 @@ from ..data import (
     load_dataset_dicts,
 )
 from .checkpoint import SSDCheckpointer
-from .compat import TrainerWithState
+from .compat import TrainerWithState, has_compiled_coco_eval
 
-__all__ = ["SSDTrainer", "has_compiled_coco_eval"]
+__all__ = ["SSDTrainer"]
 
 logger = logging.getLogger(__name__)
-
-
-def has_compiled_coco_eval() -> bool:
-    """Whether detectron2 was built with its C++ COCOeval (absent in the PyPI source route)."""
-    try:
-        from detectron2 import _C
-    except ImportError:
-        return False
-    return hasattr(_C, "COCOevalEvaluateImages")
 
 
 @contextlib.contextmanager
