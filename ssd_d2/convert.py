@@ -1,17 +1,16 @@
 """
-Convert published SSD weights into Detectron2 checkpoints of ssd_d2's models.
+Published SSD weights (and the ImageNet backbones they train from) in ssd_d2's layout.
 
-    python -m ssd_d2.tools.convert --source torchvision ssd300_vgg16_coco-b556d3b4.pth out.pth
-    python train_net.py --config-file configs/ssd300_coco.yaml --eval-only MODEL.WEIGHTS out.pth
-
-The output is ``{"model": state_dict, "__author__": ..., "matching_heuristics": False}`` in the
-exact key layout of the target config's model, so that DetectionCheckpointer loads it by
-name, without its renaming heuristics. The published models share ssd_d2's conventions
-(RGB input, background as class output 0, the same default-box order and box encoding;
-each config sets its peer's pixel mean and std), so converting them is a renaming, plus
+One rule table serves two doors: ``MODEL.WEIGHTS`` (the checkpointer recognises a peer's file
+from its keys and converts it as it loads it, :func:`convert_for_model`) and the offline
+converter ``python -m ssd_d2.tools.convert`` (:func:`convert`, :func:`convert_file`), which
+writes ``{"model": state_dict, "__author__": ..., "matching_heuristics": False}`` in the exact
+key layout of the target config's model. The published models share ssd_d2's conventions
+(RGB input, background as class output 0, the same default-box order and box encoding; each
+config sets its peer's pixel mean and std), so converting them is a renaming, plus
 re-indexing the class outputs of torchvision's 91 COCO category ids.
 
-To fine-tune on another class count, load the converted checkpoint with the other config:
+To fine-tune on another class count, load a published detector with the other config:
 DetectionCheckpointer skips the class logits (``head.cls_score.*``), whose shapes differ,
 with a warning, and loads everything else.
 """
@@ -20,7 +19,6 @@ import argparse
 import os
 import pickle
 import re
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -32,47 +30,81 @@ from detectron2.config import get_cfg
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.modeling import build_model
 
-from ssd_d2 import add_ssd_config  # importing ssd_d2 registers the SSD components
-from ssd_d2.config import merge_from_file_safely
+from .config import add_ssd_config, merge_from_file_safely
+from .model_zoo import get_config_file
 
 __all__ = [
+    "KNOWN_FORMATS",
     "SOURCES",
     "Conversion",
     "ConversionError",
-    "build_argument_parser",
     "coco_category_ids",
     "convert",
     "convert_file",
+    "convert_for_model",
     "load_state_dict",
-    "main",
+    "recognize",
     "save_checkpoint",
     "summarize",
 ]
 
-SOURCES = ("torchvision", "lufficc", "amdegroot", "vgg16")
+SOURCES = ("torchvision", "lufficc", "amdegroot", "vgg16", "mobilenet")
 
-# The repository's configs/ (present in a source checkout and with `pip install -e .`).
-CONFIG_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
+# What a weights file may be, for the message about one that is none of these.
+KNOWN_FORMATS = (
+    "an ssd_d2 (Detectron2) checkpoint",
+    "torchvision's ssd300_vgg16_coco or ssdlite320_mobilenet_v3_large_coco",
+    "lufficc/SSD's model zoo (vgg_ssd300/512_voc0712, vgg_ssd300/512_coco_trainval35k, "
+    "mobilenet_v2_ssd320_voc0712[_v2])",
+    "ssd.pytorch's ssd300_mAP_77.43_v2.pth",
+    "an ImageNet VGG16: ssd.pytorch/lufficc's vgg16_reducedfc.pth, torchvision's vgg16 or "
+    "vgg16_features-amdegroot",
+    "an ImageNet MobileNetV2 or MobileNetV3-Large classifier of torchvision (mobilenet_v2, "
+    "mobilenet_v3_large)",
+)
 
-# The config of a converted detector, by (head levels, class outputs with background).
-_DETECTOR_CONFIGS = {
-    (6, 21): "ssd300_voc.yaml",
-    (6, 81): "ssd300_coco.yaml",
-    (7, 21): "ssd512_voc.yaml",
-    (7, 81): "ssd512_coco.yaml",
+# The config of a converted detector, by (head levels, class outputs with background):
+# (config name, the options its checkpoint needs).
+_VGG_SSD_CONFIGS = {
+    (6, 21): ("ssd300_voc.yaml", ()),
+    (6, 81): ("ssd300_coco.yaml", ()),
+    (7, 21): ("ssd512_voc.yaml", ()),
+    (7, 81): ("ssd512_coco.yaml", ()),
 }
-_SSDLITE_CONFIGS = {(6, 81): "ssdlite320_mobilenet_v3_coco.yaml"}
-_LUFFICC_SSDLITE_CONFIGS = {(6, 21): "ssdlite320_mobilenet_v2_voc.yaml"}
+_DETECTOR_CONFIGS = {
+    "lufficc": _VGG_SSD_CONFIGS,
+    "amdegroot": _VGG_SSD_CONFIGS,
+    # torchvision's COCO SSD300 has its own config: its default boxes follow torchvision's
+    # rules, not lufficc/SSD's.
+    "torchvision": {**_VGG_SSD_CONFIGS, (6, 81): ("ssd300_coco_torchvision.yaml", ())},
+    # torchvision's COCO SSDLite was built without ImageNet weights, so with the reduced tail;
+    # the config trains from ImageNet weights, which need the full one.
+    "torchvision_ssdlite": {
+        (6, 81): ("ssdlite320_mobilenet_v3_coco.yaml", ("MODEL.MOBILENET.REDUCED_TAIL", "True"))
+    },
+    "lufficc_ssdlite": {(6, 21): ("ssdlite320_mobilenet_v2_voc.yaml", ())},
+}
 # The model a checkpoint without a recognisable head is compared with, for the error message.
 _FALLBACK_CONFIGS = {
-    "torchvision": "ssd300_coco.yaml",
+    "torchvision": "ssd300_coco_torchvision.yaml",
     "torchvision_ssdlite": "ssdlite320_mobilenet_v3_coco.yaml",
     "lufficc": "ssd300_voc.yaml",
     "lufficc_ssdlite": "ssdlite320_mobilenet_v2_voc.yaml",
     "amdegroot": "ssd300_voc.yaml",
 }
-# Every VGG16 SSD config has the same backbone.vgg layers: this one checks an initialisation.
-_VGG16_CONFIG = "ssd300_voc.yaml"
+# The config an ImageNet backbone converts for by default (every VGG16 SSD config has the
+# same backbone.vgg layers).
+_BACKBONE_CONFIGS = {
+    "vgg16": "ssd300_voc.yaml",
+    "mobilenet_v2": "ssdlite320_mobilenet_v2_voc.yaml",
+    "mobilenet_v3_large": "ssdlite320_mobilenet_v3_coco.yaml",
+}
+# The model keys an ImageNet backbone provides; the rest trains from its initialisation.
+_BACKBONE_PREFIXES = {
+    "vgg16": "backbone.vgg.",
+    "mobilenet_v2": "backbone.features.",
+    "mobilenet_v3_large": "backbone.features.",
+}
 
 _SOURCE_NAMES = {
     "torchvision": "torchvision ssd300_vgg16",
@@ -81,37 +113,11 @@ _SOURCE_NAMES = {
     "lufficc_ssdlite": "lufficc/SSD mobilenet_v2_ssd320",
     "amdegroot": "amdegroot/ssd.pytorch",
     "vgg16": "VGG16 ImageNet",
+    "mobilenet": "MobileNet ImageNet",
+    "mobilenet_v2": "MobileNetV2 ImageNet",
+    "mobilenet_v3_large": "MobileNetV3-Large ImageNet",
     "ssd_d2": "ssd_d2",
 }
-
-_EXAMPLES = """
-examples:
-  # torchvision's COCO SSD300 -> configs/ssd300_coco.yaml (91 category ids -> 80 classes)
-  python -m ssd_d2.tools.convert --source torchvision ssd300_vgg16_coco-b556d3b4.pth \\
-      ssd300_coco_torchvision.pth
-  # torchvision's COCO SSDLite320 MobileNetV3 -> configs/ssdlite320_mobilenet_v3_coco.yaml
-  python -m ssd_d2.tools.convert --source torchvision \\
-      ssdlite320_mobilenet_v3_large_coco-a79551df.pth ssdlite320_coco_torchvision.pth
-  # lufficc/SSD: 300 or 512 (head levels) and VOC or COCO (class outputs) come from the shapes
-  python -m ssd_d2.tools.convert --source lufficc vgg_ssd512_coco_trainval35k.pth \\
-      ssd512_coco_lufficc.pth
-  # lufficc/SSD's MobileNetV2 SSDLite320 VOC -> configs/ssdlite320_mobilenet_v2_voc.yaml
-  python -m ssd_d2.tools.convert --source lufficc mobilenet_v2_ssd320_voc0712.pth \\
-      ssdlite320_voc_lufficc.pth
-  # amdegroot/ssd.pytorch SSD300 VOC -> configs/ssd300_voc.yaml
-  python -m ssd_d2.tools.convert --source amdegroot ssd300_mAP_77.43_v2.pth ssd300_voc_amdegroot.pth
-  # ImageNet VGG16 to train from: ssd.pytorch's vgg16_reducedfc.pth or a torchvision vgg16
-  # state dict (fc6/fc7 subsampled into the dilated conv6 and conv7); extras and heads are
-  # not in it, so loading it reports them as missing: they train from their initialisation.
-  python -m ssd_d2.tools.convert --source vgg16 vgg16_reducedfc.pth vgg16_ssd_init.pth
-  # a model of another class count: name its config (and config options after OUTPUT)
-  python -m ssd_d2.tools.convert --source lufficc --config-file configs/ssd300_voc.yaml \\
-      my_5_classes.pth my_ssd.pth MODEL.SSD.NUM_CLASSES 5
-
-then:
-  python train_net.py --config-file configs/ssd300_coco.yaml --eval-only \\
-      MODEL.WEIGHTS ssd300_coco_torchvision.pth
-"""
 
 
 class ConversionError(ValueError):
@@ -126,8 +132,10 @@ class Conversion:
     config_file: str
     source: str
     notes: List[str] = field(default_factory=list)
-    # Model keys the checkpoint leaves at their initialisation (the vgg16 source's).
+    # Model keys the checkpoint leaves at their initialisation (an ImageNet backbone's).
     expected_missing: List[str] = field(default_factory=list)
+    # Config options (KEY VALUE ...) the checkpoint needs on top of ``config_file``.
+    config_opts: List[str] = field(default_factory=list)
 
 
 def coco_category_ids() -> List[int]:
@@ -154,7 +162,18 @@ def _extras_pair(flat_index: str) -> str:
 # lufficc's MobileNetV2 computes its first map after features[:14] (the 96-channel block
 # before the one that goes to stride 32); ssd_d2 splits the same blocks into features.0
 # (0 ... 13) and features.1 (14 ... 18), keeping each block's index.
-_LUFFICC_MOBILENET_V2_SPLIT = 14
+_MOBILENET_V2_SPLIT = 14
+# MobileNetV3-Large's block 13 goes to stride 32. Its 1x1 expansion ends ssd_d2's (and
+# torchvision's SSDLite's) features.0 as features.0.13 ("c4"); the rest of the block is
+# features.1.0, and blocks 14 ... 16 follow as features.1.1 ... 1.3.
+_MOBILENET_V3_SPLIT = 13
+
+
+def _mobilenet_v3_block(m: re.Match) -> str:
+    block = int(m[1])
+    if block < _MOBILENET_V3_SPLIT:
+        return f"backbone.features.0.{block}.{m[2]}"
+    return f"backbone.features.1.{block - _MOBILENET_V3_SPLIT}.{m[2]}"
 
 
 def _lufficc_ssdlite_head_rules(theirs: str, ours: str) -> List[_Rule]:
@@ -226,7 +245,7 @@ _RULES: Dict[str, List[_Rule]] = {
         (
             r"backbone\.features\.(\d+)\.(.+)",
             lambda m: (
-                f"backbone.features.{int(int(m[1]) >= _LUFFICC_MOBILENET_V2_SPLIT)}.{m[1]}.{m[2]}"
+                f"backbone.features.{int(int(m[1]) >= _MOBILENET_V2_SPLIT)}.{m[1]}.{m[2]}"
             ),
         ),
         # The extras are InvertedResidual blocks, conv = (0: 1x1 ConvBNReLU, 1: depthwise
@@ -249,6 +268,26 @@ _RULES: Dict[str, List[_Rule]] = {
         (r"extras\.(\d+)" + _W, lambda m: f"backbone.extras.{_extras_pair(m[1])}.{m[2]}"),
         (r"conf\.(\d+)" + _W, lambda m: f"head.cls_score.{m[1]}.{m[2]}"),
         (r"loc\.(\d+)" + _W, lambda m: f"head.bbox_pred.{m[1]}.{m[2]}"),
+    ],
+    # torchvision's ImageNet MobileNetV2 (mobilenet_v2-b0353104.pth), which lufficc/SSD
+    # starts from: the blocks as in lufficc's layout above.
+    "mobilenet_v2": [
+        (
+            r"features\.(\d+)\.(.+)",
+            lambda m: f"backbone.features.{int(int(m[1]) >= _MOBILENET_V2_SPLIT)}.{m[1]}.{m[2]}",
+        ),
+    ],
+    # torchvision's ImageNet MobileNetV3-Large (mobilenet_v3_large-8738ca79.pth).
+    "mobilenet_v3_large": [
+        (
+            rf"features\.{_MOBILENET_V3_SPLIT}\.block\.0\.(.+)",
+            lambda m: f"backbone.features.0.{_MOBILENET_V3_SPLIT}.{m[1]}",
+        ),
+        (
+            rf"features\.{_MOBILENET_V3_SPLIT}\.block\.(\d+)\.(.+)",
+            lambda m: f"backbone.features.1.0.{m[1]}.{m[2]}",
+        ),
+        (r"features\.(\d+)\.(.+)", _mobilenet_v3_block),
     ],
     "vgg16": [
         # torchvision's vgg16: conv layers keep their index (conv1_1 = 0 ... conv5_3 = 28).
@@ -348,14 +387,13 @@ def save_checkpoint(state_dict: Dict[str, Tensor], path: str, author: str) -> No
 
 
 def _resolve_config(config_file: str) -> str:
-    """``config_file`` as given, or the name of one of the repository's configs."""
+    """``config_file`` as given, or the name of one of ssd_d2's configs."""
     if os.path.isfile(config_file):
         return config_file
-    for name in (config_file, config_file + ".yaml"):
-        candidate = os.path.join(CONFIG_DIR, name)
-        if os.path.isfile(candidate):
-            return candidate
-    raise ConversionError(f"Config file {config_file} not found (nor in {CONFIG_DIR}).")
+    try:
+        return get_config_file(config_file)
+    except FileNotFoundError as e:
+        raise ConversionError(str(e)) from None
 
 
 def _model_state_dict(config_file: str, opts: Sequence[str]) -> Dict[str, Tensor]:
@@ -368,20 +406,39 @@ def _model_state_dict(config_file: str, opts: Sequence[str]) -> Dict[str, Tensor
     return build_model(cfg).state_dict()
 
 
-def _guess_source(keys: Sequence[str]) -> Optional[str]:
-    """Which known layout ``keys`` look like, for error messages."""
+def recognize(keys: Sequence[str]) -> Optional[str]:
+    """
+    The layout that state dict keys are in: one of :data:`SOURCES` (a peer's file), "ssd_d2"
+    (ssd_d2's own names), or None (none of :data:`KNOWN_FORMATS`). Peers are told apart by
+    names only they use; lufficc/SSD's VGG16 and torchvision's SSDLite backbones share some
+    names with ssd_d2's, so the peers' head names are looked at first.
+    """
     keys = set(keys)
-    if any(k.startswith("head.cls_score.") for k in keys):
-        return "ssd_d2"
     if "backbone.scale_weight" in keys or any(k.startswith("head.classification_") for k in keys):
         return "torchvision"
     if any(k.startswith("box_head.predictor.") for k in keys):
         return "lufficc"
-    if "L2Norm.weight" in keys or any(k.startswith("conf.") for k in keys):
+    if "L2Norm.weight" in keys or any(k.startswith(("conf.", "loc.")) for k in keys):
         return "amdegroot"
-    if "classifier.0.weight" in keys or "0.weight" in keys:
+    if "features.0.weight" in keys or "0.weight" in keys or "classifier.0.weight" in keys:
         return "vgg16"
+    if "features.0.0.weight" in keys:
+        return "mobilenet"
+    if any(k.startswith(("backbone.", "head.", "pixel_")) for k in keys):
+        return "ssd_d2"
     return None
+
+
+def unknown_format_message(origin: str, keys: Sequence[str]) -> str:
+    """What to say about weights whose keys are none of :data:`KNOWN_FORMATS`."""
+    keys = list(keys)
+    return (
+        f"{origin} is not a weights file ssd_d2 knows: its keys ({', '.join(keys[:5])}"
+        f"{', ...' if len(keys) > 5 else ''}; {len(keys)} in all) are in none of these "
+        "layouts:\n" + "\n".join(f"  - {f}" for f in KNOWN_FORMATS) + "\nPoint MODEL.WEIGHTS "
+        "at one of those (a path or an http(s) URL), or convert the file to ssd_d2's key names "
+        "(ssd_d2.convert's rule table shows the ones it needs)."
+    )
 
 
 def _shape(t: Tensor) -> Tuple[int, ...]:
@@ -395,10 +452,16 @@ def _check_fits(
     model_state_dict: Dict[str, Tensor],
     *,
     source: str,
-    config_file: str,
+    target: str,
+    origin: Optional[str] = None,
     expected_missing: Sequence[str] = (),
+    check_shapes: bool = True,
 ) -> None:
-    """Raise ConversionError unless ``renamed`` loads into the model key by key."""
+    """
+    Raise ConversionError unless ``renamed`` loads into the model key by key, but for the
+    ``expected_missing`` keys and, unless ``check_shapes``, tensors of other shapes.
+    ``origin``: the file, when MODEL.WEIGHTS loads it (None: the offline converter).
+    """
     unexpected = [f"{k} {_shape(v)}" for k, v in unmatched.items()]
     unexpected += [
         f"{origins[k]} -> {k} {_shape(v)}" for k, v in renamed.items() if k not in model_state_dict
@@ -413,14 +476,16 @@ def _check_fits(
         f"{origins[k]} -> {k}: {_shape(v)} in the checkpoint, {_shape(model_state_dict[k])} "
         "in the model"
         for k, v in renamed.items()
-        if k in model_state_dict and v.shape != model_state_dict[k].shape
+        if check_shapes and k in model_state_dict and v.shape != model_state_dict[k].shape
     ]
     if not (unexpected or missing or wrong_shapes):
         return
-    lines = [
-        f"The checkpoint does not fit --source {source} ({_SOURCE_NAMES[source]} layout) with "
-        f"{config_file}:"
-    ]
+    layout = f"{_SOURCE_NAMES[source]} layout"
+    if origin is None:
+        option = f"--source {source.split('_')[0]}"
+        lines = [f"The checkpoint does not fit {option} ({layout}) with {target}:"]
+    else:
+        lines = [f"{origin} ({layout}) does not fit {target}:"]
     for problems, what in [
         (unexpected, "checkpoint tensors with no place in that layout"),
         (missing, "model tensors the checkpoint does not provide"),
@@ -429,16 +494,21 @@ def _check_fits(
         if problems:
             lines.append(f"  {len(problems)} {what}, e.g.:")
             lines += [f"    {p}" for p in problems[:5]]
-    guess = _guess_source(list(origins.values()) + list(unmatched))
-    if guess == "ssd_d2":
+    guess = recognize(list(origins.values()) + list(unmatched))
+    if guess == "ssd_d2" and origin is None:
         lines.append("Its keys are ssd_d2's already: load it with MODEL.WEIGHTS as it is.")
-    elif guess is not None and not source.startswith(guess):
+    elif guess is not None and guess != "ssd_d2" and not source.startswith(guess):
         lines.append(f"Its keys look like a {_SOURCE_NAMES[guess]} checkpoint: --source {guess}?")
+    elif source == "mobilenet_v3_large" and wrong_shapes:
+        lines.append(
+            "ImageNet MobileNetV3-Large weights have the full tail (MobileNetV3 paper, table "
+            "6): set MODEL.MOBILENET.REDUCED_TAIL False."
+        )
     elif guess is not None and unexpected:
         lines.append(
-            f"Its keys are {_SOURCE_NAMES[guess]}'s, but of an architecture that this converter "
-            "does not handle (VGG16 SSD300/SSD512, torchvision's SSDLite320 MobileNetV3 and "
-            "lufficc/SSD's SSDLite320 MobileNetV2)."
+            f"Its keys are {_SOURCE_NAMES[source]}'s, but of an architecture that ssd_d2 "
+            "does not have, or of another config's (VGG16 SSD300/SSD512, torchvision's "
+            "SSDLite320 MobileNetV3 and lufficc/SSD's SSDLite320 MobileNetV2 are converted)."
         )
     elif wrong_shapes and not (unexpected or missing):
         lines.append(
@@ -518,22 +588,34 @@ def _is_lufficc_ssdlite(state_dict: Dict[str, Tensor]) -> bool:
     )
 
 
-def _convert_detector(
-    source: str, state_dict: Dict[str, Tensor], config_file: Optional[str], opts: Sequence[str]
-) -> Conversion:
+@dataclass
+class _Renamed:
+    """A state dict under ssd_d2's names, before it is checked against a model."""
+
+    source: str  # the refined source: torchvision_ssdlite, mobilenet_v2, ...
+    renamed: Dict[str, Tensor]
+    origins: Dict[str, str]
+    unmatched: Dict[str, Tensor]
+    notes: List[str]
+    # Detectors: (default boxes per location of each level, class outputs), or None.
+    layout: Optional[Tuple[List[int], int]] = None
+    # ImageNet VGG16: whether fc6/fc7 became conv6/conv7.
+    fc_converted: bool = True
+
+
+def _rename_detector(source: str, state_dict: Dict[str, Tensor]) -> _Renamed:
     """
     A VGG16 SSD300/SSD512 of torchvision, lufficc/SSD or ssd.pytorch, torchvision's
     SSDLite320 MobileNetV3 or lufficc/SSD's SSDLite320 MobileNetV2.
     """
-    configs = _DETECTOR_CONFIGS
     # The conv that predicts, within each level's predictor: SSDLite's is a separable
     # (depthwise + norm + ReLU6, then 1x1) Sequential.
     output_conv = ""
     if source == "torchvision" and _is_ssdlite(state_dict):
-        source, configs, output_conv = "torchvision_ssdlite", _SSDLITE_CONFIGS, ".1"
+        source, output_conv = "torchvision_ssdlite", ".1"
     elif source == "lufficc" and _is_lufficc_ssdlite(state_dict):
         # Its last level is a plain 1x1 conv (head.cls_score.5), which _head_layout reads too.
-        source, configs, output_conv = "lufficc_ssdlite", _LUFFICC_SSDLITE_CONFIGS, ".1"
+        source, output_conv = "lufficc_ssdlite", ".1"
     renamed, origins, unmatched = _rename(state_dict, _RULES[source])
     notes = []
     layout = _head_layout(renamed, output_conv)
@@ -553,32 +635,7 @@ def _convert_detector(
                 f"(dropped the outputs of the {91 - len(keep)} unused ids)"
             )
             layout = num_anchors, len(keep)
-
-    if config_file is None:
-        if layout is None:
-            # No SSD head to read the config from: compare with the source's usual model,
-            # whose keys make the error message say what does not fit.
-            name = _FALLBACK_CONFIGS[source]
-        else:
-            name = configs.get((len(layout[0]), layout[1]))
-        if name is None:
-            raise ConversionError(
-                f"The checkpoint has {len(layout[0])} head levels and {layout[1] - 1} classes, "
-                f"unlike the published models of its kind ({', '.join(sorted(configs.values()))})"
-                ": pass --config-file (and options such as "
-                f"MODEL.SSD.NUM_CLASSES {layout[1] - 1} after OUTPUT)."
-            )
-        config_file = os.path.join(CONFIG_DIR, name)
-    config_file = _resolve_config(config_file)
-    _check_fits(
-        renamed,
-        origins,
-        unmatched,
-        _model_state_dict(config_file, opts),
-        source=source,
-        config_file=config_file,
-    )
-    return Conversion(renamed, config_file, source, notes)
+    return _Renamed(source, renamed, origins, unmatched, notes, layout)
 
 
 def _reduce_fc(
@@ -638,10 +695,8 @@ def _reduce_fc(
     return True
 
 
-def _convert_vgg16(
-    state_dict: Dict[str, Tensor], config_file: Optional[str], opts: Sequence[str]
-) -> Conversion:
-    """An ImageNet VGG16 (torchvision's vgg16 or ssd.pytorch's vgg16_reducedfc.pth)."""
+def _rename_vgg16(state_dict: Dict[str, Tensor]) -> _Renamed:
+    """An ImageNet VGG16 (torchvision's vgg16 or vgg16_features, ssd.pytorch's reducedfc)."""
     classifier = {k: v for k, v in state_dict.items() if k.startswith("classifier.")}
     features = {k: v for k, v in state_dict.items() if k not in classifier}
     renamed, origins, unmatched = _rename(features, _RULES["vgg16"])
@@ -649,58 +704,164 @@ def _convert_vgg16(
     fc_converted = True
     if classifier:
         fc_converted = _reduce_fc(classifier, renamed, origins, unmatched, notes)
-    config_file = _resolve_config(config_file or os.path.join(CONFIG_DIR, _VGG16_CONFIG))
-    model_state_dict = _model_state_dict(config_file, opts)
-    # Only the VGG16 layers come from ImageNet; the rest trains from its initialisation.
-    expected_missing = [k for k in model_state_dict if not k.startswith("backbone.vgg.")]
-    if not fc_converted and "backbone.vgg.31.weight" not in renamed:
-        expected_missing += [f"backbone.vgg.{i}.{n}" for i in (31, 33) for n in ("weight", "bias")]
-    _check_fits(
-        renamed,
-        origins,
-        unmatched,
-        model_state_dict,
-        source="vgg16",
-        config_file=config_file,
-        expected_missing=expected_missing,
-    )
-    notes.append(
-        f"{len(expected_missing)} model tensors (extras, heads, the conv4_3 L2Norm scale) are "
-        "not in this checkpoint: DetectionCheckpointer lists them as missing when it loads it, "
-        "as expected: they train from their initialisation"
-    )
     notes.append(
         "input: ssd_d2's configs feed RGB 0-255 minus the mean, as the Caffe-style VGG16 "
-        "(vgg16_reducedfc.pth) expects; torchvision's IMAGENET1K_V1 weights expect 0-1 "
-        "input divided by the ImageNet std: set MODEL.PIXEL_STD [58.395, 57.12, 57.375] "
-        "to train from those"
+        "(vgg16_reducedfc.pth, vgg16_features) expects; torchvision's IMAGENET1K_V1 weights "
+        "expect 0-1 input divided by the ImageNet std: set MODEL.PIXEL_STD "
+        "[58.395, 57.12, 57.375] to train from those"
     )
-    return Conversion(renamed, config_file, "vgg16", notes, expected_missing)
+    return _Renamed("vgg16", renamed, origins, unmatched, notes, fc_converted=fc_converted)
+
+
+def _rename_mobilenet(state_dict: Dict[str, Tensor]) -> _Renamed:
+    """An ImageNet MobileNetV2 or MobileNetV3-Large classifier of torchvision."""
+    # MobileNetV3's inverted residuals are called "block", MobileNetV2's "conv".
+    v3 = any(re.fullmatch(r"features\.\d+\.block\..+", k) for k in state_dict)
+    source = "mobilenet_v3_large" if v3 else "mobilenet_v2"
+    classifier = [k for k in state_dict if k.startswith("classifier.")]
+    features = {k: v for k, v in state_dict.items() if k not in classifier}
+    renamed, origins, unmatched = _rename(features, _RULES[source])
+    notes = []
+    if classifier:
+        notes.append("dropped the classifier (the ImageNet classes): SSDLite does not use it")
+    return _Renamed(source, renamed, origins, unmatched, notes)
+
+
+def _rename_source(source: str, state_dict: Dict[str, Tensor]) -> _Renamed:
+    if source == "vgg16":
+        return _rename_vgg16(state_dict)
+    if source == "mobilenet":
+        return _rename_mobilenet(state_dict)
+    return _rename_detector(source, state_dict)
+
+
+def _backbone_missing(result: _Renamed, model_state_dict: Dict[str, Tensor]) -> List[str]:
+    """The model keys an ImageNet backbone leaves at their initialisation."""
+    prefix = _BACKBONE_PREFIXES[result.source]
+    missing = [k for k in model_state_dict if not k.startswith(prefix)]
+    if not result.fc_converted and "backbone.vgg.31.weight" not in result.renamed:
+        missing += [f"backbone.vgg.{i}.{n}" for i in (31, 33) for n in ("weight", "bias")]
+    return missing
+
+
+def _detector_config(result: _Renamed) -> Tuple[str, List[str]]:
+    """The config (and options) of the published model whose head ``result`` has."""
+    configs = _DETECTOR_CONFIGS[result.source]
+    if result.layout is None:
+        # No SSD head to read the config from: compare with the source's usual model, whose
+        # keys make the error message say what does not fit.
+        return _FALLBACK_CONFIGS[result.source], []
+    levels, outputs = len(result.layout[0]), result.layout[1]
+    if (levels, outputs) not in configs:
+        names = sorted(name for name, _ in configs.values())
+        raise ConversionError(
+            f"The checkpoint has {levels} head levels and {outputs - 1} classes, unlike the "
+            f"published models of its kind ({', '.join(names)}): pass --config-file (and "
+            f"options such as MODEL.SSD.NUM_CLASSES {outputs - 1} after OUTPUT)."
+        )
+    name, opts = configs[(levels, outputs)]
+    return name, list(opts)
 
 
 def convert(
-    source: str,
+    source: Optional[str],
     state_dict: Dict[str, Tensor],
     config_file: Optional[str] = None,
     opts: Sequence[str] = (),
 ) -> Conversion:
     """
-    Convert a state dict of ``source`` into the layout of ``config_file``'s model (by default
-    the config that the source's head shapes imply).
+    Convert a state dict of ``source`` (one of :data:`SOURCES`; None: recognised from its
+    keys) into the layout of ``config_file``'s model (by default the config of the published
+    model the state dict is, read from its head's shapes).
 
     Raises:
         ConversionError: when the state dict is not one of the source's models, or does not
             fit the config; the message lists the first keys and shapes that do not fit.
     """
+    if source is None:
+        source = recognize(state_dict)
+        if source in (None, "ssd_d2"):
+            raise ConversionError(
+                unknown_format_message("The checkpoint", state_dict)
+                if source is None
+                else "Its keys are ssd_d2's already: load it with MODEL.WEIGHTS as it is."
+            )
     if source not in SOURCES:
         raise ConversionError(f"Unknown source {source!r}; choose one of {SOURCES}.")
-    if source == "vgg16":
-        return _convert_vgg16(state_dict, config_file, opts)
-    return _convert_detector(source, state_dict, config_file, opts)
+    result = _rename_source(source, state_dict)
+    config_opts: List[str] = []
+    if config_file is None:
+        if result.source in _BACKBONE_CONFIGS:
+            config_file = _BACKBONE_CONFIGS[result.source]
+        else:
+            config_file, config_opts = _detector_config(result)
+    config_file = _resolve_config(config_file)
+    model_state_dict = _model_state_dict(config_file, [*config_opts, *opts])
+    expected_missing = []
+    if result.source in _BACKBONE_PREFIXES:
+        expected_missing = _backbone_missing(result, model_state_dict)
+        result.notes.append(
+            f"{len(expected_missing)} model tensors (extras, heads"
+            f"{', the conv4_3 L2Norm scale' if result.source == 'vgg16' else ''}) are not in "
+            "this checkpoint: DetectionCheckpointer lists them as missing when it loads it, "
+            "as expected: they train from their initialisation"
+        )
+    _check_fits(
+        result.renamed,
+        result.origins,
+        result.unmatched,
+        model_state_dict,
+        source=result.source,
+        target=config_file,
+        expected_missing=expected_missing,
+    )
+    return Conversion(
+        result.renamed, config_file, result.source, result.notes, expected_missing, config_opts
+    )
+
+
+def convert_for_model(
+    state_dict: Dict[str, Tensor], model_state_dict: Dict[str, Tensor], origin: str
+) -> Tuple[Dict[str, Tensor], str]:
+    """
+    ``state_dict`` under the names of ``model_state_dict``, whatever :data:`KNOWN_FORMATS`
+    layout it is in: how MODEL.WEIGHTS takes a peer's file. Keys the file lacks (an ImageNet
+    backbone's extras and heads) and, for detectors, tensors of other shapes (class logits
+    when fine-tuning on another class count) are left to the checkpointer, which reports
+    them; tensors with no place in the model are an error.
+
+    Returns:
+        the state dict and the source it was recognised as ("ssd_d2": returned as it is).
+
+    Raises:
+        ConversionError: naming ``origin`` (the file) when its keys are in no known layout,
+            or have no place in the model.
+    """
+    if state_dict and all(k.startswith("module.") for k in state_dict):  # saved by DataParallel
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    source = recognize(state_dict)
+    if source is None:
+        raise ConversionError(unknown_format_message(origin, state_dict))
+    if source == "ssd_d2":
+        return state_dict, source
+    result = _rename_source(source, state_dict)
+    backbone_only = result.source in _BACKBONE_PREFIXES
+    _check_fits(
+        result.renamed,
+        result.origins,
+        result.unmatched,
+        model_state_dict,
+        source=result.source,
+        target="this config's model",
+        origin=origin,
+        expected_missing=list(model_state_dict),
+        check_shapes=backbone_only,
+    )
+    return result.renamed, result.source
 
 
 def convert_file(
-    source: str,
+    source: Optional[str],
     input_path: str,
     output_path: str,
     config_file: Optional[str] = None,
@@ -740,73 +901,3 @@ def summarize(conversion: Conversion) -> List[str]:
     lines += [f"  {name:<18} {n:>3} tensors {p:>12,} values" for name, (n, p) in groups.items()]
     lines += [f"  note: {note}" for note in conversion.notes]
     return lines
-
-
-def build_argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ssd_d2.tools.convert",
-        description="Convert published SSD weights into a Detectron2 checkpoint that an "
-        "ssd_d2 config\nloads with MODEL.WEIGHTS, with no missing or unexpected keys.",
-        epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--source",
-        required=True,
-        choices=SOURCES,
-        help="torchvision: ssd300_vgg16 or ssdlite320_mobilenet_v3_large (COCO); lufficc: "
-        "lufficc/SSD vgg_ssd300/512 (VOC or COCO) or mobilenet_v2_ssd320 (VOC); amdegroot: "
-        "ssd.pytorch SSD300; vgg16: "
-        "torchvision vgg16 or ssd.pytorch vgg16_reducedfc.pth, to train from",
-    )
-    parser.add_argument(
-        "--config-file",
-        default=None,
-        metavar="FILE",
-        help="the ssd_d2 config to convert to (a path or a name in configs/); by default the "
-        "one the head's shapes imply (ssd300/ssd512 x voc/coco, ssdlite320_mobilenet_v3_coco, "
-        "ssdlite320_mobilenet_v2_voc; "
-        "ssd300_voc.yaml for vgg16)",
-    )
-    parser.add_argument(
-        "--allow-unsafe-checkpoint",
-        action="store_true",
-        help="read INPUT with full unpickling (torch.load(weights_only=False)), which runs any "
-        "code the file holds: only for a file from a source you trust",
-    )
-    parser.add_argument("input", metavar="INPUT", help="the checkpoint to convert (.pth)")
-    parser.add_argument(
-        "output", metavar="OUTPUT", help="the Detectron2 checkpoint to write (.pth or .pkl)"
-    )
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config options applied to the target config, e.g. MODEL.SSD.NUM_CLASSES 5",
-    )
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> Conversion:
-    args = build_argument_parser().parse_args(argv)
-    try:
-        conversion = convert_file(
-            args.source,
-            args.input,
-            args.output,
-            args.config_file,
-            args.opts,
-            allow_unsafe=args.allow_unsafe_checkpoint,
-        )
-    except ConversionError as e:
-        sys.exit(f"error: {args.input}: {e}")
-    print("\n".join(summarize(conversion)))
-    print(
-        f"Wrote {args.output}; use it with --config-file {conversion.config_file} "
-        f"MODEL.WEIGHTS {args.output}"
-    )
-    return conversion
-
-
-if __name__ == "__main__":
-    main()
