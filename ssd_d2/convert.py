@@ -420,10 +420,11 @@ def recognize(keys: Sequence[str]) -> Optional[str]:
         return "lufficc"
     if "L2Norm.weight" in keys or any(k.startswith(("conf.", "loc.")) for k in keys):
         return "amdegroot"
-    if "features.0.weight" in keys or "0.weight" in keys or "classifier.0.weight" in keys:
-        return "vgg16"
+    # MobileNet's first block is a (conv, norm, activation) Sequential; VGG16's a conv.
     if "features.0.0.weight" in keys:
         return "mobilenet"
+    if "features.0.weight" in keys or "0.weight" in keys or "classifier.0.weight" in keys:
+        return "vgg16"
     if any(k.startswith(("backbone.", "head.", "pixel_")) for k in keys):
         return "ssd_d2"
     return None
@@ -599,8 +600,6 @@ class _Renamed:
     notes: List[str]
     # Detectors: (default boxes per location of each level, class outputs), or None.
     layout: Optional[Tuple[List[int], int]] = None
-    # ImageNet VGG16: whether fc6/fc7 became conv6/conv7.
-    fc_converted: bool = True
 
 
 def _rename_detector(source: str, state_dict: Dict[str, Tensor]) -> _Renamed:
@@ -701,16 +700,15 @@ def _rename_vgg16(state_dict: Dict[str, Tensor]) -> _Renamed:
     features = {k: v for k, v in state_dict.items() if k not in classifier}
     renamed, origins, unmatched = _rename(features, _RULES["vgg16"])
     notes = []
-    fc_converted = True
     if classifier:
-        fc_converted = _reduce_fc(classifier, renamed, origins, unmatched, notes)
+        _reduce_fc(classifier, renamed, origins, unmatched, notes)
     notes.append(
         "input: ssd_d2's configs feed RGB 0-255 minus the mean, as the Caffe-style VGG16 "
         "(vgg16_reducedfc.pth, vgg16_features) expects; torchvision's IMAGENET1K_V1 weights "
         "expect 0-1 input divided by the ImageNet std: set MODEL.PIXEL_STD "
         "[58.395, 57.12, 57.375] to train from those"
     )
-    return _Renamed("vgg16", renamed, origins, unmatched, notes, fc_converted=fc_converted)
+    return _Renamed("vgg16", renamed, origins, unmatched, notes)
 
 
 def _rename_mobilenet(state_dict: Dict[str, Tensor]) -> _Renamed:
@@ -739,7 +737,9 @@ def _backbone_missing(result: _Renamed, model_state_dict: Dict[str, Tensor]) -> 
     """The model keys an ImageNet backbone leaves at their initialisation."""
     prefix = _BACKBONE_PREFIXES[result.source]
     missing = [k for k in model_state_dict if not k.startswith(prefix)]
-    if not result.fc_converted and "backbone.vgg.31.weight" not in result.renamed:
+    if result.source == "vgg16" and "backbone.vgg.31.weight" not in result.renamed:
+        # No (finite) fc6/fc7: conv6/conv7 start from their initialisation, as torchvision's
+        # SSD300 does from its vgg16_features file.
         missing += [f"backbone.vgg.{i}.{n}" for i in (31, 33) for n in ("weight", "bias")]
     return missing
 
