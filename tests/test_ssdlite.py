@@ -63,7 +63,9 @@ def test_v2_parameter_count_equals_lufficc():
 
 
 def test_v3_parameter_count_equals_torchvision(torchvision_ssdlite):
-    model = build_model(load_config(V3, "MODEL.SSD.NUM_CLASSES", TORCHVISION_COCO_CLASSES, *TORCHVISION_TAIL))
+    model = build_model(
+        load_config(V3, "MODEL.SSD.NUM_CLASSES", TORCHVISION_COCO_CLASSES, *TORCHVISION_TAIL)
+    )
     assert _num_params(torchvision_ssdlite) == 3_440_060
     assert _num_params(model) == 3_440_060
 
@@ -95,7 +97,9 @@ def test_v3_computes_what_torchvision_computes(torchvision_ssdlite):
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-    ours = build_model(load_config(V3, "MODEL.SSD.NUM_CLASSES", TORCHVISION_COCO_CLASSES, *TORCHVISION_TAIL)).eval()
+    ours = build_model(
+        load_config(V3, "MODEL.SSD.NUM_CLASSES", TORCHVISION_COCO_CLASSES, *TORCHVISION_TAIL)
+    ).eval()
     ours.load_state_dict(_torchvision_state_dict_for_ssd_d2(theirs.state_dict()))
 
     image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8, generator=g)

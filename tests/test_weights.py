@@ -426,13 +426,17 @@ def test_model_zoo_configs():
         untrained, trained = model_zoo.get_config(name), model_zoo.get_config(name, True)
         assert trained.MODEL.WEIGHTS == entry.url
         # Untrained: the ImageNet backbone the peer starts from.
-        assert untrained.MODEL.WEIGHTS == model_zoo.IMAGENET_BACKBONES.get(
-            untrained.MODEL.BACKBONE.NAME
-        ) or name == "ssd300_coco_torchvision"
+        assert (
+            untrained.MODEL.WEIGHTS
+            == model_zoo.IMAGENET_BACKBONES.get(untrained.MODEL.BACKBONE.NAME)
+            or name == "ssd300_coco_torchvision"
+        )
     assert model_zoo.get_config("ssd300_coco_torchvision").MODEL.WEIGHTS.endswith(
         "vgg16_features-amdegroot-88682ab5.pth"
     )
-    assert model_zoo.get_config("ssdlite320_mobilenet_v3_coco").MODEL.MOBILENET.REDUCED_TAIL is False
+    assert (
+        model_zoo.get_config("ssdlite320_mobilenet_v3_coco").MODEL.MOBILENET.REDUCED_TAIL is False
+    )
     assert model_zoo.get_config("ssdlite320_mobilenet_v3_coco", True).MODEL.MOBILENET.REDUCED_TAIL
     with pytest.raises(FileNotFoundError, match="ssd300_voc"):
         model_zoo.get_config_file("ssd301_voc")

@@ -33,7 +33,6 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 
 from ssd_d2.data import SSDDatasetMapper
-
 from ssd_d2.engine import load_weights
 
 from .common import check_weights, load_config, save_figure
