@@ -244,7 +244,7 @@ _RULES: Dict[str, List[_Rule]] = {
         # which ssd_d2 builds: only the stage prefix changes.
         (
             r"backbone\.features\.(\d+)\.(.+)",
-            lambda m: (f"backbone.features.{int(int(m[1]) >= _MOBILENET_V2_SPLIT)}.{m[1]}.{m[2]}"),
+            lambda m: f"backbone.features.{int(int(m[1]) >= _MOBILENET_V2_SPLIT)}.{m[1]}.{m[2]}",
         ),
         # The extras are InvertedResidual blocks, conv = (0: 1x1 ConvBNReLU, 1: depthwise
         # ConvBNReLU, 2: 1x1 conv, 3: bn); ssd_d2's are (0, 1, 2: (0: 1x1 conv, 1: norm)).
