@@ -28,6 +28,7 @@ from ssd_d2 import SSDTrainer, model_zoo
 from ssd_d2.convert import KNOWN_FORMATS, ConversionError, convert
 from ssd_d2.engine import SSDCheckpointer, SSDPredictor
 from ssd_d2.engine.checkpoint import UnsafeCheckpointError, warn_if_backbone_uninitialized
+from ssd_d2.tools.convert import main as convert_main
 
 from .conftest import load_config
 from .test_convert import (
@@ -511,3 +512,36 @@ def test_warning_names_each_backbones_imagenet_file():
         assert file in warn_if_backbone_uninitialized(cfg, None)
         assert cfg.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE
     assert warn_if_backbone_uninitialized(load_config("ssd160_shapes_demo"), None) is None
+
+
+# ---------------------------------------------------------------------------------------
+# The offline converter: the same rules, the source recognised from the keys.
+
+
+@pytest.mark.parametrize(
+    "name, config, opts",
+    [
+        ("mobilenet_v3_large-8738ca79.pth", "ssdlite320_mobilenet_v3_coco.yaml", []),
+        (
+            "ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
+            "ssdlite320_mobilenet_v3_coco.yaml",
+            ["MODEL.MOBILENET.REDUCED_TAIL", "True"],
+        ),
+    ],
+)
+def test_converter_recognises_the_source(name, config, opts, tmp_path, capsys):
+    data = FORMATS[name][0]()
+    source, output = str(tmp_path / name), str(tmp_path / "converted.pth")
+    torch.save(data, source)
+    conversion = convert_main([source, output])  # no --source
+    assert conversion.config_file.endswith(config) and conversion.config_opts == opts
+    assert f"--config-file {conversion.config_file} {' '.join(opts + [''])}MODEL.WEIGHTS" in (
+        capsys.readouterr().out
+    )
+    # MODEL.WEIGHTS takes the converted file as it is, and the published one to the same
+    # tensors.
+    model = SSDTrainer.build_model(load_config(config[: -len(".yaml")], *opts))
+    SSDCheckpointer(model).load(output)
+    _assert_loaded(model, _expected(name, data))
+    with pytest.raises(SystemExit, match="keys are ssd_d2's already"):
+        convert_main([output, str(tmp_path / "again.pth")])
