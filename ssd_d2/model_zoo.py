@@ -55,6 +55,10 @@ ZOO: Dict[str, ZooEntry] = {
     "ssd512_voc": ZooEntry(
         "ssd512_voc.yaml", "lufficc/SSD", "80.7 VOC07 mAP", f"{_LUFFICC}/vgg_ssd512_voc0712.pth"
     ),
+    # ssd.pytorch's SSD300: the same architecture and default boxes as lufficc/SSD's.
+    "ssd300_voc_ssdpytorch": ZooEntry(
+        "ssd300_voc.yaml", "ssd.pytorch", "77.43 VOC07 mAP", f"{_AMDEGROOT}/ssd300_mAP_77.43_v2.pth"
+    ),
     "ssd300_coco": ZooEntry(
         "ssd300_coco.yaml",
         "lufficc/SSD",
