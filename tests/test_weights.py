@@ -383,6 +383,36 @@ def test_unsafe_peer_file_needs_the_flag_on_every_path(weights_server):
     _assert_loaded(predictor.model, expected.state_dict)
 
 
+def test_the_tools_load_through_the_entrance(weights_server, tmp_path):
+    """The demo, plot_evaluation and export read MODEL.WEIGHTS as training does: a peer's
+    URL converted, and a file that needs full unpickling refused unless the flag is set."""
+    from ssd_d2.tools import demo, plot_evaluation
+    from ssd_d2.tools import export as export_tool
+
+    server, published = weights_server
+    url, data = published("mobilenet_v2_ssd320_voc0712_v2.pth")
+    config = "ssdlite320_mobilenet_v2_voc"
+    runner = demo.DemoRunner(load_config(config, "MODEL.WEIGHTS", url))
+    _assert_loaded(runner.predictor.model, _expected("mobilenet_v2_ssd320_voc0712_v2.pth", data))
+
+    unsafe = "lufficc_with_args.pth"
+    torch.save(
+        {**data, "args": argparse.Namespace(lr=1e-3)}, os.path.join(server.directory, unsafe)
+    )
+    cfg = load_config(config, "MODEL.WEIGHTS", f"{server.url}/{unsafe}")
+    with pytest.raises(UnsafeCheckpointError, match="MODEL.ALLOW_UNSAFE_CHECKPOINTS"):
+        demo.DemoRunner(cfg)
+    with pytest.raises(UnsafeCheckpointError, match="MODEL.ALLOW_UNSAFE_CHECKPOINTS"):
+        plot_evaluation.predict_coco_results(cfg, [], None)
+    args = ["--format", "onnx", "--config-file", model_zoo.get_config_file(config)]
+    args += ["--output", str(tmp_path / "m.onnx"), "MODEL.WEIGHTS", cfg.MODEL.WEIGHTS]
+    with pytest.raises(SystemExit, match="MODEL.ALLOW_UNSAFE_CHECKPOINTS"):
+        export_tool.main(args)
+    cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS = True
+    runner = demo.DemoRunner(cfg)
+    _assert_loaded(runner.predictor.model, _expected("mobilenet_v2_ssd320_voc0712_v2.pth", data))
+
+
 # ---------------------------------------------------------------------------------------
 # The model zoo's torchvision entries detect what torchvision's models detect.
 
