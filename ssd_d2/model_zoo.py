@@ -20,7 +20,15 @@ from detectron2.config import CfgNode, get_cfg
 
 from .config import add_ssd_config, merge_from_file_safely
 
-__all__ = ["IMAGENET_BACKBONES", "ZOO", "get", "get_config", "get_config_file", "list_models"]
+__all__ = [
+    "IMAGENET_BACKBONES",
+    "IMAGENET_FILES",
+    "ZOO",
+    "get",
+    "get_config",
+    "get_config_file",
+    "list_models",
+]
 
 _TORCHVISION = "https://download.pytorch.org/models"
 _LUFFICC = "https://github.com/lufficc/SSD/releases/download/1.2"
@@ -34,6 +42,14 @@ IMAGENET_BACKBONES = {
     "build_mobilenet_v2_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v2-b0353104.pth",
     "build_mobilenet_v3_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v3_large-8738ca79.pth",
 }
+
+
+# Every ImageNet file a config starts training from (torchvision's SSD300 starts from its
+# own VGG16 file): weights to train from, not a detector.
+IMAGENET_FILES = (
+    *IMAGENET_BACKBONES.values(),
+    f"{_TORCHVISION}/vgg16_features-amdegroot-88682ab5.pth",
+)
 
 
 @dataclass(frozen=True)

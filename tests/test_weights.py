@@ -386,8 +386,9 @@ def test_unsafe_peer_file_needs_the_flag_on_every_path(weights_server):
 def test_the_tools_load_through_the_entrance(weights_server, tmp_path):
     """The demo, plot_evaluation and export read MODEL.WEIGHTS as training does: a peer's
     URL converted, and a file that needs full unpickling refused unless the flag is set."""
-    from ssd_d2.tools import demo, plot_evaluation
+    from ssd_d2.tools import demo
     from ssd_d2.tools import export as export_tool
+    from ssd_d2.tools import plot_evaluation
 
     server, published = weights_server
     url, data = published("mobilenet_v2_ssd320_voc0712_v2.pth")
@@ -575,3 +576,11 @@ def test_converter_recognises_the_source(name, config, opts, tmp_path, capsys):
     _assert_loaded(model, _expected(name, data))
     with pytest.raises(SystemExit, match="keys are ssd_d2's already"):
         convert_main([output, str(tmp_path / "again.pth")])
+
+
+def test_tools_warn_about_imagenet_weights():
+    from ssd_d2.tools.common import check_weights
+
+    for config in ["ssd300_voc", "ssd300_coco_torchvision", "ssdlite320_mobilenet_v3_coco"]:
+        assert "ImageNet backbone weights" in check_weights(load_config(config))
+        assert check_weights(model_zoo.get_config(config, trained=True)) is None
