@@ -6,6 +6,7 @@ before this package. See README.md, "Install".
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -73,12 +74,33 @@ def opencv_requirement():
     numpy_major = int(installed.get("numpy", "2").split(".")[0])
     return ["opencv-python-headless<4.12" if numpy_major < 2 else "opencv-python-headless"]
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def model_zoo_configs():
+    """
+    configs/ stays at the repository root (users run --config-file configs/...); it ships
+    inside the package as ssd_d2/configs, a link to it (a copy where links are not
+    available), so that ssd_d2.model_zoo finds the configs in a non-editable install.
+    """
+    source = os.path.join(_HERE, "configs")
+    target = os.path.join(_HERE, "ssd_d2", "configs")
+    if os.path.isdir(source) and not os.path.exists(target):
+        try:
+            os.symlink(os.path.join("..", "configs"), target)
+        except OSError:
+            import shutil
+
+            shutil.copytree(source, target)
+    return ["configs/*.yaml"]
+
 
 setup(
     name="ssd_d2",
     version="0.1.0",
     description="The SSD family of one-stage detectors as a Detectron2 project",
     packages=find_packages(exclude=("tests", "tests.*", "benchmarks")),
+    package_data={"ssd_d2": model_zoo_configs()},
     python_requires=">=3.9",
     install_requires=REQUIREMENTS + opencv_requirement(),
     extras_require={

@@ -89,6 +89,11 @@ def add_ssd_config(cfg):
     # torchvision's SSDLite COCO model does; ImageNet-pretrained MobileNetV3 weights need False.
     _C.MODEL.MOBILENET.REDUCED_TAIL = True
 
+    # Whether the architecture's published results start from ImageNet backbone weights
+    # (MODEL.WEIGHTS in its config): training that starts with a randomly initialised
+    # backbone then logs a WARNING. False in configs that train from scratch on purpose.
+    _C.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE = True
+
     # "SGD" (Detectron2's, with SOLVER.MOMENTUM; the published SSD recipes) or "ADAMW".
     _C.SOLVER.OPTIMIZER = "SGD"
 

@@ -267,7 +267,7 @@ def _compare_with_torchvision(ours, theirs, seed):
 
 def test_torchvision_ssd300_detections_equal(torchvision_converted):
     theirs, path, conversion = torchvision_converted
-    assert conversion.config_file.endswith("ssd300_coco.yaml")
+    assert conversion.config_file.endswith("ssd300_coco_torchvision.yaml")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     assert set(checkpoint) == {"model", "__author__", "matching_heuristics"}
     assert checkpoint["matching_heuristics"] is False
@@ -275,7 +275,7 @@ def test_torchvision_ssd300_detections_equal(torchvision_converted):
     # torchvision's inference settings.
     # fmt: off
     cfg = load_config(
-        "ssd300_coco",
+        "ssd300_coco_torchvision",
         "MODEL.SSD.SCORE_THRESH_TEST", "0.01",
         "MODEL.SSD.NMS_THRESH_TEST", "0.45",
         "MODEL.SSD.TOPK_CANDIDATES_TEST", "400",
@@ -344,7 +344,10 @@ def test_torchvision_ssdlite_detections_equal(tmp_path):
     torch.save(theirs.state_dict(), source)
     conversion = main(["--source", "torchvision", source, output])
     assert conversion.config_file.endswith("ssdlite320_mobilenet_v3_coco.yaml")
-    ours = build_model(load_config("ssdlite320_mobilenet_v3_coco")).eval()
+    # torchvision's COCO SSDLite has the reduced tail; the config's ImageNet start does not.
+    assert conversion.config_opts == ["MODEL.MOBILENET.REDUCED_TAIL", "True"]
+    ours = build_model(load_config("ssdlite320_mobilenet_v3_coco", *conversion.config_opts))
+    ours.eval()
     assert_loads_cleanly(ours, output)
 
     # The same normalised input gives the same features, and the same head outputs once

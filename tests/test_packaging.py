@@ -54,7 +54,7 @@ VOC_EVALUATION = textwrap.dedent(
             f.write(
                 f"<annotation><filename>{name}.jpg</filename><size><width>64</width>"
                 f"<height>64</height><depth>3</depth></size><object><name>cat</name>"
-                f"<difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+                f"<pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
                 f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>"
             )
     with open(os.path.join(root, "ImageSets/Main/test.txt"), "w") as f:

@@ -31,8 +31,9 @@ def _capture_model_inputs(model: nn.Module) -> list:
 
 @pytest.mark.parametrize("config_name", MODEL_CONFIGS)
 def test_default_predictor_runs_every_config(config_name):
-    cfg = load_config(config_name)
-    predictor = DefaultPredictor(cfg)  # random weights: no MODEL.WEIGHTS
+    # Random weights: the published configs' ImageNet backbones would be downloaded.
+    cfg = load_config(config_name, "MODEL.WEIGHTS", "")
+    predictor = DefaultPredictor(cfg)
     calls = _capture_model_inputs(predictor.model)
     # A different odd size per config: none is the network's square input.
     rng = np.random.default_rng(MODEL_CONFIGS.index(config_name))

@@ -28,6 +28,9 @@ V3 = "ssdlite320_mobilenet_v3_coco"
 MAPS = [20, 10, 5, 3, 2, 1]
 # torchvision's COCO model has 91 classes with background; in MODEL.SSD.NUM_CLASSES terms, 90.
 TORCHVISION_COCO_CLASSES = "90"
+# torchvision builds its COCO model without ImageNet weights, so with the reduced tail; V3's
+# config starts from ImageNet weights, with the full one.
+TORCHVISION_TAIL = ("MODEL.MOBILENET.REDUCED_TAIL", "True")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,7 +63,9 @@ def test_v2_parameter_count_equals_lufficc():
 
 
 def test_v3_parameter_count_equals_torchvision(torchvision_ssdlite):
-    model = build_model(load_config(V3, "MODEL.SSD.NUM_CLASSES", TORCHVISION_COCO_CLASSES))
+    model = build_model(
+        load_config(V3, "MODEL.SSD.NUM_CLASSES", TORCHVISION_COCO_CLASSES, *TORCHVISION_TAIL)
+    )
     assert _num_params(torchvision_ssdlite) == 3_440_060
     assert _num_params(model) == 3_440_060
 
@@ -92,7 +97,9 @@ def test_v3_computes_what_torchvision_computes(torchvision_ssdlite):
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-    ours = build_model(load_config(V3, "MODEL.SSD.NUM_CLASSES", TORCHVISION_COCO_CLASSES)).eval()
+    ours = build_model(
+        load_config(V3, "MODEL.SSD.NUM_CLASSES", TORCHVISION_COCO_CLASSES, *TORCHVISION_TAIL)
+    ).eval()
     ours.load_state_dict(_torchvision_state_dict_for_ssd_d2(theirs.state_dict()))
 
     image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8, generator=g)

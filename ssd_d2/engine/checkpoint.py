@@ -1,14 +1,28 @@
 import glob
+import logging
 import os
 import pickle
 import tempfile
+from typing import Optional, Set
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["SSDCheckpointer", "UnsafeCheckpointError", "load_checkpoint_file"]
+from ..convert import ConversionError, convert_for_model
+from ..model_zoo import IMAGENET_BACKBONES
+from ..modeling import SSD
+
+__all__ = [
+    "SSDCheckpointer",
+    "UnsafeCheckpointError",
+    "load_checkpoint_file",
+    "load_weights",
+    "warn_if_backbone_uninitialized",
+]
+
+logger = logging.getLogger(__name__)
 
 # Globals a Detectron2 model zoo ".pkl" (a pickle of numpy arrays) may name: array and dtype
 # reconstruction only, nothing that can run code.
@@ -76,8 +90,12 @@ def load_checkpoint_file(filename: str, allow_unsafe: bool = False):
 
 class SSDCheckpointer(DetectionCheckpointer):
     """
-    DetectionCheckpointer whose files survive a process killed while saving, and whose
-    load errors name the file and the fix.
+    The weights entrance of ssd_d2: a DetectionCheckpointer that takes, for an SSD model, a
+    peer's published file (torchvision, lufficc/SSD, ssd.pytorch, the ImageNet backbones
+    they start from) as well as ssd_d2's own checkpoints, recognised from its keys and
+    converted as it is loaded (:func:`ssd_d2.convert.convert_for_model`), from a path or an
+    http(s) URL (downloaded once into Detectron2's cache, ``$FVCORE_CACHE``). Its files
+    survive a process killed while saving, and its load errors name the file and the fix.
 
     Checkpoints and the ``last_checkpoint`` tag are written to a temporary file in the same
     folder and renamed over the target, so the previous checkpoint stays intact until the
@@ -90,6 +108,8 @@ class SSDCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir: str = "", *, allow_unsafe: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.allow_unsafe = allow_unsafe
+        # The model's keys the last load set (None before any load).
+        self.loaded_model_keys: Optional[Set[str]] = None
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -133,7 +153,59 @@ class SSDCheckpointer(DetectionCheckpointer):
                 k: v for k, v in model_state.items() if not k.endswith("num_batches_tracked")
             }
             return {"model": model_state, "__author__": "pycls", "matching_heuristics": True}
-        return data if "model" in data else {"model": data}
+        checkpoint = data if isinstance(data.get("model"), dict) else {"model": data}
+        if isinstance(self.model, SSD):
+            try:
+                checkpoint["model"], source = convert_for_model(
+                    checkpoint["model"], self.model.state_dict(), origin=filename
+                )
+            except ConversionError as e:
+                raise ConversionError(f"Cannot load MODEL.WEIGHTS: {e}") from None
+            if source != "ssd_d2":
+                self.logger.info(f"Converted {filename} from {source}'s layout to ssd_d2's")
+        return checkpoint
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        missing = set(incompatible.missing_keys) if incompatible is not None else set()
+        self.loaded_model_keys = {k for k in self.model.state_dict() if k not in missing}
+        return incompatible
+
+
+def load_weights(model, cfg) -> SSDCheckpointer:
+    """
+    Load ``cfg.MODEL.WEIGHTS`` (a path or URL; empty: nothing) into ``model`` the way every
+    entry point does: through :class:`SSDCheckpointer`, with MODEL.ALLOW_UNSAFE_CHECKPOINTS.
+    Returns the checkpointer (its ``loaded_model_keys`` say what the file set).
+    """
+    checkpointer = SSDCheckpointer(model, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS)
+    checkpointer.load(cfg.MODEL.WEIGHTS)
+    return checkpointer
+
+
+def warn_if_backbone_uninitialized(cfg, loaded_model_keys: Optional[Set[str]]) -> Optional[str]:
+    """
+    Log a WARNING (and return it) when a config whose published results start from ImageNet
+    weights (MODEL.SSD.EXPECT_PRETRAINED_BACKBONE) starts training with a backbone that no
+    file set: MODEL.WEIGHTS empty, or a file without backbone weights.
+    """
+    if not cfg.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE:
+        return None
+    if loaded_model_keys and any(k.startswith("backbone.") for k in loaded_model_keys):
+        return None
+    if cfg.MODEL.WEIGHTS:
+        why = f"MODEL.WEIGHTS ({cfg.MODEL.WEIGHTS}) sets none of the backbone's weights"
+    else:
+        why = "MODEL.WEIGHTS is empty"
+    url = IMAGENET_BACKBONES.get(cfg.MODEL.BACKBONE.NAME)
+    start = f"MODEL.WEIGHTS {url}" if url else "MODEL.WEIGHTS to ImageNet weights of the backbone"
+    message = (
+        f"Training starts from a randomly initialised backbone: {why}. The published results "
+        f"of this architecture start from ImageNet weights: set {start} (the config's default), "
+        "or, to train from scratch on purpose, MODEL.SSD.EXPECT_PRETRAINED_BACKBONE False."
+    )
+    logger.warning(message)
+    return message
 
 
 def _model_zoo_checkpoint(data: dict, logger) -> dict:

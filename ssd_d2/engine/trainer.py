@@ -21,7 +21,7 @@ from ..data import (
     check_dataset_files,
     load_dataset_dicts,
 )
-from .checkpoint import SSDCheckpointer
+from .checkpoint import SSDCheckpointer, warn_if_backbone_uninitialized
 from .compat import TrainerWithState, has_compiled_coco_eval
 
 __all__ = ["SSDTrainer"]
@@ -78,6 +78,13 @@ class SSDTrainer(TrainerWithState):
             trainer=weakref.proxy(self),
         )
         return super().build_hooks()
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if self.start_iter == 0:
+            # A run that starts (not one resumed) from a randomly initialised backbone
+            # cannot reach the published results: say so, with the fix.
+            warn_if_backbone_uninitialized(self.cfg, self.checkpointer.loaded_model_keys)
 
     def train(self):
         # The loader starts its workers at the first batch, at the iteration resumed from.

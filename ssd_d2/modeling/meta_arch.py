@@ -21,6 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..config import settle_device
+from ..convert import convert_for_model, recognize
 from ..ignored_keys import warn_ignored_keys
 from .head import build_ssd_head
 from .nms import grouped_nms
@@ -105,6 +106,9 @@ class SSD(DenseDetector):
         self.input_format = input_format
         # Channels-last convolutions are faster on CPUs (oneDNN) and GPUs (tensor cores).
         self.to(memory_format=torch.channels_last)
+        # Detectron2's own DetectionCheckpointer (DefaultPredictor's) hands MODEL.WEIGHTS to
+        # load_state_dict as it is: a peer's published file is converted there.
+        self.register_load_state_dict_pre_hook(_convert_published_weights)
 
     @classmethod
     def from_config(cls, cfg):
@@ -403,6 +407,23 @@ class SSD(DenseDetector):
             group and candidate indices of the kept boxes, in decreasing score.
         """
         return grouped_nms(boxes, scores, self.test_score_thresh, self.test_nms_thresh)
+
+
+def _convert_published_weights(module: SSD, state_dict, prefix: str, *args) -> None:
+    """
+    A load_state_dict pre-hook: rename, in place, the tensors of a peer's published file
+    (see :func:`ssd_d2.convert.convert_for_model`) to the SSD's own names.
+    """
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    ours = {k[len(prefix) :]: state_dict[k] for k in keys}
+    if not ours or recognize(ours) == "ssd_d2":
+        return
+    converted, _ = convert_for_model(
+        ours, module.state_dict(), origin="The state dict loaded into the SSD model"
+    )
+    for key in keys:
+        del state_dict[key]
+    state_dict.update({prefix + k: v for k, v in converted.items()})
 
 
 def rank_within_images(image_idx: Tensor, num_images: int) -> Tensor:

@@ -7,6 +7,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from ssd_d2 import add_ssd_config  # importing ssd_d2 registers the SSD components
 from ssd_d2.config import merge_from_file_safely
+from ssd_d2.model_zoo import IMAGENET_FILES
 
 __all__ = ["check_weights", "load_config", "save_figure"]
 
@@ -31,7 +32,8 @@ def load_config(config_file: str, opts: Optional[Sequence[str]] = None) -> CfgNo
 def check_weights(cfg: CfgNode) -> Optional[str]:
     """
     Check ``cfg.MODEL.WEIGHTS`` before building a model: returns a warning when it is empty
-    (the model keeps its random initialisation), None when it names a checkpoint.
+    (the model keeps its random initialisation) or names the ImageNet backbone a config
+    trains from (the head is random), None when it names a checkpoint.
 
     Raises:
         FileNotFoundError: when it names a local file that does not exist.
@@ -39,6 +41,13 @@ def check_weights(cfg: CfgNode) -> Optional[str]:
     weights = cfg.MODEL.WEIGHTS
     if not weights:
         return "MODEL.WEIGHTS is empty: the model has random weights."
+    if os.path.basename(weights) in {os.path.basename(url) for url in IMAGENET_FILES}:
+        # A published config's default: what training starts from.
+        return (
+            f"MODEL.WEIGHTS is {os.path.basename(weights)}, ImageNet backbone weights to train "
+            "from: the detection head has random weights. Give a trained model (your "
+            "model_final.pth, or a model zoo URL, see ssd_d2.model_zoo)."
+        )
     # URLs and detectron2:// paths are resolved by Detectron2's checkpointer.
     if "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {weights}")

@@ -31,9 +31,10 @@ import numpy as np
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
+
+from ssd_d2.engine import SSDPredictor
 
 from .common import check_weights, load_config
 
@@ -323,10 +324,10 @@ class CocoDetections:
 
 
 class DemoRunner:
-    """DefaultPredictor plus drawing with the class names of ``cfg.DATASETS.TEST[0]``."""
+    """SSDPredictor (DefaultPredictor with ssd_d2's weights entrance) plus drawing with the class names of ``cfg.DATASETS.TEST[0]``."""
 
     def __init__(self, cfg, scale: float = 1.0):
-        self.predictor = DefaultPredictor(cfg)
+        self.predictor = SSDPredictor(cfg)
         name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(name)
         self.num_classes = cfg.MODEL.SSD.NUM_CLASSES

@@ -26,7 +26,8 @@ from detectron2.modeling import build_model
 
 from ssd_d2 import add_ssd_config  # importing ssd_d2 registers the SSD components
 from ssd_d2.config import merge_from_file_safely, resolve_device
-from ssd_d2.engine import SSDCheckpointer
+from ssd_d2.convert import ConversionError
+from ssd_d2.engine import load_weights
 from ssd_d2.engine.checkpoint import UnsafeCheckpointError
 from ssd_d2.export import (
     DEFAULT_ONNX_OPSET,
@@ -174,10 +175,9 @@ def _export(args: argparse.Namespace) -> Dict[str, object]:
         raise ExportError(f"MODEL.WEIGHTS file not found: {weights}")
     model = build_model(cfg)
     if weights:
-        checkpointer = SSDCheckpointer(model, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS)
         try:
-            checkpointer.load(weights)
-        except (RuntimeError, UnsafeCheckpointError) as e:
+            load_weights(model, cfg)
+        except (RuntimeError, UnsafeCheckpointError, ConversionError) as e:
             raise ExportError(str(e)) from None
     else:
         print("note: MODEL.WEIGHTS is empty: exporting the model's random initialisation")

@@ -27,13 +27,13 @@ from matplotlib.figure import Figure
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 
 from ssd_d2.data import SSDDatasetMapper
+from ssd_d2.engine import load_weights
 
 from .common import check_weights, load_config, save_figure
 
@@ -225,7 +225,7 @@ def plot_evaluation(curves: ClassCurves, title: str = "") -> Figure:
 def predict_coco_results(cfg, dataset_dicts: List[dict], metadata) -> List[dict]:
     """Run the model of ``cfg`` (with MODEL.WEIGHTS) on the images; COCO results."""
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    load_weights(model, cfg)
     mapper = SSDDatasetMapper(cfg, is_train=False)
     reverse_ids = None
     if metadata.get("thing_dataset_id_to_contiguous_id", None):
