@@ -54,12 +54,13 @@ VOC_EVALUATION = textwrap.dedent(
             f.write(
                 f"<annotation><filename>{name}.jpg</filename><size><width>64</width>"
                 f"<height>64</height><depth>3</depth></size><object><name>cat</name>"
-                f"<pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
-                f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>"
+                f"<pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
+                f"<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
+                f"</bndbox></object></annotation>"
             )
     with open(os.path.join(root, "ImageSets/Main/test.txt"), "w") as f:
         f.write("a\\nb\\n")
-    register_pascal_voc("packaging_voc", root, "test", 2007, class_names=["cat", "dog"])
+    register_pascal_voc("packaging_voc", root, "test", 2007, class_names=["cat"])
     evaluator = PascalVOCDetectionEvaluator("packaging_voc")
     evaluator.reset()
     for name, (x0, y0, x1, y1) in boxes.items():
