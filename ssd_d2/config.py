@@ -65,8 +65,16 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.DEFAULT_BOXES.MAX_SIZES = [60, 111, 162, 213, 264, 315]
     # Aspect ratios r > 1 of each level; each adds two boxes, r:1 and 1:r.
     _C.MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
-    # Cap each box's width and height at the image size (centre unchanged).
-    _C.MODEL.SSD.DEFAULT_BOXES.CLIP = True
+    # How boxes that reach past the image are limited, as the source of the weights did:
+    # "center_and_size" (lufficc/SSD, ssd.pytorch: centre and size each clamped to the
+    # image), "size" (torchvision: width and height capped, centre kept) or "none".
+    _C.MODEL.SSD.DEFAULT_BOXES.CLAMP = "center_and_size"
+    _C.register_renamed_key(
+        "MODEL.SSD.DEFAULT_BOXES.CLIP",
+        "MODEL.SSD.DEFAULT_BOXES.CLAMP",
+        message='CLIP: True (width and height capped, torchvision\'s rule) is CLAMP: "size"; '
+        'CLIP: False is CLAMP: "none"; lufficc/SSD\'s rule is CLAMP: "center_and_size".',
+    )
 
     # The VGG16 SSD backbone (build_vgg16_ssd_backbone).
     _C.MODEL.VGG = CN()

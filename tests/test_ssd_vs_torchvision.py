@@ -27,6 +27,9 @@ def models():
             "400",
             "TEST.DETECTIONS_PER_IMAGE",
             "200",
+            # torchvision's default-box rule (ssd300_voc has lufficc/SSD's).
+            "MODEL.SSD.DEFAULT_BOXES.CLAMP",
+            "size",
         )
     )
     theirs = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1)
