@@ -54,6 +54,9 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.NMS_THRESH_TEST = 0.45
     # Inference: candidates kept per class (highest scores) before NMS.
     _C.MODEL.SSD.TOPK_CANDIDATES_TEST = 200
+    # Inference: clip decoded boxes to the image before NMS (torchvision) instead of after it
+    # (lufficc/SSD, ssd.pytorch); boxes past the image overlap differently once clipped.
+    _C.MODEL.SSD.CLIP_BOXES_BEFORE_NMS = False
 
     # Default boxes (priors), one entry per level of IN_FEATURES, in input pixels.
     _C.MODEL.SSD.DEFAULT_BOXES = CN()

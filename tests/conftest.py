@@ -1,4 +1,6 @@
 import os
+import sys
+import tarfile
 
 import pytest
 import torch
@@ -28,3 +30,43 @@ def _fixed_seed():
 def shapes_root(tmp_path_factory):
     """One ssd_shapes cache (SSD_D2_DATASETS) for the tests that run train_net.py."""
     return tmp_path_factory.mktemp("ssd_shapes")
+
+
+# lufficc/SSD, the reference implementation, as a peer to run (never copied): its source at a
+# fixed commit, next to the repository as CI and the development machines have it.
+LUFFICC_ARCHIVE = os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "vendor", "lufficc-SSD-68dc0a2.tar.gz"
+)
+
+
+@pytest.fixture(scope="session")
+def lufficc_root(tmp_path_factory):
+    """
+    lufficc/SSD's source root, extracted once per session and importable as ``ssd``. Fails
+    in CI (``CI`` set) when the archive is missing, skips elsewhere.
+    """
+    archive = os.path.abspath(LUFFICC_ARCHIVE)
+    if not os.path.isfile(archive):
+        message = f"lufficc/SSD's source archive {archive} is missing."
+        if os.environ.get("CI"):
+            pytest.fail(message + " CI must have it: the comparisons with lufficc/SSD need it.")
+        pytest.skip(message)
+    pytest.importorskip("yacs", reason="lufficc/SSD's config needs yacs (the 'test' extra)")
+    target = tmp_path_factory.mktemp("lufficc")
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    root = target / "lufficc-SSD"
+    # Its NMS import compares version strings ('0.29.1' < '0.3.0'): every torchvision that
+    # ssd_d2 runs on has torchvision.ops.nms.
+    nms = root / "ssd" / "utils" / "nms.py"
+    source = nms.read_text()
+    check = "if torchvision.__version__ >= '0.3.0':"
+    assert check in source, f"{nms} no longer has the version check this fixture patches."
+    nms.write_text(source.replace(check, "if True:"))
+    sys.path.insert(0, str(root))
+    try:
+        yield root
+    finally:
+        sys.path.remove(str(root))
+        for name in [m for m in sys.modules if m == "ssd" or m.startswith("ssd.")]:
+            del sys.modules[name]

@@ -27,9 +27,11 @@ def models():
             "400",
             "TEST.DETECTIONS_PER_IMAGE",
             "200",
-            # torchvision's default-box rule (ssd300_voc has lufficc/SSD's).
+            # torchvision's default-box and clipping rules (ssd300_voc has lufficc/SSD's).
             "MODEL.SSD.DEFAULT_BOXES.CLAMP",
             "size",
+            "MODEL.SSD.CLIP_BOXES_BEFORE_NMS",
+            "True",
         )
     )
     theirs = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1)
