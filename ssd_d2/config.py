@@ -113,15 +113,19 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.PHOTOMETRIC.SATURATION_RANGE = (0.5, 1.5)
     # Hue delta in degrees (+-).
     _C.INPUT.SSD.PHOTOMETRIC.HUE_DELTA = 18
+    # Then, with this probability, permute the colour channels (one of the 6 orders, the
+    # identity included), as lufficc/SSD and ssd.pytorch do; 0 disables.
+    _C.INPUT.SSD.PHOTOMETRIC.CHANNEL_SWAP_PROB = 0.5
     # Zoom out: place the image on a canvas up to MAX_RATIO times larger, filled with the
     # pixel mean, with probability PROB.
     _C.INPUT.SSD.EXPAND = CN({"ENABLED": True})
     _C.INPUT.SSD.EXPAND.MAX_RATIO = 4.0
     _C.INPUT.SSD.EXPAND.PROB = 0.5
     # SSD random crop: a crop whose IoU with some box is at least one of MIN_IOUS (sampled
-    # together with "whole image" and "any crop").
+    # together with "whole image" and "any crop"). lufficc/SSD's and ssd.pytorch's set, which
+    # their published models trained with; the SSD paper (and Caffe SSD) add 0.5.
     _C.INPUT.SSD.MIN_IOU_CROP = CN({"ENABLED": True})
-    _C.INPUT.SSD.MIN_IOU_CROP.MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)
+    _C.INPUT.SSD.MIN_IOU_CROP.MIN_IOUS = (0.1, 0.3, 0.7, 0.9)
     # Crop side as a fraction of the image side.
     _C.INPUT.SSD.MIN_IOU_CROP.MIN_CROP_SIZE = 0.3
     # Allowed crop aspect ratios (height / width).

@@ -94,7 +94,9 @@ def _torchvision_coco_ssd300_boxes():
 
 def _coco_ssd300_boxes(clamp):
     cfg = load_config("ssd300_coco", "MODEL.SSD.DEFAULT_BOXES.CLAMP", clamp)
-    return torch.cat([b.tensor for b in SSDDefaultBoxGenerator(cfg, [])(_feature_maps(SSD300_MAPS))])
+    return torch.cat(
+        [b.tensor for b in SSDDefaultBoxGenerator(cfg, [])(_feature_maps(SSD300_MAPS))]
+    )
 
 
 def test_size_clamp_equals_torchvision():
@@ -138,9 +140,11 @@ def test_unknown_clamp_fails_clearly():
 
 def test_the_old_clip_key_names_the_new_one(tmp_path):
     config = tmp_path / "old.yaml"
-    config.write_text('_BASE_: "{}"\nMODEL:\n  SSD:\n    DEFAULT_BOXES:\n      CLIP: True\n'.format(
-        os.path.join(CONFIG_DIR, "ssd300_voc.yaml")
-    ))
+    config.write_text(
+        '_BASE_: "{}"\nMODEL:\n  SSD:\n    DEFAULT_BOXES:\n      CLIP: True\n'.format(
+            os.path.join(CONFIG_DIR, "ssd300_voc.yaml")
+        )
+    )
     cfg = load_config("ssd300_voc")
     with pytest.raises(KeyError, match='MODEL.SSD.DEFAULT_BOXES.CLAMP.*CLAMP: "size"'):
         cfg.merge_from_file(str(config))

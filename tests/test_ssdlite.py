@@ -146,7 +146,9 @@ def test_v2_default_boxes_by_hand():
     # First location of the 20x20 level: step 16, centre (8, 8), sizes 60 and 105.
     torch.testing.assert_close(boxes[0].tensor[:6], cell(8, 8, 60, 105), atol=1e-4, rtol=0)
     # The 3x3 level: lufficc's step 107 puts the centres at 53.5, 160.5 and 267.5.
-    torch.testing.assert_close(boxes[3].tensor[-6:], cell(267.5, 267.5, 195, 240), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        boxes[3].tensor[-6:], cell(267.5, 267.5, 195, 240), atol=1e-4, rtol=0
+    )
     # The 1x1 level: step 320, centre 160; sizes 285 and 330. The 2:1 and 3:1 boxes are
     # wider than 320 px and capped at 320 about that centre.
     expected = cell(160, 160, 285, 330)

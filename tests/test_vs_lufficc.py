@@ -12,10 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
+from ssd_d2.data.dataset_mapper import SSDDatasetMapper
+from ssd_d2.data.transforms import RandomChannelSwap
 from ssd_d2.modeling import SSDDefaultBoxGenerator
 from ssd_d2.tools.convert import convert
 
@@ -325,3 +328,51 @@ def test_torchvision_rules_change_the_detections(lufficc_root, opts):
         _assert_same_detections(
             expected, (instances.pred_boxes.tensor, instances.scores, instances.pred_classes)
         )
+
+
+# -- training augmentation ---------------------------------------------------------------
+
+
+def test_augmentation_settings_are_lufficcs(lufficc_root):
+    from ssd.data.transforms import build_transforms
+
+    cfg = _lufficc_cfg(lufficc_root, "vgg_ssd300_voc0712")
+    theirs = {type(t).__name__: t for t in build_transforms(cfg, is_train=True).transforms}
+    ours = SSDDatasetMapper(load_config("ssd300_voc"), is_train=True).augmentations.augs
+    photometric, swap, expand, crop, flip, resize = ours
+    # The crop's modes: whole image, the min IoUs, any crop.
+    their_modes = [
+        None if mode is None else (-float("inf") if mode[0] is None else mode[0])
+        for mode in theirs["RandomSampleCrop"].sample_options
+    ]
+    assert list(crop.modes) == their_modes
+    assert list(expand.fill) == list(theirs["Expand"].mean) and expand.max_ratio == 4
+    assert resize.size == cfg.INPUT.IMAGE_SIZE and flip.prob == 0.5
+    distortion = theirs["PhotometricDistort"]
+    assert photometric.brightness_delta == distortion.rand_brightness.delta
+    contrast, _, saturation, hue, _, _ = distortion.pd
+    assert photometric.contrast_range == (contrast.lower, contrast.upper)
+    assert photometric.saturation_range == (saturation.lower, saturation.upper)
+    assert photometric.hue_delta == hue.delta
+    assert swap.prob == 0.5
+
+
+def test_channel_swap_draws_as_lufficcs(lufficc_root):
+    from ssd.data.transforms.transforms import RandomLightingNoise
+
+    image = np.arange(3, dtype=np.float32).reshape(1, 1, 3)
+    draws = 6000
+    np.random.seed(0)
+    theirs = [tuple(RandomLightingNoise()(image.copy())[0][0, 0].astype(int)) for _ in range(draws)]
+    swap = RandomChannelSwap(0.5)
+    ours = [
+        tuple(swap(T.AugInput(image.copy())).apply_image(image)[0, 0].astype(int))
+        for _ in range(draws)
+    ]
+    orders = sorted(set(theirs))
+    assert orders == sorted(set(ours)) and len(orders) == 6
+    # Identity 1/2 + 1/12, each other order 1/12: the frequencies agree within sampling noise.
+    for order in orders:
+        expected = 7 / 12 if order == (0, 1, 2) else 1 / 12
+        assert theirs.count(order) / draws == pytest.approx(expected, abs=0.02)
+        assert ours.count(order) / draws == pytest.approx(expected, abs=0.02)
