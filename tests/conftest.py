@@ -4,6 +4,7 @@ import tarfile
 
 import pytest
 import torch
+from torch import nn
 
 from detectron2.config import get_cfg
 
@@ -19,6 +20,19 @@ def load_config(name: str, *opts):
     cfg.merge_from_file(os.path.join(CONFIG_DIR, f"{name}.yaml"))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
     return cfg
+
+
+def conv_init_stats(modules):
+    """(weight shape, Xavier-uniform bound / max |weight|, bias all zero) of each conv."""
+    stats = []
+    for m in modules:
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            bound = (6 / (fan_in + fan_out)) ** 0.5
+            ratio = bound / m.weight.detach().abs().max().item()
+            stats.append((tuple(m.weight.shape), round(ratio, 2), bool((m.bias == 0).all())))
+    return stats
 
 
 @pytest.fixture(autouse=True)

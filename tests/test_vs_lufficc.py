@@ -22,7 +22,7 @@ from ssd_d2.data.transforms import RandomChannelSwap
 from ssd_d2.modeling import SSDDefaultBoxGenerator
 from ssd_d2.tools.convert import convert
 
-from .conftest import CONFIG_DIR, load_config
+from .conftest import CONFIG_DIR, conv_init_stats, load_config
 
 # lufficc/SSD config -> the ssd_d2 config of the same model.
 SHARED_CONFIGS = {
@@ -89,19 +89,6 @@ def test_mobilenet_v2_steps_are_lufficcs(lufficc_root):
     assert list(ours.STEPS) == list(cfg.MODEL.PRIORS.STRIDES) == [16, 32, 64, 107, 160, 320]
 
 
-def _conv_init_stats(modules):
-    """(weight shape, Xavier-uniform bound / max |weight|, bias all zero) of each conv."""
-    stats = []
-    for m in modules:
-        if isinstance(m, nn.Conv2d):
-            fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-            fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-            bound = (6 / (fan_in + fan_out)) ** 0.5
-            ratio = bound / m.weight.detach().abs().max().item()
-            stats.append((tuple(m.weight.shape), round(ratio, 2), bool((m.bias == 0).all())))
-    return stats
-
-
 @pytest.mark.parametrize("theirs, ours", [("vgg_ssd300_voc0712", "ssd300_voc")])
 def test_vgg_extras_and_head_initialised_as_lufficc(lufficc_root, theirs, ours):
     from ssd.modeling.detector import build_detection_model
@@ -110,12 +97,12 @@ def test_vgg_extras_and_head_initialised_as_lufficc(lufficc_root, theirs, ours):
     our_model = build_model(load_config(ours, "MODEL.WEIGHTS", ""))
     # Xavier uniform (weights up to the bound, which thousands of draws nearly reach) and
     # zero biases, in every extra layer and head conv of both.
-    their_extras = _conv_init_stats(their_model.backbone.extras.modules())
-    our_extras = _conv_init_stats(our_model.backbone.extras.modules())
+    their_extras = conv_init_stats(their_model.backbone.extras.modules())
+    our_extras = conv_init_stats(our_model.backbone.extras.modules())
     assert our_extras == their_extras
     assert {(r, b) for _, r, b in our_extras} == {(1.0, True)}
-    their_head = _conv_init_stats(their_model.box_head.predictor.modules())
-    our_head = _conv_init_stats(our_model.head.modules())
+    their_head = conv_init_stats(their_model.box_head.predictor.modules())
+    our_head = conv_init_stats(our_model.head.modules())
     assert sorted(our_head) == sorted(their_head)
     assert {(r, b) for _, r, b in our_head} == {(1.0, True)}
 
