@@ -134,6 +134,10 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.MIN_IOU_CROP.MAX_TRIALS = 50
     # Horizontal flip probability (0 disables).
     _C.INPUT.SSD.FLIP_PROB = 0.5
+    # Train without the objects Pascal VOC marks difficult (read from its XML files for data
+    # sets registered as Detectron2's VOC sets), as lufficc/SSD and ssd.pytorch do; False
+    # trains on them too, as Detectron2's VOC loader does.
+    _C.INPUT.SSD.DROP_VOC_DIFFICULT = True
 
 
 def merge_from_file_safely(cfg, filename: str) -> None:
