@@ -117,6 +117,8 @@ setup(
             "nbformat",
             "ipykernel",
             "psutil",
+            # lufficc/SSD's config system, for the tests that run it as a peer.
+            "yacs",
         ],
     },
 )

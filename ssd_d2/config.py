@@ -60,6 +60,9 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.NMS_THRESH_TEST = 0.45
     # Inference: candidates kept per class (highest scores) before NMS.
     _C.MODEL.SSD.TOPK_CANDIDATES_TEST = 200
+    # Inference: clip decoded boxes to the image before NMS (torchvision) instead of after it
+    # (lufficc/SSD, ssd.pytorch); boxes past the image overlap differently once clipped.
+    _C.MODEL.SSD.CLIP_BOXES_BEFORE_NMS = False
 
     # Default boxes (priors), one entry per level of IN_FEATURES, in input pixels.
     _C.MODEL.SSD.DEFAULT_BOXES = CN()
@@ -71,8 +74,16 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.DEFAULT_BOXES.MAX_SIZES = [60, 111, 162, 213, 264, 315]
     # Aspect ratios r > 1 of each level; each adds two boxes, r:1 and 1:r.
     _C.MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
-    # Cap each box's width and height at the image size (centre unchanged).
-    _C.MODEL.SSD.DEFAULT_BOXES.CLIP = True
+    # How boxes that reach past the image are limited, as the source of the weights did:
+    # "center_and_size" (lufficc/SSD, ssd.pytorch: centre and size each clamped to the
+    # image), "size" (torchvision: width and height capped, centre kept) or "none".
+    _C.MODEL.SSD.DEFAULT_BOXES.CLAMP = "center_and_size"
+    _C.register_renamed_key(
+        "MODEL.SSD.DEFAULT_BOXES.CLIP",
+        "MODEL.SSD.DEFAULT_BOXES.CLAMP",
+        message='CLIP: True (width and height capped, torchvision\'s rule) is CLAMP: "size"; '
+        'CLIP: False is CLAMP: "none"; lufficc/SSD\'s rule is CLAMP: "center_and_size".',
+    )
 
     # The VGG16 SSD backbone (build_vgg16_ssd_backbone).
     _C.MODEL.VGG = CN()
@@ -113,15 +124,19 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.PHOTOMETRIC.SATURATION_RANGE = (0.5, 1.5)
     # Hue delta in degrees (+-).
     _C.INPUT.SSD.PHOTOMETRIC.HUE_DELTA = 18
+    # Then, with this probability, permute the colour channels (one of the 6 orders, the
+    # identity included), as lufficc/SSD and ssd.pytorch do; 0 disables.
+    _C.INPUT.SSD.PHOTOMETRIC.CHANNEL_SWAP_PROB = 0.5
     # Zoom out: place the image on a canvas up to MAX_RATIO times larger, filled with the
     # pixel mean, with probability PROB.
     _C.INPUT.SSD.EXPAND = CN({"ENABLED": True})
     _C.INPUT.SSD.EXPAND.MAX_RATIO = 4.0
     _C.INPUT.SSD.EXPAND.PROB = 0.5
     # SSD random crop: a crop whose IoU with some box is at least one of MIN_IOUS (sampled
-    # together with "whole image" and "any crop").
+    # together with "whole image" and "any crop"). lufficc/SSD's and ssd.pytorch's set, which
+    # their published models trained with; the SSD paper (and Caffe SSD) add 0.5.
     _C.INPUT.SSD.MIN_IOU_CROP = CN({"ENABLED": True})
-    _C.INPUT.SSD.MIN_IOU_CROP.MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)
+    _C.INPUT.SSD.MIN_IOU_CROP.MIN_IOUS = (0.1, 0.3, 0.7, 0.9)
     # Crop side as a fraction of the image side.
     _C.INPUT.SSD.MIN_IOU_CROP.MIN_CROP_SIZE = 0.3
     # Allowed crop aspect ratios (height / width).
@@ -130,6 +145,10 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.MIN_IOU_CROP.MAX_TRIALS = 50
     # Horizontal flip probability (0 disables).
     _C.INPUT.SSD.FLIP_PROB = 0.5
+    # Train without the objects Pascal VOC marks difficult (read from its XML files for data
+    # sets registered as Detectron2's VOC sets), as lufficc/SSD and ssd.pytorch do; False
+    # trains on them too, as Detectron2's VOC loader does.
+    _C.INPUT.SSD.DROP_VOC_DIFFICULT = True
 
 
 def resolve_device(device: str) -> str:

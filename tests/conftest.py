@@ -1,7 +1,11 @@
+import importlib.util
 import os
+import sys
+import tarfile
 
 import pytest
 import torch
+from torch import nn
 
 from detectron2.config import get_cfg
 
@@ -19,6 +23,19 @@ def load_config(name: str, *opts):
     return cfg
 
 
+def conv_init_stats(modules):
+    """(weight shape, Xavier-uniform bound / max |weight|, bias all zero) of each conv."""
+    stats = []
+    for m in modules:
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            bound = (6 / (fan_in + fan_out)) ** 0.5
+            ratio = bound / m.weight.detach().abs().max().item()
+            stats.append((tuple(m.weight.shape), round(ratio, 2), bool((m.bias == 0).all())))
+    return stats
+
+
 @pytest.fixture(autouse=True)
 def _fixed_seed():
     torch.manual_seed(0)
@@ -28,3 +45,52 @@ def _fixed_seed():
 def shapes_root(tmp_path_factory):
     """One ssd_shapes cache (SSD_D2_DATASETS) for the tests that run train_net.py."""
     return tmp_path_factory.mktemp("ssd_shapes")
+
+
+# lufficc/SSD, the reference implementation, as a peer to run (never copied): its source at a
+# fixed commit, next to the repository as CI and the development machines have it, or where
+# SSD_D2_LUFFICC_ARCHIVE points.
+LUFFICC_ARCHIVE = os.environ.get(
+    "SSD_D2_LUFFICC_ARCHIVE",
+    os.path.join(
+        os.path.dirname(__file__), "..", "..", "shared", "vendor", "lufficc-SSD-68dc0a2.tar.gz"
+    ),
+)
+
+
+@pytest.fixture(scope="session")
+def lufficc_root(tmp_path_factory):
+    """
+    lufficc/SSD's source root, extracted once per session and importable as ``ssd``. Fails
+    in CI (``CI`` set) when the archive is missing, skips elsewhere.
+    """
+    archive = os.path.abspath(LUFFICC_ARCHIVE)
+    missing = None
+    if not os.path.isfile(archive):
+        missing = f"lufficc/SSD's source archive {archive} is missing."
+    elif importlib.util.find_spec("yacs") is None:
+        missing = "lufficc/SSD's config needs yacs: pip install -e '.[test]'."
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing + " CI runs the comparisons with lufficc/SSD.")
+        pytest.skip(missing)
+    target = tmp_path_factory.mktemp("lufficc")
+    with tarfile.open(archive) as tar:
+        # The "data" filter (refuse links and paths out of the target) where Python has it.
+        kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(target, **kwargs)
+    root = target / "lufficc-SSD"
+    # Its NMS import compares version strings ('0.29.1' < '0.3.0'): every torchvision that
+    # ssd_d2 runs on has torchvision.ops.nms.
+    nms = root / "ssd" / "utils" / "nms.py"
+    source = nms.read_text()
+    check = "if torchvision.__version__ >= '0.3.0':"
+    assert check in source, f"{nms} no longer has the version check this fixture patches."
+    nms.write_text(source.replace(check, "if True:"))
+    sys.path.insert(0, str(root))
+    try:
+        yield root
+    finally:
+        sys.path.remove(str(root))
+        for name in [m for m in sys.modules if m == "ssd" or m.startswith("ssd.")]:
+            del sys.modules[name]

@@ -272,7 +272,7 @@ def test_torchvision_ssd300_detections_equal(torchvision_converted):
     assert set(checkpoint) == {"model", "__author__", "matching_heuristics"}
     assert checkpoint["matching_heuristics"] is False
 
-    # torchvision's inference settings.
+    # torchvision's inference settings and rules (ssd300_coco has lufficc/SSD's).
     # fmt: off
     cfg = load_config(
         "ssd300_coco_torchvision",
@@ -280,6 +280,8 @@ def test_torchvision_ssd300_detections_equal(torchvision_converted):
         "MODEL.SSD.NMS_THRESH_TEST", "0.45",
         "MODEL.SSD.TOPK_CANDIDATES_TEST", "400",
         "TEST.DETECTIONS_PER_IMAGE", "200",
+        "MODEL.SSD.DEFAULT_BOXES.CLAMP", "size",
+        "MODEL.SSD.CLIP_BOXES_BEFORE_NMS", "True",
     )
     # fmt: on
     ours = build_model(cfg).eval()

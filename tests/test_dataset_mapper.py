@@ -14,6 +14,7 @@ from ssd_d2.config import add_ssd_config
 from ssd_d2.data.dataset_mapper import SSDDatasetMapper
 from ssd_d2.data.transforms import (
     MinIoURandomCrop,
+    RandomChannelSwap,
     RandomExpand,
     RandomPhotometricDistortion,
     SquareResize,
@@ -145,20 +146,33 @@ def test_from_config_switches():
         mapper = SSDDatasetMapper(_cfg(*opts), is_train=is_train)
         return [type(a) for a in mapper.augmentations.augs]
 
-    all_types = [RandomPhotometricDistortion, RandomExpand, MinIoURandomCrop, T.RandomFlip]
+    all_types = [
+        RandomPhotometricDistortion,
+        RandomChannelSwap,
+        RandomExpand,
+        MinIoURandomCrop,
+        T.RandomFlip,
+    ]
     assert augmentation_types() == all_types + [SquareResize]
-    for i, key in enumerate(["PHOTOMETRIC", "EXPAND", "MIN_IOU_CROP"]):
-        types = augmentation_types(f"INPUT.SSD.{key}.ENABLED", False)
-        assert types == all_types[:i] + all_types[i + 1 :] + [SquareResize]
-    assert augmentation_types("INPUT.SSD.FLIP_PROB", 0.0) == all_types[:3] + [SquareResize]
+    # Disabling the photometric distortion disables its channel swap too.
+    switches = {"PHOTOMETRIC": all_types[2:], "EXPAND": all_types[:2] + all_types[3:]}
+    switches["MIN_IOU_CROP"] = all_types[:3] + all_types[4:]
+    for key, types in switches.items():
+        assert augmentation_types(f"INPUT.SSD.{key}.ENABLED", False) == types + [SquareResize]
+    assert augmentation_types("INPUT.SSD.PHOTOMETRIC.CHANNEL_SWAP_PROB", 0.0) == [
+        t for t in all_types if t is not RandomChannelSwap
+    ] + [SquareResize]
+    assert augmentation_types("INPUT.SSD.FLIP_PROB", 0.0) == all_types[:4] + [SquareResize]
     assert augmentation_types(*_no_random_augmentations()) == [SquareResize]
     assert augmentation_types(is_train=False) == []
 
     mapper = SSDDatasetMapper(_cfg(), is_train=True)
-    photometric, expand, crop, flip, resize = mapper.augmentations.augs
+    photometric, swap, expand, crop, flip, resize = mapper.augmentations.augs
     assert photometric.image_format == "RGB" and photometric.brightness_delta == 32
+    assert swap.prob == 0.5
     assert expand.fill == (123.0, 117.0, 104.0) and expand.max_ratio == 4.0
-    assert crop.min_ious == (0.1, 0.3, 0.5, 0.7, 0.9) and crop.max_trials == 50
+    # lufficc/SSD's crop modes: no 0.5.
+    assert crop.min_ious == (0.1, 0.3, 0.7, 0.9) and crop.max_trials == 50
     assert flip.prob == 0.5 and resize.size == IMAGE_SIZE
 
 

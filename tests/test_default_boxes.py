@@ -1,4 +1,5 @@
 import math
+import os
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from ssd_d2.modeling import SSDDefaultBoxGenerator
 
-from .conftest import load_config
+from .conftest import CONFIG_DIR, load_config
 
 SSD300_MAPS = [38, 19, 10, 5, 3, 1]
 SSD512_MAPS = [64, 32, 16, 8, 4, 2, 1]
@@ -81,17 +82,74 @@ def test_voc_ssd300_boxes_by_hand():
     torch.testing.assert_close(boxes[5].tensor, expected, atol=1e-4, rtol=0)
 
 
-def test_coco_ssd300_boxes_equal_torchvision():
-    ours = torch.cat([b.tensor for b in _generator("ssd300_coco")(_feature_maps(SSD300_MAPS))])
-    theirs = DefaultBoxGenerator(
+def _torchvision_coco_ssd300_boxes():
+    generator = DefaultBoxGenerator(
         [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
         scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
         steps=[8, 16, 32, 64, 100, 300],
     )
     images = ImageList(torch.zeros(1, 3, 300, 300), [(300, 300)])
-    theirs = theirs(images, _feature_maps(SSD300_MAPS))[0]
+    return generator(images, _feature_maps(SSD300_MAPS))[0]
+
+
+def _coco_ssd300_boxes(clamp):
+    cfg = load_config("ssd300_coco", "MODEL.SSD.DEFAULT_BOXES.CLAMP", clamp)
+    return torch.cat(
+        [b.tensor for b in SSDDefaultBoxGenerator(cfg, [])(_feature_maps(SSD300_MAPS))]
+    )
+
+
+def test_size_clamp_equals_torchvision():
+    ours, theirs = _coco_ssd300_boxes("size"), _torchvision_coco_ssd300_boxes()
     assert ours.shape == theirs.shape == (8732, 4)
     assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_center_and_size_clamp_moves_the_centres_past_the_edge():
+    assert load_config("ssd300_coco").MODEL.SSD.DEFAULT_BOXES.CLAMP == "center_and_size"
+    ours, theirs = _coco_ssd300_boxes("center_and_size"), _torchvision_coco_ssd300_boxes()
+    differs = (ours - theirs).abs().max(dim=1).values > 1e-4
+    # Only the 10x10 level (step 32) has centres past 300 px: 9.5 * 32 = 304 in its last
+    # row and column, 19 locations of 6 boxes. They move to 300, sizes unchanged.
+    level_2 = slice(5776 + 2166, 5776 + 2166 + 600)
+    assert differs.sum().item() == 19 * 6 == differs[level_2].sum().item()
+    centres = lambda b: (b[:, :2] + b[:, 2:]) / 2  # noqa: E731
+    assert set(centres(theirs[differs]).flatten().tolist()) <= {304.0} | set(
+        centres(theirs[level_2]).flatten().tolist()
+    )
+    assert centres(ours[differs]).max().item() == pytest.approx(300)
+    sizes = lambda b: b[:, 2:] - b[:, :2]  # noqa: E731
+    torch.testing.assert_close(sizes(ours), sizes(theirs), atol=1e-4, rtol=0)
+
+
+def test_no_clamp_keeps_boxes_wider_than_the_image():
+    def widths(clamp):
+        boxes = _coco_ssd300_boxes(clamp)
+        return boxes[:, 2:] - boxes[:, :2]
+
+    # The 1x1 level's 2:1 box is 261 * sqrt(2) = 369 px wide.
+    assert widths("none").max().item() == pytest.approx(261 * math.sqrt(2), abs=1e-3)
+    assert widths("size").max().item() == widths("center_and_size").max().item() == 300
+
+
+def test_unknown_clamp_fails_clearly():
+    cfg = load_config("ssd300_voc", "MODEL.SSD.DEFAULT_BOXES.CLAMP", "both")
+    with pytest.raises(ValueError, match="MODEL.SSD.DEFAULT_BOXES.CLAMP.*center_and_size"):
+        SSDDefaultBoxGenerator(cfg, [])
+
+
+def test_the_old_clip_key_names_the_new_one(tmp_path):
+    config = tmp_path / "old.yaml"
+    config.write_text(
+        '_BASE_: "{}"\nMODEL:\n  SSD:\n    DEFAULT_BOXES:\n      CLIP: True\n'.format(
+            os.path.join(CONFIG_DIR, "ssd300_voc.yaml")
+        )
+    )
+    cfg = load_config("ssd300_voc")
+    with pytest.raises(KeyError, match='MODEL.SSD.DEFAULT_BOXES.CLAMP.*CLAMP: "size"'):
+        cfg.merge_from_file(str(config))
+    with pytest.raises(KeyError, match="MODEL.SSD.DEFAULT_BOXES.CLAMP"):
+        load_config("ssd300_voc", "MODEL.SSD.DEFAULT_BOXES.CLIP", "False")
 
 
 def test_steps_that_disagree_with_the_feature_maps_fail_clearly():

@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
-from .conftest import load_config
+from .conftest import conv_init_stats, load_config
 
 NUM_CLASSES = 20  # foreground; torchvision counts background too (21)
 
@@ -27,6 +27,11 @@ def models():
             "400",
             "TEST.DETECTIONS_PER_IMAGE",
             "200",
+            # torchvision's default-box and clipping rules (ssd300_voc has lufficc/SSD's).
+            "MODEL.SSD.DEFAULT_BOXES.CLAMP",
+            "size",
+            "MODEL.SSD.CLIP_BOXES_BEFORE_NMS",
+            "True",
         )
     )
     theirs = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1)
@@ -180,3 +185,16 @@ def _assert_same_detections(a, b, box_tol=1e-3, score_tol=1e-5):
     distance += (scores_a[:, None] - scores_b[None]).abs() / score_tol * box_tol
     distance[classes_a[:, None] != classes_b[None]] = float("inf")
     assert distance.min(dim=1).values.max() <= 2 * box_tol
+
+
+def test_vgg_fc_and_extras_initialised_as_torchvision(models):
+    ours, theirs = models
+    # torchvision's extra[0] is conv5 (ImageNet layers, PyTorch's init) then fc6/fc7.
+    their_fc = theirs.backbone.extra[0][-1]
+    their_stats = conv_init_stats(
+        list(their_fc.modules()) + list(theirs.backbone.extra[1:].modules())
+    )
+    our_fc = [m for m in ours.backbone.vgg if isinstance(m, torch.nn.Conv2d)][-2:]
+    our_stats = conv_init_stats(our_fc + list(ours.backbone.extras.modules()))
+    assert our_stats == their_stats
+    assert {(r, b) for _, r, b in our_stats} == {(1.0, True)}

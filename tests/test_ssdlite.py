@@ -146,17 +146,21 @@ def test_v2_default_boxes_by_hand():
         for r in (2, 3):
             w, h = min_size * math.sqrt(r), min_size / math.sqrt(r)
             sizes += [(w, h), (h, w)]
-        # Width and height are capped at the image size, the centre kept (lufficc's clip).
+        # Width and height are capped at the image size; no centre lies past the image.
         sizes = [(min(w, image_size), min(h, image_size)) for w, h in sizes]
         return torch.tensor([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2] for w, h in sizes])
 
     # First location of the 20x20 level: step 16, centre (8, 8), sizes 60 and 105.
     torch.testing.assert_close(boxes[0].tensor[:6], cell(8, 8, 60, 105), atol=1e-4, rtol=0)
-    # The 1x1 level: lufficc's step 300 puts its centre at 150, not 160; sizes 285 and 330.
-    # The 2:1 and 3:1 boxes are wider than 320 px and clipped to 320 about that centre.
-    expected = cell(150, 150, 285, 330)
+    # The 3x3 level: lufficc's step 107 puts the centres at 53.5, 160.5 and 267.5.
+    torch.testing.assert_close(
+        boxes[3].tensor[-6:], cell(267.5, 267.5, 195, 240), atol=1e-4, rtol=0
+    )
+    # The 1x1 level: step 320, centre 160; sizes 285 and 330. The 2:1 and 3:1 boxes are
+    # wider than 320 px and capped at 320 about that centre.
+    expected = cell(160, 160, 285, 330)
     assert expected[2].tolist() == pytest.approx(
-        [-10, 150 - 285 / math.sqrt(2) / 2, 310, 150 + 285 / math.sqrt(2) / 2]
+        [0, 160 - 285 / math.sqrt(2) / 2, 320, 160 + 285 / math.sqrt(2) / 2]
     )
     torch.testing.assert_close(boxes[5].tensor, expected, atol=1e-4, rtol=0)
 

@@ -8,8 +8,10 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, pairwise_iou
 
 from ssd_d2.data.transforms import (
+    ChannelSwapTransform,
     ExpandTransform,
     MinIoURandomCrop,
+    RandomChannelSwap,
     RandomExpand,
     RandomPhotometricDistortion,
     SeededColorAugSSDTransform,
@@ -297,3 +299,19 @@ def test_square_resize_of_a_flipped_view():
     assert result.shape == (64, 64, 3) and result.flags["C_CONTIGUOUS"]
     assert np.abs(result.astype(int) - expected.astype(int)).max() <= 1
     assert not np.array_equal(result, resize.apply_image(image))  # it is mirrored
+
+
+def test_channel_swap_permutes_channels_and_keeps_boxes():
+    image = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    transform = ChannelSwapTransform((2, 0, 1))
+    swapped = transform.apply_image(image)
+    np.testing.assert_array_equal(swapped, image[:, :, [2, 0, 1]])
+    np.testing.assert_array_equal(transform.inverse().apply_image(swapped), image)
+    boxes = np.array([[1.0, 2.0, 3.0, 4.0]])
+    np.testing.assert_array_equal(transform.apply_box(boxes), boxes)
+
+
+def test_channel_swap_probability_zero_never_swaps():
+    image = np.zeros((2, 2, 3), dtype=np.uint8)
+    swap = RandomChannelSwap(0.0)
+    assert all(isinstance(swap.get_transform(image), T.NoOpTransform) for _ in range(50))

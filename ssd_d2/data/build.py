@@ -235,7 +235,8 @@ def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
     """
     The SSD training loader: the data sets of ``cfg.DATASETS.TRAIN`` loaded and checked
     (:func:`~ssd_d2.data.validation.check_dataset_dicts`, a report per data set in the log),
-    images without boxes dropped if ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``, then batches
+    Pascal VOC's difficult objects dropped if ``INPUT.SSD.DROP_VOC_DIFFICULT``, images
+    without boxes dropped if ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``, then batches
     seeded by ``cfg.SEED`` and the iteration (:class:`SeededTrainingStream`).
 
     Batches are not grouped by aspect ratio (``DATALOADER.ASPECT_RATIO_GROUPING`` is not
@@ -246,6 +247,7 @@ def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
     from detectron2.data.detection_utils import check_metadata_consistency
 
     from .dataset_mapper import SSDDatasetMapper
+    from .datasets import drop_voc_difficult
     from .validation import check_dataset_dicts, load_dataset_dicts
 
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
@@ -255,8 +257,16 @@ def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
         )
     dataset_dicts = []
     for name in cfg.DATASETS.TRAIN:
+        dicts = load_dataset_dicts(name)
+        if cfg.INPUT.SSD.DROP_VOC_DIFFICULT:
+            dicts, dropped = drop_voc_difficult(name, dicts)
+            if dropped:
+                logger.info(
+                    f"{name}: dropped {dropped} objects marked difficult "
+                    "(INPUT.SSD.DROP_VOC_DIFFICULT)."
+                )
         dicts, report = check_dataset_dicts(
-            load_dataset_dicts(name), num_classes=cfg.MODEL.SSD.NUM_CLASSES, dataset_name=name
+            dicts, num_classes=cfg.MODEL.SSD.NUM_CLASSES, dataset_name=name
         )
         logger.info(report.summary())
         dataset_dicts.extend(dicts)

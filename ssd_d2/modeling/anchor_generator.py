@@ -9,7 +9,21 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY
 from detectron2.structures import Boxes
 
-__all__ = ["SSDDefaultBoxGenerator"]
+__all__ = ["SSDDefaultBoxGenerator", "DEFAULT_BOX_CLAMPS"]
+
+# MODEL.SSD.DEFAULT_BOXES.CLAMP: how default boxes that reach past the image are limited.
+# Published weights were trained with one of these rules, and the boxes must match it.
+DEFAULT_BOX_CLAMPS = (
+    # lufficc/SSD and ssd.pytorch: the centre and the size each clamped to [0, image size]
+    # (their priors are (cx, cy, w, h) clamped to [0, 1]); a centre past the image edge, e.g.
+    # at 304 px on SSD300's 10x10 level (step 32), moves to the edge.
+    "center_and_size",
+    # torchvision (DefaultBoxGenerator(clip=True)): width and height capped at the image
+    # size, centres kept where the steps put them.
+    "size",
+    # No limit.
+    "none",
+)
 
 
 def _cell_box_sizes(min_size: float, max_size: float, aspect_ratios: Sequence[float]):
@@ -47,7 +61,7 @@ class SSDDefaultBoxGenerator(nn.Module):
         min_sizes: List[float],
         max_sizes: List[float],
         aspect_ratios: List[List[float]],
-        clip: bool = True,
+        clamp: str = "center_and_size",
     ):
         """
         Args:
@@ -56,8 +70,8 @@ class SSDDefaultBoxGenerator(nn.Module):
             min_sizes, max_sizes: per level, the sides of the two square boxes are
                 min_size and sqrt(min_size * max_size).
             aspect_ratios: per level, ratios r > 1, each adding an r:1 and a 1:r box.
-            clip: cap each box's width and height at the image size, keeping its centre, as
-                the published SSD models do.
+            clamp: one of :data:`DEFAULT_BOX_CLAMPS`: "center_and_size" (lufficc/SSD and
+                ssd.pytorch), "size" (torchvision) or "none".
         """
         super().__init__()
         num_levels = len(steps)
@@ -73,9 +87,15 @@ class SSDDefaultBoxGenerator(nn.Module):
                     f"MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS[{level}] = {list(ratios)}: give each "
                     "ratio as r >= 1; the 1:r box is added for it."
                 )
+        if clamp not in DEFAULT_BOX_CLAMPS:
+            raise ValueError(
+                f"MODEL.SSD.DEFAULT_BOXES.CLAMP = {clamp!r}; choose one of {DEFAULT_BOX_CLAMPS}: "
+                '"center_and_size" for lufficc/SSD and ssd.pytorch weights, "size" for '
+                "torchvision's."
+            )
         self.image_size = image_size
         self.steps = [float(s) for s in steps]
-        self.clip = clip
+        self.clamp = clamp
         self.cell_sizes = [
             _cell_box_sizes(mn, mx, ratios)
             for mn, mx, ratios in zip(min_sizes, max_sizes, aspect_ratios)
@@ -91,7 +111,7 @@ class SSDDefaultBoxGenerator(nn.Module):
             "min_sizes": boxes.MIN_SIZES,
             "max_sizes": boxes.MAX_SIZES,
             "aspect_ratios": boxes.ASPECT_RATIOS,
-            "clip": boxes.CLIP,
+            "clamp": boxes.CLAMP,
         }
 
     @property
@@ -114,10 +134,12 @@ class SSDDefaultBoxGenerator(nn.Module):
                 "steps match the backbone's feature maps at this image size."
             )
         wh = torch.tensor(self.cell_sizes[level], dtype=torch.float64)
-        if self.clip:
-            wh = wh.clamp(max=self.image_size)
         ys = (torch.arange(height, dtype=torch.float64) + 0.5) * step
         xs = (torch.arange(width, dtype=torch.float64) + 0.5) * step
+        if self.clamp != "none":
+            wh = wh.clamp(max=self.image_size)
+        if self.clamp == "center_and_size":
+            ys, xs = ys.clamp(max=self.image_size), xs.clamp(max=self.image_size)
         cy, cx = torch.meshgrid(ys, xs, indexing="ij")
         centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2)  # (H*W, 1, 2)
         half = wh.view(1, -1, 2) / 2  # (1, A, 2)

@@ -59,6 +59,7 @@ class SSD(DenseDetector):
         test_score_thresh: float = 0.01,
         test_topk_candidates: int = 200,
         test_nms_thresh: float = 0.45,
+        clip_boxes_before_nms: bool = False,
         max_detections_per_image: int = 100,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
@@ -79,6 +80,9 @@ class SSD(DenseDetector):
             smooth_l1_beta: transition point of the smooth L1 box loss.
             test_score_thresh, test_topk_candidates, test_nms_thresh: inference filtering:
                 score threshold and top-k candidates per class, then class-wise NMS.
+            clip_boxes_before_nms: clip decoded boxes to the image before NMS (torchvision)
+                rather than after it (lufficc/SSD, ssd.pytorch): boxes that reach past the
+                image overlap others differently once clipped.
             max_detections_per_image: detections returned per image.
             pixel_mean, pixel_std: input normalisation, in ``input_format`` channel order.
             input_format: channel order of the images ("RGB" or "BGR").
@@ -102,6 +106,7 @@ class SSD(DenseDetector):
         self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
+        self.clip_boxes_before_nms = clip_boxes_before_nms
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
         # Channels-last convolutions are faster on CPUs (oneDNN) and GPUs (tensor cores).
@@ -149,6 +154,7 @@ class SSD(DenseDetector):
             "test_score_thresh": cfg.MODEL.SSD.SCORE_THRESH_TEST,
             "test_topk_candidates": cfg.MODEL.SSD.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": cfg.MODEL.SSD.NMS_THRESH_TEST,
+            "clip_boxes_before_nms": cfg.MODEL.SSD.CLIP_BOXES_BEFORE_NMS,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -355,8 +361,9 @@ class SSD(DenseDetector):
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """
         Inference on tensors only, shared by eager inference and the exported models
-        (ssd_d2.export): decode and clip the boxes, take the top-k candidates of each class
-        and image, NMS them (``per_class_nms``), keep each image's best detections.
+        (ssd_d2.export): decode the boxes, take the top-k candidates of each class and image,
+        NMS them (``per_class_nms``), keep each image's best detections, clipped to the image
+        (before NMS with ``clip_boxes_before_nms``, after it otherwise).
 
         Args:
             anchors: (R, 4) default boxes; pred_logits: (N, R, K + 1); pred_deltas: (N, R, 4).
@@ -372,9 +379,9 @@ class SSD(DenseDetector):
         boxes = self.box2box_transform.apply_deltas(
             pred_deltas.reshape(-1, 4), anchors.repeat(num_images, 1)
         )
-        boxes = Boxes(boxes)
-        boxes.clip((self.image_size, self.image_size))
-        boxes = boxes.tensor.view(num_images, num_boxes, 4)
+        if self.clip_boxes_before_nms:
+            boxes = self._clip(boxes)
+        boxes = boxes.view(num_images, num_boxes, 4)
 
         k = min(self.test_topk_candidates, num_boxes)
         top_scores, top_anchor = scores.transpose(1, 2).topk(k, dim=2)  # (N, K, k)
@@ -389,11 +396,17 @@ class SSD(DenseDetector):
         keep = rank_within_images(image_idx, num_images) < self.max_detections_per_image
         group_idx, rank_idx, image_idx = group_idx[keep], rank_idx[keep], image_idx[keep]
         return (
-            top_boxes[group_idx, rank_idx],
+            self._clip(top_boxes[group_idx, rank_idx]),
             top_scores[group_idx, rank_idx],
             group_idx - image_idx * self.num_classes,
             image_idx,
         )
+
+    def _clip(self, boxes: Tensor) -> Tensor:
+        """(M, 4) boxes clipped to the network input."""
+        boxes = Boxes(boxes)
+        boxes.clip((self.image_size, self.image_size))
+        return boxes.tensor
 
     def per_class_nms(self, boxes: Tensor, scores: Tensor) -> Tuple[Tensor, Tensor]:
         """

@@ -1,4 +1,4 @@
-"""Data sets: the embedded ssd_shapes set, and checks for Detectron2's built-in ones."""
+"""Data sets: the embedded ssd_shapes set, checks for Detectron2's built-in ones, VOC flags."""
 
 from .builtin import check_dataset_files
 from .shapes import (
@@ -8,6 +8,7 @@ from .shapes import (
     register_shapes_dataset,
     shapes_dataset_root,
 )
+from .voc import drop_voc_difficult, voc_difficult_flags
 
 __all__ = [
     "check_dataset_files",
@@ -16,4 +17,6 @@ __all__ = [
     "generate_shapes_dataset",
     "register_shapes_dataset",
     "shapes_dataset_root",
+    "drop_voc_difficult",
+    "voc_difficult_flags",
 ]

@@ -33,6 +33,16 @@ def _conv(in_channels, out_channels, norm: str, **kwargs) -> List[nn.Module]:
     return layers + [nn.ReLU(inplace=True)]
 
 
+def _xavier_init(modules: List[nn.Module]) -> None:
+    """Xavier-uniform weights and zero biases for every conv in ``modules``."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+
 def _vgg16_layers(width_mult: float, norm: str) -> Tuple[nn.Sequential, int]:
     """VGG16 up to fc7, and the index of the layer whose output is conv4_3's."""
     layers: List[nn.Module] = []
@@ -52,9 +62,13 @@ def _vgg16_layers(width_mult: float, norm: str) -> Tuple[nn.Sequential, int]:
     # pool5 keeps the resolution; fc6 and fc7 become a dilated 3x3 and a 1x1 conv.
     fc_channels = _scaled(1024, width_mult)
     layers.append(nn.MaxPool2d(kernel_size=3, stride=1, padding=1))
-    layers += _conv(in_channels, fc_channels, norm, kernel_size=3, padding=6, dilation=6)
-    layers += _conv(fc_channels, fc_channels, norm, kernel_size=1)
-    return nn.Sequential(*layers), conv4_3_index
+    fc = _conv(in_channels, fc_channels, norm, kernel_size=3, padding=6, dilation=6)
+    fc += _conv(fc_channels, fc_channels, norm, kernel_size=1)
+    # ImageNet VGG16 files give conv1-conv5 (torchvision's vgg16_features has no fc6/fc7):
+    # fc6 and fc7 start from torchvision SSD's Xavier init (lufficc/SSD loads them from
+    # vgg16_reducedfc.pth instead, which then overwrites this).
+    _xavier_init(fc)
+    return nn.Sequential(*layers, *fc), conv4_3_index
 
 
 class L2Norm(nn.Module):
@@ -130,6 +144,9 @@ class VGG16SSD(Backbone):
             in_channels = out
             channels.append(out)
         self.extras = nn.ModuleList(extras)
+        # The extra layers are in no ImageNet file: Xavier-uniform weights and zero biases,
+        # as lufficc/SSD, ssd.pytorch and torchvision initialise them.
+        _xavier_init(extras)
 
         self._out_features = out_features
         # Nominal strides (powers of two); the default-box steps of the config give the

@@ -1,0 +1,49 @@
+"""Pascal VOC's "difficult" flags, which Detectron2's VOC loader reads past."""
+
+import os
+import xml.etree.ElementTree as ET
+from typing import List, Tuple
+
+from detectron2.data import MetadataCatalog
+from detectron2.utils.file_io import PathManager
+
+__all__ = ["voc_difficult_flags", "drop_voc_difficult"]
+
+
+def voc_difficult_flags(dirname: str, image_id: str) -> List[bool]:
+    """Whether each ``<object>`` of ``Annotations/<image_id>.xml``, in file order, is difficult."""
+    with PathManager.open(os.path.join(dirname, "Annotations", f"{image_id}.xml")) as f:
+        tree = ET.parse(f)
+    flags = []
+    for obj in tree.findall("object"):
+        node = obj.find("difficult")
+        flags.append(node is not None and (node.text or "0").strip() == "1")
+    return flags
+
+
+def drop_voc_difficult(dataset_name: str, dataset_dicts: List[dict]) -> Tuple[List[dict], int]:
+    """
+    The dicts of a Pascal VOC data set registered as Detectron2 registers them (metadata
+    ``dirname`` and ``split``; one annotation per ``<object>``, in file order) without the
+    objects VOC marks difficult, as lufficc/SSD and ssd.pytorch train; the dicts of any other
+    data set unchanged. Also returns the number of annotations dropped.
+    """
+    metadata = MetadataCatalog.get(dataset_name)
+    dirname = metadata.get("dirname", None)
+    if not dirname or not metadata.get("split", None):
+        return dataset_dicts, 0
+    kept_dicts, dropped = [], 0
+    for record in dataset_dicts:
+        annotations = record.get("annotations") or []
+        flags = voc_difficult_flags(dirname, str(record["image_id"]))
+        if len(flags) != len(annotations):
+            raise ValueError(
+                f"{os.path.join(dirname, 'Annotations', str(record['image_id']) + '.xml')} has "
+                f"{len(flags)} objects but data set {dataset_name!r} gives {len(annotations)} "
+                "annotations for it, so its difficult flags cannot be matched: set "
+                "INPUT.SSD.DROP_VOC_DIFFICULT False to train on every annotation."
+            )
+        kept = [a for a, difficult in zip(annotations, flags) if not difficult]
+        dropped += len(annotations) - len(kept)
+        kept_dicts.append({**record, "annotations": kept})
+    return kept_dicts, dropped
