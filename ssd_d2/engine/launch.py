@@ -122,7 +122,9 @@ def _cpu_worker(
     )
     create_local_process_group(num_per_machine)
     dist.barrier()
-    try:
-        main_func(*args)
-    finally:
-        dist.destroy_process_group()
+    main_func(*args)
+    # Tear the process groups down together: a process that destroys them while another is
+    # still in a collective aborts. (A process that failed exits without this, and the
+    # launching process stops the others.)
+    dist.barrier()
+    dist.destroy_process_group()
