@@ -20,5 +20,9 @@ class SSDPredictor(DefaultPredictor):
         without_weights.defrost()
         without_weights.MODEL.WEIGHTS = ""
         super().__init__(without_weights)
-        self.cfg = cfg.clone()
-        load_weights(self.model, cfg)
+        # Keep the config the model was built from (its MODEL.DEVICE settled: Detectron2's
+        # predictor reads it for every image), naming the weights again.
+        self.cfg.defrost()
+        self.cfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS
+        self.cfg.freeze()
+        load_weights(self.model, self.cfg)
