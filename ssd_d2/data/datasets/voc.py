@@ -7,6 +7,8 @@ from typing import List, Tuple
 from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
+from ..validation import map_across_processes
+
 __all__ = ["voc_difficult_flags", "drop_voc_difficult"]
 
 
@@ -32,10 +34,13 @@ def drop_voc_difficult(dataset_name: str, dataset_dicts: List[dict]) -> Tuple[Li
     dirname = metadata.get("dirname", None)
     if not dirname or not metadata.get("split", None):
         return dataset_dicts, 0
+    all_flags = map_across_processes(
+        lambda i: voc_difficult_flags(dirname, str(dataset_dicts[i]["image_id"])),
+        len(dataset_dicts),
+    )
     kept_dicts, dropped = [], 0
-    for record in dataset_dicts:
+    for record, flags in zip(dataset_dicts, all_flags):
         annotations = record.get("annotations") or []
-        flags = voc_difficult_flags(dirname, str(record["image_id"]))
         if len(flags) != len(annotations):
             raise ValueError(
                 f"{os.path.join(dirname, 'Annotations', str(record['image_id']) + '.xml')} has "
