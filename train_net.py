@@ -10,22 +10,18 @@ Without GPUs, --num-gpus N runs N data-parallel gloo processes on the CPU.
 
 from datetime import timedelta
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ssd_d2 import SSDTrainer, add_ssd_config
-from ssd_d2.config import merge_from_file_safely
+from ssd_d2 import SSDTrainer
+from ssd_d2.config import load_config
 from ssd_d2.engine import SSDCheckpointer, default_timeout, launch
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_ssd_config(cfg)
-    merge_from_file_safely(cfg, args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     # default_setup logs detectron2's and fvcore's messages; ssd_d2's data checks go there too.

@@ -1,9 +1,19 @@
+import os
+from typing import Sequence
+
 import torch
 import yaml
 
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
-__all__ = ["add_ssd_config", "merge_from_file_safely", "resolve_device", "settle_device"]
+__all__ = [
+    "add_ssd_config",
+    "load_config",
+    "merge_from_file_safely",
+    "resolve_device",
+    "settle_device",
+]
 
 # MODEL.DEVICE values that leave the choice to the machine that builds the model.
 AUTO_DEVICES = ("auto", "")
@@ -200,3 +210,20 @@ def merge_from_file_safely(cfg, filename: str) -> None:
             "which never builds Python objects, since such a tag can run any code on your "
             "machine. Replace the tag with a plain value."
         ) from e
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """
+    ``config_file`` merged onto Detectron2's and ssd_d2's defaults (YAML's safe loader only),
+    then ``opts`` (KEY VALUE pairs, as train_net.py takes them). Not frozen.
+
+    Raises:
+        FileNotFoundError: naming the config file when it does not exist.
+    """
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"Config file not found: {config_file}")
+    cfg = get_cfg()
+    add_ssd_config(cfg)
+    merge_from_file_safely(cfg, config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg

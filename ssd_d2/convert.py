@@ -26,11 +26,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from detectron2.config import get_cfg
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.modeling import build_model
 
-from .config import add_ssd_config, merge_from_file_safely
+from .config import load_config
 from .model_zoo import get_config_file
 
 __all__ = [
@@ -396,10 +395,7 @@ def _resolve_config(config_file: str) -> str:
 
 def _model_state_dict(config_file: str, opts: Sequence[str]) -> Dict[str, Tensor]:
     """The state dict of the model that ``config_file`` builds: the layout to convert to."""
-    cfg = get_cfg()
-    add_ssd_config(cfg)
-    merge_from_file_safely(cfg, config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(config_file, opts)
     cfg.MODEL.DEVICE = "cpu"
     return build_model(cfg).state_dict()
 

@@ -16,9 +16,9 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 
-from .config import add_ssd_config, merge_from_file_safely
+from .config import load_config
 
 __all__ = [
     "IMAGENET_BACKBONES",
@@ -156,17 +156,12 @@ def get_config(name: str, trained: bool = False) -> CfgNode:
     defaults. With ``trained``, MODEL.WEIGHTS is the peer's published detector (a model zoo
     name only) and the options that checkpoint needs are set.
     """
-    cfg = get_cfg()
-    add_ssd_config(cfg)
-    merge_from_file_safely(cfg, get_config_file(name))
-    if trained:
-        if name not in ZOO:
-            raise ValueError(
-                f"{name!r} has no published weights; the model zoo has: {', '.join(ZOO)}."
-            )
-        entry = ZOO[name]
-        cfg.merge_from_list([*entry.opts, "MODEL.WEIGHTS", entry.url])
-    return cfg
+    if not trained:
+        return load_config(get_config_file(name))
+    if name not in ZOO:
+        raise ValueError(f"{name!r} has no published weights; the model zoo has: {', '.join(ZOO)}.")
+    entry = ZOO[name]
+    return load_config(get_config_file(name), [*entry.opts, "MODEL.WEIGHTS", entry.url])
 
 
 def get(name: str, trained: bool = True, device: Optional[str] = None):
@@ -177,11 +172,11 @@ def get(name: str, trained: bool = True, device: Optional[str] = None):
     """
     from detectron2.modeling import build_model
 
-    from .engine import SSDCheckpointer
+    from .engine import load_weights
 
     cfg = get_config(name, trained)
     if device is not None:
         cfg.MODEL.DEVICE = device
     model = build_model(cfg)
-    SSDCheckpointer(model, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS).load(cfg.MODEL.WEIGHTS)
+    load_weights(model, cfg)
     return model.eval()

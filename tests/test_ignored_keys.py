@@ -12,9 +12,9 @@ import torch
 from detectron2.modeling import build_model
 
 from ssd_d2 import SSDDatasetMapper
+from ssd_d2.config import load_config
 from ssd_d2.data.datasets import generate_shapes_dataset
 from ssd_d2.ignored_keys import _RULES, _leaves, find_ignored_keys
-from ssd_d2.tools.common import load_config
 
 from .conftest import CONFIG_DIR
 

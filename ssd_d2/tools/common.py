@@ -1,32 +1,13 @@
-"""What the command line tools share: loading a config, checking input files, saving figures."""
+"""What the command line tools share: checking input files, drawing and saving figures."""
 
 import os
-from typing import Optional, Sequence
+from typing import Optional
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 
-from ssd_d2 import add_ssd_config  # importing ssd_d2 registers the SSD components
-from ssd_d2.config import merge_from_file_safely
 from ssd_d2.model_zoo import IMAGENET_FILES
 
-__all__ = ["check_weights", "load_config", "save_figure"]
-
-
-def load_config(config_file: str, opts: Optional[Sequence[str]] = None) -> CfgNode:
-    """
-    ``config_file`` merged onto Detectron2's and ssd_d2's defaults, then ``opts`` (KEY VALUE
-    pairs, as train_net.py takes them). Not frozen.
-
-    Raises:
-        FileNotFoundError: naming the config file when it does not exist.
-    """
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"Config file not found: {config_file}")
-    cfg = get_cfg()
-    add_ssd_config(cfg)
-    merge_from_file_safely(cfg, config_file)
-    cfg.merge_from_list(list(opts or []))
-    return cfg
+__all__ = ["check_weights", "save_figure"]
 
 
 def check_weights(cfg: CfgNode) -> Optional[str]:

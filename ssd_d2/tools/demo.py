@@ -34,9 +34,10 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 
+from ssd_d2.config import load_config
 from ssd_d2.engine import SSDPredictor
 
-from .common import check_weights, load_config
+from .common import check_weights
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -20,12 +20,11 @@ import cv2
 import numpy as np
 import torch
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
-from ssd_d2 import add_ssd_config  # importing ssd_d2 registers the SSD components
-from ssd_d2.config import merge_from_file_safely, resolve_device
+from ssd_d2.config import load_config, resolve_device
 from ssd_d2.convert import ConversionError
 from ssd_d2.engine import load_weights
 from ssd_d2.engine.checkpoint import UnsafeCheckpointError
@@ -132,13 +131,10 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     """The config: defaults, the config file, then the options, as train_net.py builds it."""
     if not os.path.isfile(args.config_file):
         raise ExportError(f"Config file not found: {args.config_file}")
-    cfg = get_cfg()
-    add_ssd_config(cfg)
-    merge_from_file_safely(cfg, args.config_file)
     # Options after the arguments may include --opts and more options: argparse leaves them
     # all to the trailing ones.
     opts = [o for o in args.overrides if o != "--opts"] + list(args.opts)
-    cfg.merge_from_list(opts)
+    cfg = load_config(args.config_file, opts)
     if args.device:
         cfg.MODEL.DEVICE = args.device
     else:

@@ -32,10 +32,11 @@ from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 
+from ssd_d2.config import load_config
 from ssd_d2.data import SSDDatasetMapper
 from ssd_d2.engine import load_weights
 
-from .common import check_weights, load_config, save_figure
+from .common import check_weights, save_figure
 
 __all__ = ["ClassCurves", "coco_ground_truth", "evaluate_detections", "plot_evaluation", "main"]
 

@@ -24,9 +24,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import BoxMode
 
+from ssd_d2.config import load_config
 from ssd_d2.data import SSDDatasetMapper
 
-from .common import add_box, load_config, panel_grid_figure, save_figure
+from .common import add_box, panel_grid_figure, save_figure
 
 __all__ = ["Sample", "augmented_samples", "draw_samples", "main"]
 

@@ -31,7 +31,9 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from .common import add_box, load_config, panel_grid_figure, save_figure
+from ssd_d2.config import load_config
+
+from .common import add_box, panel_grid_figure, save_figure
 
 __all__ = ["LevelDefaultBoxes", "default_boxes_by_level", "draw_default_boxes", "main"]
 
