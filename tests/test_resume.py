@@ -20,6 +20,8 @@ from ssd_d2.data.build import SeededTrainingStream, SeededTrainLoader
 
 REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
 
+MAX_ITER = 14
+
 # The demo config, small: the 300-image validation split for training, batch 4, a checkpoint
 # at every iteration, no evaluation.
 TINY_RUN = [
@@ -27,7 +29,7 @@ TINY_RUN = [
     "DATASETS.TEST", "()",
     "SOLVER.IMS_PER_BATCH", "4",
     "SOLVER.WARMUP_ITERS", "2",
-    "SOLVER.MAX_ITER", "14",
+    "SOLVER.MAX_ITER", str(MAX_ITER),
     "SOLVER.STEPS", "(10,)",
     "SOLVER.CHECKPOINT_PERIOD", "1",
     "SEED", "3",
@@ -65,8 +67,26 @@ def _final_weights(output_dir):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+def _checkpoint_iteration(output_dir):
+    """The iteration of the newest checkpoint named in last_checkpoint, -1 before the first."""
+    try:
+        name = open(os.path.join(output_dir, "last_checkpoint")).read().strip()
+    except FileNotFoundError:
+        return -1
+    digits = name[len("model_") : -len(".pth")]
+    # model_final.pth, or a name caught while it is being written, counts as none.
+    return int(digits) if name.endswith(".pth") and digits.isdigit() else -1
+
+
 def _kill_at_random_moment(tmp_path, datasets, output_dir, num_workers, rng):
-    """Start training, SIGKILL it at a random moment once it has saved a checkpoint."""
+    """Start training, SIGKILL it at a random moment well before its last iteration.
+
+    The moment is measured in the run's own steps, not in seconds, so that it falls inside
+    the run on fast and slow machines alike: after a random checkpoint k, at a random point
+    of the next two steps (a step, a save or the rename of a checkpoint).
+    """
+    last_iteration = MAX_ITER - 1
+    kill_after = rng.randint(1, last_iteration - 6)
     log_path = tmp_path / f"killed_{num_workers}.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
@@ -78,13 +98,16 @@ def _kill_at_random_moment(tmp_path, datasets, output_dir, num_workers, rng):
         )
         try:
             deadline = time.monotonic() + 300
-            while not os.path.exists(os.path.join(output_dir, "last_checkpoint")):
+            seen = {}  # checkpoint iteration -> when it was first seen
+            while _checkpoint_iteration(output_dir) < kill_after:
                 assert process.poll() is None, log_path.read_text()[-3000:]
                 assert time.monotonic() < deadline, "no checkpoint written"
-                time.sleep(0.05)
-            # The 14 iterations take about 3 s after the first checkpoint: kill within them,
-            # at any point of a step, a save or the rename of a checkpoint.
-            delay = rng.uniform(0.0, 1.5)
+                seen.setdefault(_checkpoint_iteration(output_dir), time.monotonic())
+                time.sleep(0.01)
+            now = time.monotonic()
+            earlier = [t for i, t in seen.items() if i >= 0]
+            step = now - max(earlier) if earlier else 0.2
+            delay = rng.uniform(0.0, 2 * step)
             time.sleep(delay)
             was_running = process.poll() is None
             process.send_signal(signal.SIGKILL)
@@ -92,7 +115,7 @@ def _kill_at_random_moment(tmp_path, datasets, output_dir, num_workers, rng):
         finally:
             if process.poll() is None:
                 process.kill()
-    return delay, was_running
+    return kill_after, delay, was_running
 
 
 def test_killed_and_resumed_runs_end_with_the_uninterrupted_weights(tmp_path, shapes_root):
@@ -105,11 +128,11 @@ def test_killed_and_resumed_runs_end_with_the_uninterrupted_weights(tmp_path, sh
         seed = random.SystemRandom().randrange(2**32)
         rng = random.Random(seed)
         interrupted = tmp_path / f"interrupted_{num_workers}"
-        delay, was_running = _kill_at_random_moment(
+        kill_after, delay, was_running = _kill_at_random_moment(
             tmp_path, shapes_root, interrupted, num_workers, rng
         )
         context = (
-            f"({num_workers} workers, killed {delay:.2f} s after the first checkpoint, kill "
+            f"({num_workers} workers, killed {delay:.2f} s after checkpoint {kill_after}, kill "
             f"seed {seed})"
         )
         assert was_running, f"the run ended before the kill {context}"
