@@ -115,6 +115,12 @@ def add_ssd_config(cfg):
     # backbone then logs a WARNING. False in configs that train from scratch on purpose.
     _C.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE = True
 
+    # Inference arithmetic of the network (backbone and head): "fp32", "bf16" (CPUs with
+    # AVX512-BF16 or AMX, recent GPUs) or "fp16" (GPUs). The weights are cast once; decoding
+    # and NMS stay in fp32. Where the device lacks it, fp32 with a warning. (Training in
+    # lower precision is SOLVER.AMP.ENABLED: bf16 autocast on a CPU, fp16 on a GPU.)
+    _C.TEST.PRECISION = "fp32"
+
     # "SGD" (Detectron2's, with SOLVER.MOMENTUM; the published SSD recipes) or "ADAMW".
     _C.SOLVER.OPTIMIZER = "SGD"
 

@@ -84,6 +84,11 @@ def check_exportable(model: nn.Module) -> None:
             f"{type(model).__name__} overrides SSD.per_class_nms, which the exports replace by "
             "grouped_nms (scripted for TorchScript, NonMaxSuppression for ONNX)."
         )
+    if model.test_dtype != torch.float32:
+        raise ExportError(
+            f"The exports run in float32; this model infers in {model.test_dtype} "
+            "(TEST.PRECISION): build it with TEST.PRECISION 'fp32'."
+        )
 
 
 class ExportableSSD(nn.Module):

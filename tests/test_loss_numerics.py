@@ -74,15 +74,19 @@ BATCHES = {
 }
 
 
+# The network in float32, and under the bfloat16 autocast of SOLVER.AMP.ENABLED on a CPU.
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize(
     "name, min_negatives", [(name, 0) for name in BATCHES] + [("all images empty", 10)]
 )
-def test_loss_and_gradients_are_finite(name, min_negatives, model):
+def test_loss_and_gradients_are_finite(name, min_negatives, autocast_dtype, model):
     model.min_negatives_per_image = min_negatives
+    model.train_autocast_dtype = autocast_dtype
     try:
         losses, grads = _losses_and_grads(model, BATCHES[name])
     finally:
         model.min_negatives_per_image = 0
+        model.train_autocast_dtype = None
     _assert_finite(losses, grads)
     if name == "all images empty":
         assert losses["loss_box_reg"].item() == 0

@@ -14,6 +14,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..config import resolve_device
 from ..data import (
     DatasetError,
     SSDDatasetMapper,
@@ -21,6 +22,7 @@ from ..data import (
     check_dataset_files,
     load_dataset_dicts,
 )
+from ..modeling.precision import resolve_precision
 from .checkpoint import SSDCheckpointer, warn_if_backbone_uninitialized
 from .compat import TrainerWithState, has_compiled_coco_eval
 
@@ -65,8 +67,22 @@ class SSDTrainer(TrainerWithState):
     """
 
     def __init__(self, cfg):
+        # Detectron2's AMPTrainer is CUDA's (float16 autocast and a GradScaler). On the CPU,
+        # SOLVER.AMP.ENABLED runs the SSD network under bfloat16 autocast instead, which
+        # needs no gradient scaling, in Detectron2's SimpleTrainer.
+        cpu_amp = cfg.SOLVER.AMP.ENABLED and resolve_device(cfg.MODEL.DEVICE) == "cpu"
+        d2_cfg = cfg
+        if cpu_amp:
+            d2_cfg = cfg.clone()
+            d2_cfg.defrost()
+            d2_cfg.SOLVER.AMP.ENABLED = False
         with _ddp_without_device_ids_on_cpu():
-            super().__init__(cfg)
+            super().__init__(d2_cfg)
+        if cpu_amp:
+            dtype = resolve_precision("bf16", "cpu", "SOLVER.AMP.ENABLED")
+            model = self._trainer.model
+            model = model.module if hasattr(model, "module") else model
+            model.train_autocast_dtype = dtype if dtype != torch.float32 else None
 
     def build_hooks(self):
         # DefaultTrainer.__init__ calls this right after creating its checkpointer: replace it

@@ -1,3 +1,4 @@
+import contextlib
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -25,6 +26,7 @@ from ..convert import convert_for_model, recognize
 from ..ignored_keys import warn_ignored_keys
 from .head import build_ssd_head
 from .nms import grouped_nms
+from .precision import LowPrecisionCopy, resolve_precision
 
 __all__ = ["SSD"]
 
@@ -64,6 +66,8 @@ class SSD(DenseDetector):
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         input_format: str = "RGB",
+        test_dtype: torch.dtype = torch.float32,
+        train_autocast_dtype: Optional[torch.dtype] = None,
     ):
         """
         Args:
@@ -86,6 +90,10 @@ class SSD(DenseDetector):
             max_detections_per_image: detections returned per image.
             pixel_mean, pixel_std: input normalisation, in ``input_format`` channel order.
             input_format: channel order of the images ("RGB" or "BGR").
+            test_dtype: the network's arithmetic in inference: float32, or bfloat16 / float16
+                with the weights cast once (:class:`LowPrecisionCopy`).
+            train_autocast_dtype: if set, the network runs under autocast to this dtype in
+                training (SSDTrainer sets bfloat16 for ``SOLVER.AMP.ENABLED`` on a CPU).
         """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
@@ -109,6 +117,9 @@ class SSD(DenseDetector):
         self.clip_boxes_before_nms = clip_boxes_before_nms
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
+        self.test_dtype = test_dtype
+        self.train_autocast_dtype = train_autocast_dtype
+        self._low_precision_network = LowPrecisionCopy(test_dtype)
         # Channels-last convolutions are faster on CPUs (oneDNN) and GPUs (tensor cores).
         self.to(memory_format=torch.channels_last)
         # Detectron2's own DetectionCheckpointer (DefaultPredictor's) hands MODEL.WEIGHTS to
@@ -159,6 +170,7 @@ class SSD(DenseDetector):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
+            "test_dtype": resolve_precision(cfg.TEST.PRECISION, cfg.MODEL.DEVICE, "TEST.PRECISION"),
         }
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
@@ -195,12 +207,25 @@ class SSD(DenseDetector):
         Returns:
             the R default boxes, class logits (N, R, K + 1) and box deltas (N, R, 4).
         """
-        features = self.backbone(images.contiguous(memory_format=torch.channels_last))
-        features = [features[f] for f in self.head_in_features]
-        pred_logits, pred_deltas = self.head(features)
+        images = images.contiguous(memory_format=torch.channels_last)
+        backbone, head = self.backbone, self.head
+        # No autocast context unless asked: a disabled one would also switch off the
+        # autocast of Detectron2's AMPTrainer around the model on a GPU.
+        context = contextlib.nullcontext()
+        if self.training and self.train_autocast_dtype is not None:
+            context = torch.autocast(images.device.type, self.train_autocast_dtype)
+        elif not self.training and self.test_dtype != torch.float32:
+            backbone, head = self._low_precision_network(self.backbone, self.head)
+            images = images.to(self.test_dtype)
+        with context:
+            features = backbone(images)
+            features = [features[f] for f in self.head_in_features]
+            pred_logits, pred_deltas = head(features)
         anchors = Boxes.cat(self.anchor_generator(features))
-        pred_logits = cat([permute_to_N_HWA_K(x, self.num_classes + 1) for x in pred_logits], 1)
-        pred_deltas = cat([permute_to_N_HWA_K(x, 4) for x in pred_deltas], 1)
+        # Decoding and the losses in float32, whatever the network ran in.
+        K = self.num_classes + 1
+        pred_logits = cat([permute_to_N_HWA_K(x, K).float() for x in pred_logits], 1)
+        pred_deltas = cat([permute_to_N_HWA_K(x, 4).float() for x in pred_deltas], 1)
         if pred_logits.shape[1] != len(anchors):
             raise RuntimeError(
                 f"The head predicts {pred_logits.shape[1]} boxes but there are {len(anchors)} "

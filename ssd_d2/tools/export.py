@@ -134,7 +134,8 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     # Options after the arguments may include --opts and more options: argparse leaves them
     # all to the trailing ones.
     opts = [o for o in args.overrides if o != "--opts"] + list(args.opts)
-    cfg = load_config(args.config_file, opts)
+    # The exported graph runs in float32 whatever the config's inference precision.
+    cfg = load_config(args.config_file, opts + ["TEST.PRECISION", "fp32"])
     if args.device:
         cfg.MODEL.DEVICE = args.device
     else:
