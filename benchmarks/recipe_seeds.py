@@ -72,8 +72,8 @@ def summarize_metrics(metrics: List[Dict]) -> Dict:
     """
     A run's figures from its metrics.json lines: final AP/AP50/AP75 (None without an
     evaluation), median seconds per iteration, losses at LOSS_ITERATIONS and at the end
-    (None past the end of the run), and the plateau flag (None when the run ends before
-    PLATEAU_FROM).
+    (None past the end of the run) with the iteration of the line they come from, and the
+    plateau flag (None when the run ends before PLATEAU_FROM).
     """
     # Detectron2 logs the losses (median of the last 20 iterations) every 20 iterations, at
     # "iteration" = completed iterations - 1.
@@ -90,7 +90,9 @@ def summarize_metrics(metrics: List[Dict]) -> Dict:
             entry = training[-1] if training else None
         else:  # the first line logged at or after it
             entry = next((m for m in training if m["iteration"] + 1 >= iteration), None)
-        return {name: entry[key] if entry else None for name, key in LOSS_KEYS.items()}
+        losses = {name: entry[key] if entry else None for name, key in LOSS_KEYS.items()}
+        # The iterations done when the line was logged.
+        return dict(losses, iteration=entry["iteration"] + 1 if entry else None)
 
     row["losses"] = {str(i): losses_at(i) for i in LOSS_ITERATIONS}
     row["losses"]["end"] = losses_at(None)
@@ -100,11 +102,11 @@ def summarize_metrics(metrics: List[Dict]) -> Dict:
 
 def is_plateau(row: Dict) -> Optional[bool]:
     """The plateau rule on a row of :func:`summarize_metrics`; None when it cannot tell."""
-    start = row["losses"][str(PLATEAU_FROM)]["box"]
-    end = row["losses"]["end"]["box"]
-    if start is None or end is None or row["iterations"] <= PLATEAU_FROM:
+    start, end = row["losses"][str(PLATEAU_FROM)], row["losses"]["end"]
+    # No line at PLATEAU_FROM, or it is the last one: too short a run to tell.
+    if start["box"] is None or start["iteration"] >= end["iteration"]:
         return None
-    return bool(end > PLATEAU_RATIO * start)
+    return bool(end["box"] > PLATEAU_RATIO * start["box"])
 
 
 def run_one(dataset: str, seed: int, args) -> Dict:
