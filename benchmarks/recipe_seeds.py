@@ -121,8 +121,8 @@ def run_one(dataset: str, seed: int, args) -> Dict:
     start = time.perf_counter()
     with open(console, "w") as f:
         returncode = subprocess.call(command, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT)
-    row = {"dataset": dataset, "seed": seed, "output_dir": output_dir, "returncode": returncode}
-    row["wall_s"] = time.perf_counter() - start
+    row = {"dataset": dataset, "seed": seed, "output_dir": output_dir, "command": command}
+    row.update(returncode=returncode, wall_s=time.perf_counter() - start)
     metrics_file = os.path.join(output_dir, "metrics.json")
     metrics = read_metrics(metrics_file) if os.path.isfile(metrics_file) else []
     row.update(summarize_metrics(metrics))
