@@ -60,11 +60,14 @@ def argument_parser():
     return parser
 
 
-if __name__ == "__main__":
-    args = argument_parser().parse_args()
-    print("Command Line Args:", args)
+def run(args, main_func=main):
+    """
+    ``main_func(args)`` in every process that the parsed command line ``args`` asks for
+    (--num-gpus, --num-machines). A script that registers its own data sets passes a
+    ``main_func`` that registers them and then calls :func:`main`: each process needs them.
+    """
     launch(
-        main,
+        main_func,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
@@ -72,3 +75,9 @@ if __name__ == "__main__":
         args=(args,),
         timeout=timedelta(seconds=args.dist_timeout),
     )
+
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
+    print("Command Line Args:", args)
+    run(args)

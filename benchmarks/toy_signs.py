@@ -1,0 +1,395 @@
+"""
+``toy_signs``: a second generated detection data set, unlike ``ssd_shapes`` in what a detector
+learns from: four other classes (cross, ring, hexagon, arrow), saturated colours drawn filled
+or as outlines, more and smaller objects (2-12 per image, 16-96 pixels), 4:3 images on a
+desaturated striped or checked background with line, dot and text clutter.
+
+The splits are written as JPEGs plus a COCO json and registered with Detectron2's
+``register_coco_instances``, the way a user registers their own data, so that training on them
+exercises that path rather than the embedded set's.
+
+    python -m benchmarks.toy_signs                   # generate the splits (cached) and exit
+    python -m benchmarks.toy_signs --config-file configs/ssd160_shapes_demo.yaml \\
+        MODEL.SSD.NUM_CLASSES 4 DATASETS.TRAIN "('toy_signs_train',)" \\
+        DATASETS.TEST "('toy_signs_val',)"           # register, then train_net.py's main
+
+Everything after this module's own options is train_net.py's command line.
+"""
+
+import argparse
+import functools
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Dict, Optional
+
+import cv2
+import numpy as np
+
+from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import register_coco_instances
+
+# Drawing and caching helpers of the embedded set, shared rather than copied.
+from ssd_d2.data.datasets.shapes import (
+    _SHIFT,
+    _add_noise,
+    _contrasting_color,
+    _is_complete,
+    _move_into_place,
+)
+
+__all__ = [
+    "TOY_SIGN_CLASSES",
+    "TOY_SIGNS_TRAIN",
+    "TOY_SIGNS_VAL",
+    "toy_signs_splits",
+    "toy_signs_root",
+    "generate_toy_signs",
+    "register_toy_signs",
+]
+
+logger = logging.getLogger(__name__)
+
+# The thing classes, in category id order (COCO ids 1..4).
+TOY_SIGN_CLASSES = ("cross", "ring", "hexagon", "arrow")
+TOY_SIGNS_TRAIN, TOY_SIGNS_VAL = "toy_signs_train", "toy_signs_val"
+# Data set seeds, fixed: every training seed of a benchmark sees the same images.
+_SPLIT_SEEDS = {TOY_SIGNS_TRAIN: 100, TOY_SIGNS_VAL: 101}
+
+# Bump when the drawing changes, so that a cache written by an older version is detected.
+_GENERATOR_VERSION = 1
+_ANNOTATIONS_FILE = "annotations.json"
+_IMAGES_DIRNAME = "images"
+
+
+def toy_signs_splits(train_images: int = 1500, val_images: int = 300) -> Dict[str, Dict]:
+    """
+    Data set name -> {"dirname", "seed", "num_images"} of the two splits. The folder names
+    carry seed and size, so that splits of other sizes are cached side by side.
+    """
+    sizes = {TOY_SIGNS_TRAIN: train_images, TOY_SIGNS_VAL: val_images}
+    return {
+        name: {
+            "dirname": f"{name.rsplit('_', 1)[1]}-seed{seed}-{sizes[name]}",
+            "seed": seed,
+            "num_images": sizes[name],
+        }
+        for name, seed in _SPLIT_SEEDS.items()
+    }
+
+
+def toy_signs_root(root: Optional[str] = None) -> str:
+    """
+    The cache folder, absolute: ``root`` if given, else ``$SSD_D2_DATASETS/toy_signs``, else
+    ``$DETECTRON2_DATASETS/toy_signs``, else ``./datasets/toy_signs``.
+    """
+    if root is None:
+        parent = os.environ.get("SSD_D2_DATASETS", os.environ.get("DETECTRON2_DATASETS"))
+        root = os.path.join(parent or "datasets", "toy_signs")
+    return os.path.abspath(os.path.expanduser(os.fspath(root)))
+
+
+def generate_toy_signs(
+    output_dir: str,
+    num_images: int,
+    seed: int,
+    *,
+    min_width: int = 256,
+    max_width: int = 384,
+    min_objects: int = 2,
+    max_objects: int = 12,
+    min_object_size: int = 16,
+    max_object_size: int = 96,
+    outline_fraction: float = 0.35,
+    max_hidden_fraction: float = 0.6,
+    min_contrast: float = 120.0,
+    jpeg_quality: int = 90,
+) -> str:
+    """
+    Draw ``num_images`` images into ``output_dir/images/*.jpg`` and write their boxes to
+    ``output_dir/annotations.json`` (COCO format, written last). The same arguments give
+    byte-identical files; image i depends on ``seed`` and i only.
+
+    Args:
+        min_width, max_width: range of the image width; the height is 3/4 of it.
+        min_objects, max_objects: range of the number of objects drawn in an image.
+        min_object_size, max_object_size: range of the object diameter, in pixels
+            (log-uniform).
+        outline_fraction: probability that an object is drawn as an outline, not filled.
+        max_hidden_fraction: an object covered by later ones over more than this fraction of
+            its pixels is not annotated (it is still drawn).
+        min_contrast: smallest RGB distance between an object's colour and the mean colour
+            of the pixels it covers.
+
+    Returns:
+        the path of the json file.
+    """
+    image_dir = os.path.join(output_dir, _IMAGES_DIRNAME)
+    os.makedirs(image_dir, exist_ok=True)
+    images, annotations = [], []
+    for index, image_seed in enumerate(np.random.SeedSequence(seed).spawn(num_images)):
+        rng = np.random.default_rng(image_seed)
+        width = int(rng.integers(min_width, max_width + 1))
+        height = width * 3 // 4
+        image = _draw_background(rng, height, width)
+        objects = _draw_objects(
+            rng,
+            image,
+            int(rng.integers(min_objects, max_objects + 1)),
+            sizes=(min_object_size, max_object_size),
+            outline_fraction=outline_fraction,
+            max_hidden_fraction=max_hidden_fraction,
+            min_contrast=min_contrast,
+        )
+        image = _add_noise(rng, image)
+
+        image_id = index + 1
+        file_name = f"{image_id:06d}.jpg"
+        path = os.path.join(image_dir, file_name)
+        if not cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
+            raise IOError(f"Could not write {path}")
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for obj in objects:
+            obj.update(id=len(annotations) + 1, image_id=image_id, iscrowd=0)
+            annotations.append(obj)
+
+    dataset = {
+        "info": {
+            "description": "toy_signs: synthetic signs drawn by ssd_d2's benchmarks",
+            "version": _GENERATOR_VERSION,
+            "seed": seed,
+            "num_images": num_images,
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": i + 1, "name": name, "supercategory": "sign"}
+            for i, name in enumerate(TOY_SIGN_CLASSES)
+        ],
+    }
+    json_file = os.path.join(output_dir, _ANNOTATIONS_FILE)
+    with open(json_file + ".tmp", "w") as f:
+        json.dump(dataset, f)
+    os.replace(json_file + ".tmp", json_file)
+    return json_file
+
+
+def _draw_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """
+    Two near-grey tones in stripes or checks at a random angle and period, then grey clutter:
+    lines, dots and text. Nothing in it is saturated, unlike the objects.
+    """
+    tones = rng.uniform(30, 225, (2, 1)) + rng.uniform(-12, 12, (2, 3))
+    angle = rng.uniform(0, np.pi)
+    period = rng.uniform(8, 48)
+    y, x = np.mgrid[:height, :width].astype(np.float32)
+    u = (x * np.cos(angle) + y * np.sin(angle)) / period
+    v = (y * np.cos(angle) - x * np.sin(angle)) / period
+    pattern = np.floor(u) if rng.random() < 0.5 else np.floor(u) + np.floor(v)
+    image = np.clip(tones[(pattern % 2).astype(np.intp)], 0, 255).astype(np.uint8)
+    image = cv2.GaussianBlur(image, (5, 5), 0)
+
+    def grey():
+        return [int(rng.integers(0, 256))] * 3
+
+    for _ in range(int(rng.integers(3, 15))):
+        p0 = rng.integers(0, (width, height)).tolist()
+        p1 = (np.array(p0) + rng.integers(-60, 61, 2)).tolist()
+        cv2.line(image, p0, p1, grey(), int(rng.integers(1, 3)), cv2.LINE_AA)
+    for _ in range(int(rng.integers(0, 20))):
+        center = rng.integers(0, (width, height)).tolist()
+        cv2.circle(image, center, int(rng.integers(1, 4)), grey(), -1, cv2.LINE_AA)
+    for _ in range(int(rng.integers(0, 4))):
+        text = "".join(chr(c) for c in rng.integers(65, 91, int(rng.integers(2, 7))))
+        origin = rng.integers(0, (width, height)).tolist()
+        scale = rng.uniform(0.4, 1.2)
+        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, grey(), 1, cv2.LINE_AA)
+    return image
+
+
+def _draw_objects(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    num_objects: int,
+    *,
+    sizes,
+    outline_fraction: float,
+    max_hidden_fraction: float,
+    min_contrast: float,
+):
+    """Draw the objects into ``image`` (BGR, in place); their COCO annotations without ids."""
+    height, width = image.shape[:2]
+    # owner[y, x]: 1 + the index of the object seen at that pixel (0: background).
+    owner = np.zeros((height, width), dtype=np.uint16)
+    mask = np.empty((height, width), dtype=np.uint8)
+    drawn = []
+    for index in range(num_objects):
+        category = int(rng.integers(len(TOY_SIGN_CLASSES)))
+        size = float(np.exp(rng.uniform(np.log(sizes[0]), np.log(sizes[1]))))
+        # Whole objects only: the margin keeps outlines and antialiasing inside too.
+        cx = rng.uniform(size / 2 + 2, width - size / 2 - 2)
+        cy = rng.uniform(size / 2 + 2, height - size / 2 - 2)
+        # Thin outlines (a tenth of the size, at least 2 pixels) or filled.
+        thickness = max(2, int(round(size / 10))) if rng.random() < outline_fraction else -1
+        mask.fill(0)
+        _draw_sign_mask(rng, mask, TOY_SIGN_CLASSES[category], cx, cy, size, thickness)
+        x, y, w, h = cv2.boundingRect(mask)
+        if w == 0 or h == 0:
+            continue
+        inside = mask[y : y + h, x : x + w].astype(bool)
+        image_box = image[y : y + h, x : x + w]
+        image_box[inside] = _saturated_color(rng, image_box[inside].mean(axis=0), min_contrast)
+        owner[y : y + h, x : x + w][inside] = index + 1
+        drawn.append((index + 1, category, int(inside.sum()), [x, y, w, h]))
+
+    visible_area = np.bincount(owner.ravel(), minlength=num_objects + 1)
+    return [
+        {"category_id": category + 1, "bbox": box, "area": int(visible_area[owner_id])}
+        for owner_id, category, area, box in drawn
+        if visible_area[owner_id] >= (1.0 - max_hidden_fraction) * area
+    ]
+
+
+def _draw_sign_mask(
+    rng: np.random.Generator,
+    mask: np.ndarray,
+    name: str,
+    cx: float,
+    cy: float,
+    size: float,
+    thickness: int,
+) -> None:
+    """Set the pixels of one sign of diameter ``size`` at (cx, cy); thickness -1 fills it."""
+    scale = 1 << _SHIFT
+    radius = size / 2
+    if name == "ring":
+        center = (int(round(cx * scale)), int(round(cy * scale)))
+        # The hole is at least 45% of the diameter, so that a filled ring is never a disc.
+        for r, value in ((radius, 1), (radius * rng.uniform(0.45, 0.6), 0)):
+            r_fixed = int(round((r - max(thickness, 0) / 2) * scale))
+            cv2.circle(mask, center, r_fixed, value if thickness < 0 else 1, thickness, 8, _SHIFT)
+        return
+    if name == "hexagon":
+        points = [(np.cos(a), np.sin(a)) for a in np.arange(6) * np.pi / 3]
+    elif name == "cross":
+        # A plus sign with arms of half-width t.
+        t = rng.uniform(0.25, 0.35)
+        points = [(1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t)]
+        points += [(-1, t), (-1, -t), (-t, -t), (-t, -1), (t, -1), (t, -t)]
+    elif name == "arrow":
+        # Shaft from the tail to 0.1, head from there to the tip.
+        shaft, head = rng.uniform(0.15, 0.22), rng.uniform(0.5, 0.6)
+        points = [(-1, -shaft), (0.1, -shaft), (0.1, -head), (1, 0), (0.1, head), (0.1, shaft)]
+        points += [(-1, shaft)]
+    else:
+        raise ValueError(f"Unknown sign {name!r}")
+    rotation = rng.uniform(0, 2 * np.pi)
+    rotate = np.array([[np.cos(rotation), -np.sin(rotation)], [np.sin(rotation), np.cos(rotation)]])
+    # An outline is drawn centred on the polygon: shrink it so that the object keeps its size.
+    polygon_radius = radius - max(thickness, 0) / 2
+    points = np.array(points, dtype=np.float64) @ rotate.T * polygon_radius + (cx, cy)
+    points = [np.round(points * scale).astype(np.int32)]
+    if thickness < 0:
+        cv2.fillPoly(mask, points, 1, cv2.LINE_8, _SHIFT)
+    else:
+        cv2.polylines(mask, points, True, 1, thickness, cv2.LINE_8, _SHIFT)
+
+
+def _saturated_color(
+    rng: np.random.Generator, background: np.ndarray, min_contrast: float
+) -> np.ndarray:
+    """A saturated, bright BGR colour at least ``min_contrast`` away from ``background``."""
+    for _ in range(10):
+        hsv = np.array([[[rng.integers(0, 180), rng.integers(200, 256), rng.integers(180, 256)]]])
+        color = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)[0, 0]
+        if np.linalg.norm(color.astype(np.float64) - background) >= min_contrast:
+            return color
+    # A channel-wise opposite extreme; it is saturated unless the background is mid-grey.
+    return _contrasting_color(rng, background, min_contrast)
+
+
+def _ensure_split(split_dir: str, seed: int, num_images: int) -> str:
+    """
+    Generate a split into ``split_dir`` unless it is there already; return its json path.
+    Concurrent callers each draw into a temporary folder; the first rename wins.
+    """
+    json_file = os.path.join(split_dir, _ANNOTATIONS_FILE)
+    if not _is_complete(split_dir):
+        parent, dirname = os.path.split(split_dir)
+        os.makedirs(parent, exist_ok=True)
+        tmp_dir = tempfile.mkdtemp(prefix=f".{dirname}.tmp-", dir=parent)
+        try:
+            logger.info(f"Generating {num_images} toy_signs images into {split_dir} ...")
+            generate_toy_signs(tmp_dir, num_images, seed)
+            _move_into_place(tmp_dir, split_dir)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    with open(json_file) as f:
+        info = json.load(f).get("info", {})
+    expected = {"version": _GENERATOR_VERSION, "seed": seed, "num_images": num_images}
+    found = {key: info.get(key) for key in expected}
+    if found != expected:
+        raise RuntimeError(
+            f"{json_file} holds a toy_signs split made with {found}, but {expected} is asked "
+            f"for. Delete {split_dir} to regenerate it, or use another root."
+        )
+    return json_file
+
+
+def register_toy_signs(root: Optional[str] = None, splits: Optional[Dict] = None) -> None:
+    """
+    Generate the splits under ``root`` (see :func:`toy_signs_root`) unless cached, and register
+    each with ``register_coco_instances``, as a user registers their own COCO json. Names
+    already registered are left alone.
+
+    Args:
+        splits: data set name -> {"dirname", "seed", "num_images"}; default
+            :func:`toy_signs_splits`.
+    """
+    root = toy_signs_root(root)
+    for name, split in (toy_signs_splits() if splits is None else splits).items():
+        split_dir = os.path.join(root, split["dirname"])
+        json_file = _ensure_split(split_dir, split["seed"], split["num_images"])
+        if name not in DatasetCatalog.list():
+            register_coco_instances(name, {}, json_file, os.path.join(split_dir, _IMAGES_DIRNAME))
+
+
+def _register_and_train(root: str, splits: Dict, args):
+    """train_net.py's main in a process that has the splits registered."""
+    import train_net
+
+    register_toy_signs(root, splits)
+    return train_net.main(args)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", help="cache folder (default: $SSD_D2_DATASETS/toy_signs)")
+    parser.add_argument("--train-images", type=int, default=1500, help="size of toy_signs_train")
+    parser.add_argument("--val-images", type=int, default=300, help="size of toy_signs_val")
+    args, train_net_argv = parser.parse_known_args(argv)
+    root = toy_signs_root(args.root)
+    splits = toy_signs_splits(args.train_images, args.val_images)
+    # Generated here once, before train_net starts its processes.
+    register_toy_signs(root, splits)
+    if not train_net_argv:
+        for name, split in splits.items():
+            print(f"{name}: {os.path.join(root, split['dirname'])}")
+        return
+    # train_net.py lives at the repository root, next to this package.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import train_net
+
+    train_args = train_net.argument_parser().parse_args(train_net_argv)
+    print("Command Line Args:", train_args)
+    train_net.run(train_args, functools.partial(_register_and_train, root, splits))
+
+
+if __name__ == "__main__":
+    main()
