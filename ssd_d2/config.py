@@ -51,6 +51,9 @@ def add_ssd_config(cfg):
     # or "lufficc" (biased depthwise convs, a plain 1x1 conv on the last level, Xavier init),
     # the layouts of those peers' SSDLite checkpoints.
     _C.MODEL.SSD.HEAD_LAYOUT = "torchvision"
+    # Initial probability of foreground of the class logits (init_class_prior), for training
+    # from scratch; 0 keeps the published initialisation (Xavier or normal, zero bias).
+    _C.MODEL.SSD.PRIOR_PROB = 0.0
     # A default box is positive when its IoU with a ground truth is >= this, and each ground
     # truth also takes its best default box (SSD paper, section 2.2).
     _C.MODEL.SSD.IOU_THRESHOLD = 0.5

@@ -150,3 +150,26 @@ def test_unknown_config_key_fails():
     add_ssd_config(cfg)
     with pytest.raises(AssertionError, match="MODEL.SSD.NUM_CLASS"):
         cfg.merge_from_list(["MODEL.SSD.NUM_CLASS", "3"])
+
+
+@pytest.mark.parametrize("config_name", ["ssd160_shapes_demo", "ssdlite320_mobilenet_v3_coco"])
+def test_prior_prob_starts_the_classifier_at_that_foreground_probability(config_name):
+    num_classes = 5
+    cfg = load_config(
+        config_name, "MODEL.SSD.PRIOR_PROB", 0.01, "MODEL.SSD.NUM_CLASSES", num_classes
+    )
+    model = build_model(cfg).eval()
+    images = [{"image": torch.randint(0, 256, (3, 100, 120), dtype=torch.uint8)}]
+    with torch.no_grad():
+        _, logits, _ = model.predict(model.preprocess_image(images))
+    probs = logits.softmax(-1)
+    foreground = probs[..., 1:].sum(-1)
+    assert abs(foreground.mean().item() - 0.01) < 0.003
+    # Foreground classes start alike; no default box starts confident.
+    assert foreground.max().item() < 0.05
+    assert (probs[..., 1:].std(-1) < 0.01).all()
+
+
+def test_prior_prob_out_of_range_fails_clearly():
+    with pytest.raises(ValueError, match="MODEL.SSD.PRIOR_PROB must be in"):
+        build_model(load_config("ssd160_shapes_demo", "MODEL.SSD.PRIOR_PROB", 1.5))
