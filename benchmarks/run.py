@@ -73,6 +73,9 @@ PAIRS = [
     ("ssd300_vgg16", ssd300_vgg16, "ssd300_coco"),
     ("ssdlite320_mobilenet_v3", ssdlite320_mobilenet_v3_large, "ssdlite320_mobilenet_v3_coco"),
 ]
+# Options that give an ssd_d2 config the layout of torchvision's model built without ImageNet
+# weights: its MobileNetV3 then has the halved tail (the config has the full one).
+TORCHVISION_LAYOUT = {"ssdlite320_mobilenet_v3_coco": ["MODEL.MOBILENET.REDUCED_TAIL", "True"]}
 
 
 def load_cfg(config_name: str, device: str, *opts):
@@ -180,6 +183,7 @@ def build_ours(theirs, config_name: str, device: str, *opts):
         str(theirs.topk_candidates),
         "TEST.DETECTIONS_PER_IMAGE",
         str(theirs.detections_per_img),
+        *TORCHVISION_LAYOUT.get(config_name, []),
         *opts,
     )
     return build_model(cfg).eval()
@@ -192,7 +196,8 @@ def build_pair(builder, config_name: str, regime: str, device: str, images):
     _set_regime(theirs, regime, [x.float() / 255 for x in images[:2]])
     ours = build_ours(theirs, config_name, device)
     weights = {k: v.cpu() for k, v in theirs.state_dict().items()}
-    ours.load_state_dict(convert("torchvision", weights, config_name + ".yaml").state_dict)
+    layout = TORCHVISION_LAYOUT.get(config_name, [])
+    ours.load_state_dict(convert("torchvision", weights, config_name + ".yaml", layout).state_dict)
     return ours, theirs
 
 
