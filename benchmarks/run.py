@@ -10,7 +10,10 @@ ssd_d2 next to torchvision's SSD, in one process, with the same weights (through
   a DataLoader with workers;
 - peak memory of SSD300 training at batch 8 and 32 (RSS of a fresh process on the CPU,
   allocated GPU memory on a GPU);
-- inference time against batch size, and evaluation time against data set size.
+- inference time against batch size, and evaluation time against data set size;
+- on a CPU with bfloat16 arithmetic (``--bf16``): ssd_d2 in bf16 (``TEST.PRECISION bf16`` for
+  inference, bf16 autocast for training) next to torchvision under bf16 autocast and both in
+  fp32, and how many of the trained demo model's fp32 detections its bf16 inference keeps.
 
 Score regimes, which decide the post-processing work:
 
@@ -26,6 +29,7 @@ taken within the run.
 
     python -m benchmarks.run                       # CPU, all sections
     python -m benchmarks.run --device cuda --amp   # GPU, fp32 and mixed precision
+    python -m benchmarks.run --sections inference train bf16_detections --bf16
     python -m benchmarks.run --sections inference breakdown --repeats 5
     python -m benchmarks.run --report benchmarks/results/cpu.json   # the tables of a run
 """
@@ -42,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import cv2
 import numpy as np
@@ -54,20 +58,24 @@ import detectron2
 from detectron2.config import get_cfg
 from detectron2.data import DatasetFromList, MapDataset
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from ssd_d2 import SSDDatasetMapper, add_ssd_config
 from ssd_d2.modeling import meta_arch
+from ssd_d2.modeling.precision import cpu_has_fast_bf16
 from ssd_d2.tools.convert import coco_category_ids, convert
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
-SECTIONS = ["inference", "breakdown", "train", "data", "memory", "scaling"]
+SECTIONS = ["inference", "breakdown", "train", "data", "memory", "scaling", "bf16_detections"]
 TRAINED_CANDIDATES = 200
 # (name, torchvision builder, ssd_d2 config) of the detector pairs compared.
 PAIRS = [
     ("ssd300_vgg16", ssd300_vgg16, "ssd300_coco"),
     ("ssdlite320_mobilenet_v3", ssdlite320_mobilenet_v3_large, "ssdlite320_mobilenet_v3_coco"),
 ]
+# Options that give an ssd_d2 config the layout of torchvision's model built without ImageNet
+# weights: its MobileNetV3 then has the halved tail (the config has the full one).
+TORCHVISION_LAYOUT = {"ssdlite320_mobilenet_v3_coco": ["MODEL.MOBILENET.REDUCED_TAIL", "True"]}
 
 
 def load_cfg(config_name: str, device: str, *opts):
@@ -161,11 +169,8 @@ def _set_regime(model, regime: str, images: List[torch.Tensor]):
         conv.bias.view(-1, 91)[:, 0] += high
 
 
-def build_pair(builder, config_name: str, regime: str, device: str, images):
-    """torchvision's model and the ssd_d2 model converted from its weights, both in eval."""
-    torch.manual_seed(0)
-    theirs = builder(weights=None, weights_backbone=None).eval().to(device)
-    _set_regime(theirs, regime, [x.float() / 255 for x in images[:2]])
+def build_ours(theirs, config_name: str, device: str, *opts):
+    """The ssd_d2 model of ``config_name`` (and ``opts``) with the settings of ``theirs``."""
     cfg = load_cfg(
         config_name,
         device,
@@ -178,10 +183,21 @@ def build_pair(builder, config_name: str, regime: str, device: str, images):
         str(theirs.topk_candidates),
         "TEST.DETECTIONS_PER_IMAGE",
         str(theirs.detections_per_img),
+        *TORCHVISION_LAYOUT.get(config_name, []),
+        *opts,
     )
-    ours = build_model(cfg).eval()
+    return build_model(cfg).eval()
+
+
+def build_pair(builder, config_name: str, regime: str, device: str, images):
+    """torchvision's model and the ssd_d2 model converted from its weights, both in eval."""
+    torch.manual_seed(0)
+    theirs = builder(weights=None, weights_backbone=None).eval().to(device)
+    _set_regime(theirs, regime, [x.float() / 255 for x in images[:2]])
+    ours = build_ours(theirs, config_name, device)
     weights = {k: v.cpu() for k, v in theirs.state_dict().items()}
-    ours.load_state_dict(convert("torchvision", weights, config_name + ".yaml").state_dict)
+    layout = TORCHVISION_LAYOUT.get(config_name, [])
+    ours.load_state_dict(convert("torchvision", weights, config_name + ".yaml", layout).state_dict)
     return ours, theirs
 
 
@@ -193,10 +209,32 @@ def random_images(count: int, seed: int, height=375, width=500, device="cpu"):
     ]
 
 
-def autocast(device: str, enabled: bool):
+def autocast(device: str, enabled: bool, dtype=torch.float16):
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def under_bf16(fn: Callable, device: str) -> Callable:
+    """``fn`` run under bfloat16 autocast (torchvision's way to lower precision)."""
+
+    def run():
+        with autocast(device, True, torch.bfloat16):
+            return fn()
+
+    return run
+
+
+def bf16_times(t: Dict[str, float]) -> dict:
+    """
+    The figures of a bf16 row from ``median_times`` of "ssd_d2" and "torchvision" in bf16 and
+    "ssd_d2_fp32" and "torchvision_fp32": ratio compares the two in bf16, as in the other rows.
+    """
+    row = {f"{name}_ms": 1000 * seconds for name, seconds in t.items()}
+    row["ratio"] = t["ssd_d2"] / t["torchvision"]
+    row["ratio_vs_torchvision_fp32"] = t["ssd_d2"] / t["torchvision_fp32"]
+    row["ratio_vs_ssd_d2_fp32"] = t["ssd_d2"] / t["ssd_d2_fp32"]
+    return row
 
 
 def section_inference(args, report):
@@ -205,6 +243,9 @@ def section_inference(args, report):
         for regime in ("trained", "worst"):
             images = random_images(8, seed=1, device=args.device)
             ours, theirs = build_pair(builder, config_name, regime, args.device, images)
+            if args.bf16:
+                ours_bf16 = build_ours(theirs, config_name, args.device, "TEST.PRECISION", "bf16")
+                ours_bf16.load_state_dict(ours.state_dict())
             for batch in (1, 8):
                 ours_in = [{"image": x} for x in images[:batch]]
                 theirs_in = [x.float() / 255 for x in images[:batch]]
@@ -238,6 +279,27 @@ def section_inference(args, report):
                         }
                     )
                     print_row(rows[-1])
+                if not args.bf16:
+                    continue
+                fns = {
+                    "ssd_d2": lambda: ours_bf16(ours_in),
+                    "torchvision": under_bf16(lambda: theirs(theirs_in), args.device),
+                    "ssd_d2_fp32": lambda: ours(ours_in),
+                    "torchvision_fp32": lambda: theirs(theirs_in),
+                }
+                with torch.inference_mode():
+                    detections = {
+                        "ssd_d2": sum(len(r["instances"]) for r in fns["ssd_d2"]()),
+                        "torchvision": sum(len(r["boxes"]) for r in fns["torchvision"]()),
+                    }
+                    t = median_times(fns, args.device, args.repeats, args.warmup)
+                row = {"model": name, "regime": regime, "batch": batch, "precision": "bf16"}
+                row.update(bf16_times(t))
+                row["ssd_d2_images_per_s"] = batch / t["ssd_d2"]
+                row["torchvision_images_per_s"] = batch / t["torchvision"]
+                row["detections"] = detections
+                rows.append(row)
+                print_row(row)
     report["inference"] = rows
 
 
@@ -356,14 +418,17 @@ def training_batch(batch: int, device: str, seed=2, size=300):
     return ours, (theirs_images, theirs_targets)
 
 
-def train_step_fn(model, inputs, is_torchvision, amp, device):
-    """One SGD step (forward, backward, update), with a GradScaler under mixed precision."""
+def train_step_fn(model, inputs, is_torchvision, amp, device, dtype=torch.float16):
+    """
+    One SGD step (forward, backward, update), under autocast to ``dtype`` if ``amp``, with a
+    GradScaler for float16 (bfloat16 has float32's exponent range: no gradient underflows).
+    """
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)
     model.train()
 
     def step():
-        with autocast(device, amp):
+        with autocast(device, amp, dtype):
             losses = model(*inputs) if is_torchvision else model(inputs)
             loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
@@ -405,6 +470,31 @@ def section_train(args, report):
             "torchvision_ms": 1000 * t["torchvision"],
             "ratio": t["ssd_d2"] / t["torchvision"],
         }
+        rows.append(row)
+        print_row(row)
+    if args.bf16:
+        # Copies, so that each timed step updates its own weights and optimizer.
+        ours_bf16, theirs_bf16 = copy.deepcopy(ours), copy.deepcopy(theirs)
+        # ssd_d2's own bf16 training (SOLVER.AMP.ENABLED on a CPU): autocast around the network
+        # only, decoding and the losses in fp32.
+        ours_bf16.train_autocast_dtype = torch.bfloat16
+        device = args.device
+        with EventStorage():
+            t = median_times(
+                {
+                    "ssd_d2": train_step_fn(ours_bf16, ours_inputs, False, False, device),
+                    "torchvision": train_step_fn(
+                        theirs_bf16, theirs_inputs, True, True, device, torch.bfloat16
+                    ),
+                    "ssd_d2_fp32": train_step_fn(ours, ours_inputs, False, False, device),
+                    "torchvision_fp32": train_step_fn(theirs, theirs_inputs, True, False, device),
+                },
+                device,
+                args.repeats,
+                args.warmup,
+            )
+        row = {"model": "ssd300_vgg16", "batch": 8, "precision": "bf16"}
+        row.update(bf16_times(t))
         rows.append(row)
         print_row(row)
     report["train"] = rows
@@ -589,6 +679,116 @@ def evaluation_times(args):
 
 
 # ----------------------------------------------------------------------------------------
+# bf16 detections next to fp32 ones
+# ----------------------------------------------------------------------------------------
+
+# Scores a user would show; the model's own (much lower) threshold is reported too.
+DISPLAY_SCORE_THRESH = 0.3
+# Boxes this close count as the same detection (bf16 moves box corners by a fraction of a pixel).
+MATCH_IOU = 0.9
+
+
+def match_detections(
+    reference: Instances, other: Instances, iou_threshold: float = MATCH_IOU
+) -> List[Tuple[int, int]]:
+    """
+    Pairs (i, j): reference detection i matched by detection j of ``other`` (same image), of
+    the same class with IoU >= ``iou_threshold``. Greedy and one-to-one: the reference
+    detections take their match in descending score order, each the unmatched one it overlaps
+    most.
+    """
+    if len(reference) == 0 or len(other) == 0:
+        return []
+    iou = pairwise_iou(reference.pred_boxes, other.pred_boxes)
+    iou[reference.pred_classes[:, None] != other.pred_classes[None, :]] = -1.0
+    pairs = []
+    for i in torch.argsort(reference.scores, descending=True, stable=True).tolist():
+        j = int(iou[i].argmax())
+        if iou[i, j] >= iou_threshold:
+            pairs.append((i, j))
+            iou[:, j] = -1.0
+    return pairs
+
+
+def detection_agreement(
+    reference: List[Instances], other: List[Instances], score_thresh: float
+) -> Dict[str, float]:
+    """
+    Over images (one Instances each in both lists): the detections of each scoring at least
+    ``score_thresh``, and how many of the reference's are matched (:func:`match_detections`)
+    by any detection of ``other``, so that a score moving across the threshold is no miss
+    (the largest score difference of a matched pair shows it).
+    """
+    counts = {"reference": 0, "other": 0, "matched": 0, "max_score_diff": 0.0}
+    for ref, oth in zip(reference, other):
+        ref = ref[ref.scores >= score_thresh]
+        pairs = match_detections(ref, oth)
+        counts["reference"] += len(ref)
+        counts["other"] += int((oth.scores >= score_thresh).sum())
+        counts["matched"] += len(pairs)
+        for i, j in pairs:
+            diff = abs(float(ref.scores[i]) - float(oth.scores[j]))
+            counts["max_score_diff"] = max(counts["max_score_diff"], diff)
+    counts["matched_share"] = counts["matched"] / max(1, counts["reference"])
+    return counts
+
+
+def section_bf16_detections(args, report):
+    """The trained demo model's detections on ssd_shapes_val in bf16 against fp32."""
+    from ssd_d2 import SSDTrainer
+    from ssd_d2.engine import load_weights
+
+    reason = None
+    if not args.bf16:
+        reason = "bf16 is off (--no-bf16, a GPU, or a CPU without AVX512-BF16 or AMX)"
+    elif not os.path.isfile(args.demo_weights):
+        reason = (
+            f"--demo-weights {args.demo_weights} does not exist: train the demo model "
+            "(python train_net.py --config-file configs/ssd160_shapes_demo.yaml) or name its file"
+        )
+    if reason is not None:
+        print(f"  skipped: {reason}", flush=True)
+        report["bf16_detections"] = {"skipped": reason}
+        return
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        cfg = load_cfg(
+            "ssd160_shapes_demo",
+            args.device,
+            "MODEL.WEIGHTS",
+            args.demo_weights,
+            "TEST.PRECISION",
+            precision,
+        )
+        model = build_model(cfg).eval()
+        load_weights(model, cfg)
+        outputs[precision] = []
+        with torch.inference_mode():
+            for inputs in SSDTrainer.build_test_loader(cfg, "ssd_shapes_val"):
+                outputs[precision].extend(r["instances"].to("cpu") for r in model(inputs))
+    rows = []
+    for score_thresh in (DISPLAY_SCORE_THRESH, cfg.MODEL.SSD.SCORE_THRESH_TEST):
+        counts = detection_agreement(outputs["fp32"], outputs["bf16"], score_thresh)
+        row = {
+            "score_thresh": score_thresh,
+            "images": len(outputs["fp32"]),
+            "fp32_detections": counts["reference"],
+            "bf16_detections": counts["other"],
+            "matched": counts["matched"],
+            "matched_share": counts["matched_share"],
+            "max_score_diff": counts["max_score_diff"],
+        }
+        rows.append(row)
+        print_row(row)
+    report["bf16_detections"] = {
+        "weights": args.demo_weights,
+        "dataset": "ssd_shapes_val",
+        "iou_thresh": MATCH_IOU,
+        "rows": rows,
+    }
+
+
+# ----------------------------------------------------------------------------------------
 
 
 def markdown_tables(report: dict) -> str:
@@ -627,6 +827,7 @@ def markdown_tables(report: dict) -> str:
                     f"{r['detections']['ssd_d2']} / {r['detections']['torchvision']}",
                 ]
                 for r in report["inference"]
+                if r["precision"] != "bf16"
             ],
         )
     if "breakdown" in report:
@@ -651,8 +852,61 @@ def markdown_tables(report: dict) -> str:
                     f"{r['ratio']:.2f}",
                 ]
                 for r in report["train"]
+                if r["precision"] != "bf16"
             ],
         )
+    bf16_header = ["ssd_d2 bf16 ms", "ssd_d2 fp32 ms", "torchvision bf16 ms", "torchvision fp32 ms"]
+    bf16_header += ["ratio vs tv bf16", "vs tv fp32", "vs ssd_d2 fp32"]
+
+    def bf16_cells(r, digits):
+        times = ["ssd_d2", "ssd_d2_fp32", "torchvision", "torchvision_fp32"]
+        ratios = ["ratio", "ratio_vs_torchvision_fp32", "ratio_vs_ssd_d2_fp32"]
+        return [f"{r[f'{k}_ms']:.{digits}f}" for k in times] + [f"{r[k]:.2f}" for k in ratios]
+
+    bf16_rows = [r for r in report.get("inference", []) if r["precision"] == "bf16"]
+    if bf16_rows:
+        table(
+            ["model", "regime", "batch"] + bf16_header + ["detections bf16 (ssd_d2 / tv)"],
+            [
+                [r["model"], r["regime"], r["batch"]]
+                + bf16_cells(r, 1)
+                + [f"{r['detections']['ssd_d2']} / {r['detections']['torchvision']}"]
+                for r in bf16_rows
+            ],
+        )
+    bf16_rows = [r for r in report.get("train", []) if r["precision"] == "bf16"]
+    if bf16_rows:
+        table(
+            ["training step, SSD300 batch 8"] + bf16_header,
+            [["bf16"] + bf16_cells(r, 0) for r in bf16_rows],
+        )
+    if "bf16_detections" in report:
+        agreement = report["bf16_detections"]
+        if "skipped" in agreement:
+            lines.extend(
+                [f"bf16 detections of the demo model: skipped ({agreement['skipped']})", ""]
+            )
+        else:
+            table(
+                [
+                    f"demo model, {agreement['rows'][0]['images']} images of "
+                    f"{agreement['dataset']}, score >=",
+                    "fp32 detections",
+                    "bf16 detections",
+                    f"fp32 ones matched in bf16 (same class, IoU >= {agreement['iou_thresh']})",
+                    "max score difference",
+                ],
+                [
+                    [
+                        r["score_thresh"],
+                        r["fp32_detections"],
+                        r["bf16_detections"],
+                        f"{r['matched']} ({100 * r['matched_share']:.1f}%)",
+                        f"{r['max_score_diff']:.4f}",
+                    ]
+                    for r in agreement["rows"]
+                ],
+            )
     if "data" in report:
         table(
             ["data pipeline (500x375 JPEGs, full SSD augmentation)", "images/s"],
@@ -707,6 +961,19 @@ def parse_args(argv=None):
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="also time mixed precision (cuda)")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="also time bfloat16 on the CPU (ssd_d2 with TEST.PRECISION bf16 and bf16 training "
+        "autocast, torchvision under bf16 autocast) and compare the demo model's bf16 "
+        "detections with its fp32 ones; default: on where the CPU has AVX512-BF16 or AMX "
+        f"(this one: {'on' if cpu_has_fast_bf16() else 'off'})",
+    )
+    parser.add_argument(
+        "--demo-weights",
+        default=os.path.join("output", "ssd160_shapes_demo", "model_final.pth"),
+        help="the trained demo model (configs/ssd160_shapes_demo.yaml) for bf16_detections",
+    )
     parser.add_argument("--sections", nargs="+", default=SECTIONS, choices=SECTIONS)
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per figure")
     parser.add_argument("--warmup", type=int, default=2)
@@ -722,6 +989,11 @@ def parse_args(argv=None):
     if args.amp and not args.device.startswith("cuda"):
         parser.error("--amp needs --device cuda")
     args.precisions = [False, True] if args.amp else [False]
+    bf16_capable = torch.device(args.device).type == "cpu" and cpu_has_fast_bf16()
+    if args.bf16 and not bf16_capable:
+        parser.error("--bf16 needs --device cpu on a CPU with AVX512-BF16 or AMX")
+    if args.bf16 is None:
+        args.bf16 = bf16_capable
     return args
 
 
