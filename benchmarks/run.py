@@ -55,12 +55,12 @@ import torchvision
 from torchvision.models.detection import ssd300_vgg16, ssdlite320_mobilenet_v3_large
 
 import detectron2
-from detectron2.config import get_cfg
 from detectron2.data import DatasetFromList, MapDataset
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-from ssd_d2 import SSDDatasetMapper, add_ssd_config
+from ssd_d2 import SSDDatasetMapper
+from ssd_d2.config import load_config
 from ssd_d2.modeling import meta_arch
 from ssd_d2.modeling.precision import cpu_has_fast_bf16
 from ssd_d2.tools.convert import coco_category_ids, convert
@@ -70,7 +70,9 @@ SECTIONS = ["inference", "breakdown", "train", "data", "memory", "scaling", "bf1
 TRAINED_CANDIDATES = 200
 # (name, torchvision builder, ssd_d2 config) of the detector pairs compared.
 PAIRS = [
-    ("ssd300_vgg16", ssd300_vgg16, "ssd300_coco"),
+    # torchvision's default boxes, matching and clipping rules (the VGG16 SSD's other configs
+    # follow lufficc/SSD's), so that both models return the same detections.
+    ("ssd300_vgg16", ssd300_vgg16, "ssd300_coco_torchvision"),
     ("ssdlite320_mobilenet_v3", ssdlite320_mobilenet_v3_large, "ssdlite320_mobilenet_v3_coco"),
 ]
 # Options that give an ssd_d2 config the layout of torchvision's model built without ImageNet
@@ -79,11 +81,9 @@ TORCHVISION_LAYOUT = {"ssdlite320_mobilenet_v3_coco": ["MODEL.MOBILENET.REDUCED_
 
 
 def load_cfg(config_name: str, device: str, *opts):
-    cfg = get_cfg()
-    add_ssd_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIG_DIR, f"{config_name}.yaml"))
-    cfg.merge_from_list(["MODEL.DEVICE", device, *opts])
-    return cfg
+    return load_config(
+        os.path.join(CONFIG_DIR, f"{config_name}.yaml"), ["MODEL.DEVICE", device, *opts]
+    )
 
 
 def synchronize(device: str):
@@ -441,7 +441,7 @@ def train_step_fn(model, inputs, is_torchvision, amp, device, dtype=torch.float1
 
 def build_training_pair(device: str, batch: int):
     images = random_images(2, seed=1, device=device)
-    ours, theirs = build_pair(ssd300_vgg16, "ssd300_coco", "worst", device, images)
+    ours, theirs = build_pair(ssd300_vgg16, "ssd300_coco_torchvision", "worst", device, images)
     ours_inputs, theirs_inputs = training_batch(batch, device)
     return ours, theirs, ours_inputs, theirs_inputs
 
@@ -584,7 +584,7 @@ def _memory_child(model_name: str, batch: int, device: str, amp: bool):
     torch.manual_seed(0)
     ours_inputs, theirs_inputs = training_batch(batch, device)
     if model_name == "ssd_d2":
-        model, inputs = build_model(load_cfg("ssd300_coco", device)), ours_inputs
+        model, inputs = build_model(load_cfg("ssd300_coco_torchvision", device)), ours_inputs
     else:
         model, inputs = ssd300_vgg16(weights=None, weights_backbone=None).to(device), theirs_inputs
     if device.startswith("cuda"):
@@ -629,7 +629,7 @@ def section_memory(args, report):
 
 def section_scaling(args, report):
     images = random_images(16, seed=1, device=args.device)
-    ours, _ = build_pair(ssd300_vgg16, "ssd300_coco", "trained", args.device, images)
+    ours, _ = build_pair(ssd300_vgg16, "ssd300_coco_torchvision", "trained", args.device, images)
     rows = []
     with torch.inference_mode():
         for batch in (1, 2, 4, 8, 16):
