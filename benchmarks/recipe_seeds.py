@@ -51,7 +51,7 @@ LOSS_KEYS = {"total": "total_loss", "box": "loss_box_reg"}
 
 def train_command(dataset: str, config: str, seed: int, output_dir: str, args) -> List[str]:
     """The command line of one run."""
-    train_net_args = ["--config-file", config]
+    train_net_args = ["--num-gpus", str(args.num_gpus), "--config-file", config]
     opts = ["SEED", str(seed), "OUTPUT_DIR", output_dir]
     if dataset == "ssd_shapes":
         return [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), *train_net_args, *opts]
@@ -167,7 +167,7 @@ def markdown_table(report: Dict) -> str:
 
 
 # Options that take one value, which is never the start of the trailing KEY VALUE pairs.
-_VALUE_OPTIONS = ("--config", "--output", "--work-dir", "--report")
+_VALUE_OPTIONS = ("--config", "--num-gpus", "--output", "--work-dir", "--report")
 _VALUE_OPTIONS += ("--toy-signs-train-images", "--toy-signs-val-images")
 
 
@@ -197,6 +197,9 @@ def parse_args(argv=None):
         choices=list(DATASETS) + list(DATASET_ALIASES),
     )
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file of every run")
+    parser.add_argument(
+        "--num-gpus", type=int, default=1, help="train_net.py's: processes per run (on a CPU too)"
+    )
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="JSON file written")
     parser.add_argument(
         "--work-dir", default=os.path.join("output", "recipe_seeds"), help="runs' OUTPUT_DIRs"

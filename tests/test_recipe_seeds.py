@@ -129,6 +129,7 @@ def test_command_lines():
     assert args.opts == ["SOLVER.MAX_ITER", "20"]
     command = recipe_seeds.train_command("toy_signs", args.config, 3, "/out/x", args)
     assert command[1:3] == ["-m", "benchmarks.toy_signs"]
+    assert command[command.index("--num-gpus") + 1] == "1"
     tail = command[command.index("--config-file") :]
     assert tail == [
         "--config-file",
@@ -147,8 +148,10 @@ def test_command_lines():
     command = recipe_seeds.train_command("ssd_shapes", args.config, 0, "/out/y", args)
     assert command[1].endswith("train_net.py") and "DATASETS.TRAIN" not in command
     # An upper-case value of an option is not taken for the start of the opts.
-    args = parse_args(["--output", "OUT.JSON", "--datasets", "ssd_shapes"])
+    args = parse_args(["--output", "OUT.JSON", "--datasets", "ssd_shapes", "--num-gpus", "2"])
     assert args.output == "OUT.JSON" and args.datasets == ["ssd_shapes"] and args.opts == []
+    command = recipe_seeds.train_command("ssd_shapes", args.config, 0, "/out/y", args)
+    assert command[command.index("--num-gpus") + 1] == "2"
     with pytest.raises(SystemExit):
         parse_args(["SOLVER.MAX_ITER"])
 
