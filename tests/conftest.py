@@ -15,11 +15,16 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
 def load_config(name: str, *opts):
-    """The config ``configs/<name>.yaml`` on the CPU, with ``opts`` merged, not frozen."""
+    """
+    The config ``configs/<name>.yaml`` on the CPU, with ``opts`` merged, not frozen. The class
+    logits start as published (``MODEL.SSD.PRIOR_PROB 0``), so that a model with random
+    weights detects something: the demo config's 1% foreground start scores every box below
+    the test threshold.
+    """
     cfg = get_cfg()
     add_ssd_config(cfg)
     cfg.merge_from_file(os.path.join(CONFIG_DIR, f"{name}.yaml"))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.SSD.PRIOR_PROB", 0.0, *opts])
     return cfg
 
 

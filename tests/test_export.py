@@ -30,7 +30,13 @@ from ssd_d2.export import (
 )
 from ssd_d2.tools import export as export_tool
 
-from .conftest import CONFIG_DIR, load_config
+from . import conftest
+from .conftest import CONFIG_DIR
+
+
+def load_config(name, *opts):
+    # The exports run in float32, whatever inference precision the config file sets.
+    return conftest.load_config(name, "TEST.PRECISION", "fp32", *opts)
 
 BOX_TOLERANCE = 1e-3  # pixels
 SCORE_TOLERANCE = 1e-4
