@@ -246,7 +246,7 @@ def section_inference(args, report):
             if args.bf16:
                 ours_bf16 = build_ours(theirs, config_name, args.device, "TEST.PRECISION", "bf16")
                 ours_bf16.load_state_dict(ours.state_dict())
-            for batch in (1, 8):
+            for batch in args.batches:
                 ours_in = [{"image": x} for x in images[:batch]]
                 theirs_in = [x.float() / 255 for x in images[:batch]]
                 for amp in args.precisions:
@@ -975,6 +975,7 @@ def parse_args(argv=None):
         help="the trained demo model (configs/ssd160_shapes_demo.yaml) for bf16_detections",
     )
     parser.add_argument("--sections", nargs="+", default=SECTIONS, choices=SECTIONS)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="inference batches")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per figure")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")

@@ -14,5 +14,5 @@ if ! "$VENV/bin/python" -c "import sys, torch; sys.exit(not torch.cuda.is_availa
   && [ "$(nproc)" -ge 2 ]; then
   PROCESSES=2
 fi
-exec "$VENV/bin/python" train_net.py --num-gpus "$PROCESSES" \
+exec "$VENV/bin/python" train_net.py --num-gpus "$PROCESSES" --dist-url auto \
   --config-file configs/ssd160_shapes_demo.yaml "$@"

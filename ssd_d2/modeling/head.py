@@ -179,8 +179,8 @@ class SSDLiteHead(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         # The last conv of each class predictor gives the logits.
-        init_class_prior([p if isinstance(p, nn.Conv2d) else p[-1] for p in self.cls_score],
-                         num_classes, prior_prob)  # fmt: skip
+        logit_convs = [p if isinstance(p, nn.Conv2d) else p[-1] for p in self.cls_score]
+        init_class_prior(logit_convs, num_classes, prior_prob)
 
     @classmethod
     def from_config(cls, cfg, input_shapes: List[ShapeSpec], num_anchors: List[int]):
@@ -209,10 +209,10 @@ def init_class_prior(convs: List[nn.Conv2d], num_classes: int, prior_prob: float
     """
     Start the class logits of ``convs`` (K + 1 per default box, background first) at
     probability ``prior_prob`` of foreground, as RetinaNet does for its classifier: small
-    weights, and a background bias of log(K (1 - p) / p). From random weights, logits of the
-    published initialisation put a loss of ~15 per positive on the first iterations, and
-    their gradients push every feature towards background; this one starts at ~-log(p / K).
-    ``prior_prob`` 0 leaves the convs as they are.
+    weights, and a background bias of log(K (1 - p) / p). Trained from scratch, the published
+    initialisation's random logits put a loss of ~15 per positive on the first iteration
+    (the demo model), which the first tens of iterations spend unlearning; this one starts
+    at -log(p / K) per positive. ``prior_prob`` 0 leaves the convs as they are.
     """
     if prior_prob == 0:
         return
