@@ -51,7 +51,9 @@ LOSS_KEYS = {"total": "total_loss", "box": "loss_box_reg"}
 
 def train_command(dataset: str, config: str, seed: int, output_dir: str, args) -> List[str]:
     """The command line of one run."""
-    train_net_args = ["--num-gpus", str(args.num_gpus), "--config-file", config]
+    # A free port for the processes of each run, so that runs beside it do not collide.
+    train_net_args = ["--num-gpus", str(args.num_gpus), "--dist-url", "auto"]
+    train_net_args += ["--config-file", config]
     opts = ["SEED", str(seed), "OUTPUT_DIR", output_dir]
     if dataset == "ssd_shapes":
         return [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), *train_net_args, *opts]
