@@ -39,6 +39,7 @@ from ssd_d2.data.datasets.shapes import (
     _contrasting_color,
     _is_complete,
     _move_into_place,
+    write_coco_json,
 )
 
 __all__ = [
@@ -156,26 +157,17 @@ def generate_toy_signs(
             obj.update(id=len(annotations) + 1, image_id=image_id, iscrowd=0)
             annotations.append(obj)
 
-    dataset = {
-        "info": {
-            "description": "toy_signs: synthetic signs drawn by ssd_d2's benchmarks",
-            "version": _GENERATOR_VERSION,
-            "seed": seed,
-            "num_images": num_images,
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": [
-            {"id": i + 1, "name": name, "supercategory": "sign"}
-            for i, name in enumerate(TOY_SIGN_CLASSES)
-        ],
+    info = {
+        "description": "toy_signs: synthetic signs drawn by ssd_d2's benchmarks",
+        "version": _GENERATOR_VERSION,
+        "seed": seed,
+        "num_images": num_images,
     }
-    json_file = os.path.join(output_dir, _ANNOTATIONS_FILE)
-    with open(json_file + ".tmp", "w") as f:
-        json.dump(dataset, f)
-    os.replace(json_file + ".tmp", json_file)
-    return json_file
+    categories = [
+        {"id": i + 1, "name": name, "supercategory": "sign"}
+        for i, name in enumerate(TOY_SIGN_CLASSES)
+    ]
+    return write_coco_json(output_dir, info, images, annotations, categories)
 
 
 def _draw_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

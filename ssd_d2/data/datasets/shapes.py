@@ -29,6 +29,7 @@ __all__ = [
     "generate_shapes_dataset",
     "register_shapes_dataset",
     "shapes_dataset_root",
+    "write_coco_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -141,23 +142,34 @@ def generate_shapes_dataset(
             obj.update(id=len(annotations) + 1, image_id=image_id, iscrowd=0)
             annotations.append(obj)
 
+    info = {
+        "description": "ssd_shapes: synthetic shapes drawn by ssd_d2",
+        "version": _GENERATOR_VERSION,
+        "seed": seed,
+        "num_images": num_images,
+    }
+    categories = [
+        {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)
+    ]
+    return write_coco_json(output_dir, info, images, annotations, categories)
+
+
+def write_coco_json(
+    output_dir: str, info: Dict, images: List, annotations: List, categories: List
+) -> str:
+    """
+    Write ``output_dir/annotations.json`` (COCO format) and return its path. Written beside
+    and renamed, so that a reader never sees half a json (its presence means the folder is
+    complete).
+    """
     dataset = {
-        "info": {
-            "description": "ssd_shapes: synthetic shapes drawn by ssd_d2",
-            "version": _GENERATOR_VERSION,
-            "seed": seed,
-            "num_images": num_images,
-        },
+        "info": info,
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [
-            {"id": i + 1, "name": name, "supercategory": "shape"}
-            for i, name in enumerate(SHAPE_CLASSES)
-        ],
+        "categories": categories,
     }
     json_file = os.path.join(output_dir, _ANNOTATIONS_FILE)
-    # Written beside and renamed, so that a reader never sees half a json.
     with open(json_file + ".tmp", "w") as f:
         json.dump(dataset, f)
     os.replace(json_file + ".tmp", json_file)
