@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ssd_d2 import add_ssd_config
 
@@ -39,6 +40,16 @@ def conv_init_stats(modules):
             ratio = bound / m.weight.detach().abs().max().item()
             stats.append((tuple(m.weight.shape), round(ratio, 2), bool((m.bias == 0).all())))
     return stats
+
+
+@pytest.fixture
+def unregister():
+    """Removes from the catalogs, after the test, the data sets the test registered."""
+    before = set(DatasetCatalog.list())
+    yield
+    for name in set(DatasetCatalog.list()) - before:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
 
 
 @pytest.fixture(autouse=True)

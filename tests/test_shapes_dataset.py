@@ -35,16 +35,6 @@ def _tiny_splits(train_images=6, val_images=4):
     }
 
 
-@pytest.fixture
-def unregister():
-    """Removes from the catalogs, after the test, the data sets the test registered."""
-    before = set(DatasetCatalog.list())
-    yield
-    for name in set(DatasetCatalog.list()) - before:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-
-
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     output_dir = str(tmp_path_factory.mktemp("shapes"))

@@ -29,16 +29,6 @@ def generated(tmp_path_factory):
     return output_dir, _read_json(output_dir)
 
 
-@pytest.fixture
-def unregister():
-    """Removes from the catalogs, after the test, the data sets the test registered."""
-    before = set(DatasetCatalog.list())
-    yield
-    for name in set(DatasetCatalog.list()) - before:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-
-
 def test_generation_is_deterministic(tmp_path):
     dirs = [str(tmp_path / name) for name in ("a", "b", "c")]
     for output_dir, seed in zip(dirs, (3, 3, 4)):
