@@ -7,10 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ssd_d2 import add_ssd_config
+import ssd_d2.config
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -22,11 +21,10 @@ def load_config(name: str, *opts):
     weights detects something: the demo config's 1% foreground start scores every box below
     the test threshold.
     """
-    cfg = get_cfg()
-    add_ssd_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIG_DIR, f"{name}.yaml"))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.SSD.PRIOR_PROB", 0.0, *opts])
-    return cfg
+    path = os.path.join(CONFIG_DIR, f"{name}.yaml")
+    return ssd_d2.config.load_config(
+        path, ["MODEL.DEVICE", "cpu", "MODEL.SSD.PRIOR_PROB", 0.0, *opts]
+    )
 
 
 def conv_init_stats(modules):
