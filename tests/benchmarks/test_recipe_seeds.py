@@ -15,7 +15,7 @@ import pytest
 from benchmarks import recipe_seeds
 from benchmarks.recipe_seeds import markdown_table, parse_args, summarize_metrics
 
-REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
+REPO_ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def fabricated_metrics(iterations, box_loss, evaluation=True):

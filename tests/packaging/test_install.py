@@ -51,7 +51,7 @@ for name in model_zoo.list_models():
 
 def test_non_editable_install_ships_the_configs(tmp_path):
     """`pip install .` (not -e) puts configs/ inside the package, where the model zoo finds it."""
-    repo = os.path.join(os.path.dirname(__file__), "..")
+    repo = os.path.join(os.path.dirname(__file__), "..", "..")
     source = tmp_path / "src"
     source.mkdir()
     shutil.copy(os.path.join(repo, "setup.py"), source)
