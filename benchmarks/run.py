@@ -237,69 +237,77 @@ def bf16_times(t: Dict[str, float]) -> dict:
     return row
 
 
-def section_inference(args, report):
-    rows = []
+def calibrated_pairs(device: str):
+    """(name, config name, regime, 8 random images, ssd_d2 model, torchvision model) for each
+    pair and score regime."""
     for name, builder, config_name in PAIRS:
         for regime in ("trained", "worst"):
-            images = random_images(8, seed=1, device=args.device)
-            ours, theirs = build_pair(builder, config_name, regime, args.device, images)
-            if args.bf16:
-                ours_bf16 = build_ours(theirs, config_name, args.device, "TEST.PRECISION", "bf16")
-                ours_bf16.load_state_dict(ours.state_dict())
-            for batch in args.batches:
-                ours_in = [{"image": x} for x in images[:batch]]
-                theirs_in = [x.float() / 255 for x in images[:batch]]
-                for amp in args.precisions:
-                    with torch.inference_mode(), autocast(args.device, amp):
-                        detections = (
-                            sum(len(r["instances"]) for r in ours(ours_in)),
-                            sum(len(r["boxes"]) for r in theirs(theirs_in)),
-                        )
-                        t = median_times(
-                            {
-                                "ssd_d2": lambda: ours(ours_in),
-                                "torchvision": lambda: theirs(theirs_in),
-                            },
-                            args.device,
-                            args.repeats,
-                            args.warmup,
-                        )
-                    rows.append(
-                        {
-                            "model": name,
-                            "regime": regime,
-                            "batch": batch,
-                            "precision": "amp" if amp else "fp32",
-                            "ssd_d2_ms": 1000 * t["ssd_d2"],
-                            "torchvision_ms": 1000 * t["torchvision"],
-                            "ratio": t["ssd_d2"] / t["torchvision"],
-                            "ssd_d2_images_per_s": batch / t["ssd_d2"],
-                            "torchvision_images_per_s": batch / t["torchvision"],
-                            "detections": {"ssd_d2": detections[0], "torchvision": detections[1]},
-                        }
+            images = random_images(8, seed=1, device=device)
+            yield (name, config_name, regime, images) + build_pair(
+                builder, config_name, regime, device, images
+            )
+
+
+def section_inference(args, report):
+    rows = []
+    for name, config_name, regime, images, ours, theirs in calibrated_pairs(args.device):
+        if args.bf16:
+            ours_bf16 = build_ours(theirs, config_name, args.device, "TEST.PRECISION", "bf16")
+            ours_bf16.load_state_dict(ours.state_dict())
+        for batch in args.batches:
+            ours_in = [{"image": x} for x in images[:batch]]
+            theirs_in = [x.float() / 255 for x in images[:batch]]
+            for amp in args.precisions:
+                with torch.inference_mode(), autocast(args.device, amp):
+                    detections = (
+                        sum(len(r["instances"]) for r in ours(ours_in)),
+                        sum(len(r["boxes"]) for r in theirs(theirs_in)),
                     )
-                    print_row(rows[-1])
-                if not args.bf16:
-                    continue
-                fns = {
-                    "ssd_d2": lambda: ours_bf16(ours_in),
-                    "torchvision": under_bf16(lambda: theirs(theirs_in), args.device),
-                    "ssd_d2_fp32": lambda: ours(ours_in),
-                    "torchvision_fp32": lambda: theirs(theirs_in),
-                }
-                with torch.inference_mode():
-                    detections = {
-                        "ssd_d2": sum(len(r["instances"]) for r in fns["ssd_d2"]()),
-                        "torchvision": sum(len(r["boxes"]) for r in fns["torchvision"]()),
+                    t = median_times(
+                        {
+                            "ssd_d2": lambda: ours(ours_in),
+                            "torchvision": lambda: theirs(theirs_in),
+                        },
+                        args.device,
+                        args.repeats,
+                        args.warmup,
+                    )
+                rows.append(
+                    {
+                        "model": name,
+                        "regime": regime,
+                        "batch": batch,
+                        "precision": "amp" if amp else "fp32",
+                        "ssd_d2_ms": 1000 * t["ssd_d2"],
+                        "torchvision_ms": 1000 * t["torchvision"],
+                        "ratio": t["ssd_d2"] / t["torchvision"],
+                        "ssd_d2_images_per_s": batch / t["ssd_d2"],
+                        "torchvision_images_per_s": batch / t["torchvision"],
+                        "detections": {"ssd_d2": detections[0], "torchvision": detections[1]},
                     }
-                    t = median_times(fns, args.device, args.repeats, args.warmup)
-                row = {"model": name, "regime": regime, "batch": batch, "precision": "bf16"}
-                row.update(bf16_times(t))
-                row["ssd_d2_images_per_s"] = batch / t["ssd_d2"]
-                row["torchvision_images_per_s"] = batch / t["torchvision"]
-                row["detections"] = detections
-                rows.append(row)
-                print_row(row)
+                )
+                print_row(rows[-1])
+            if not args.bf16:
+                continue
+            fns = {
+                "ssd_d2": lambda: ours_bf16(ours_in),
+                "torchvision": under_bf16(lambda: theirs(theirs_in), args.device),
+                "ssd_d2_fp32": lambda: ours(ours_in),
+                "torchvision_fp32": lambda: theirs(theirs_in),
+            }
+            with torch.inference_mode():
+                detections = {
+                    "ssd_d2": sum(len(r["instances"]) for r in fns["ssd_d2"]()),
+                    "torchvision": sum(len(r["boxes"]) for r in fns["torchvision"]()),
+                }
+                t = median_times(fns, args.device, args.repeats, args.warmup)
+            row = {"model": name, "regime": regime, "batch": batch, "precision": "bf16"}
+            row.update(bf16_times(t))
+            row["ssd_d2_images_per_s"] = batch / t["ssd_d2"]
+            row["torchvision_images_per_s"] = batch / t["torchvision"]
+            row["detections"] = detections
+            rows.append(row)
+            print_row(row)
     report["inference"] = rows
 
 
@@ -375,22 +383,19 @@ def stage_times(model, inputs, device) -> Dict[str, float]:
 
 def section_breakdown(args, report):
     rows = []
-    for name, builder, config_name in PAIRS:
-        for regime in ("trained", "worst"):
-            images = random_images(8, seed=1, device=args.device)
-            ours, _ = build_pair(builder, config_name, regime, args.device, images)
-            inputs = [{"image": x} for x in images]
-            with torch.inference_mode():
-                for _ in range(args.warmup):
-                    stage_times(ours, inputs, args.device)
-                runs = [stage_times(ours, inputs, args.device) for _ in range(args.repeats)]
-            stages = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            total = sum(stages.values())
-            row = {"model": name, "regime": regime, "batch": 8, "total_ms": 1000 * total}
-            row.update({f"{k}_share": v / total for k, v in stages.items()})
-            row["postprocess_share"] = (stages["decode"] + stages["nms"]) / total
-            rows.append(row)
-            print_row(row)
+    for name, _, regime, images, ours, _ in calibrated_pairs(args.device):
+        inputs = [{"image": x} for x in images]
+        with torch.inference_mode():
+            for _ in range(args.warmup):
+                stage_times(ours, inputs, args.device)
+            runs = [stage_times(ours, inputs, args.device) for _ in range(args.repeats)]
+        stages = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        total = sum(stages.values())
+        row = {"model": name, "regime": regime, "batch": 8, "total_ms": 1000 * total}
+        row.update({f"{k}_share": v / total for k, v in stages.items()})
+        row["postprocess_share"] = (stages["decode"] + stages["nms"]) / total
+        rows.append(row)
+        print_row(row)
     report["breakdown"] = rows
 
 
@@ -916,13 +921,8 @@ def markdown_tables(report: dict) -> str:
         table(
             ["peak memory, SSD300 training", "batch", "precision", "ssd_d2 MiB", "torchvision MiB"],
             [
-                [
-                    r["kind"],
-                    r["batch"],
-                    r["precision"],
-                    f"{r['ssd_d2_peak_mib']:.0f}",
-                    f"{r['torchvision_peak_mib']:.0f}",
-                ]
+                [r["kind"], r["batch"], r["precision"]]
+                + [f"{r[f'{model}_peak_mib']:.0f}" for model in ("ssd_d2", "torchvision")]
                 for r in report["memory"]
             ],
         )
