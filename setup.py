@@ -2,7 +2,7 @@
 """ssd_d2: SSD detectors (SSD300/SSD512 on VGG16, SSDLite320) for Detectron2.
 
 detectron2 itself is not on PyPI under its own name: dev/install.sh installs it (and torch)
-before this package. See README.md, "Install".
+before this package. See docs/install.md.
 """
 
 import json

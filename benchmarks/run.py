@@ -797,7 +797,7 @@ def section_bf16_detections(args, report):
 
 
 def markdown_tables(report: dict) -> str:
-    """The report's figures as the Markdown tables of the README."""
+    """The report's figures as the Markdown tables of docs/speed.md."""
     lines = []
 
     def table(header, rows):
