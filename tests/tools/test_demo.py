@@ -18,10 +18,10 @@ from detectron2.modeling import build_model
 from ssd_d2.data.datasets import SHAPE_CLASSES, generate_shapes_dataset
 from ssd_d2.tools import demo
 
-from .conftest import CONFIG_DIR, load_config
+from ..conftest import CONFIG_DIR, load_config
 
 DEMO_CONFIG = os.path.join(CONFIG_DIR, "ssd160_shapes_demo.yaml")
-REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
+REPO_ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 @pytest.fixture(scope="module")
