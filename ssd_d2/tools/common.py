@@ -1,49 +1,143 @@
-"""What the command line tools share: checking input files, drawing and saving figures."""
+"""What the command-line tools share: the parser, the config, input checks and figure drawing."""
 
+import argparse
+import contextlib
+import logging
 import os
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog
+from detectron2.structures import BoxMode
 
+from ssd_d2.config import load_config
+from ssd_d2.data.dataset_mapper import read_image
 from ssd_d2.model_zoo import IMAGENET_FILES
 
-__all__ = ["check_weights", "save_figure"]
+__all__ = [
+    "DPI",
+    "argument_parser",
+    "add_trailing_options",
+    "config_options",
+    "setup_config",
+    "usage_errors",
+    "check_weights",
+    "dataset_dicts",
+    "read_record",
+    "panel_grid_figure",
+    "add_box",
+    "add_title",
+    "class_colors",
+    "save_figure",
+]
+
+# Every picture is drawn at 100 dots per inch: figure sizes in inches are pixel sizes / 100.
+DPI = 100
+
+
+def argument_parser(
+    name: str, description: str, epilog: Optional[str] = None, config_file: str = "required"
+) -> argparse.ArgumentParser:
+    """
+    The parser of ``python -m ssd_d2.tools.<name>``. ``config_file`` "required" or "optional"
+    adds ``--config-file`` and ``--opts KEY VALUE ...`` (last on the line); "" adds neither.
+    """
+    parser = argparse.ArgumentParser(
+        prog=f"python -m ssd_d2.tools.{name}",
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(opts=[], trailing_opts=[])
+    if config_file:
+        required = config_file == "required"
+        parser.add_argument("--config-file", required=required, metavar="FILE", help="config file")
+        parser.add_argument(
+            "--opts",
+            nargs=argparse.REMAINDER,
+            default=[],
+            metavar="KEY VALUE",
+            help="config options, e.g. MODEL.WEIGHTS model.pth (must come last)",
+        )
+    return parser
+
+
+def add_trailing_options(parser: argparse.ArgumentParser) -> None:
+    """Config options after the positional arguments too, as train_net.py takes them. Call last."""
+    parser.add_argument(
+        "trailing_opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config options"
+    )
+
+
+def config_options(args: argparse.Namespace) -> List[str]:
+    """The KEY VALUE pairs of the command line, trailing ones first, then those of --opts."""
+    # A trailing list swallows a later "--opts" too: drop the flag, keep its pairs.
+    return [o for o in args.trailing_opts if o != "--opts"] + list(args.opts)
+
+
+def setup_config(args: argparse.Namespace, *extra_opts) -> CfgNode:
+    """
+    ``--config-file`` with the command line's options, then ``extra_opts``, through the one
+    config assembly (:func:`ssd_d2.config.load_config`); not frozen. Warnings go to stderr.
+    """
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    return load_config(args.config_file, config_options(args) + list(extra_opts))
+
+
+@contextlib.contextmanager
+def usage_errors(parser: argparse.ArgumentParser, *errors):
+    """Reports a missing file (or any of ``errors``) as a command-line error: exit status 2."""
+    try:
+        yield
+    except (FileNotFoundError, *errors) as e:
+        parser.error(str(e))
 
 
 def check_weights(cfg: CfgNode) -> Optional[str]:
     """
-    Check ``cfg.MODEL.WEIGHTS`` before building a model: returns a warning when it is empty
-    (the model keeps its random initialisation) or names the ImageNet backbone a config
-    trains from (the head is random), None when it names a checkpoint.
-
-    Raises:
-        FileNotFoundError: when it names a local file that does not exist.
+    A warning when ``cfg.MODEL.WEIGHTS`` is empty or names an ImageNet backbone (the head
+    would be random), None for a checkpoint. Raises FileNotFoundError for a missing file.
     """
     weights = cfg.MODEL.WEIGHTS
     if not weights:
         return "MODEL.WEIGHTS is empty: the model has random weights."
     if os.path.basename(weights) in {os.path.basename(url) for url in IMAGENET_FILES}:
-        # A published config's default: what training starts from.
         return (
             f"MODEL.WEIGHTS is {os.path.basename(weights)}, ImageNet backbone weights to train "
             "from: the detection head has random weights. Give a trained model (your "
             "model_final.pth, or a model zoo URL, see ssd_d2.model_zoo)."
         )
-    # URLs and detectron2:// paths are resolved by Detectron2's checkpointer.
+    # URLs and detectron2:// paths are resolved by the checkpointer.
     if "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {weights}")
     return None
 
 
-def save_figure(fig, path: str, dpi: int = 100) -> str:
+def dataset_dicts(name: Optional[str], cfg_names: Sequence[str], key: str) -> Tuple[str, list]:
     """
-    Save a matplotlib figure as ``path`` (folders created) and return the path. The tools
-    build ``matplotlib.figure.Figure`` objects directly, without pyplot, so that they need no
-    display and leave the caller's matplotlib backend alone.
+    The name and dicts of the data set ``name``, by default the first of the config's
+    ``cfg_names`` (``key`` names them). Raises ValueError saying what to give instead.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    name = name or (cfg_names[0] if len(cfg_names) else None)
+    if name is None:
+        raise ValueError(f"no --dataset given and the config has no {key}")
+    if name not in DatasetCatalog.list():
+        raise ValueError(f"data set {name!r} is not registered")
+    try:
+        return name, DatasetCatalog.get(name)
+    except FileNotFoundError as e:
+        raise ValueError(f"data set {name!r}: {e}") from e
+
+
+def read_record(record: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A dataset dict's RGB image, XYXY boxes (float32, N x 4) and classes, crowds left out."""
+    image = read_image(record["file_name"], format="RGB")
+    annotations = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
+    boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    return image, boxes, np.array([a["category_id"] for a in annotations], dtype=np.int64)
 
 
 def panel_grid_figure(
@@ -53,14 +147,12 @@ def panel_grid_figure(
     title_inches: float,
     top_inches: float,
     bottom_inches: float,
-    gap_inches: float,
-    dpi: int = 100,
+    gap_inches: float = 0.15,
 ):
     """
-    A matplotlib Figure sized for ``nrows`` x ``ncols`` square panels with fixed margins in
-    inches (``title_inches`` above each panel, ``top_inches`` for the figure title,
-    ``bottom_inches`` below, ``gap_inches`` between panels), so that titles and labels keep
-    their size and never overlap, whatever the grid.
+    A Figure of ``nrows`` x ``ncols`` square panels with margins fixed in inches (each
+    panel's title, the figure title, the bottom, the gaps): labels keep their size and never
+    overlap, whatever the grid.
     """
     from matplotlib.figure import Figure
 
@@ -68,8 +160,8 @@ def panel_grid_figure(
     fig_height = nrows * (panel_inches + title_inches) + top_inches + bottom_inches
     # Whole pixels plus a quarter: matplotlib releases that truncate the size in pixels and
     # those that round it then draw the same picture size.
-    figsize = [(round(inches * dpi) + 0.25) / dpi for inches in (fig_width, fig_height)]
-    fig = Figure(figsize=figsize, dpi=dpi)
+    figsize = [(round(inches * DPI) + 0.25) / DPI for inches in (fig_width, fig_height)]
+    fig = Figure(figsize=figsize, dpi=DPI)
     fig.subplots_adjust(
         left=gap_inches / fig_width,
         right=1 - gap_inches / fig_width,
@@ -99,3 +191,27 @@ def add_box(ax, box, color, gid: str, linewidth: float, linestyle: str = "-", pa
             path_effects=path_effects,
         )
     )
+
+
+def add_title(fig, title: str, inches: float = 0.1) -> None:
+    """The figure's title, ``inches`` below its top edge."""
+    if title:
+        fig.suptitle(title, fontsize=11, y=1 - inches / fig.get_figheight(), va="top")
+
+
+def class_colors(num_classes: int) -> list:
+    """One RGB colour per class, from matplotlib's qualitative palettes."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if num_classes <= 10 else "tab20"]
+    return [cmap(i % cmap.N)[:3] for i in range(max(num_classes, 1))]
+
+
+def save_figure(fig, path: str) -> str:
+    """
+    Save a Figure as ``path`` (folders created). The tools build Figures without pyplot, so
+    they need no display and leave the caller's matplotlib backend alone.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
