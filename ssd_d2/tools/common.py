@@ -16,23 +16,6 @@ from ssd_d2.config import load_config
 from ssd_d2.data.dataset_mapper import read_image
 from ssd_d2.model_zoo import IMAGENET_FILES
 
-__all__ = [
-    "DPI",
-    "argument_parser",
-    "add_trailing_options",
-    "config_options",
-    "setup_config",
-    "usage_errors",
-    "check_weights",
-    "dataset_dicts",
-    "read_record",
-    "panel_grid_figure",
-    "add_box",
-    "add_title",
-    "class_colors",
-    "save_figure",
-]
-
 # Every picture is drawn at 100 dots per inch: figure sizes in inches are pixel sizes / 100.
 DPI = 100
 
@@ -115,10 +98,10 @@ def check_weights(cfg: CfgNode) -> Optional[str]:
     return None
 
 
-def dataset_dicts(name: Optional[str], cfg_names: Sequence[str], key: str) -> Tuple[str, list]:
+def dataset_dicts(name, cfg_names, key: str, indices: Sequence[int] = ()) -> Tuple[str, list]:
     """
     The name and dicts of the data set ``name``, by default the first of the config's
-    ``cfg_names`` (``key`` names them). Raises ValueError saying what to give instead.
+    ``cfg_names`` (``key`` names them), checking ``indices``. Raises ValueError saying why.
     """
     name = name or (cfg_names[0] if len(cfg_names) else None)
     if name is None:
@@ -126,9 +109,25 @@ def dataset_dicts(name: Optional[str], cfg_names: Sequence[str], key: str) -> Tu
     if name not in DatasetCatalog.list():
         raise ValueError(f"data set {name!r} is not registered")
     try:
-        return name, DatasetCatalog.get(name)
+        dicts = DatasetCatalog.get(name)
     except FileNotFoundError as e:
         raise ValueError(f"data set {name!r}: {e}") from e
+    bad = [i for i in indices if not 0 <= i < len(dicts)]
+    if bad:
+        raise ValueError(f"image indices {bad}: data set {name!r} has {len(dicts)} images")
+    return name, dicts
+
+
+def coco_category_ids(metadata, num_classes: int) -> List[int]:
+    """
+    The COCO category id of each class index: the data set's own where its metadata maps them
+    (``thing_dataset_id_to_contiguous_id``), else the index, as Detectron2's COCOEvaluator does.
+    """
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
+    if not mapping:
+        return list(range(num_classes))
+    contiguous_to_dataset = {c: d for d, c in mapping.items()}
+    return [contiguous_to_dataset[i] for i in range(num_classes)]
 
 
 def read_record(record: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -140,57 +139,38 @@ def read_record(record: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image, boxes, np.array([a["category_id"] for a in annotations], dtype=np.int64)
 
 
-def panel_grid_figure(
-    nrows: int,
-    ncols: int,
-    panel_inches: float,
-    title_inches: float,
-    top_inches: float,
-    bottom_inches: float,
-    gap_inches: float = 0.15,
-):
+def panel_grid_figure(nrows, ncols, panel: float, title: float, top: float, bottom: float):
     """
-    A Figure of ``nrows`` x ``ncols`` square panels with margins fixed in inches (each
-    panel's title, the figure title, the bottom, the gaps): labels keep their size and never
-    overlap, whatever the grid.
+    A Figure of ``nrows`` x ``ncols`` square panels of ``panel`` inches, with margins fixed in
+    inches (``title`` above each panel, ``top`` for the figure title, ``bottom``, 0.15 between
+    panels): labels keep their size and never overlap, whatever the grid.
     """
+    gap = 0.15
     from matplotlib.figure import Figure
 
-    fig_width = ncols * (panel_inches + gap_inches) + gap_inches
-    fig_height = nrows * (panel_inches + title_inches) + top_inches + bottom_inches
+    fig_width = ncols * (panel + gap) + gap
+    fig_height = nrows * (panel + title) + top + bottom
     # Whole pixels plus a quarter: matplotlib releases that truncate the size in pixels and
     # those that round it then draw the same picture size.
     figsize = [(round(inches * DPI) + 0.25) / DPI for inches in (fig_width, fig_height)]
     fig = Figure(figsize=figsize, dpi=DPI)
     fig.subplots_adjust(
-        left=gap_inches / fig_width,
-        right=1 - gap_inches / fig_width,
-        bottom=bottom_inches / fig_height,
-        top=1 - (top_inches + title_inches) / fig_height,
-        wspace=gap_inches / panel_inches,
-        hspace=title_inches / panel_inches,
+        left=gap / fig_width,
+        right=1 - gap / fig_width,
+        bottom=bottom / fig_height,
+        top=1 - (top + title) / fig_height,
+        wspace=gap / panel,
+        hspace=title / panel,
     )
     return fig
 
 
-def add_box(ax, box, color, gid: str, linewidth: float, linestyle: str = "-", path_effects=None):
-    """Draw an XYXY box outline on ``ax``; ``gid`` names the patch for tests and SVG output."""
+def add_box(ax, box, color, gid: str, **style) -> None:
+    """Draw an XYXY box outline (``style``: linewidth, linestyle...) with ``gid`` for tests/SVG."""
     from matplotlib.patches import Rectangle
 
     x0, y0, x1, y1 = box
-    ax.add_patch(
-        Rectangle(
-            (x0, y0),
-            x1 - x0,
-            y1 - y0,
-            fill=False,
-            edgecolor=color,
-            linewidth=linewidth,
-            linestyle=linestyle,
-            gid=gid,
-            path_effects=path_effects,
-        )
-    )
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=color, gid=gid, **style))
 
 
 def add_title(fig, title: str, inches: float = 0.1) -> None:

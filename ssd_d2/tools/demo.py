@@ -23,13 +23,14 @@ import cv2
 import numpy as np
 
 from detectron2.data import MetadataCatalog
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 
 from ssd_d2.data.dataset_mapper import UnreadableImageError, read_image
 from ssd_d2.engine import SSDPredictor
 
-from .common import argument_parser, check_weights, setup_config, usage_errors
+from . import common
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -41,7 +42,7 @@ _STOP_KEYS = (27, ord("q"))
 
 
 def build_argument_parser():
-    parser = argument_parser(
+    parser = common.argument_parser(
         "demo", "Draw an SSD model's detections on images, videos or a webcam."
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -170,18 +171,6 @@ class OpenCVWindow:
         cv2.destroyWindow(self.title)
 
 
-def coco_category_ids(metadata, num_classes: int) -> List[int]:
-    """
-    The category id of each class index: the data set's own (``thing_dataset_id_to_contiguous_id``)
-    where it has them, else the index, as Detectron2's COCOEvaluator writes them.
-    """
-    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
-    if not mapping:
-        return list(range(num_classes))
-    contiguous_to_dataset = {c: d for d, c in mapping.items()}
-    return [contiguous_to_dataset[i] for i in range(num_classes)]
-
-
 class CocoDetections:
     """
     COCO-format results (what ``COCO.loadRes`` reads) with image ids 1, 2, ... in processing
@@ -190,7 +179,7 @@ class CocoDetections:
     """
 
     def __init__(self, metadata, num_classes: int):
-        self.category_ids = coco_category_ids(metadata, num_classes)
+        self.category_ids = common.coco_category_ids(metadata, num_classes)
         names = metadata.get("thing_classes", None) or [str(i) for i in range(num_classes)]
         self.categories = [{"id": i, "name": n} for i, n in zip(self.category_ids, names)]
         self.images: List[dict] = []
@@ -201,16 +190,9 @@ class CocoDetections:
         height, width = image.shape[:2]
         entry = {"id": image_id, "file_name": file_name, "height": height, "width": width}
         self.images.append(entry if frame is None else {**entry, "frame": frame})
-        for (x0, y0, x1, y1), score, label in zip(
-            instances.pred_boxes.tensor.tolist(),
-            instances.scores.tolist(),
-            instances.pred_classes.tolist(),
-        ):
-            bbox = [x0, y0, x1 - x0, y1 - y0]
-            category = self.category_ids[label]
-            self.results.append(
-                {"image_id": image_id, "category_id": category, "bbox": bbox, "score": score}
-            )
+        for result in instances_to_coco_json(instances, image_id):
+            result["category_id"] = self.category_ids[result["category_id"]]
+            self.results.append(result)
 
     def save(self, path: str) -> str:
         """Write the results to ``path``, the images next to it (dets.images.json); returns it."""
@@ -242,19 +224,13 @@ class DemoRunner:
     """
     SSDPredictor (DefaultPredictor through ssd_d2's weights entrance) drawing with the class
     names of ``cfg.DATASETS.TEST[0]``. Each input's results go to ``output_name`` (input path,
-    extension -> output path), ``window`` and ``detections`` where
-    set (``record``: a :class:`CocoDetections`); ``open_capture`` opens videos and the camera.
+    extension -> output path), ``window`` and, with ``record``, ``detections``.
     """
 
-    def __init__(
-        self,
-        cfg,
-        scale: float = 1.0,
-        output_name=None,
-        window=None,
-        record: bool = False,
-        open_capture=cv2.VideoCapture,
-    ):
+    # Opens videos and the camera; tests and other cameras stand in here.
+    open_capture = cv2.VideoCapture
+
+    def __init__(self, cfg, scale: float = 1.0, output_name=None, window=None, record=False):
         self.predictor = SSDPredictor(cfg)
         name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(name)
@@ -263,7 +239,6 @@ class DemoRunner:
         self.output_name = output_name
         self.window = window
         self.detections = CocoDetections(self.metadata, self.num_classes) if record else None
-        self.open_capture = open_capture
 
     def predict(self, bgr: np.ndarray):
         """The detections of a BGR image, on the CPU."""
@@ -363,21 +338,8 @@ class DemoRunner:
                 writer.release()
         if frames == 0:
             raise IOError(unreadable)
-        message = (
-            f"{path}: {frames} frames, {objects} objects, {1000 * seconds / frames:.1f} ms/frame"
-        )
-        return message + (f" -> {out}" if out else ""), stopped
-
-
-def _sources(args) -> Tuple[List[str], List[str]]:
-    """The inputs to process (WEBCAM_NAME for the camera) and the errors of those missing."""
-    if args.webcam:
-        return [WEBCAM_NAME], []
-    if args.video_input is not None:
-        if not os.path.isfile(args.video_input):
-            return [], [f"{args.video_input}: no such file"]
-        return [args.video_input], []
-    return expand_inputs(args.input)
+        message = f"{path}: {frames} frames, {objects} objects, {1000 * seconds / frames:.1f} ms"
+        return message + "/frame" + (f" -> {out}" if out else ""), stopped
 
 
 def _output_names(args, parser, sources: Sequence[str]):
@@ -433,18 +395,20 @@ def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -
     """
     parser = build_argument_parser()
     args = parser.parse_args(argv)
-    with usage_errors(parser):
-        cfg = setup_config(args, "MODEL.SSD.SCORE_THRESH_TEST", args.confidence_threshold)
-        warning = check_weights(cfg)
+    with common.usage_errors(parser):
+        cfg = common.setup_config(args, "MODEL.SSD.SCORE_THRESH_TEST", args.confidence_threshold)
+        warning = common.check_weights(cfg)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    files, errors = _sources(args)
+    # The camera is named WEBCAM_NAME; a --video-input is one more input.
+    sources = [args.video_input] if args.video_input else args.input
+    files, errors = ([WEBCAM_NAME], []) if args.webcam else expand_inputs(sources)
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
     output_name = _output_names(args, parser, files)
     window = _window(args, parser, window)
-    capture = open_capture or cv2.VideoCapture
-    runner = DemoRunner(cfg, args.scale, output_name, window, bool(args.json), capture)
+    runner = DemoRunner(cfg, args.scale, output_name, window, record=bool(args.json))
+    runner.open_capture = open_capture or runner.open_capture
     failures = len(errors) + runner.run(files)
     if args.json:
         images_path = runner.detections.save(args.json)

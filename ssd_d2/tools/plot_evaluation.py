@@ -175,8 +175,7 @@ def predict_coco_results(cfg, dataset_dicts: List[dict], metadata) -> List[dict]
     model = build_model(cfg).eval()
     load_weights(model, cfg)
     mapper = SSDDatasetMapper(cfg, is_train=False)
-    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
-    reverse_ids = {v: k for k, v in mapping.items()} if mapping else None
+    category_ids = common.coco_category_ids(metadata, cfg.MODEL.SSD.NUM_CLASSES)
     results = []
     batch_size = 8
     batches = range(0, len(dataset_dicts), batch_size)
@@ -186,8 +185,7 @@ def predict_coco_results(cfg, dataset_dicts: List[dict], metadata) -> List[dict]
             outputs = model(inputs)
         for record, output in zip(inputs, outputs):
             for result in instances_to_coco_json(output["instances"].to("cpu"), record["image_id"]):
-                if reverse_ids is not None:
-                    result["category_id"] = reverse_ids[result["category_id"]]
+                result["category_id"] = category_ids[result["category_id"]]
                 results.append(result)
     return results
 

@@ -73,7 +73,7 @@ def draw_samples(rows: List[List[Sample]], class_names: Sequence[str], title: st
     nrows, ncols = len(rows), max(len(row) for row in rows)
     # Two title lines above each panel, the figure title on top.
     top = 0.4 if title else 0.0
-    fig = common.panel_grid_figure(nrows, ncols, _PANEL_INCHES, 0.45, top, bottom_inches=0.15)
+    fig = common.panel_grid_figure(nrows, ncols, _PANEL_INCHES, 0.45, top, 0.15)
     colors = common.class_colors(len(class_names))
     outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
     for i, sample in enumerate(sample for row in rows for sample in row):
@@ -123,12 +123,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     with common.usage_errors(parser, ValueError):
         cfg = common.setup_config(args)
-        name, dicts = common.dataset_dicts(args.dataset, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
         if args.samples < 0 or args.num_images < 1:
             raise ValueError("--samples must be >= 0 and --num-images >= 1")
-        bad = [i for i in args.indices or [] if not 0 <= i < len(dicts)]
-        if bad:
-            raise ValueError(f"--indices {bad}: data set {name!r} has {len(dicts)} images")
+        names = cfg.DATASETS.TRAIN
+        name, dicts = common.dataset_dicts(
+            args.dataset, names, "DATASETS.TRAIN", args.indices or []
+        )
     indices = args.indices
     if not indices:
         count = min(args.num_images, len(dicts))

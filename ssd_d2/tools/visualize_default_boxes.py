@@ -29,18 +29,7 @@ from detectron2.structures import Boxes, Instances
 from ssd_d2.data.dataset_mapper import read_image
 from ssd_d2.data.transforms import SquareResize
 
-from .common import (
-    DPI,
-    add_box,
-    add_title,
-    argument_parser,
-    dataset_dicts,
-    panel_grid_figure,
-    read_record,
-    save_figure,
-    setup_config,
-    usage_errors,
-)
+from . import common
 
 # One colour per box shape of a cell, in the generator's order: the min-size square, the
 # sqrt(min * max) square, then r:1 and 1:r for each aspect ratio.
@@ -136,7 +125,7 @@ def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_bo
     ncols = min(len(levels), 3 if len(levels) <= 6 else 4)
     nrows = math.ceil(len(levels) / ncols)
     # Two title lines above each panel, the figure title at the top, the legend at the bottom.
-    fig = panel_grid_figure(nrows, ncols, _PANEL_INCHES, 0.45, top_inches=0.45, bottom_inches=0.4)
+    fig = common.panel_grid_figure(nrows, ncols, _PANEL_INCHES, 0.45, 0.45, 0.4)
     # The image in grey, squeezed into mid-tones: coloured, white and yellow boxes all stand
     # out on any picture.
     background = (0.5 * cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) + 50).astype(np.uint8)
@@ -145,19 +134,18 @@ def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_bo
         ax.imshow(background, cmap="gray", vmin=0, vmax=255, extent=(0, size, size, 0))
         height, width = level.grid
         # Grid lines between cells, unless they would be under 4 pixels apart.
-        if level.step / size * _PANEL_INCHES * DPI >= 4:
-            for k in range(1, width):
-                ax.axvline(k * level.step, color="black", linewidth=0.4, alpha=0.35)
-            for k in range(1, height):
-                ax.axhline(k * level.step, color="black", linewidth=0.4, alpha=0.35)
+        if level.step / size * _PANEL_INCHES * common.DPI >= 4:
+            lines = dict(color="black", linewidth=0.4, alpha=0.35)
+            ax.vlines(np.arange(1, width) * level.step, 0, size, **lines)
+            ax.hlines(np.arange(1, height) * level.step, 0, size, **lines)
         cx, cy = np.meshgrid(
             (np.arange(width) + 0.5) * level.step, (np.arange(height) + 0.5) * level.step
         )
         ax.plot(cx.ravel(), cy.ravel(), ".", color="black", markersize=1.5, alpha=0.6)
         for box in level.matched_boxes.tolist():
-            add_box(ax, box, _MATCH_COLOR, "matched_box", linewidth=1.2, linestyle="--")
+            common.add_box(ax, box, _MATCH_COLOR, "matched_box", linewidth=1.2, linestyle="--")
         for box in [] if gt_boxes is None else torch.as_tensor(gt_boxes).tolist():
-            add_box(ax, box, "white", "gt_box", linewidth=2.0, path_effects=_OUTLINE)
+            common.add_box(ax, box, "white", "gt_box", linewidth=2.0, path_effects=_OUTLINE)
         for row, col in level.cells:
             corner = (col * level.step, row * level.step)
             ax.add_patch(
@@ -165,7 +153,7 @@ def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_bo
             )
         for j, box in enumerate(level.cell_boxes.tolist()):
             color = _SHAPE_COLORS[(j % level.boxes_per_cell) % len(_SHAPE_COLORS)]
-            add_box(ax, box, color, "default_box", linewidth=1.8)
+            common.add_box(ax, box, color, "default_box", linewidth=1.8)
         matches = f", {len(level.matched_boxes)} matched" if gt_boxes is not None else ""
         ax.set_title(
             f"{level.name}: {height}x{width}, step {level.step:g}\n"
@@ -184,7 +172,7 @@ def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_bo
         handles.append(Line2D([], [], linewidth=2, label="ground truth", **white))
         handles.append(Line2D([], [], color=_MATCH_COLOR, linestyle="--", label="matched"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
-    add_title(fig, title, inches=0.12)
+    common.add_title(fig, title, inches=0.12)
     return fig
 
 
@@ -199,7 +187,7 @@ def _parse_point(text: str) -> Tuple[float, float]:
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
-    parser = argument_parser(
+    parser = common.argument_parser(
         "visualize_default_boxes", "Draw a config's default boxes over an image, per level."
     )
     source = parser.add_mutually_exclusive_group()
@@ -225,15 +213,9 @@ def _network_input(cfg, args) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
     size = cfg.MODEL.SSD.IMAGE_SIZE
     gt_boxes = None
     if args.dataset:
-        dicts = dataset_dicts(args.dataset, [], "--dataset")[1]
-        if not 0 <= args.index < len(dicts):
-            raise ValueError(
-                f"--index {args.index}: data set {args.dataset!r} has {len(dicts)} images"
-            )
-        image, gt_boxes, _ = read_record(dicts[args.index])
-        source = (
-            f"{args.dataset} #{args.index} ({os.path.basename(dicts[args.index]['file_name'])})"
-        )
+        record = common.dataset_dicts(args.dataset, [], "", indices=[args.index])[1][args.index]
+        image, gt_boxes, _ = common.read_record(record)
+        source = f"{args.dataset} #{args.index} ({os.path.basename(record['file_name'])})"
     elif args.input:
         try:
             image = read_image(args.input, format="RGB")
@@ -251,14 +233,14 @@ def _network_input(cfg, args) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_argument_parser()
     args = parser.parse_args(argv)
-    with usage_errors(parser, ValueError):
-        cfg = setup_config(args)
+    with common.usage_errors(parser, ValueError):
+        cfg = common.setup_config(args)
         image, gt_boxes, source = _network_input(cfg, args)
     gt_boxes = None if gt_boxes is None else torch.as_tensor(gt_boxes)
     levels = default_boxes_by_level(cfg, args.points, gt_boxes)
     size = cfg.MODEL.SSD.IMAGE_SIZE
     title = f"{os.path.basename(args.config_file)}: default boxes at {size}x{size}, {source}"
-    save_figure(draw_default_boxes(levels, image, gt_boxes, title=title), args.output)
+    common.save_figure(draw_default_boxes(levels, image, gt_boxes, title=title), args.output)
     for level in levels:
         print(
             f"{level.name}: {level.grid[0]}x{level.grid[1]} cells, {level.boxes_per_cell} "

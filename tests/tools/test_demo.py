@@ -16,7 +16,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from ssd_d2.data.datasets import SHAPE_CLASSES, generate_shapes_dataset
-from ssd_d2.tools import demo
+from ssd_d2.tools import common, demo
 
 from ..conftest import CONFIG_DIR, load_config
 
@@ -321,9 +321,9 @@ def test_json_holds_the_predictors_detections(tmp_path, images, weights, capsys)
 def test_category_ids_without_a_dataset_mapping():
     from detectron2.data.catalog import Metadata
 
-    assert demo.coco_category_ids(Metadata(name="x", thing_classes=["a", "b"]), 2) == [0, 1]
+    assert common.coco_category_ids(Metadata(name="x", thing_classes=["a", "b"]), 2) == [0, 1]
     mapped = Metadata(name="y", thing_dataset_id_to_contiguous_id={3: 1, 7: 0})
-    assert demo.coco_category_ids(mapped, 2) == [7, 3]
+    assert common.coco_category_ids(mapped, 2) == [7, 3]
 
 
 def test_video_input_to_an_output_file_and_json(tmp_path, weights, capsys):
