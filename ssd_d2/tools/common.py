@@ -4,11 +4,11 @@ import argparse
 import contextlib
 import logging
 import os
+import sys
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.structures import BoxMode
 
@@ -20,9 +20,7 @@ from ssd_d2.model_zoo import IMAGENET_FILES
 DPI = 100
 
 
-def argument_parser(
-    name: str, description: str, epilog: Optional[str] = None, config_file: str = "required"
-) -> argparse.ArgumentParser:
+def argument_parser(name: str, description: str, epilog=None, config_file="required"):
     """
     The parser of ``python -m ssd_d2.tools.<name>``. ``config_file`` "required" or "optional"
     adds ``--config-file`` and ``--opts KEY VALUE ...`` (last on the line); "" adds neither.
@@ -38,29 +36,23 @@ def argument_parser(
         required = config_file == "required"
         parser.add_argument("--config-file", required=required, metavar="FILE", help="config file")
         parser.add_argument(
-            "--opts",
-            nargs=argparse.REMAINDER,
-            default=[],
-            metavar="KEY VALUE",
-            help="config options, e.g. MODEL.WEIGHTS model.pth (must come last)",
+            "--opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config options, last"
         )
     return parser
 
 
 def add_trailing_options(parser: argparse.ArgumentParser) -> None:
     """Config options after the positional arguments too, as train_net.py takes them. Call last."""
-    parser.add_argument(
-        "trailing_opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config options"
-    )
+    parser.add_argument("trailing_opts", nargs=argparse.REMAINDER, metavar="KEY VALUE")
 
 
 def config_options(args: argparse.Namespace) -> List[str]:
-    """The KEY VALUE pairs of the command line, trailing ones first, then those of --opts."""
+    """The KEY VALUE pairs of the command line: trailing ones, then those after ``--opts``."""
     # A trailing list swallows a later "--opts" too: drop the flag, keep its pairs.
     return [o for o in args.trailing_opts if o != "--opts"] + list(args.opts)
 
 
-def setup_config(args: argparse.Namespace, *extra_opts) -> CfgNode:
+def setup_config(args: argparse.Namespace, *extra_opts):
     """
     ``--config-file`` with the command line's options, then ``extra_opts``, through the one
     config assembly (:func:`ssd_d2.config.load_config`); not frozen. Warnings go to stderr.
@@ -78,24 +70,26 @@ def usage_errors(parser: argparse.ArgumentParser, *errors):
         parser.error(str(e))
 
 
-def check_weights(cfg: CfgNode) -> Optional[str]:
+def check_weights(cfg) -> Optional[str]:
     """
-    A warning when ``cfg.MODEL.WEIGHTS`` is empty or names an ImageNet backbone (the head
-    would be random), None for a checkpoint. Raises FileNotFoundError for a missing file.
+    A warning, printed to stderr too, when ``cfg.MODEL.WEIGHTS`` is empty or names an ImageNet
+    backbone (the head would be random); None for a checkpoint. Raises FileNotFoundError.
     """
-    weights = cfg.MODEL.WEIGHTS
+    weights, warning = cfg.MODEL.WEIGHTS, None
     if not weights:
-        return "MODEL.WEIGHTS is empty: the model has random weights."
-    if os.path.basename(weights) in {os.path.basename(url) for url in IMAGENET_FILES}:
-        return (
+        warning = "MODEL.WEIGHTS is empty: the model has random weights."
+    elif os.path.basename(weights) in {os.path.basename(url) for url in IMAGENET_FILES}:
+        warning = (
             f"MODEL.WEIGHTS is {os.path.basename(weights)}, ImageNet backbone weights to train "
             "from: the detection head has random weights. Give a trained model (your "
             "model_final.pth, or a model zoo URL, see ssd_d2.model_zoo)."
         )
-    # URLs and detectron2:// paths are resolved by the checkpointer.
-    if "://" not in weights and not os.path.isfile(weights):
+    # URLs and detectron2:// paths are the checkpointer's to resolve.
+    elif "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {weights}")
-    return None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return warning
 
 
 def dataset_dicts(name, cfg_names, key: str, indices: Sequence[int] = ()) -> Tuple[str, list]:
@@ -145,20 +139,21 @@ def panel_grid_figure(nrows, ncols, panel: float, title: float, top: float, bott
     inches (``title`` above each panel, ``top`` for the figure title, ``bottom``, 0.15 between
     panels): labels keep their size and never overlap, whatever the grid.
     """
-    gap = 0.15
     from matplotlib.figure import Figure
 
-    fig_width = ncols * (panel + gap) + gap
-    fig_height = nrows * (panel + title) + top + bottom
+    gap = 0.15
+    width = ncols * (panel + gap) + gap
+    height = nrows * (panel + title) + top + bottom
     # Whole pixels plus a quarter: matplotlib releases that truncate the size in pixels and
     # those that round it then draw the same picture size.
-    figsize = [(round(inches * DPI) + 0.25) / DPI for inches in (fig_width, fig_height)]
-    fig = Figure(figsize=figsize, dpi=DPI)
+    fig = Figure(
+        figsize=[(round(inches * DPI) + 0.25) / DPI for inches in (width, height)], dpi=DPI
+    )
     fig.subplots_adjust(
-        left=gap / fig_width,
-        right=1 - gap / fig_width,
-        bottom=bottom / fig_height,
-        top=1 - (top + title) / fig_height,
+        left=gap / width,
+        right=1 - gap / width,
+        bottom=bottom / height,
+        top=1 - (top + title) / height,
         wspace=gap / panel,
         hspace=title / panel,
     )
@@ -188,10 +183,7 @@ def class_colors(num_classes: int) -> list:
 
 
 def save_figure(fig, path: str) -> str:
-    """
-    Save a Figure as ``path`` (folders created). The tools build Figures without pyplot, so
-    they need no display and leave the caller's matplotlib backend alone.
-    """
+    """Save ``fig`` as ``path``, folders created. The tools draw without pyplot: no display."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path

@@ -34,21 +34,16 @@ from . import common
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-# The camera --webcam opens, and the name its frames and output take.
-WEBCAM = 0
+# The name the camera's frames and output take (it is OpenCV's camera 0).
 WEBCAM_NAME = "webcam"
 # Keys that close the window: Esc, q.
 _STOP_KEYS = (27, ord("q"))
 
 
 def build_argument_parser():
-    parser = common.argument_parser(
-        "demo", "Draw an SSD model's detections on images, videos or a webcam."
-    )
+    parser = common.argument_parser("demo", "Draw an SSD model's detections on images or videos.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--input", nargs="+", metavar="PATH", help="image or video files, folders, glob patterns"
-    )
+    source.add_argument("--input", nargs="+", metavar="PATH", help="files, folders, globs")
     source.add_argument("--video-input", metavar="FILE", help="a video file")
     source.add_argument("--webcam", action="store_true", help="the first camera (Esc: stop)")
     parser.add_argument("--output", metavar="FILE_OR_DIR", help="a file (single input) or folder")
@@ -100,14 +95,14 @@ class _OutputNames:
         ext = extension or (ext.lower() if ext.lower() in IMAGE_EXTENSIONS else ".png")
         candidate, n = stem + ext, 1
         # Never overwrite an input (--output may be an input folder) or an earlier output.
-        while candidate in self.used or self._is_input(candidate):
+        while candidate in self.used or self._path(candidate) in self.inputs:
             n += 1
             candidate = f"{stem}_{n}{ext}"
         self.used.add(candidate)
         return os.path.join(self.folder, candidate)
 
-    def _is_input(self, name: str) -> bool:
-        return os.path.realpath(os.path.join(self.folder, name)) in self.inputs
+    def _path(self, name: str) -> str:
+        return os.path.realpath(os.path.join(self.folder, name))
 
 
 class _Progress:
@@ -304,7 +299,7 @@ class DemoRunner:
     def _process_video(self, path: str) -> Tuple[str, bool]:
         webcam = path == WEBCAM_NAME
         unreadable = "no frame read from the camera" if webcam else "cannot read it as a video"
-        capture = self.open_capture(WEBCAM if webcam else path)
+        capture = self.open_capture(0 if webcam else path)
         out = self.output_name(path, ".mp4") if self.output_name is not None else None
         # Keeps an object's colour from frame to frame.
         visualizer = VideoVisualizer(self.metadata)
@@ -397,9 +392,7 @@ def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -
     args = parser.parse_args(argv)
     with common.usage_errors(parser):
         cfg = common.setup_config(args, "MODEL.SSD.SCORE_THRESH_TEST", args.confidence_threshold)
-        warning = common.check_weights(cfg)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+        common.check_weights(cfg)
     # The camera is named WEBCAM_NAME; a --video-input is one more input.
     sources = [args.video_input] if args.video_input else args.input
     files, errors = ([WEBCAM_NAME], []) if args.webcam else expand_inputs(sources)

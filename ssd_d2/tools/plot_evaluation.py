@@ -36,20 +36,7 @@ from ssd_d2.engine import load_weights
 from . import common
 
 # The 12 numbers of COCOeval.summarize(), in its order.
-_STAT_NAMES = [
-    "AP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "AR1",
-    "AR10",
-    "AR100",
-    "ARs",
-    "ARm",
-    "ARl",
-]
+_STAT_NAMES = "AP AP50 AP75 APs APm APl AR1 AR10 AR100 ARs ARm ARl".split()
 
 
 @dataclass
@@ -86,11 +73,8 @@ def evaluate_detections(
     coco_gt.dataset = ground_truth
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt.createIndex()
-        # loadRes rejects an empty list; an empty result set still gives AP 0 everywhere.
+        # loadRes rejects an empty list; no results (an empty COCO) give AP 0 everywhere.
         coco_dt = coco_gt.loadRes(detections) if detections else COCO()
-        if not detections:
-            coco_dt.dataset = {"images": [], "annotations": [], "categories": []}
-            coco_dt.createIndex()
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
         if image_ids is not None:
             evaluator.params.imgIds = list(image_ids)
@@ -152,11 +136,9 @@ def plot_evaluation(curves: ClassCurves, title: str = "") -> Figure:
     for k, name in enumerate(curves.class_names):
         if not np.isnan(curves.ap50[k]):
             label = f"{name} (AP50 {100 * curves.ap50[k]:.1f})"
-            color = colors[k]
-            ax.plot(
-                curves.recall, curves.precision50[k], c=color, lw=1.8, label=label, gid="pr_curve"
-            )
-            ax.plot(curves.recall, curves.precision75[k], c=color, lw=1.0, ls="--")
+            ax.plot(curves.recall, curves.precision50[k], c=colors[k], lw=1.8, label=label)
+            ax.lines[-1].set_gid("pr_curve")
+            ax.plot(curves.recall, curves.precision75[k], c=colors[k], lw=1.0, ls="--")
     ax.plot([], [], color="0.3", lw=1.8, label="IoU 0.5")
     ax.plot([], [], color="0.3", lw=1.0, ls="--", label="IoU 0.75")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
@@ -208,12 +190,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = common.setup_config(args)
         if args.results and not os.path.isfile(args.results):
             raise FileNotFoundError(f"--results file not found: {args.results}")
-        warning = None if args.results else common.check_weights(cfg)
+        if not args.results:
+            common.check_weights(cfg)
         name, dicts = common.dataset_dicts(args.dataset, cfg.DATASETS.TEST, "DATASETS.TEST")
         if args.max_images is not None and args.max_images < 1:
             raise ValueError("--max-images must be >= 1")
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
     dicts = dicts[: args.max_images]
     image_ids = [d["image_id"] for d in dicts]
     if args.results:
