@@ -53,8 +53,7 @@ class ClassCurves:
 
 
 def coco_ground_truth(dataset_name: str) -> dict:
-    """The data set's ground truth as a COCO dict: its ``json_file`` where it has one, as
-    COCOEvaluator reads it, else converted from its dataset dicts."""
+    """The data set's ground truth as a COCO dict, as COCOEvaluator reads or converts it."""
     json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
     if json_file:
         DatasetCatalog.get(dataset_name)  # generates the embedded data set on first use
@@ -67,8 +66,7 @@ def coco_ground_truth(dataset_name: str) -> dict:
 def evaluate_detections(
     ground_truth: dict, detections: List[dict], image_ids: Optional[Sequence[int]] = None
 ) -> ClassCurves:
-    """pycocotools' COCOeval of COCO results (XYWH boxes) against a COCO dict, on ``image_ids``
-    (default: all images)."""
+    """COCOeval of COCO results (XYWH) against a COCO dict, on ``image_ids`` (default: all)."""
     coco_gt = COCO()
     coco_gt.dataset = ground_truth
     with contextlib.redirect_stdout(io.StringIO()):
@@ -188,10 +186,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     with common.usage_errors(parser, ValueError):
         cfg = common.setup_config(args)
-        if args.results and not os.path.isfile(args.results):
-            raise FileNotFoundError(f"--results file not found: {args.results}")
         if not args.results:
             common.check_weights(cfg)
+        elif not os.path.isfile(args.results):
+            raise FileNotFoundError(f"--results file not found: {args.results}")
         name, dicts = common.dataset_dicts(args.dataset, cfg.DATASETS.TEST, "DATASETS.TEST")
         if args.max_images is not None and args.max_images < 1:
             raise ValueError("--max-images must be >= 1")

@@ -38,9 +38,7 @@ class Sample:
     title: str
 
 
-def augmented_samples(
-    cfg, dataset_name: str, indices: Sequence[int], samples_per_image: int, seed: int = 0
-) -> List[List[Sample]]:
+def augmented_samples(cfg, dataset_name: str, indices, samples_per_image: int, seed=0):
     """
     For each index of ``dataset_name``: the image as annotated, then ``samples_per_image``
     outputs of ``SSDDatasetMapper(cfg, is_train=True)``. The same seed gives the same samples.
@@ -85,30 +83,18 @@ def draw_samples(rows: List[List[Sample]], class_names: Sequence[str], title: st
             common.add_box(ax, box, color, "gt_box", linewidth=2, path_effects=outline)
             label = class_names[cls] if cls < len(class_names) else str(cls)
             # Above the box, or inside it where the image ends.
-            inside = box[1] < 0.08 * height
-            ax.text(
-                box[0],
-                box[1],
-                label,
-                fontsize=8,
-                color="white",
-                va="top" if inside else "bottom",
-                bbox=dict(facecolor=color, edgecolor="none", pad=1.0, alpha=0.85),
-                clip_on=True,
-            )
+            va = "top" if box[1] < 0.08 * height else "bottom"
+            background = dict(facecolor=color, edgecolor="none", pad=1.0, alpha=0.85)
+            ax.text(*box[:2], label, fontsize=8, color="w", va=va, bbox=background, clip_on=True)
         ax.set(xlim=(0, width), ylim=(height, 0), xticks=[], yticks=[])
-        boxes = len(sample.boxes)
-        ax.set_title(
-            f"{sample.title}\n{width}x{height}, {boxes} box{'es' if boxes != 1 else ''}", fontsize=9
-        )
+        boxes = f"{len(sample.boxes)} box{'es' if len(sample.boxes) != 1 else ''}"
+        ax.set_title(f"{sample.title}\n{width}x{height}, {boxes}", fontsize=9)
     common.add_title(fig, title)
     return fig
 
 
 def build_argument_parser():
-    parser = common.argument_parser(
-        "visualize_data", "Draw training samples after SSD's augmentations, with their boxes."
-    )
+    parser = common.argument_parser("visualize_data", "Draw training samples as augmented.")
     parser.add_argument("--dataset", metavar="NAME", help="data set (default: DATASETS.TRAIN[0])")
     parser.add_argument("--indices", nargs="+", type=int, metavar="N", help="image indices")
     parser.add_argument("--num-images", type=int, default=3, help="else this many random images")
@@ -125,9 +111,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = common.setup_config(args)
         if args.samples < 0 or args.num_images < 1:
             raise ValueError("--samples must be >= 0 and --num-images >= 1")
-        names = cfg.DATASETS.TRAIN
+        train = cfg.DATASETS.TRAIN
         name, dicts = common.dataset_dicts(
-            args.dataset, names, "DATASETS.TRAIN", args.indices or []
+            args.dataset, train, "DATASETS.TRAIN", args.indices or []
         )
     indices = args.indices
     if not indices:

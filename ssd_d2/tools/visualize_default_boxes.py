@@ -1,8 +1,7 @@
 """
-Draw a config's default boxes (SSD's anchors) over an image as the network sees it (resized to
-MODEL.SSD.IMAGE_SIZE squared), one panel per feature level: the grid of box centres, the boxes
-of the cells under ``--points`` and, for a data set image, the default boxes that match its
-ground truth in training (the model's own rule, ``SSD.label_anchors``).
+Draw a config's default boxes (SSD's anchors) over an image resized to the network size, one
+panel per feature level: the grid of box centres, the boxes of the cells under ``--points`` and,
+for a data set image, the default boxes its ground truth matches in training (``label_anchors``).
 
     python -m ssd_d2.tools.visualize_default_boxes --config-file configs/ssd160_shapes_demo.yaml \\
         --dataset ssd_shapes_val --index 3 --output default_boxes.png
@@ -54,9 +53,7 @@ class LevelDefaultBoxes:
     matched_boxes: torch.Tensor  # (M, 4) default boxes of this level matched to ground truth
 
 
-def default_boxes_by_level(
-    cfg, points: Sequence[Tuple[float, float]] = ((0.5, 0.5),), gt_boxes=None
-) -> List[LevelDefaultBoxes]:
+def default_boxes_by_level(cfg, points=((0.5, 0.5),), gt_boxes=None) -> List[LevelDefaultBoxes]:
     """
     The default boxes of each level of ``cfg``'s model: those of the cells under ``points``
     ((x, y) fractions of the image) and those that ``gt_boxes`` ((G, 4) XYXY in network-input
@@ -67,42 +64,33 @@ def default_boxes_by_level(
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg).eval()
     size = cfg.MODEL.SSD.IMAGE_SIZE
-    in_features = list(cfg.MODEL.SSD.IN_FEATURES)
     with torch.no_grad():
         features = model.backbone(torch.zeros(1, 3, size, size))
-    features = [features[f] for f in in_features]
+    features = [features[f] for f in cfg.MODEL.SSD.IN_FEATURES]
     anchors = model.anchor_generator(features)  # per level, (H * W * A) boxes
-
     matched = torch.zeros(sum(len(a) for a in anchors), dtype=torch.bool)
     if gt_boxes is not None and len(gt_boxes):
         instances = Instances((size, size))
         instances.gt_boxes = Boxes(torch.as_tensor(gt_boxes, dtype=torch.float32))
         instances.gt_classes = torch.zeros(len(gt_boxes), dtype=torch.long)
         matched = model.label_anchors(Boxes.cat(anchors), [instances])[0][0] > 0
+    matched = matched.split([len(a) for a in anchors])
 
-    levels = []
-    generator = model.anchor_generator
-    for name, feature, level_anchors, level_matched, step, sizes in zip(
-        in_features,
-        features,
-        anchors,
-        matched.split([len(a) for a in anchors]),
-        generator.steps,
-        generator.cell_sizes,
-    ):
-        height, width = feature.shape[-2:]
-        per_cell = len(level_anchors) // (height * width)
-        cells = []
-        for x, y in points:
-            cell = (min(int(y * height), height - 1), min(int(x * width), width - 1))
-            if cell not in cells:
-                cells.append(cell)
-        boxes = level_anchors.tensor.view(height, width, per_cell, 4)
-        cell_boxes = torch.cat([boxes[r, c] for r, c in cells])
-        matched_boxes = level_anchors.tensor[level_matched]
+    levels, generator = [], model.anchor_generator
+    for i, name in enumerate(cfg.MODEL.SSD.IN_FEATURES):
+        height, width = features[i].shape[-2:]
+        per_cell = len(anchors[i]) // (height * width)
+        cells = [
+            (min(int(y * height), height - 1), min(int(x * width), width - 1)) for x, y in points
+        ]
+        cells = list(dict.fromkeys(cells))  # each cell once, in order
+        grid = anchors[i].tensor.view(height, width, per_cell, 4)
+        cell_boxes = torch.cat([grid[r, c] for r, c in cells])
+        sizes, boxes = list(generator.cell_sizes[i]), anchors[i].tensor[matched[i]]
+        step = generator.steps[i]
         levels.append(
             LevelDefaultBoxes(
-                name, (height, width), step, per_cell, cells, cell_boxes, list(sizes), matched_boxes
+                name, (height, width), step, per_cell, cells, cell_boxes, sizes, boxes
             )
         )
     return levels
@@ -129,34 +117,32 @@ def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_bo
     # The image in grey, squeezed into mid-tones: coloured, white and yellow boxes all stand
     # out on any picture.
     background = (0.5 * cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) + 50).astype(np.uint8)
+    has_gt = gt_boxes is not None
+    gt_boxes = torch.as_tensor(gt_boxes).tolist() if has_gt else []
     for i, level in enumerate(levels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         ax.imshow(background, cmap="gray", vmin=0, vmax=255, extent=(0, size, size, 0))
-        height, width = level.grid
+        (height, width), step = level.grid, level.step
         # Grid lines between cells, unless they would be under 4 pixels apart.
-        if level.step / size * _PANEL_INCHES * common.DPI >= 4:
-            lines = dict(color="black", linewidth=0.4, alpha=0.35)
-            ax.vlines(np.arange(1, width) * level.step, 0, size, **lines)
-            ax.hlines(np.arange(1, height) * level.step, 0, size, **lines)
-        cx, cy = np.meshgrid(
-            (np.arange(width) + 0.5) * level.step, (np.arange(height) + 0.5) * level.step
-        )
+        if step / size * _PANEL_INCHES * common.DPI >= 4:
+            ax.vlines(np.arange(1, width) * step, 0, size, color="k", linewidth=0.4, alpha=0.35)
+            ax.hlines(np.arange(1, height) * step, 0, size, color="k", linewidth=0.4, alpha=0.35)
+        cx, cy = np.meshgrid((np.arange(width) + 0.5) * step, (np.arange(height) + 0.5) * step)
         ax.plot(cx.ravel(), cy.ravel(), ".", color="black", markersize=1.5, alpha=0.6)
         for box in level.matched_boxes.tolist():
             common.add_box(ax, box, _MATCH_COLOR, "matched_box", linewidth=1.2, linestyle="--")
-        for box in [] if gt_boxes is None else torch.as_tensor(gt_boxes).tolist():
+        for box in gt_boxes:
             common.add_box(ax, box, "white", "gt_box", linewidth=2.0, path_effects=_OUTLINE)
         for row, col in level.cells:
-            corner = (col * level.step, row * level.step)
             ax.add_patch(
-                Rectangle(corner, level.step, level.step, fc="black", alpha=0.35, gid="cell")
+                Rectangle((col * step, row * step), step, step, fc="k", alpha=0.35, gid="cell")
             )
         for j, box in enumerate(level.cell_boxes.tolist()):
             color = _SHAPE_COLORS[(j % level.boxes_per_cell) % len(_SHAPE_COLORS)]
             common.add_box(ax, box, color, "default_box", linewidth=1.8)
-        matches = f", {len(level.matched_boxes)} matched" if gt_boxes is not None else ""
+        matches = f", {len(level.matched_boxes)} matched" if has_gt else ""
         ax.set_title(
-            f"{level.name}: {height}x{width}, step {level.step:g}\n"
+            f"{level.name}: {height}x{width}, step {step:g}\n"
             f"{level.boxes_per_cell} boxes per cell{matches}",
             fontsize=10,
         )
@@ -167,7 +153,7 @@ def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_bo
         Line2D([], [], color=_SHAPE_COLORS[j], linewidth=2, label=_shape_name(w, h, j))
         for j, (w, h) in enumerate(longest.cell_box_sizes[: longest.boxes_per_cell])
     ]
-    if gt_boxes is not None:
+    if has_gt:
         white = dict(color="white", path_effects=_OUTLINE)
         handles.append(Line2D([], [], linewidth=2, label="ground truth", **white))
         handles.append(Line2D([], [], color=_MATCH_COLOR, linestyle="--", label="matched"))
@@ -187,14 +173,10 @@ def _parse_point(text: str) -> Tuple[float, float]:
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
-    parser = common.argument_parser(
-        "visualize_default_boxes", "Draw a config's default boxes over an image, per level."
-    )
+    parser = common.argument_parser("visualize_default_boxes", "Draw default boxes, per level.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", metavar="IMAGE", help="an image file (default: a blank one)")
-    source.add_argument(
-        "--dataset", metavar="NAME", help="a data set: draws image --index, matched"
-    )
+    source.add_argument("--dataset", metavar="NAME", help="a data set: its image --index, matched")
     parser.add_argument("--index", type=int, default=0, help="image index in --dataset")
     parser.add_argument(
         "--points",
@@ -211,23 +193,21 @@ def build_argument_parser() -> argparse.ArgumentParser:
 def _network_input(cfg, args) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
     """The RGB image at the network size, its ground truth (or None) and where it comes from."""
     size = cfg.MODEL.SSD.IMAGE_SIZE
-    gt_boxes = None
+    image, gt_boxes, source = np.full((size, size, 3), 200, dtype=np.uint8), None, "blank image"
     if args.dataset:
         record = common.dataset_dicts(args.dataset, [], "", indices=[args.index])[1][args.index]
         image, gt_boxes, _ = common.read_record(record)
         source = f"{args.dataset} #{args.index} ({os.path.basename(record['file_name'])})"
     elif args.input:
         try:
-            image = read_image(args.input, format="RGB")
+            image, source = read_image(args.input, format="RGB"), os.path.basename(args.input)
         except OSError as e:
             raise ValueError(f"cannot read --input {args.input}: {e}") from e
-        source = os.path.basename(args.input)
-    else:
-        image, source = np.full((size, size, 3), 200, dtype=np.uint8), "blank image"
-    # The network's resize (the data mapper's), boxes with it.
+    # The data mapper's resize to the network size, the boxes with it.
     aug_input = T.AugInput(image, boxes=gt_boxes)
     SquareResize(size)(aug_input)
-    return aug_input.image, aug_input.boxes, source
+    boxes = None if gt_boxes is None else torch.as_tensor(aug_input.boxes)
+    return aug_input.image, boxes, source
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -236,7 +216,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with common.usage_errors(parser, ValueError):
         cfg = common.setup_config(args)
         image, gt_boxes, source = _network_input(cfg, args)
-    gt_boxes = None if gt_boxes is None else torch.as_tensor(gt_boxes)
     levels = default_boxes_by_level(cfg, args.points, gt_boxes)
     size = cfg.MODEL.SSD.IMAGE_SIZE
     title = f"{os.path.basename(args.config_file)}: default boxes at {size}x{size}, {source}"
