@@ -6,9 +6,10 @@ names of the config's first test data set, as Detectron2's ``demo/demo.py`` does
         --input photo.jpg images/ "more/*.png" clip.mp4 --output out/ --json out/dets.json \\
         --opts MODEL.WEIGHTS output/ssd160_shapes_demo/model_final.pth
 
-An input is a file, a folder (its images and videos) or a quoted glob pattern. Without
-``--output`` or ``--json``, a window shows the pictures (Esc or q: stop) where OpenCV has a GUI.
-A missing or unreadable input is reported and skipped; the exit status is then 1.
+An input is a file, a folder (its images and videos) or a quoted glob pattern. ``--output`` is
+a file for a single input, else a folder; ``--json`` writes COCO-format results. Without either,
+a window shows the pictures (Esc or q: stop) where OpenCV has a GUI. A missing or unreadable
+input is reported and skipped; the exit status is then 1.
 """
 
 import glob
@@ -17,7 +18,7 @@ import os
 import re
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -58,10 +59,7 @@ def _has_extension(path: str, extensions: Sequence[str]) -> bool:
 
 
 def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """
-    The files that ``patterns`` (files, folders, glob patterns) name, in the order given, each
-    once, and an error message for each pattern that names nothing.
-    """
+    """The files ``patterns`` (files, folders, globs) name, each once, and what names none."""
     files, errors = [], []
     for pattern in patterns:
         if os.path.isdir(pattern):
@@ -118,7 +116,6 @@ class _Progress:
             self.bar = tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True)
 
     def print(self, message: str, file=None) -> None:
-        """Print the message of the next input, and count it."""
         file = file or sys.stdout
         self.count += 1
         if self.bar is not None:
@@ -129,12 +126,10 @@ class _Progress:
             print(prefix + message, file=file, flush=True)
 
 
-def gui_unavailable_reason(
-    build_information: Optional[str] = None, environ: Optional[Dict[str, str]] = None
-) -> Optional[str]:
+def gui_unavailable_reason(build_information=None, environ=None) -> Optional[str]:
     """
-    Why OpenCV cannot open a window here, or None when it can. A headless OpenCV has no GUI
-    backend; a GUI build on Linux needs a display, and some backends abort the process without.
+    Why OpenCV cannot open a window here (default: this OpenCV and ``os.environ``), or None. A
+    GUI build on Linux needs a display: some of its backends abort the process without one.
     """
     build_information = build_information or cv2.getBuildInformation()
     environ = os.environ if environ is None else environ
@@ -246,10 +241,7 @@ class DemoRunner:
         return np.ascontiguousarray(drawn[:, :, ::-1])
 
     def run(self, files: Sequence[str]) -> int:
-        """
-        Process ``files`` (WEBCAM_NAME: the camera) until the window asks to stop or Ctrl-C;
-        returns how many failed. A failed input is reported and skipped.
-        """
+        """Process ``files`` until the window asks to stop; the number that failed (skipped)."""
         progress, failures = _Progress(len(files)), 0
         try:
             for path in files:
@@ -383,11 +375,7 @@ def _window(args, parser, window):
 
 
 def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -> int:
-    """
-    The demo. ``window`` (an object with :class:`OpenCVWindow`'s ``show`` and ``close``) and
-    ``open_capture`` (``cv2.VideoCapture`` by default) stand in for the OpenCV window and the
-    video input: a GUI or a camera of one's own, or stand-ins for tests.
-    """
+    """The demo; ``window`` and ``open_capture`` replace :class:`OpenCVWindow` and the camera."""
     parser = build_argument_parser()
     args = parser.parse_args(argv)
     with common.usage_errors(parser):
