@@ -20,10 +20,11 @@ from ssd_d2.model_zoo import IMAGENET_FILES
 DPI = 100
 
 
-def argument_parser(name: str, description: str, epilog=None, config_file="required"):
+def argument_parser(name, description, epilog=None, config_file="required", config_help=""):
     """
     The parser of ``python -m ssd_d2.tools.<name>``. ``config_file`` "required" or "optional"
-    adds ``--config-file`` and ``--opts KEY VALUE ...`` (last on the line); "" adds neither.
+    adds ``--config-file`` (``config_help``) and ``--opts KEY VALUE ...`` (last on the line); ""
+    adds neither.
     """
     parser = argparse.ArgumentParser(
         prog=f"python -m ssd_d2.tools.{name}",
@@ -34,7 +35,8 @@ def argument_parser(name: str, description: str, epilog=None, config_file="requi
     parser.set_defaults(opts=[], trailing_opts=[])
     if config_file:
         required = config_file == "required"
-        parser.add_argument("--config-file", required=required, metavar="FILE", help="config file")
+        help_text = config_help or "config file"
+        parser.add_argument("--config-file", required=required, metavar="FILE", help=help_text)
         parser.add_argument(
             "--opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config options, last"
         )
