@@ -24,7 +24,7 @@ def argument_parser(name, description, epilog=None, config_file="required", conf
     """
     The parser of ``python -m ssd_d2.tools.<name>``. ``config_file`` "required" or "optional"
     adds ``--config-file`` (``config_help``) and ``--opts KEY VALUE ...`` (last on the line); ""
-    adds neither.
+    adds neither. ``--output FILE.png`` for the picture tools: :func:`add_picture_output`.
     """
     parser = argparse.ArgumentParser(
         prog=f"python -m ssd_d2.tools.{name}",
@@ -41,6 +41,10 @@ def argument_parser(name, description, epilog=None, config_file="required", conf
             "--opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config options, last"
         )
     return parser
+
+
+def add_picture_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", required=True, metavar="FILE.png", help="picture to write")
 
 
 def add_trailing_options(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +65,13 @@ def setup_config(args: argparse.Namespace, *extra_opts):
     """
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     return load_config(args.config_file, config_options(args) + list(extra_opts))
+
+
+def parse_config(parser: argparse.ArgumentParser, argv, *extra_opts):
+    """``argv`` parsed by ``parser``, and the config it names (:func:`setup_config`)."""
+    args = parser.parse_args(argv)
+    with usage_errors(parser):
+        return args, setup_config(args, *extra_opts)
 
 
 @contextlib.contextmanager

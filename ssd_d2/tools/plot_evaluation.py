@@ -174,18 +174,17 @@ def build_argument_parser():
     parser = common.argument_parser(
         "plot_evaluation", "Per-class AP and precision-recall curves of a model on a data set."
     )
+    common.add_picture_output(parser)
     parser.add_argument("--dataset", metavar="NAME", help="data set (default: DATASETS.TEST[0])")
     parser.add_argument("--max-images", type=int, metavar="N", help="only the first N images")
     parser.add_argument("--results", metavar="JSON", help="saved COCO-format detections to read")
-    parser.add_argument("--output", required=True, metavar="FILE.png", help="picture to write")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_argument_parser()
-    args = parser.parse_args(argv)
+    args, cfg = common.parse_config(parser, argv)
     with common.usage_errors(parser, ValueError):
-        cfg = common.setup_config(args)
         if not args.results:
             common.check_weights(cfg)
         elif not os.path.isfile(args.results):

@@ -126,8 +126,8 @@ def build_argument_parser():
     parser = common.argument_parser(
         "plot_metrics", "Plot losses, learning rate and AP over iterations.", config_file=""
     )
+    common.add_picture_output(parser)
     parser.add_argument("metrics", metavar="PATH", help="an output folder or its metrics.json")
-    parser.add_argument("--output", required=True, metavar="FILE.png", help="picture to write")
     parser.add_argument("--title", default=None, help="figure title (default: the input path)")
     return parser
 

@@ -95,20 +95,19 @@ def draw_samples(rows: List[List[Sample]], class_names: Sequence[str], title: st
 
 def build_argument_parser():
     parser = common.argument_parser("visualize_data", "Draw training samples as augmented.")
+    common.add_picture_output(parser)
     parser.add_argument("--dataset", metavar="NAME", help="data set (default: DATASETS.TRAIN[0])")
     parser.add_argument("--indices", nargs="+", type=int, metavar="N", help="image indices")
     parser.add_argument("--num-images", type=int, default=3, help="else this many random images")
     parser.add_argument("--samples", type=int, default=4, help="augmented samples per image")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image choice and samples")
-    parser.add_argument("--output", required=True, metavar="FILE.png", help="picture to write")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_argument_parser()
-    args = parser.parse_args(argv)
+    args, cfg = common.parse_config(parser, argv)
     with common.usage_errors(parser, ValueError):
-        cfg = common.setup_config(args)
         if args.samples < 0 or args.num_images < 1:
             raise ValueError("--samples must be >= 0 and --num-images >= 1")
         train = cfg.DATASETS.TRAIN

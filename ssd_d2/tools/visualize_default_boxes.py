@@ -174,6 +174,7 @@ def _parse_point(text: str) -> Tuple[float, float]:
 
 def build_argument_parser() -> argparse.ArgumentParser:
     parser = common.argument_parser("visualize_default_boxes", "Draw default boxes, per level.")
+    common.add_picture_output(parser)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", metavar="IMAGE", help="an image file (default: a blank one)")
     source.add_argument("--dataset", metavar="NAME", help="a data set: its image --index, matched")
@@ -186,7 +187,6 @@ def build_argument_parser() -> argparse.ArgumentParser:
         metavar="X,Y",
         help="show the boxes of the cell under each point (fractions; default: the centre)",
     )
-    parser.add_argument("--output", required=True, metavar="FILE.png", help="picture to write")
     return parser
 
 
@@ -212,9 +212,8 @@ def _network_input(cfg, args) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_argument_parser()
-    args = parser.parse_args(argv)
+    args, cfg = common.parse_config(parser, argv)
     with common.usage_errors(parser, ValueError):
-        cfg = common.setup_config(args)
         image, gt_boxes, source = _network_input(cfg, args)
     levels = default_boxes_by_level(cfg, args.points, gt_boxes)
     size = cfg.MODEL.SSD.IMAGE_SIZE
