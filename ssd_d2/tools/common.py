@@ -38,7 +38,10 @@ def argument_parser(name, description, epilog=None, config_file="required", conf
         help_text = config_help or "config file"
         parser.add_argument("--config-file", required=required, metavar="FILE", help=help_text)
         parser.add_argument(
-            "--opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config options, last"
+            "--opts",
+            nargs=argparse.REMAINDER,
+            metavar="KEY VALUE",
+            help="config options, e.g. MODEL.WEIGHTS model.pth (last)",
         )
     return parser
 

@@ -42,7 +42,7 @@ _STOP_KEYS = (27, ord("q"))
 
 
 def build_argument_parser():
-    parser = common.argument_parser("demo", "Draw an SSD model's detections on images or videos.")
+    parser = common.argument_parser("demo", __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="PATH", help="files, folders, globs")
     source.add_argument("--video-input", metavar="FILE", help="a video file")

@@ -171,9 +171,7 @@ def predict_coco_results(cfg, dataset_dicts: List[dict], metadata) -> List[dict]
 
 
 def build_argument_parser():
-    parser = common.argument_parser(
-        "plot_evaluation", "Per-class AP and precision-recall curves of a model on a data set."
-    )
+    parser = common.argument_parser("plot_evaluation", __doc__)
     common.add_picture_output(parser)
     parser.add_argument("--dataset", metavar="NAME", help="data set (default: DATASETS.TEST[0])")
     parser.add_argument("--max-images", type=int, metavar="N", help="only the first N images")

@@ -123,9 +123,7 @@ def _minor_log_label(value: float, _) -> str:
 
 
 def build_argument_parser():
-    parser = common.argument_parser(
-        "plot_metrics", "Plot losses, learning rate and AP over iterations.", config_file=""
-    )
+    parser = common.argument_parser("plot_metrics", __doc__, config_file="")
     common.add_picture_output(parser)
     parser.add_argument("metrics", metavar="PATH", help="an output folder or its metrics.json")
     parser.add_argument("--title", default=None, help="figure title (default: the input path)")

@@ -94,7 +94,7 @@ def draw_samples(rows: List[List[Sample]], class_names: Sequence[str], title: st
 
 
 def build_argument_parser():
-    parser = common.argument_parser("visualize_data", "Draw training samples as augmented.")
+    parser = common.argument_parser("visualize_data", __doc__)
     common.add_picture_output(parser)
     parser.add_argument("--dataset", metavar="NAME", help="data set (default: DATASETS.TRAIN[0])")
     parser.add_argument("--indices", nargs="+", type=int, metavar="N", help="image indices")

@@ -173,7 +173,7 @@ def _parse_point(text: str) -> Tuple[float, float]:
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
-    parser = common.argument_parser("visualize_default_boxes", "Draw default boxes, per level.")
+    parser = common.argument_parser("visualize_default_boxes", __doc__)
     common.add_picture_output(parser)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", metavar="IMAGE", help="an image file (default: a blank one)")
