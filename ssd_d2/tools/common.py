@@ -1,101 +1,205 @@
-"""What the command line tools share: checking input files, drawing and saving figures."""
+"""What the command-line tools share: the parser, the config, input checks and figure drawing."""
 
+import argparse
+import contextlib
+import logging
 import os
-from typing import Optional
+import sys
+from typing import List, Optional, Sequence, Tuple
 
-from detectron2.config import CfgNode
+import numpy as np
 
+from detectron2.data import DatasetCatalog
+from detectron2.structures import BoxMode
+
+from ssd_d2.config import load_config
+from ssd_d2.data.dataset_mapper import read_image
 from ssd_d2.model_zoo import IMAGENET_FILES
 
-__all__ = ["check_weights", "save_figure"]
+# Every picture is drawn at 100 dots per inch: figure sizes in inches are pixel sizes / 100.
+DPI = 100
 
 
-def check_weights(cfg: CfgNode) -> Optional[str]:
+def argument_parser(name, description, epilog=None, config_file="required", config_help=""):
     """
-    Check ``cfg.MODEL.WEIGHTS`` before building a model: returns a warning when it is empty
-    (the model keeps its random initialisation) or names the ImageNet backbone a config
-    trains from (the head is random), None when it names a checkpoint.
-
-    Raises:
-        FileNotFoundError: when it names a local file that does not exist.
+    The parser of ``python -m ssd_d2.tools.<name>``. ``config_file`` "required" or "optional"
+    adds ``--config-file`` (``config_help``) and ``--opts KEY VALUE ...`` (last on the line); ""
+    adds neither. ``--output FILE.png`` for the picture tools: :func:`add_picture_output`.
     """
-    weights = cfg.MODEL.WEIGHTS
+    parser = argparse.ArgumentParser(
+        prog=f"python -m ssd_d2.tools.{name}",
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(opts=[], trailing_opts=[])
+    if config_file:
+        required = config_file == "required"
+        help_text = config_help or "config file"
+        parser.add_argument("--config-file", required=required, metavar="FILE", help=help_text)
+        parser.add_argument(
+            "--opts",
+            nargs=argparse.REMAINDER,
+            metavar="KEY VALUE",
+            help="config options, e.g. MODEL.WEIGHTS model.pth (last)",
+        )
+    return parser
+
+
+def add_picture_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", required=True, metavar="FILE.png", help="picture to write")
+
+
+def add_trailing_options(parser: argparse.ArgumentParser) -> None:
+    """Config options after the positional arguments too, as train_net.py takes them. Call last."""
+    parser.add_argument("trailing_opts", nargs=argparse.REMAINDER, metavar="KEY VALUE")
+
+
+def config_options(args: argparse.Namespace) -> List[str]:
+    """The KEY VALUE pairs of the command line: trailing ones, then those after ``--opts``."""
+    # A trailing list swallows a later "--opts" too: drop the flag, keep its pairs.
+    return [o for o in args.trailing_opts if o != "--opts"] + list(args.opts)
+
+
+def setup_config(args: argparse.Namespace, *extra_opts):
+    """
+    ``--config-file`` with the command line's options, then ``extra_opts``, through the one
+    config assembly (:func:`ssd_d2.config.load_config`); not frozen. Warnings go to stderr.
+    """
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    return load_config(args.config_file, config_options(args) + list(extra_opts))
+
+
+def parse_config(parser: argparse.ArgumentParser, argv, *extra_opts):
+    """``argv`` parsed by ``parser``, and the config it names (:func:`setup_config`)."""
+    args = parser.parse_args(argv)
+    with usage_errors(parser):
+        return args, setup_config(args, *extra_opts)
+
+
+@contextlib.contextmanager
+def usage_errors(parser: argparse.ArgumentParser, *errors):
+    """Reports a missing file (or any of ``errors``) as a command-line error: exit status 2."""
+    try:
+        yield
+    except (FileNotFoundError, *errors) as e:
+        parser.error(str(e))
+
+
+def check_weights(cfg) -> Optional[str]:
+    """
+    A warning, printed to stderr too, when ``cfg.MODEL.WEIGHTS`` is empty or names an ImageNet
+    backbone (the head would be random); None for a checkpoint. Raises FileNotFoundError.
+    """
+    weights, warning = cfg.MODEL.WEIGHTS, None
     if not weights:
-        return "MODEL.WEIGHTS is empty: the model has random weights."
-    if os.path.basename(weights) in {os.path.basename(url) for url in IMAGENET_FILES}:
-        # A published config's default: what training starts from.
-        return (
+        warning = "MODEL.WEIGHTS is empty: the model has random weights."
+    elif os.path.basename(weights) in {os.path.basename(url) for url in IMAGENET_FILES}:
+        warning = (
             f"MODEL.WEIGHTS is {os.path.basename(weights)}, ImageNet backbone weights to train "
             "from: the detection head has random weights. Give a trained model (your "
             "model_final.pth, or a model zoo URL, see ssd_d2.model_zoo)."
         )
-    # URLs and detectron2:// paths are resolved by Detectron2's checkpointer.
-    if "://" not in weights and not os.path.isfile(weights):
+    # URLs and detectron2:// paths are the checkpointer's to resolve.
+    elif "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {weights}")
-    return None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return warning
 
 
-def save_figure(fig, path: str, dpi: int = 100) -> str:
+def dataset_dicts(name, cfg_names, key: str, indices: Sequence[int] = ()) -> Tuple[str, list]:
     """
-    Save a matplotlib figure as ``path`` (folders created) and return the path. The tools
-    build ``matplotlib.figure.Figure`` objects directly, without pyplot, so that they need no
-    display and leave the caller's matplotlib backend alone.
+    The name and dicts of the data set ``name``, by default the first of the config's
+    ``cfg_names`` (``key`` names them), checking ``indices``. Raises ValueError saying why.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    name = name or (cfg_names[0] if len(cfg_names) else None)
+    if name is None:
+        raise ValueError(f"no --dataset given and the config has no {key}")
+    if name not in DatasetCatalog.list():
+        raise ValueError(f"data set {name!r} is not registered")
+    try:
+        dicts = DatasetCatalog.get(name)
+    except FileNotFoundError as e:
+        raise ValueError(f"data set {name!r}: {e}") from e
+    bad = [i for i in indices if not 0 <= i < len(dicts)]
+    if bad:
+        raise ValueError(f"image indices {bad}: data set {name!r} has {len(dicts)} images")
+    return name, dicts
 
 
-def panel_grid_figure(
-    nrows: int,
-    ncols: int,
-    panel_inches: float,
-    title_inches: float,
-    top_inches: float,
-    bottom_inches: float,
-    gap_inches: float,
-    dpi: int = 100,
-):
+def coco_category_ids(metadata, num_classes: int) -> List[int]:
     """
-    A matplotlib Figure sized for ``nrows`` x ``ncols`` square panels with fixed margins in
-    inches (``title_inches`` above each panel, ``top_inches`` for the figure title,
-    ``bottom_inches`` below, ``gap_inches`` between panels), so that titles and labels keep
-    their size and never overlap, whatever the grid.
+    The COCO category id of each class index: the data set's own where its metadata maps them
+    (``thing_dataset_id_to_contiguous_id``), else the index, as Detectron2's COCOEvaluator does.
+    """
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
+    if not mapping:
+        return list(range(num_classes))
+    contiguous_to_dataset = {c: d for d, c in mapping.items()}
+    return [contiguous_to_dataset[i] for i in range(num_classes)]
+
+
+def read_record(record: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A dataset dict's RGB image, XYXY boxes (float32, N x 4) and classes, crowds left out."""
+    image = read_image(record["file_name"], format="RGB")
+    annotations = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
+    boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    return image, boxes, np.array([a["category_id"] for a in annotations], dtype=np.int64)
+
+
+def panel_grid_figure(nrows, ncols, panel: float, title: float, top: float, bottom: float):
+    """
+    A Figure of ``nrows`` x ``ncols`` square panels of ``panel`` inches, with margins fixed in
+    inches (``title`` above each panel, ``top`` for the figure title, ``bottom``, 0.15 between
+    panels): labels keep their size and never overlap, whatever the grid.
     """
     from matplotlib.figure import Figure
 
-    fig_width = ncols * (panel_inches + gap_inches) + gap_inches
-    fig_height = nrows * (panel_inches + title_inches) + top_inches + bottom_inches
+    gap = 0.15
+    width = ncols * (panel + gap) + gap
+    height = nrows * (panel + title) + top + bottom
     # Whole pixels plus a quarter: matplotlib releases that truncate the size in pixels and
     # those that round it then draw the same picture size.
-    figsize = [(round(inches * dpi) + 0.25) / dpi for inches in (fig_width, fig_height)]
-    fig = Figure(figsize=figsize, dpi=dpi)
+    fig = Figure(
+        figsize=[(round(inches * DPI) + 0.25) / DPI for inches in (width, height)], dpi=DPI
+    )
     fig.subplots_adjust(
-        left=gap_inches / fig_width,
-        right=1 - gap_inches / fig_width,
-        bottom=bottom_inches / fig_height,
-        top=1 - (top_inches + title_inches) / fig_height,
-        wspace=gap_inches / panel_inches,
-        hspace=title_inches / panel_inches,
+        left=gap / width,
+        right=1 - gap / width,
+        bottom=bottom / height,
+        top=1 - (top + title) / height,
+        wspace=gap / panel,
+        hspace=title / panel,
     )
     return fig
 
 
-def add_box(ax, box, color, gid: str, linewidth: float, linestyle: str = "-", path_effects=None):
-    """Draw an XYXY box outline on ``ax``; ``gid`` names the patch for tests and SVG output."""
+def add_box(ax, box, color, gid: str, **style) -> None:
+    """Draw an XYXY box outline (``style``: linewidth, linestyle...) with ``gid`` for tests/SVG."""
     from matplotlib.patches import Rectangle
 
     x0, y0, x1, y1 = box
-    ax.add_patch(
-        Rectangle(
-            (x0, y0),
-            x1 - x0,
-            y1 - y0,
-            fill=False,
-            edgecolor=color,
-            linewidth=linewidth,
-            linestyle=linestyle,
-            gid=gid,
-            path_effects=path_effects,
-        )
-    )
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=color, gid=gid, **style))
+
+
+def add_title(fig, title: str, inches: float = 0.1) -> None:
+    """The figure's title, ``inches`` below its top edge."""
+    if title:
+        fig.suptitle(title, fontsize=11, y=1 - inches / fig.get_figheight(), va="top")
+
+
+def class_colors(num_classes: int) -> list:
+    """One RGB colour per class, from matplotlib's qualitative palettes."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if num_classes <= 10 else "tab20"]
+    return [cmap(i % cmap.N)[:3] for i in range(max(num_classes, 1))]
+
+
+def save_figure(fig, path: str) -> str:
+    """Save ``fig`` as ``path``, folders created. The tools draw without pyplot: no display."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path

@@ -1,23 +1,20 @@
 """
 Evaluate a model on a data set with COCO's metrics and draw the per-class AP and the
-precision-recall curves:
+precision-recall curves. The model runs on ``--dataset`` (default: DATASETS.TEST[0]), or its
+first ``--max-images``; ``--results`` reads saved detections instead (the
+``coco_instances_results.json`` of ``train_net.py --eval-only``). Any data set with
+``thing_classes`` works, VOC included: its ground truth is converted to COCO's format.
 
     python -m ssd_d2.tools.plot_evaluation --config-file configs/ssd160_shapes_demo.yaml \\
         --output ap.png --opts MODEL.WEIGHTS output/ssd160_shapes_demo/model_final.pth
-
-The model runs on ``--dataset`` (default: DATASETS.TEST[0]), or on its first
-``--max-images``. ``--results`` reads saved detections instead, e.g. the
-``coco_instances_results.json`` that COCOEvaluator writes into
-``<OUTPUT_DIR>/inference/`` (train_net.py --eval-only). Any data set with
-``thing_classes`` works, VOC included: its ground truth is converted to COCO's format.
 """
 
-import argparse
 import contextlib
 import io
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -26,21 +23,20 @@ import torch
 from matplotlib.figure import Figure
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 
-from ssd_d2.config import load_config
 from ssd_d2.data import SSDDatasetMapper
 from ssd_d2.engine import load_weights
 
-from .common import check_weights, save_figure
+from . import common
 
-__all__ = ["ClassCurves", "coco_ground_truth", "evaluate_detections", "plot_evaluation", "main"]
-
-_DPI = 100
+# The 12 numbers of COCOeval.summarize(), in its order.
+_STAT_NAMES = "AP AP50 AP75 APs APm APl AR1 AR10 AR100 ARs ARm ARl".split()
 
 
 @dataclass
@@ -53,32 +49,12 @@ class ClassCurves:
     recall: np.ndarray  # (R,) COCO's 101 recall thresholds
     precision50: np.ndarray  # (K, R) interpolated precision at IoU 0.5; nan: no ground truth
     precision75: np.ndarray  # (K, R) at IoU 0.75
-    stats: Dict[str, float]  # the 12 numbers of COCOeval.summarize(), as "AP", "AP50", ...
-
-
-_STAT_NAMES = [
-    "AP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "AR1",
-    "AR10",
-    "AR100",
-    "ARs",
-    "ARm",
-    "ARl",
-]
+    stats: Dict[str, float]  # _STAT_NAMES -> value
 
 
 def coco_ground_truth(dataset_name: str) -> dict:
-    """
-    The data set's ground truth as a COCO dict: its ``json_file`` when it has one (as
-    COCOEvaluator reads it), else converted from its dataset dicts.
-    """
-    metadata = MetadataCatalog.get(dataset_name)
-    json_file = metadata.get("json_file", None)
+    """The data set's ground truth as a COCO dict, as COCOEvaluator reads or converts it."""
+    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
     if json_file:
         DatasetCatalog.get(dataset_name)  # generates the embedded data set on first use
         if os.path.isfile(json_file):
@@ -88,27 +64,15 @@ def coco_ground_truth(dataset_name: str) -> dict:
 
 
 def evaluate_detections(
-    ground_truth: dict,
-    detections: List[dict],
-    image_ids: Optional[Sequence[int]] = None,
+    ground_truth: dict, detections: List[dict], image_ids: Optional[Sequence[int]] = None
 ) -> ClassCurves:
-    """
-    Run pycocotools' COCOeval for boxes.
-
-    Args:
-        ground_truth: a COCO dict (images, annotations, categories).
-        detections: COCO results ({"image_id", "category_id", "bbox" XYWH, "score"}).
-        image_ids: evaluate only these images (default: all of ``ground_truth``).
-    """
+    """COCOeval of COCO results (XYWH) against a COCO dict, on ``image_ids`` (default: all)."""
     coco_gt = COCO()
     coco_gt.dataset = ground_truth
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt.createIndex()
-        # loadRes rejects an empty list; an empty result set still gives AP 0 everywhere.
+        # loadRes rejects an empty list; no results (an empty COCO) give AP 0 everywhere.
         coco_dt = coco_gt.loadRes(detections) if detections else COCO()
-        if not detections:
-            coco_dt.dataset = {"images": [], "annotations": [], "categories": []}
-            coco_dt.createIndex()
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
         if image_ids is not None:
             evaluator.params.imgIds = list(image_ids)
@@ -118,10 +82,10 @@ def evaluate_detections(
     # (T IoUs, R recalls, K classes, A areas, M max detections); -1 where a class has no GT.
     precision = evaluator.eval["precision"][:, :, :, 0, -1].astype(np.float64)
     precision[precision < 0] = np.nan
-    iou_thresholds = evaluator.params.iouThrs
-    t50 = int(np.argmin(np.abs(iou_thresholds - 0.5)))
-    t75 = int(np.argmin(np.abs(iou_thresholds - 0.75)))
-    with np.errstate(invalid="ignore"), _ignore_empty_mean():
+    t50, t75 = (int(np.argmin(np.abs(evaluator.params.iouThrs - t))) for t in (0.5, 0.75))
+    with warnings.catch_warnings():
+        # A class without ground truth has no AP: nan, without a warning.
+        warnings.simplefilter("ignore", RuntimeWarning)
         ap = np.nanmean(precision, axis=(0, 1))
         ap50 = np.nanmean(precision[t50], axis=0)
     names = {c["id"]: c["name"] for c in ground_truth["categories"]}
@@ -136,108 +100,62 @@ def evaluate_detections(
     )
 
 
-@contextlib.contextmanager
-def _ignore_empty_mean():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-        yield
-
-
 def plot_evaluation(curves: ClassCurves, title: str = "") -> Figure:
     """
     Left: AP and AP50 per class (bars carry gid "ap_bar" / "ap50_bar"). Right: the
-    precision-recall curve of each class at IoU 0.5 (solid) and 0.75 (dashed).
+    precision-recall curve of each class at IoU 0.5 (solid, gid "pr_curve") and 0.75 (dashed).
     """
     num_classes = len(curves.class_names)
     height = max(4.0, 0.32 * num_classes + 1.5)
-    fig = Figure(figsize=(13.0, height + 0.4), dpi=_DPI)
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if num_classes <= 10 else "tab20"]
-    colors = [cmap(i % cmap.N) for i in range(num_classes)]
-
+    fig = Figure(figsize=(13.0, height + 0.4), dpi=common.DPI)
+    colors = common.class_colors(num_classes)
     grid = fig.add_gridspec(1, 2, width_ratios=(1.0, 1.15))
+
     ax = fig.add_subplot(grid[0])
-    y = np.arange(num_classes)[::-1]
-    bar_height = 0.4
-    ap = np.nan_to_num(curves.ap * 100)
-    ap50 = np.nan_to_num(curves.ap50 * 100)
-    bars50 = ax.barh(y + bar_height / 2, ap50, bar_height, color="#9ecae1", label="AP50")
-    bars = ax.barh(y - bar_height / 2, ap, bar_height, color="#08519c", label="AP (IoU .50:.95)")
-    for bar in bars:
-        bar.set_gid("ap_bar")
-    for bar in bars50:
-        bar.set_gid("ap50_bar")
+    y, half = np.arange(num_classes)[::-1], 0.2
+    ap, ap50 = np.nan_to_num(curves.ap * 100), np.nan_to_num(curves.ap50 * 100)
+    ax.barh(y + half, ap50, 2 * half, color="#9ecae1", label="AP50", gid="ap50_bar")
+    ax.barh(y - half, ap, 2 * half, color="#08519c", label="AP (IoU .50:.95)", gid="ap_bar")
     for k in range(num_classes):
         if np.isnan(curves.ap[k]):
             ax.text(1, y[k], "no ground truth", va="center", fontsize=8, color="0.4")
             continue
-        ax.text(ap[k] + 1, y[k] - bar_height / 2, f"{ap[k]:.1f}", va="center", fontsize=8)
-        ax.text(ap50[k] + 1, y[k] + bar_height / 2, f"{ap50[k]:.1f}", va="center", fontsize=8)
+        ax.text(ap[k] + 1, y[k] - half, f"{ap[k]:.1f}", va="center", fontsize=8)
+        ax.text(ap50[k] + 1, y[k] + half, f"{ap50[k]:.1f}", va="center", fontsize=8)
     ax.set_yticks(y)
     ax.set_yticklabels(curves.class_names, fontsize=9)
-    ax.set_xlim(0, 110)
-    ax.set_xlabel("AP (%)")
-    stats = curves.stats
-    ax.set_title(
-        f"AP per class (all: AP {100 * stats['AP']:.1f}, AP50 {100 * stats['AP50']:.1f})",
-        fontsize=11,
-    )
+    ax.set(xlim=(0, 110), xlabel="AP (%)")
+    all_ap = f"AP {100 * curves.stats['AP']:.1f}, AP50 {100 * curves.stats['AP50']:.1f}"
+    ax.set_title(f"AP per class (all: {all_ap})", fontsize=11)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(True, axis="x", alpha=0.3)
 
     ax = fig.add_subplot(grid[1])
     for k, name in enumerate(curves.class_names):
-        if np.isnan(curves.ap50[k]):
-            continue
-        ax.plot(
-            curves.recall,
-            curves.precision50[k],
-            color=colors[k],
-            linewidth=1.8,
-            label=f"{name} (AP50 {100 * curves.ap50[k]:.1f})",
-            gid="pr_curve",
-        )
-        ax.plot(curves.recall, curves.precision75[k], color=colors[k], linewidth=1.0, ls="--")
-    ax.plot([], [], color="0.3", linewidth=1.8, label="IoU 0.5")
-    ax.plot([], [], color="0.3", linewidth=1.0, ls="--", label="IoU 0.75")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
+        if not np.isnan(curves.ap50[k]):
+            label = f"{name} (AP50 {100 * curves.ap50[k]:.1f})"
+            ax.plot(curves.recall, curves.precision50[k], c=colors[k], lw=1.8, label=label)
+            ax.lines[-1].set_gid("pr_curve")
+            ax.plot(curves.recall, curves.precision75[k], c=colors[k], lw=1.0, ls="--")
+    ax.plot([], [], color="0.3", lw=1.8, label="IoU 0.5")
+    ax.plot([], [], color="0.3", lw=1.0, ls="--", label="IoU 0.75")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
     ax.set_title("precision-recall (COCO interpolation, all areas)", fontsize=11)
     # Outside the axes: curves may fill any corner.
-    ax.legend(
-        fontsize=8,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        ncol=2 if num_classes > 16 else 1,
-        frameon=False,
-    )
+    ncol = 2 if num_classes > 16 else 1
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=ncol, frameon=False)
     ax.grid(True, alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=11, y=1 - 0.1 / fig.get_figheight(), va="top")
+    common.add_title(fig, title)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight() if title else 1))
     return fig
 
 
 def predict_coco_results(cfg, dataset_dicts: List[dict], metadata) -> List[dict]:
-    """Run the model of ``cfg`` (with MODEL.WEIGHTS) on the images; COCO results."""
+    """COCO results of the model of ``cfg`` (MODEL.WEIGHTS through the weights entrance)."""
     model = build_model(cfg).eval()
     load_weights(model, cfg)
     mapper = SSDDatasetMapper(cfg, is_train=False)
-    reverse_ids = None
-    if metadata.get("thing_dataset_id_to_contiguous_id", None):
-        reverse_ids = {v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()}
-    try:
-        from tqdm import tqdm
-    except ImportError:
-
-        def tqdm(items, **kwargs):
-            return items
-
+    category_ids = common.coco_category_ids(metadata, cfg.MODEL.SSD.NUM_CLASSES)
     results = []
     batch_size = 8
     batches = range(0, len(dataset_dicts), batch_size)
@@ -247,83 +165,45 @@ def predict_coco_results(cfg, dataset_dicts: List[dict], metadata) -> List[dict]
             outputs = model(inputs)
         for record, output in zip(inputs, outputs):
             for result in instances_to_coco_json(output["instances"].to("cpu"), record["image_id"]):
-                if reverse_ids is not None:
-                    result["category_id"] = reverse_ids[result["category_id"]]
+                result["category_id"] = category_ids[result["category_id"]]
                 results.append(result)
     return results
 
 
-def build_argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ssd_d2.tools.plot_evaluation",
-        description="Per-class AP and precision-recall curves of a model on a data set.",
-    )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="config file")
-    parser.add_argument(
-        "--dataset", metavar="NAME", help="registered data set (default: DATASETS.TEST[0])"
-    )
-    parser.add_argument(
-        "--max-images", type=int, metavar="N", help="evaluate only the first N images"
-    )
-    parser.add_argument(
-        "--results",
-        metavar="JSON",
-        help="saved COCO-format detections (coco_instances_results.json) instead of running "
-        "the model",
-    )
-    parser.add_argument("--output", required=True, metavar="FILE.png", help="picture to write")
-    parser.add_argument(
-        "--opts",
-        nargs=argparse.REMAINDER,
-        default=[],
-        metavar="KEY VALUE",
-        help="config overrides, e.g. MODEL.WEIGHTS model.pth (must come last)",
-    )
+def build_argument_parser():
+    parser = common.argument_parser("plot_evaluation", __doc__)
+    common.add_picture_output(parser)
+    parser.add_argument("--dataset", metavar="NAME", help="data set (default: DATASETS.TEST[0])")
+    parser.add_argument("--max-images", type=int, metavar="N", help="only the first N images")
+    parser.add_argument("--results", metavar="JSON", help="saved COCO-format detections to read")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_argument_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config_file, args.opts)
-        if args.results:
-            if not os.path.isfile(args.results):
-                raise FileNotFoundError(f"--results file not found: {args.results}")
-        else:
-            warning = check_weights(cfg)
-            if warning:
-                print(f"warning: {warning}", file=sys.stderr)
-    except FileNotFoundError as e:
-        parser.error(str(e))
-    name = args.dataset or (cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)
-    if name is None:
-        parser.error("no --dataset given and the config has no DATASETS.TEST")
-    if name not in DatasetCatalog.list():
-        parser.error(f"data set {name!r} is not registered")
-    if args.max_images is not None and args.max_images < 1:
-        parser.error("--max-images must be >= 1")
-
-    try:
-        dataset_dicts = DatasetCatalog.get(name)
-    except FileNotFoundError as e:
-        parser.error(f"data set {name!r}: {e}")
-    dataset_dicts = dataset_dicts[: args.max_images]
-    image_ids = [d["image_id"] for d in dataset_dicts]
-    ground_truth = coco_ground_truth(name)
+    args, cfg = common.parse_config(parser, argv)
+    with common.usage_errors(parser, ValueError):
+        if not args.results:
+            common.check_weights(cfg)
+        elif not os.path.isfile(args.results):
+            raise FileNotFoundError(f"--results file not found: {args.results}")
+        name, dicts = common.dataset_dicts(args.dataset, cfg.DATASETS.TEST, "DATASETS.TEST")
+        if args.max_images is not None and args.max_images < 1:
+            raise ValueError("--max-images must be >= 1")
+    dicts = dicts[: args.max_images]
+    image_ids = [d["image_id"] for d in dicts]
     if args.results:
         with open(args.results) as f:
-            detections = json.load(f)
-        kept = set(image_ids)
-        detections = [d for d in detections if d["image_id"] in kept]
+            kept = set(image_ids)
+            detections = [d for d in json.load(f) if d["image_id"] in kept]
         source = os.path.basename(args.results)
     else:
-        detections = predict_coco_results(cfg, dataset_dicts, MetadataCatalog.get(name))
+        detections = predict_coco_results(cfg, dicts, MetadataCatalog.get(name))
         source = os.path.basename(cfg.MODEL.WEIGHTS) or "random weights"
 
-    curves = evaluate_detections(ground_truth, detections, image_ids)
+    curves = evaluate_detections(coco_ground_truth(name), detections, image_ids)
     title = f"{name} ({len(image_ids)} images), {os.path.basename(args.config_file)}, {source}"
-    save_figure(plot_evaluation(curves, title=title), args.output, dpi=_DPI)
+    common.save_figure(plot_evaluation(curves, title=title), args.output)
     print(" ".join(f"{k} {100 * v:.1f}" for k, v in list(curves.stats.items())[:6]))
     for k, class_name in enumerate(curves.class_names):
         print(f"  {class_name}: AP {100 * curves.ap[k]:.1f}, AP50 {100 * curves.ap50[k]:.1f}")

@@ -25,7 +25,7 @@ from ssd_d2.tools import (
     visualize_default_boxes,
 )
 
-from .conftest import CONFIG_DIR, load_config
+from ..conftest import CONFIG_DIR, load_config
 
 DEMO_CONFIG = f"{CONFIG_DIR}/ssd160_shapes_demo.yaml"
 DATASET = "ssd_shapes_visual_tools_test"

@@ -9,13 +9,13 @@ import torch
 
 from detectron2.modeling import build_model
 
-from .conftest import load_config
+from ..conftest import load_config
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("ipykernel")
 
-REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 NOTEBOOK = os.path.join(REPO_ROOT, "notebooks", "quickstart.ipynb")
 KERNEL_NAME = "ssd_d2_test_python"
 

@@ -16,12 +16,12 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from ssd_d2.data.datasets import SHAPE_CLASSES, generate_shapes_dataset
-from ssd_d2.tools import demo
+from ssd_d2.tools import common, demo
 
-from .conftest import CONFIG_DIR, load_config
+from ..conftest import CONFIG_DIR, load_config
 
 DEMO_CONFIG = os.path.join(CONFIG_DIR, "ssd160_shapes_demo.yaml")
-REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
+REPO_ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,15 @@ def weights(tmp_path_factory):
     return str(path)
 
 
-def _run(*args):
-    return demo.main(["--config-file", DEMO_CONFIG, *args])
+@pytest.fixture
+def run(weights):
+    """The demo on the demo config and the checkpoint, with config ``opts`` after ``args``."""
+
+    def run(*args, opts=(), window=None, open_capture=None):
+        argv = ["--config-file", DEMO_CONFIG, *args, "--opts", "MODEL.WEIGHTS", weights, *opts]
+        return demo.main(argv, window, open_capture)
+
+    return run
 
 
 def test_expand_inputs(tmp_path):
@@ -83,7 +90,7 @@ def test_output_names_never_overwrite_inputs_or_each_other(tmp_path):
     assert names("clip.avi", ".mp4") == str(tmp_path / "a" / "clip.mp4")
 
 
-def test_demo_draws_images_and_skips_bad_inputs(tmp_path, images, weights, capsys):
+def test_demo_draws_images_and_skips_bad_inputs(tmp_path, images, run, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     for path in images[:2]:
@@ -91,21 +98,9 @@ def test_demo_draws_images_and_skips_bad_inputs(tmp_path, images, weights, capsy
     (folder / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "out"
 
-    status = _run(
-        "--input",
-        str(folder),
-        images[2],
-        str(tmp_path / "missing.jpg"),
-        "--output",
-        str(out),
-        "--confidence-threshold",
-        "0.1",
-        "--opts",
-        "MODEL.WEIGHTS",
-        weights,
-        "TEST.DETECTIONS_PER_IMAGE",
-        "10",
-    )
+    inputs = [str(folder), images[2], str(tmp_path / "missing.jpg")]
+    args = ["--input", *inputs, "--output", str(out), "--confidence-threshold", "0.1"]
+    status = run(*args, opts=["TEST.DETECTIONS_PER_IMAGE", "10"])
     captured = capsys.readouterr()
 
     assert status == 1  # the broken and the missing file
@@ -126,11 +121,10 @@ def test_demo_draws_images_and_skips_bad_inputs(tmp_path, images, weights, capsy
         assert np.abs(drawn.astype(int) - original.astype(int)).mean() > 2
 
 
-def test_demo_threshold_scale_and_class_names(tmp_path, images, weights, capsys):
+def test_demo_threshold_scale_and_class_names(tmp_path, images, weights, run, capsys):
     out = tmp_path / "out"
     # Random weights score every box about 1/6: nothing passes 0.5.
-    args = ["--input", images[0], "--output", str(out), "--opts", "MODEL.WEIGHTS", weights]
-    assert _run(*args[:4], "--scale", "2", *args[4:]) == 0
+    assert run("--input", images[0], "--output", str(out), "--scale", "2") == 0
     assert ": 0 objects in " in capsys.readouterr().out
     original = cv2.imread(images[0])
     drawn = cv2.imread(str(out / os.path.basename(images[0])))
@@ -141,11 +135,11 @@ def test_demo_threshold_scale_and_class_names(tmp_path, images, weights, capsys)
     assert runner.metadata.thing_classes == list(SHAPE_CLASSES)  # DATASETS.TEST[0]'s
 
 
-def test_demo_counts_without_tqdm(tmp_path, images, weights, monkeypatch, capsys):
+def test_demo_counts_without_tqdm(images, run, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now fails
     monkeypatch.delenv("DISPLAY", raising=False)  # no window, whatever OpenCV this is
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    assert _run("--input", *images[:2], "--opts", "MODEL.WEIGHTS", weights) == 0
+    assert run("--input", *images[:2]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"[1/2] {images[0]}: 0 objects in ")
     assert lines[1].startswith(f"[2/2] {images[1]}: 0 objects in ")
@@ -178,23 +172,14 @@ def _read_video(path):
     return frames
 
 
-def test_demo_writes_an_annotated_video(tmp_path, weights, capsys):
+def test_demo_writes_an_annotated_video(tmp_path, run, capsys):
     video = _write_video(str(tmp_path / "clip.avi"))
 
     out = tmp_path / "out"
-    opts = ["MODEL.WEIGHTS", weights, "TEST.DETECTIONS_PER_IMAGE", "5"]
-    status = _run(
-        "--input", video, "--output", str(out), "--confidence-threshold", "0.1", "--opts", *opts
-    )
-    assert status == 0
+    args = ["--input", video, "--output", str(out), "--confidence-threshold", "0.1"]
+    assert run(*args, opts=["TEST.DETECTIONS_PER_IMAGE", "5"]) == 0
     assert "clip.avi: 4 frames, " in capsys.readouterr().out
-    capture = cv2.VideoCapture(str(out / "clip.mp4"))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
+    frames = _read_video(out / "clip.mp4")
     assert len(frames) == 4 and frames[0].shape == (64, 96, 3)
 
 
@@ -204,7 +189,8 @@ def test_demo_rejects_missing_config_and_weights(tmp_path, images, capsys):
     assert e.value.code == 2
     assert "Config file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        _run("--input", images[0], "--opts", "MODEL.WEIGHTS", str(tmp_path / "nope.pth"))
+        args = ["--input", images[0], "--opts", "MODEL.WEIGHTS", str(tmp_path / "nope.pth")]
+        demo.main(["--config-file", DEMO_CONFIG, *args])
     assert e.value.code == 2
     assert "MODEL.WEIGHTS file not found" in capsys.readouterr().err
 
@@ -261,31 +247,31 @@ class FakeCamera:
         self.released = True
 
 
-def test_output_file_for_a_single_input(tmp_path, images, weights, capsys):
+def test_output_file_for_a_single_input(tmp_path, images, run, capsys):
     out = tmp_path / "sub" / "drawn.jpg"
-    args = ["--confidence-threshold", "0.1", "--opts", "MODEL.WEIGHTS", weights]
-    assert _run("--input", images[0], "--output", str(out), *args) == 0
+    args = ["--confidence-threshold", "0.1"]
+    assert run("--input", images[0], "--output", str(out), *args) == 0
     assert f" -> {out}" in capsys.readouterr().out
     assert cv2.imread(str(out)).shape == cv2.imread(images[0]).shape
 
     with pytest.raises(SystemExit) as e:  # a file takes one input
-        _run("--input", *images[:2], "--output", str(tmp_path / "two.jpg"), *args)
+        run("--input", *images[:2], "--output", str(tmp_path / "two.jpg"), *args)
     assert e.value.code == 2
     assert "takes a single input; 2 inputs were given" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # an image is not written as a video
-        _run("--input", images[0], "--output", str(tmp_path / "x.mp4"), *args)
+        run("--input", images[0], "--output", str(tmp_path / "x.mp4"), *args)
     assert e.value.code == 2
     assert "the input is an image" in capsys.readouterr().err
     assert not (tmp_path / "two.jpg").exists() and not (tmp_path / "x.mp4").exists()
 
 
-def test_json_holds_the_predictors_detections(tmp_path, images, weights, capsys):
+def test_json_holds_the_predictors_detections(tmp_path, images, weights, run, capsys):
     from pycocotools.coco import COCO
 
     path = tmp_path / "dets.json"
     opts = ["MODEL.WEIGHTS", weights, "TEST.DETECTIONS_PER_IMAGE", "7"]
     args = ["--input", *images, "--json", str(path), "--confidence-threshold", "0.1"]
-    assert _run(*args, "--opts", *opts) == 0
+    assert run(*args, opts=opts[2:]) == 0
     assert f"-> {path} (image ids: {tmp_path / 'dets.images.json'})" in capsys.readouterr().out
 
     results = json.loads(path.read_text())
@@ -321,17 +307,16 @@ def test_json_holds_the_predictors_detections(tmp_path, images, weights, capsys)
 def test_category_ids_without_a_dataset_mapping():
     from detectron2.data.catalog import Metadata
 
-    assert demo.coco_category_ids(Metadata(name="x", thing_classes=["a", "b"]), 2) == [0, 1]
+    assert common.coco_category_ids(Metadata(name="x", thing_classes=["a", "b"]), 2) == [0, 1]
     mapped = Metadata(name="y", thing_dataset_id_to_contiguous_id={3: 1, 7: 0})
-    assert demo.coco_category_ids(mapped, 2) == [7, 3]
+    assert common.coco_category_ids(mapped, 2) == [7, 3]
 
 
-def test_video_input_to_an_output_file_and_json(tmp_path, weights, capsys):
+def test_video_input_to_an_output_file_and_json(tmp_path, run, capsys):
     video = _write_video(str(tmp_path / "clip.avi"), num_frames=5)
     out, dets = tmp_path / "annotated.mp4", tmp_path / "clip.json"
-    opts = ["MODEL.WEIGHTS", weights, "TEST.DETECTIONS_PER_IMAGE", "3"]
     args = ["--video-input", video, "--output", str(out), "--json", str(dets)]
-    assert _run(*args, "--confidence-threshold", "0.1", "--opts", *opts) == 0
+    assert run(*args, "--confidence-threshold", "0.1", opts=["TEST.DETECTIONS_PER_IMAGE", "3"]) == 0
     assert "clip.avi: 5 frames, 15 objects, " in capsys.readouterr().out
     frames = _read_video(out)
     assert len(frames) == 5 and frames[0].shape == (64, 96, 3)
@@ -342,8 +327,7 @@ def test_video_input_to_an_output_file_and_json(tmp_path, weights, capsys):
     assert len(json.loads(dets.read_text())) == 15
 
 
-def test_webcam_shows_frames_in_the_window_until_esc(tmp_path, weights, capsys):
-    opts = ["--confidence-threshold", "0.1", "--opts", "MODEL.WEIGHTS", weights]
+def test_webcam_shows_frames_in_the_window_until_esc(run, capsys):
     opened = []
 
     def open_capture(source):
@@ -351,7 +335,8 @@ def test_webcam_shows_frames_in_the_window_until_esc(tmp_path, weights, capsys):
         return camera
 
     camera, window = FakeCamera([_frame(i) for i in range(3)]), FakeWindow()
-    assert demo.main(["--config-file", DEMO_CONFIG, "--webcam", *opts], window, open_capture) == 0
+    args = ["--webcam", "--confidence-threshold", "0.1"]
+    assert run(*args, window=window, open_capture=open_capture) == 0
     assert opened == [0] and camera.released and window.closed
     assert len(window.shown) == 3 and window.waits == [1, 1, 1]
     assert window.shown[0].shape == (64, 96, 3)
@@ -360,19 +345,18 @@ def test_webcam_shows_frames_in_the_window_until_esc(tmp_path, weights, capsys):
 
     # Esc in the window after the second frame: the camera is read no further.
     camera, window = FakeCamera([_frame(i) for i in range(5)]), FakeWindow(stop_after=2)
-    assert demo.main(["--config-file", DEMO_CONFIG, "--webcam", *opts], window, open_capture) == 0
+    assert run(*args, window=window, open_capture=open_capture) == 0
     assert len(window.shown) == 2 and camera.reads == 2 and camera.released
 
 
-def test_images_wait_for_a_key_in_the_window(images, weights):
+def test_images_wait_for_a_key_in_the_window(images, run):
     window = FakeWindow(stop_after=1)  # Esc on the first image: the others are not processed
-    args = ["--config-file", DEMO_CONFIG, "--input", *images, "--opts", "MODEL.WEIGHTS", weights]
-    assert demo.main(args, window) == 0
+    assert run("--input", *images, window=window) == 0
     assert window.waits == [0] and window.closed
     assert window.shown[0].shape == cv2.imread(images[0]).shape
 
 
-def test_no_gui_is_said_not_crashed_on(images, weights, monkeypatch, capsys):
+def test_no_gui_is_said_not_crashed_on(images, run, monkeypatch, capsys):
     linux = sys.platform.startswith("linux")
     assert "headless" in demo.gui_unavailable_reason("  GUI:   NONE\n", {"DISPLAY": ":0"})
     assert demo.gui_unavailable_reason("  GUI:   GTK3\n", {"DISPLAY": ":0"}) is None
@@ -381,11 +365,11 @@ def test_no_gui_is_said_not_crashed_on(images, weights, monkeypatch, capsys):
         return
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    assert _run("--input", images[0], "--opts", "MODEL.WEIGHTS", weights) == 0
+    assert run("--input", images[0]) == 0
     captured = capsys.readouterr()
     assert "note: no window to show the detections in: " in captured.err
     assert f"{images[0]}: 0 objects in " in captured.out
     with pytest.raises(SystemExit) as e:
-        _run("--webcam", "--opts", "MODEL.WEIGHTS", weights)
+        run("--webcam")
     assert e.value.code == 2
     assert "--webcam shows the camera in a window, but " in capsys.readouterr().err
