@@ -1,15 +1,10 @@
 """
 ssd_d2's model zoo, as Detectron2's: the configs of the published SSD architectures, and the
-peers' published weights for them.
+peers' published weights for them (fetched by URL, cached in ``$FVCORE_CACHE``, converted as
+they are loaded). ``trained=False`` gives the config as training starts it, from the ImageNet
+backbone the peer starts from.
 
-    from ssd_d2 import model_zoo
     model = model_zoo.get("ssd300_voc", trained=True)   # lufficc/SSD's 77.7 mAP model
-    cfg = model_zoo.get_config("ssdlite320_mobilenet_v3_coco", trained=True)
-
-``trained=False`` gives the config as training starts it: MODEL.WEIGHTS names the ImageNet
-backbone the peer starts from. ``trained=True`` names the peer's published detector instead.
-Weights are fetched by URL and cached by Detectron2's checkpointer (``$FVCORE_CACHE``, by
-default ``~/.torch/iopath_cache``), and converted as they are loaded.
 """
 
 import os
@@ -117,13 +112,7 @@ def _config_dirs():
 
 
 def get_config_file(name: str) -> str:
-    """
-    The path of a config shipped with ssd_d2: a model zoo name ("ssd300_voc") or a config
-    file name ("ssd300_voc.yaml", "Base-SSD300.yaml").
-
-    Raises:
-        FileNotFoundError: naming the config and listing the ones there are.
-    """
+    """The path of a shipped config: a model zoo name ("ssd300_voc") or a file name."""
     entry = ZOO.get(name)
     filename = entry.config if entry else name
     if not filename.endswith(".yaml"):
@@ -132,16 +121,11 @@ def get_config_file(name: str) -> str:
         path = os.path.join(directory, filename)
         if os.path.isfile(path):
             return path
-    shipped = sorted(
-        f[: -len(".yaml")]
-        for d in _config_dirs()
-        if os.path.isdir(d)
-        for f in os.listdir(d)
-        if f.endswith(".yaml")
-    )
+    dirs = [d for d in _config_dirs() if os.path.isdir(d)]
+    shipped = {f[: -len(".yaml")] for d in dirs for f in os.listdir(d) if f.endswith(".yaml")}
     raise FileNotFoundError(
         f"ssd_d2 has no config {name!r} (looked in {', '.join(_config_dirs())}); it ships: "
-        f"{', '.join(sorted(set(shipped))) or 'none (the package was installed without them)'}."
+        f"{', '.join(sorted(shipped)) or 'none (the package was installed without them)'}."
     )
 
 
@@ -152,9 +136,8 @@ def list_models():
 
 def get_config(name: str, trained: bool = False) -> CfgNode:
     """
-    The config ``name`` (see :func:`get_config_file`), merged onto Detectron2's and ssd_d2's
-    defaults. With ``trained``, MODEL.WEIGHTS is the peer's published detector (a model zoo
-    name only) and the options that checkpoint needs are set.
+    The config ``name`` (see :func:`get_config_file`); with ``trained``, MODEL.WEIGHTS names
+    the peer's published detector (a model zoo name only), with the options it needs.
     """
     if not trained:
         return load_config(get_config_file(name))
@@ -165,14 +148,10 @@ def get_config(name: str, trained: bool = False) -> CfgNode:
 
 
 def get(name: str, trained: bool = True, device: Optional[str] = None):
-    """
-    The model of :func:`get_config` (``name``, ``trained``) in eval mode, with its weights
-    loaded through ssd_d2's checkpointer (``trained``: the peer's published detector;
-    otherwise the ImageNet backbone the config starts from).
-    """
+    """The model of :func:`get_config` in eval mode, its weights loaded by ssd_d2's checkpointer."""
     from detectron2.modeling import build_model
 
-    from .engine import load_weights
+    from .engine import load_weights  # the engine imports this module
 
     cfg = get_config(name, trained)
     if device is not None:
