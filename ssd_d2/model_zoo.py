@@ -15,16 +15,6 @@ from detectron2.config import CfgNode
 
 from .config import load_config
 
-__all__ = [
-    "IMAGENET_BACKBONES",
-    "IMAGENET_FILES",
-    "ZOO",
-    "get",
-    "get_config",
-    "get_config_file",
-    "list_models",
-]
-
 _TORCHVISION = "https://download.pytorch.org/models"
 _LUFFICC = "https://github.com/lufficc/SSD/releases/download/1.2"
 _AMDEGROOT = "https://s3.amazonaws.com/amdegroot-models"
@@ -37,8 +27,6 @@ IMAGENET_BACKBONES = {
     "build_mobilenet_v2_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v2-b0353104.pth",
     "build_mobilenet_v3_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v3_large-8738ca79.pth",
 }
-
-
 # Every ImageNet file a config starts training from (torchvision's SSD300 starts from its
 # own VGG16 file): weights to train from, not a detector.
 IMAGENET_FILES = (
@@ -49,57 +37,36 @@ IMAGENET_FILES = (
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """A published detector: its config, where its weights come from and what it scores."""
+    """A published detector: its config and where its weights come from."""
 
     config: str
-    source: str
-    accuracy: str
     url: str
     # Config options (KEY, VALUE, ...) the published checkpoint needs on top of the config.
     opts: Tuple[str, ...] = ()
 
 
+# The peer that published each model, and its accuracy there.
 ZOO: Dict[str, ZooEntry] = {
-    "ssd300_voc": ZooEntry(
-        "ssd300_voc.yaml", "lufficc/SSD", "77.7 VOC07 mAP", f"{_LUFFICC}/vgg_ssd300_voc0712.pth"
-    ),
-    "ssd512_voc": ZooEntry(
-        "ssd512_voc.yaml", "lufficc/SSD", "80.7 VOC07 mAP", f"{_LUFFICC}/vgg_ssd512_voc0712.pth"
-    ),
-    # ssd.pytorch's SSD300: the same architecture and default boxes as lufficc/SSD's.
-    "ssd300_voc_ssdpytorch": ZooEntry(
-        "ssd300_voc.yaml", "ssd.pytorch", "77.43 VOC07 mAP", f"{_AMDEGROOT}/ssd300_mAP_77.43_v2.pth"
-    ),
-    "ssd300_coco": ZooEntry(
-        "ssd300_coco.yaml",
-        "lufficc/SSD",
-        "25.2 COCO AP",
-        f"{_LUFFICC}/vgg_ssd300_coco_trainval35k.pth",
-    ),
-    "ssd512_coco": ZooEntry(
-        "ssd512_coco.yaml",
-        "lufficc/SSD",
-        "29.0 COCO AP",
-        f"{_LUFFICC}/vgg_ssd512_coco_trainval35k.pth",
-    ),
+    # lufficc/SSD, 77.7 and 80.7 VOC07 mAP
+    "ssd300_voc": ZooEntry("ssd300_voc.yaml", f"{_LUFFICC}/vgg_ssd300_voc0712.pth"),
+    "ssd512_voc": ZooEntry("ssd512_voc.yaml", f"{_LUFFICC}/vgg_ssd512_voc0712.pth"),
+    # ssd.pytorch, 77.43 VOC07 mAP: the same architecture and default boxes as lufficc/SSD's.
+    "ssd300_voc_ssdpytorch": ZooEntry("ssd300_voc.yaml", f"{_AMDEGROOT}/ssd300_mAP_77.43_v2.pth"),
+    # lufficc/SSD, 25.2 and 29.0 COCO AP
+    "ssd300_coco": ZooEntry("ssd300_coco.yaml", f"{_LUFFICC}/vgg_ssd300_coco_trainval35k.pth"),
+    "ssd512_coco": ZooEntry("ssd512_coco.yaml", f"{_LUFFICC}/vgg_ssd512_coco_trainval35k.pth"),
+    # torchvision, 25.1 COCO AP
     "ssd300_coco_torchvision": ZooEntry(
-        "ssd300_coco_torchvision.yaml",
-        "torchvision",
-        "25.1 COCO AP",
-        f"{_TORCHVISION}/ssd300_vgg16_coco-b556d3b4.pth",
+        "ssd300_coco_torchvision.yaml", f"{_TORCHVISION}/ssd300_vgg16_coco-b556d3b4.pth"
     ),
+    # lufficc/SSD, 68.9 VOC07 mAP
     "ssdlite320_mobilenet_v2_voc": ZooEntry(
-        "ssdlite320_mobilenet_v2_voc.yaml",
-        "lufficc/SSD",
-        "68.9 VOC07 mAP",
-        f"{_LUFFICC}/mobilenet_v2_ssd320_voc0712_v2.pth",
+        "ssdlite320_mobilenet_v2_voc.yaml", f"{_LUFFICC}/mobilenet_v2_ssd320_voc0712_v2.pth"
     ),
+    # torchvision, 21.3 COCO AP; built without ImageNet weights, with the reduced tail.
     "ssdlite320_mobilenet_v3_coco": ZooEntry(
         "ssdlite320_mobilenet_v3_coco.yaml",
-        "torchvision",
-        "21.3 COCO AP",
         f"{_TORCHVISION}/ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
-        # torchvision built its COCO SSDLite without ImageNet weights, with the reduced tail.
         ("MODEL.MOBILENET.REDUCED_TAIL", "True"),
     ),
 }
@@ -113,14 +80,11 @@ def _config_dirs():
 
 def get_config_file(name: str) -> str:
     """The path of a shipped config: a model zoo name ("ssd300_voc") or a file name."""
-    entry = ZOO.get(name)
-    filename = entry.config if entry else name
-    if not filename.endswith(".yaml"):
-        filename += ".yaml"
+    filename = ZOO[name].config if name in ZOO else name
+    filename += "" if filename.endswith(".yaml") else ".yaml"
     for directory in _config_dirs():
-        path = os.path.join(directory, filename)
-        if os.path.isfile(path):
-            return path
+        if os.path.isfile(os.path.join(directory, filename)):
+            return os.path.join(directory, filename)
     dirs = [d for d in _config_dirs() if os.path.isdir(d)]
     shipped = {f[: -len(".yaml")] for d in dirs for f in os.listdir(d) if f.endswith(".yaml")}
     raise FileNotFoundError(

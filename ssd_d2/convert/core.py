@@ -1,10 +1,7 @@
 """
 The mapping core: a peer's state dict renamed by its source's rules, checked against the model
-of an ssd_d2 config. MODEL.WEIGHTS (:func:`convert_for_model`, as the checkpointer loads a
-peer's file) and the offline converter (:func:`convert`) share it.
-
-To fine-tune on another class count, load a published detector with the other config:
-DetectionCheckpointer skips the class logits, whose shapes differ, with a warning.
+of an ssd_d2 config; shared by MODEL.WEIGHTS (:func:`convert_for_model`) and the offline
+converter (:func:`convert`).
 """
 
 import os
@@ -20,7 +17,7 @@ from detectron2.modeling import build_model
 
 from ..config import load_config
 from ..model_zoo import ZOO, get_config_file
-from .rules import RULES, SPECS, reduce_fc, variant
+from .rules import CONV6_7, RULES, SPECS, reduce_fc, variant
 
 SOURCES = ("torchvision", "lufficc", "amdegroot", "vgg16", "mobilenet")
 
@@ -104,10 +101,11 @@ def rename(source: str, state_dict: Dict[str, Tensor]) -> Conversion:
     """``state_dict``, a file of ``source`` (one of :data:`SOURCES`), under ssd_d2's names."""
     result = Conversion(variant(source, list(state_dict)))
     spec = SPECS[result.source]
-    weights = dict(state_dict)
     # An ImageNet classifier's classifier: SSD uses none of it but VGG16's fc6/fc7.
-    classifier = {k: weights.pop(k) for k in list(state_dict) if k.startswith("classifier.")}
-    for key, value in weights.items():
+    classifier = {k: v for k, v in state_dict.items() if k.startswith("classifier.")}
+    for key, value in state_dict.items():
+        if key in classifier:
+            continue
         for pattern, name in RULES[result.source]:
             match = re.fullmatch(pattern, key)
             if match:
@@ -125,9 +123,7 @@ def rename(source: str, state_dict: Dict[str, Tensor]) -> Conversion:
             "[58.395, 57.12, 57.375] to train from those"
         )
     elif spec.backbone and classifier:
-        result.notes.append(
-            "dropped the classifier (the ImageNet classes): SSDLite does not use it"
-        )
+        result.notes.append("dropped the classifier (the ImageNet classes): SSDLite uses none")
     else:
         result.unmatched.update(classifier)
     result.head = _head_layout(result.state_dict, spec.output_conv)
@@ -195,31 +191,22 @@ def _check_fits(
     key by key, but for its expected_missing keys. ``origin``: the file MODEL.WEIGHTS names,
     when the checkpointer reports missing keys (and a detector's other shapes) itself.
     """
-    spec = SPECS[result.source]
-    unexpected = [f"{k} {tuple(v.shape)}" for k, v in result.unmatched.items()]
-    unexpected += [
-        f"{result.origins[k]} -> {k} {tuple(v.shape)}"
-        for k, v in result.state_dict.items()
-        if k not in model
+    spec, ours = SPECS[result.source], result.state_dict
+    unexpected = [f"{k} {tuple(v.shape)}" for k, v in result.unmatched.items()] + [
+        f"{result.origins[k]} -> {k} {tuple(v.shape)}" for k, v in ours.items() if k not in model
     ]
-    missing = [
-        f"{k} {tuple(v.shape)}"
-        for k, v in model.items()
-        if not origin and k not in result.state_dict and k not in result.expected_missing
-    ]
+    present = set(ours) | set(model if origin else result.expected_missing)
+    missing = [f"{k} {tuple(v.shape)}" for k, v in model.items() if k not in present]
     wrong_shapes = [
         f"{result.origins[k]} -> {k}: {tuple(v.shape)} in the checkpoint, "
         f"{tuple(model[k].shape)} in the model"
-        for k, v in result.state_dict.items()
+        for k, v in ours.items()
         if (not origin or spec.backbone) and k in model and v.shape != model[k].shape
     ]
     if not (unexpected or missing or wrong_shapes):
         return
-    if origin is None:
-        option = f"--source {result.source.split('_')[0]}"
-        lines = [f"The checkpoint does not fit {option} ({spec.title} layout) with {target}:"]
-    else:
-        lines = [f"{origin} ({spec.title} layout) does not fit {target}:"]
+    option = "" if origin else f", --source {result.source.split('_')[0]}"
+    lines = [f"{origin or 'The checkpoint'} ({spec.title} layout{option}) does not fit {target}:"]
     for problems, what in [
         (unexpected, "checkpoint tensors with no place in that layout"),
         (missing, "model tensors the checkpoint does not provide"),
@@ -256,20 +243,20 @@ def _check_fits(
 
 def _default_config(result: Conversion) -> Tuple[str, List[str]]:
     """The model zoo name and options of the published model whose head ``result`` has."""
-    spec = SPECS[result.source]
+    configs = SPECS[result.source].configs
     if result.head is None:
         # No head to read the model from: compare with the source's usual model, whose keys
         # make the error message say what does not fit.
-        return spec.config, []
+        return next(iter(configs.values())), []
     levels, outputs = len(result.head[0]), result.head[1]
-    if (levels, outputs) not in spec.heads:
+    if (levels, outputs) not in configs:
         raise ConversionError(
             f"The checkpoint has {levels} head levels and {outputs - 1} classes, unlike the "
-            f"published models of its kind ({', '.join(sorted(set(spec.heads.values())))}): "
+            f"published models of its kind ({', '.join(sorted(set(configs.values())))}): "
             f"pass --config-file (and options such as MODEL.SSD.NUM_CLASSES {outputs - 1} "
             "after OUTPUT)."
         )
-    name = spec.heads[(levels, outputs)]
+    name = configs[(levels, outputs)]
     return name, list(ZOO[name].opts)
 
 
@@ -280,13 +267,10 @@ def convert(
     opts: Sequence[str] = (),
 ) -> Conversion:
     """
-    Convert a state dict of ``source`` (one of :data:`SOURCES`; None: recognised from its
-    keys) into the layout of ``config_file``'s model (a path or a model zoo name; by default
-    the published model the state dict is, read from its head's shapes).
-
-    Raises:
-        ConversionError: when the state dict is not one of the source's models, or does not
-            fit the config; the message lists the first keys and shapes that do not fit.
+    A state dict of ``source`` (one of :data:`SOURCES`; None: recognised from its keys) in
+    the layout of ``config_file``'s model (a path or a model zoo name; by default the
+    published model whose head it has). Raises ConversionError, listing the first keys and
+    shapes that do not fit, when it does not fit; FileNotFoundError for an unknown config.
     """
     if source is None:
         source = recognize(state_dict)
@@ -299,12 +283,9 @@ def convert(
     result = rename(source, state_dict)
     if config_file is None:
         config_file, result.config_opts = _default_config(result)
-    try:
-        result.config_file = (
-            config_file if os.path.isfile(config_file) else get_config_file(config_file)
-        )
-    except FileNotFoundError as e:
-        raise ConversionError(str(e)) from None
+    result.config_file = (
+        config_file if os.path.isfile(config_file) else get_config_file(config_file)
+    )
     cfg = load_config(result.config_file, [*result.config_opts, *opts, "MODEL.DEVICE", "cpu"])
     model = build_model(cfg).state_dict()
     prefix = SPECS[result.source].backbone
@@ -313,9 +294,7 @@ def convert(
         if result.source == "vgg16" and "backbone.vgg.31.weight" not in result.state_dict:
             # No (finite) fc6/fc7: conv6/conv7 start from their initialisation, as
             # torchvision's SSD300 does from its vgg16_features file.
-            result.expected_missing += [
-                f"backbone.vgg.{i}.{n}" for i in (31, 33) for n in ("weight", "bias")
-            ]
+            result.expected_missing += CONV6_7
         result.notes.append(
             f"{len(result.expected_missing)} model tensors (extras, heads"
             f"{', the conv4_3 L2Norm scale' if result.source == 'vgg16' else ''}) are not in "
@@ -330,16 +309,9 @@ def convert_for_model(
     state_dict: Dict[str, Tensor], model_state_dict: Dict[str, Tensor], origin: str
 ) -> Tuple[Dict[str, Tensor], str]:
     """
-    ``state_dict`` under the names of ``model_state_dict``, whatever :data:`KNOWN_FORMATS`
-    layout it is in: how MODEL.WEIGHTS takes a peer's file. Keys the file lacks and, for
-    detectors, tensors of other shapes are left to the checkpointer, which reports them.
-
-    Returns:
-        the state dict and the source it was recognised as ("ssd_d2": returned as it is).
-
-    Raises:
-        ConversionError: naming ``origin`` (the file) when its keys are in no known layout,
-            or have no place in the model.
+    ``state_dict``, in any layout of :data:`KNOWN_FORMATS`, under the names of the model's,
+    and the source it was recognised as: how MODEL.WEIGHTS takes a peer's file (``origin``).
+    Keys it lacks and, for detectors, other shapes are left to the checkpointer to report.
     """
     source = recognize(state_dict)
     if source is None:

@@ -1,12 +1,11 @@
 """
-Per-source renaming rules: (regular expression over a whole source key, its ssd_d2 name as a
-``re.Match.expand`` template or a function of the match), and the configs each source fits.
-The published models share ssd_d2's conventions (RGB input, background as class output 0, the
-same default-box order and box encoding), so converting them is a renaming.
+Per source: renaming rules (a regular expression over a whole key, its ssd_d2 name as a
+``re.Match.expand`` template or a function of the match) and the configs its files fit. The
+published models share ssd_d2's conventions (RGB input, background as class output 0, the same
+default-box order and box encoding): converting them is a renaming.
 """
 
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -34,7 +33,7 @@ def _mobilenet_v3(m) -> str:
 
 
 _HEADS = {"cls": "cls_score", "reg": "bbox_pred"}
-_TORCHVISION_HEAD = [
+_TV_HEAD = [
     (r"head\.classification_head\.module_list\.(.+)", r"head.cls_score.\1"),
     (r"head\.regression_head\.module_list\.(.+)", r"head.bbox_pred.\1"),
 ]
@@ -46,18 +45,15 @@ RULES: Dict[str, List[Rule]] = {
         # extra.0 holds VGG layers 23-29 (pool4 ... conv5_3), then pool5, fc6, ReLU, fc7 as
         # extra.0.7: vgg.23 ... vgg.33 here.
         (
-            r"backbone\.extra\.0\.(\d+)\.(weight|bias)",
+            r"backbone\.extra\.0\.(\d)\.(weight|bias)",
             lambda m: f"backbone.vgg.{23 + int(m[1])}.{m[2]}",
         ),
         (r"backbone\.extra\.0\.7\.(\d+)\.(.+)", lambda m: f"backbone.vgg.{30 + int(m[1])}.{m[2]}"),
         (r"backbone\.extra\.([1-9]\d*)\.(.+)", lambda m: f"backbone.extras.{int(m[1]) - 1}.{m[2]}"),
-        *_TORCHVISION_HEAD,
+        *_TV_HEAD,
     ],
     # ssd_d2's MobileNetV3 SSDLite keeps torchvision's backbone nesting (features.0/1, extra).
-    "torchvision_ssdlite": [
-        (r"backbone\.((features|extra)\..+)", r"backbone.\1"),
-        *_TORCHVISION_HEAD,
-    ],
+    "torchvision_ssdlite": [(r"backbone\.((features|extra)\..+)", r"backbone.\1"), *_TV_HEAD],
     "lufficc": [
         (r"backbone\.(vgg\..+|l2_norm\.weight)", r"backbone.\1"),
         (r"backbone\.extras\.(\d+)\.(.+)", _extras),
@@ -104,15 +100,13 @@ RULES: Dict[str, List[Rule]] = {
 }
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """What the converter knows of one source's files besides their names."""
 
     title: str
-    # The config (a model zoo name) of the source's usual model, for files without a head.
-    config: str
-    # Detectors: the model zoo name by (head levels, class outputs with background).
-    heads: Dict[Tuple[int, int], str] = field(default_factory=dict)
+    # The model zoo name of each published model, by its head (levels, class outputs with
+    # background); the first also for a file without a head (an ImageNet backbone: None).
+    configs: Dict[Optional[Tuple[int, int]], str]
     # The conv that predicts within each head level: SSDLite's is a separable Sequential.
     output_conv: str = ""
     # ImageNet backbones: the model keys they provide (the rest trains from its init).
@@ -125,33 +119,20 @@ _VGG = {
     (7, 21): "ssd512_voc",
     (7, 81): "ssd512_coco",
 }
+_V2, _V3 = "ssdlite320_mobilenet_v2_voc", "ssdlite320_mobilenet_v3_coco"
 SPECS: Dict[str, Source] = {
     # torchvision's COCO SSD300 has its own config: its default boxes follow its own rules.
-    "torchvision": Source(
-        "torchvision ssd300_vgg16",
-        "ssd300_coco_torchvision",
-        {**_VGG, (6, 81): "ssd300_coco_torchvision"},
-    ),
+    "torchvision": Source("torchvision ssd300_vgg16", {**_VGG, (6, 81): "ssd300_coco_torchvision"}),
     "torchvision_ssdlite": Source(
-        "torchvision ssdlite320_mobilenet_v3_large",
-        "ssdlite320_mobilenet_v3_coco",
-        {(6, 81): "ssdlite320_mobilenet_v3_coco"},
-        output_conv=".1",
+        "torchvision ssdlite320_mobilenet_v3_large", {(6, 81): _V3}, ".1"
     ),
-    "lufficc": Source("lufficc/SSD", "ssd300_voc", _VGG),
-    "lufficc_ssdlite": Source(
-        "lufficc/SSD mobilenet_v2_ssd320",
-        "ssdlite320_mobilenet_v2_voc",
-        {(6, 21): "ssdlite320_mobilenet_v2_voc"},
-        output_conv=".1",
-    ),
-    "amdegroot": Source("amdegroot/ssd.pytorch", "ssd300_voc", _VGG),
-    "vgg16": Source("VGG16 ImageNet", "ssd300_voc", backbone="backbone.vgg."),
-    "mobilenet_v2": Source(
-        "MobileNetV2 ImageNet", "ssdlite320_mobilenet_v2_voc", backbone="backbone.features."
-    ),
+    "lufficc": Source("lufficc/SSD", _VGG),
+    "lufficc_ssdlite": Source("lufficc/SSD mobilenet_v2_ssd320", {(6, 21): _V2}, ".1"),
+    "amdegroot": Source("amdegroot/ssd.pytorch", _VGG),
+    "vgg16": Source("VGG16 ImageNet", {None: "ssd300_voc"}, backbone="backbone.vgg."),
+    "mobilenet_v2": Source("MobileNetV2 ImageNet", {None: _V2}, backbone="backbone.features."),
     "mobilenet_v3_large": Source(
-        "MobileNetV3-Large ImageNet", "ssdlite320_mobilenet_v3_coco", backbone="backbone.features."
+        "MobileNetV3-Large ImageNet", {None: _V3}, "", "backbone.features."
     ),
 }
 
@@ -167,29 +148,27 @@ def variant(source: str, keys: Sequence[str]) -> str:
     return source
 
 
-def reduce_fc(classifier: Dict[str, torch.Tensor], conversion) -> None:
+CONV6_7 = [f"backbone.vgg.{i}.{n}" for i in (31, 33) for n in ("weight", "bias")]
+
+
+def reduce_fc(classifier: Dict[str, torch.Tensor], result) -> None:
     """
     torchvision vgg16's fc6 and fc7 as SSD's conv6 (3x3, dilation 6) and conv7 (1x1), 1024
     channels each, subsampled as the SSD paper does (section 3, "Base network").
     """
     if classifier.pop("classifier.6.weight", None) is not None:
         classifier.pop("classifier.6.bias", None)
-        conversion.notes.append(
-            "dropped classifier.6 (fc8, the ImageNet classes): SSD does not use it"
-        )
-    shapes = {
-        "0.weight": (4096, 25088),
-        "0.bias": (4096,),
-        "3.weight": (4096, 4096),
-        "3.bias": (4096,),
-    }
-    fc = {k: classifier.pop(f"classifier.{k}", None) for k in shapes}
-    conversion.unmatched.update(classifier)
-    if any(v is None or tuple(v.shape) != shapes[k] for k, v in fc.items()):
-        conversion.unmatched.update({f"classifier.{k}": v for k, v in fc.items() if v is not None})
+        result.notes.append("dropped classifier.6 (fc8, the ImageNet classes): SSD does not use it")
+    names = ["classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias"]
+    fc = {k: classifier.pop(k) for k in names if k in classifier}
+    result.unmatched.update(classifier)
+    shapes = [(4096, 25088), (4096,), (4096, 4096), (4096,)]
+    if [tuple(fc[k].shape) if k in fc else None for k in names] != shapes:
+        result.unmatched.update(fc)
         return
+    w6, b6, w7, b7 = fc.values()
     if not all(torch.isfinite(v).all() for v in fc.values()):
-        conversion.notes.append(
+        result.notes.append(
             "fc6/fc7 are not finite (torchvision's IMAGENET1K_FEATURES weights have no fc "
             "layers): backbone.vgg.31/33 stay at their initialisation; ssd.pytorch's "
             "vgg16_reducedfc.pth has them"
@@ -198,14 +177,10 @@ def reduce_fc(classifier: Dict[str, torch.Tensor], conversion) -> None:
     # fc6 reads pool5's 7x7x512 map: keep every 4th output and kernel taps 0, 3 and 6 of 7 per
     # axis, a 3x3 kernel with dilation 3 on the stride-2 pool5 map, which is dilation 6 now
     # that pool5 has stride 1. fc7: every 4th output and every 4th input (fc6's kept outputs).
-    for ours, theirs, value in [
-        ("31.weight", "0.weight", fc["0.weight"].reshape(4096, 512, 7, 7)[::4, :, ::3, ::3]),
-        ("31.bias", "0.bias", fc["0.bias"][::4]),
-        ("33.weight", "3.weight", fc["3.weight"][::4, ::4].reshape(1024, 1024, 1, 1)),
-        ("33.bias", "3.bias", fc["3.bias"][::4]),
-    ]:
-        conversion.state_dict[f"backbone.vgg.{ours}"] = value
-        conversion.origins[f"backbone.vgg.{ours}"] = f"classifier.{theirs}"
-    conversion.notes.append(
-        "fc6 4096x25088 -> conv6 1024x512x3x3, fc7 4096x4096 -> conv7 1024x1024x1x1"
-    )
+    w6, w7 = w6.reshape(4096, 512, 7, 7)[::4, :, ::3, ::3], w7[::4, ::4].reshape(1024, 1024, 1, 1)
+    for name, value, ours in zip(
+        names, [w6, b6[::4], w7, b7[::4]], ["31.w", "31.b", "33.w", "33.b"]
+    ):
+        ours = f"backbone.vgg.{ours}eight" if ours.endswith("w") else f"backbone.vgg.{ours}ias"
+        result.state_dict[ours], result.origins[ours] = value, name
+    result.notes.append("fc6 4096x25088 -> conv6 1024x512x3x3, fc7 4096x4096 -> conv7 1024x1024x1")

@@ -4,6 +4,7 @@ them atomically, and converting a peer's published file as it is loaded (:mod:`s
 """
 
 import argparse
+import contextlib
 import glob
 import logging
 import os
@@ -20,33 +21,17 @@ from ..convert import SPECS, Conversion, ConversionError, convert, convert_for_m
 from ..model_zoo import IMAGENET_BACKBONES
 from ..modeling import SSD
 
-__all__ = [
-    "SSDCheckpointer",
-    "UnsafeCheckpointError",
-    "convert_file",
-    "load_checkpoint_file",
-    "load_weights",
-    "read_state_dict",
-    "save_checkpoint",
-    "warn_if_backbone_uninitialized",
-]
+__all__ = ["SSDCheckpointer", "UnsafeCheckpointError", "convert_file", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
 # Globals a Detectron2 model zoo ".pkl" (a pickle of numpy arrays) may name: array and dtype
 # reconstruction only, nothing that can run code.
 _SAFE_PICKLE_GLOBALS = {
-    (module, name)
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name in ("_reconstruct", "scalar")
-} | {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),
-}
+    f"{numpy}.{name}"
+    for numpy in ("numpy.core", "numpy._core")
+    for name in ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer")
+} | {"numpy.ndarray", "numpy.dtype", "collections.OrderedDict", "_codecs.encode"}
 _ALLOW_IN_CONFIG = (
     "set MODEL.ALLOW_UNSAFE_CHECKPOINTS True (train_net.py: append "
     "`MODEL.ALLOW_UNSAFE_CHECKPOINTS True`)"
@@ -59,7 +44,7 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if (module, name) in _SAFE_PICKLE_GLOBALS:
+        if f"{module}.{name}" in _SAFE_PICKLE_GLOBALS:
             return super().find_class(module, name)
         raise UnsafeCheckpointError(f"it refers to {module}.{name}")
 
@@ -69,12 +54,9 @@ def load_checkpoint_file(
 ):
     """
     The object in a checkpoint file (a path or URL), read without running code from it unless
-    ``allow_unsafe``: ``torch.load(weights_only=True)`` (tensors, containers and
-    ``safe_globals``), or for Detectron2's ".pkl" model zoo files an unpickler that accepts
-    numpy arrays only.
-
-    Raises:
-        UnsafeCheckpointError: the file needs more; the message explains the risk and ``fix``.
+    ``allow_unsafe``: ``torch.load(weights_only=True)`` (tensors, containers, ``safe_globals``),
+    or for ".pkl" files an unpickler of numpy arrays. Raises UnsafeCheckpointError otherwise,
+    explaining the risk and ``fix``.
     """
     try:
         with PathManager.open(filename, "rb") as f:
@@ -84,23 +66,19 @@ def load_checkpoint_file(
             with torch.serialization.safe_globals(list(safe_globals)):
                 return torch.load(f, map_location="cpu", weights_only=not allow_unsafe)
     except pickle.UnpicklingError as e:
-        # Both unpicklers name the global they refused; other errors mean a damaged file.
+        # torch names the global it refused; other unpickling errors mean a damaged file.
         refused = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
-        if isinstance(e, UnsafeCheckpointError):
-            why = str(e)
-        elif refused and not allow_unsafe:
-            why = (
-                "it holds Python objects other than tensors and containers, which "
-                f"torch.load(weights_only=True) refuses ({refused[0]})"
-            )
-        else:
+        if not (isinstance(e, UnsafeCheckpointError) or refused and not allow_unsafe):
             raise
+        why = (
+            e if isinstance(e, UnsafeCheckpointError) else f"it holds Python objects ({refused[0]})"
+        )
         raise UnsafeCheckpointError(
             f"Refusing to load checkpoint {filename}: {why}. Loading it would need Python's full "
-            "unpickling, which runs whatever code the file contains: a checkpoint from an "
-            f"untrusted source can take over your account. Only if you trust where the file "
-            f"comes from, {fix}, or load it once yourself and save its state_dict() with "
-            "torch.save."
+            "unpickling (torch.load(weights_only=False)), which runs whatever code the file "
+            "contains: a checkpoint from an untrusted source can take over your account. Only if "
+            f"you trust where the file comes from, {fix}, or load it once yourself and save its "
+            "state_dict() with torch.save."
         ) from None
 
 
@@ -140,18 +118,13 @@ def save_checkpoint(state_dict: dict, path: str, author: str) -> None:
     Write a Detectron2 checkpoint of ``state_dict``: torch.save, or Detectron2's model zoo
     pickle of numpy arrays when ``path`` ends in ".pkl" (DetectionCheckpointer reads those so).
     """
+    pkl = path.endswith(".pkl")
     # clone(): a slice (fc6/fc7, class outputs) would otherwise save its whole source tensor.
-    model = {
-        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
-        for k, v in state_dict.items()
-    }
-    as_pickle = path.endswith(".pkl")
-    if as_pickle:
-        model = {k: v.numpy() for k, v in model.items()}
+    model = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    model = {k: v.numpy() if pkl else v for k, v in model.items()}
     checkpoint = {"model": model, "__author__": author, "matching_heuristics": False}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write = pickle.dump if as_pickle else torch.save
-    _atomic_write(path, lambda f: write(checkpoint, f), mode="wb")
+    _atomic_write(path, lambda f: (pickle.dump if pkl else torch.save)(checkpoint, f), mode="wb")
 
 
 def convert_file(
@@ -180,12 +153,11 @@ def convert_file(
 
 class SSDCheckpointer(DetectionCheckpointer):
     """
-    The weights entrance of ssd_d2: a DetectionCheckpointer that takes, for an SSD model, a
-    peer's published file as well as ssd_d2's own checkpoints, from a path or an http(s) URL
-    (downloaded once into ``$FVCORE_CACHE``), converted as it is loaded. Files are read with
-    :func:`load_checkpoint_file` (no code runs unless ``allow_unsafe``), and written to a
-    temporary file renamed over the target, so that a process killed while saving leaves the
-    previous checkpoint intact.
+    The weights entrance: a DetectionCheckpointer that reads, for an SSD model, a peer's file
+    (converted as it is loaded) as well as ssd_d2's, from a path or a URL (cached in
+    ``$FVCORE_CACHE``), running no code from it unless ``allow_unsafe``. It writes to a
+    temporary file renamed over the target: a process killed while saving leaves the previous
+    checkpoint intact.
     """
 
     def __init__(self, model, save_dir: str = "", *, allow_unsafe: bool = False, **kwargs):
@@ -232,10 +204,6 @@ class SSDCheckpointer(DetectionCheckpointer):
             blobs = data.get("blobs", data)
             weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
             return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
-        if filename.endswith(".pyth") and "model_state" in data:  # pycls
-            weights = data["model_state"]
-            weights = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}
-            return {"model": weights, "__author__": "pycls", "matching_heuristics": True}
         weights, checkpoint = _split_weights(data)
         checkpoint["model"] = weights
         if isinstance(self.model, SSD):
@@ -267,25 +235,20 @@ def load_weights(model, cfg) -> SSDCheckpointer:
 
 
 def warn_if_backbone_uninitialized(cfg, loaded_model_keys: Optional[Set[str]]) -> Optional[str]:
-    """
-    Log a WARNING (and return it) when a config whose published results start from ImageNet
-    weights (MODEL.SSD.EXPECT_PRETRAINED_BACKBONE) starts training with a backbone that no
-    file set.
-    """
-    if not cfg.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE:
+    """Log (and return) a warning when a config that expects ImageNet weights
+    (MODEL.SSD.EXPECT_PRETRAINED_BACKBONE) starts training from a backbone no file set."""
+    loaded = any(k.startswith("backbone.") for k in loaded_model_keys or ())
+    if loaded or not cfg.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE:
         return None
-    if loaded_model_keys and any(k.startswith("backbone.") for k in loaded_model_keys):
-        return None
-    if cfg.MODEL.WEIGHTS:
-        why = f"MODEL.WEIGHTS ({cfg.MODEL.WEIGHTS}) sets none of the backbone's weights"
-    else:
-        why = "MODEL.WEIGHTS is empty"
+    weights = cfg.MODEL.WEIGHTS
+    why = f"({weights}) sets none of the backbone's weights" if weights else "is empty"
     url = IMAGENET_BACKBONES.get(cfg.MODEL.BACKBONE.NAME)
     start = f"MODEL.WEIGHTS {url}" if url else "MODEL.WEIGHTS to ImageNet weights of the backbone"
     message = (
-        f"Training starts from a randomly initialised backbone: {why}. The published results "
-        f"of this architecture start from ImageNet weights: set {start} (the config's default), "
-        "or, to train from scratch on purpose, MODEL.SSD.EXPECT_PRETRAINED_BACKBONE False."
+        f"Training starts from a randomly initialised backbone: MODEL.WEIGHTS {why}. The "
+        f"published results of this architecture start from ImageNet weights: set {start} (the "
+        "config's default), or, to train from scratch on purpose, "
+        "MODEL.SSD.EXPECT_PRETRAINED_BACKBONE False."
     )
     logger.warning(message)
     return message
@@ -307,7 +270,5 @@ def _atomic_write(path: str, write, mode: str) -> None:
         raise
     # Temporary files of saves that a killed process left behind.
     for stale in glob.glob(glob.escape(path) + ".*.tmp"):
-        try:
+        with contextlib.suppress(OSError):
             os.remove(stale)
-        except OSError:
-            pass

@@ -14,20 +14,14 @@ from ssd_d2.engine.checkpoint import convert_file
 __all__ = ["build_argument_parser", "main", "summarize"]
 
 _EXAMPLES = """examples:
-  # torchvision's COCO SSD300 -> ssd300_coco_torchvision.yaml (91 category ids -> 80 classes);
-  # the source is recognised from the keys, --source only checks it
+  # the source and the config are recognised from the keys and the head's shapes
   python -m ssd_d2.tools.convert ssd300_vgg16_coco-b556d3b4.pth ssd300_coco_torchvision.pth
-  # lufficc/SSD: 300 or 512 (head levels) and VOC or COCO (class outputs) come from the shapes
   python -m ssd_d2.tools.convert --source lufficc vgg_ssd512_coco_trainval35k.pth out.pth
-  # ImageNet backbones to train from (fc6/fc7 of torchvision's vgg16 subsampled into conv6 and
-  # conv7); extras and heads are not in them, so loading one reports those as missing
+  # an ImageNet backbone to train from (extras and heads load as missing)
   python -m ssd_d2.tools.convert --source vgg16 vgg16_reducedfc.pth vgg16_ssd_init.pth
-  # a model of another class count: name its config (and config options after OUTPUT)
-  python -m ssd_d2.tools.convert --source lufficc --config-file configs/ssd300_voc.yaml \\
+  # a model of another class count: name its config (and options after OUTPUT)
+  python -m ssd_d2.tools.convert --source lufficc --config-file ssd300_voc \\
       my_5_classes.pth my_ssd.pth MODEL.SSD.NUM_CLASSES 5
-then:
-  python train_net.py --config-file configs/ssd300_coco_torchvision.yaml --eval-only \\
-      MODEL.WEIGHTS ssd300_coco_torchvision.pth
 """
 
 
@@ -42,16 +36,14 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--source",
         choices=SOURCES,
-        help="torchvision: ssd300_vgg16 or ssdlite320_mobilenet_v3_large (COCO); lufficc: "
-        "vgg_ssd300/512 (VOC or COCO) or mobilenet_v2_ssd320 (VOC); amdegroot: ssd.pytorch "
-        "SSD300; vgg16: torchvision vgg16 or vgg16_reducedfc.pth, mobilenet: torchvision "
-        "mobilenet_v2 or mobilenet_v3_large, to train from (default: recognised from the keys)",
+        help="torchvision: ssd300_vgg16, ssdlite320_mobilenet_v3_large; lufficc: vgg_ssd300/512, "
+        "mobilenet_v2_ssd320; amdegroot: ssd.pytorch SSD300; vgg16, mobilenet: ImageNet "
+        "backbones of torchvision or ssd.pytorch (default: recognised from the keys)",
     )
     parser.add_argument(
         "--config-file",
         metavar="FILE",
-        help="the ssd_d2 config to convert to (a path or a model zoo name); by default the "
-        "published model's the head's shapes imply, or for a backbone its usual SSD's",
+        help="the config to convert to (a path or a model zoo name; default: from the head)",
     )
     parser.add_argument(
         "--allow-unsafe-checkpoint",
@@ -74,15 +66,13 @@ def summarize(conversion: Conversion) -> List[str]:
     """Lines that say what was converted: tensors and values per module, and notes."""
     groups = {}
     for key, value in conversion.state_dict.items():
-        group = groups.setdefault(".".join(key.split(".")[:2]), [0, 0])
-        group[0] += 1
-        group[1] += value.numel()
-    total = sum(n for _, n in groups.values())
+        groups.setdefault(".".join(key.split(".")[:2]), []).append(value.numel())
+    total = sum(map(sum, groups.values()))
+    source, n = SPECS[conversion.source].title, len(conversion.state_dict)
     lines = [
-        f"Converted {len(conversion.state_dict)} tensors ({total:,} values) from "
-        f"{SPECS[conversion.source].title} for {conversion.config_file}:"
+        f"Converted {n} tensors ({total:,} values) from {source} for {conversion.config_file}:"
     ]
-    lines += [f"  {name:<18} {n:>3} tensors {p:>12,} values" for name, (n, p) in groups.items()]
+    lines += [f"  {k:<18} {len(v):>3} tensors {sum(v):>12,} values" for k, v in groups.items()]
     return lines + [f"  note: {note}" for note in conversion.notes]
 
 
@@ -95,15 +85,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Conversion:
             args.output,
             args.config_file,
             args.opts,
-            allow_unsafe=args.allow_unsafe_checkpoint,
+            args.allow_unsafe_checkpoint,
         )
-    except ConversionError as e:
+    except (ConversionError, FileNotFoundError) as e:
         sys.exit(f"error: {args.input}: {e}")
     print("\n".join(summarize(conversion)))
-    options = "".join(f"{o} " for o in conversion.config_opts)
-    print(
-        f"Wrote {args.output}; use it with --config-file {conversion.config_file} {options}MODEL.WEIGHTS {args.output}"
-    )
+    use = " ".join([conversion.config_file, *conversion.config_opts, "MODEL.WEIGHTS", args.output])
+    print(f"Wrote {args.output}; use it with --config-file {use}")
     return conversion
 
 
