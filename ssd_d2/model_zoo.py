@@ -1,10 +1,7 @@
 """
 ssd_d2's model zoo, as Detectron2's: the configs of the published SSD architectures, and the
-peers' published weights for them (fetched by URL, cached in ``$FVCORE_CACHE``, converted as
-they are loaded). ``trained=False`` gives the config as training starts it, from the ImageNet
-backbone the peer starts from.
-
-    model = model_zoo.get("ssd300_voc", trained=True)   # lufficc/SSD's 77.7 mAP model
+peers' published weights for them (by URL, cached, converted as they are loaded), or with
+``trained=False`` the ImageNet backbone the peer starts from.
 """
 
 import os

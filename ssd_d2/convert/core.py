@@ -1,8 +1,5 @@
-"""
-The mapping core: a peer's state dict renamed by its source's rules, checked against the model
-of an ssd_d2 config; shared by MODEL.WEIGHTS (:func:`convert_for_model`) and the offline
-converter (:func:`convert`).
-"""
+"""The mapping core: a peer's state dict renamed by its source's rules and checked against the
+model of an ssd_d2 config, for MODEL.WEIGHTS (:func:`convert_for_model`) and the converter."""
 
 import os
 import re
@@ -22,17 +19,7 @@ from .rules import CONV6_7, RULES, SPECS, reduce_fc, variant
 SOURCES = ("torchvision", "lufficc", "amdegroot", "vgg16", "mobilenet")
 
 # What a weights file may be, for the message about one that is none of these.
-KNOWN_FORMATS = (
-    "an ssd_d2 (Detectron2) checkpoint",
-    "torchvision's ssd300_vgg16_coco or ssdlite320_mobilenet_v3_large_coco",
-    "lufficc/SSD's model zoo (vgg_ssd300/512_voc0712, vgg_ssd300/512_coco_trainval35k, "
-    "mobilenet_v2_ssd320_voc0712[_v2])",
-    "ssd.pytorch's ssd300_mAP_77.43_v2.pth",
-    "an ImageNet VGG16: ssd.pytorch/lufficc's vgg16_reducedfc.pth, torchvision's vgg16 or "
-    "vgg16_features-amdegroot",
-    "an ImageNet MobileNetV2 or MobileNetV3-Large classifier of torchvision (mobilenet_v2, "
-    "mobilenet_v3_large)",
-)
+KNOWN_FORMATS = ("an ssd_d2 (Detectron2) checkpoint", *(spec.title for spec in SPECS.values()))
 _ALREADY_OURS = "Its keys are ssd_d2's already: load it with MODEL.WEIGHTS as it is."
 
 
@@ -49,8 +36,7 @@ class Conversion:
     origins: Dict[str, str] = field(default_factory=dict)  # ssd_d2 name -> the file's name
     unmatched: Dict[str, Tensor] = field(default_factory=dict)  # what no rule names
     notes: List[str] = field(default_factory=list)
-    # Detectors: (default boxes per location of each level, class outputs per box).
-    head: Optional[Tuple[List[int], int]] = None
+    head: Optional[Tuple[List[int], int]] = None  # (default boxes per level, class outputs)
     config_file: str = ""
     config_opts: List[str] = field(default_factory=list)  # KEY VALUE ... on top of config_file
     # Model keys the file leaves at their initialisation (an ImageNet backbone's).
@@ -64,9 +50,8 @@ def coco_category_ids() -> List[int]:
 
 def recognize(keys: Sequence[str]) -> Optional[str]:
     """
-    The layout that state dict keys are in: one of :data:`SOURCES`, "ssd_d2", or None (none
-    of :data:`KNOWN_FORMATS`). lufficc/SSD's VGG16 and torchvision's SSDLite backbones share
-    names with ssd_d2's, so the peers' own names are looked at first.
+    The layout of state dict keys: one of :data:`SOURCES`, "ssd_d2", or None (unknown). Some
+    peers' backbone names are ssd_d2's too, so their own names are looked at first.
     """
     keys = set(keys)
     if "backbone.scale_weight" in keys or any(k.startswith("head.classification_") for k in keys):
@@ -117,10 +102,8 @@ def rename(source: str, state_dict: Dict[str, Tensor]) -> Conversion:
     if result.source == "vgg16":
         reduce_fc(classifier, result)
         result.notes.append(
-            "input: ssd_d2's configs feed RGB 0-255 minus the mean, as the Caffe-style VGG16 "
-            "(vgg16_reducedfc.pth, vgg16_features) expects; torchvision's IMAGENET1K_V1 weights "
-            "expect 0-1 input divided by the ImageNet std: set MODEL.PIXEL_STD "
-            "[58.395, 57.12, 57.375] to train from those"
+            "input: RGB 0-255 minus the mean, as this Caffe-style VGG16 expects; to train from "
+            "torchvision's IMAGENET1K_V1 weights, set MODEL.PIXEL_STD [58.395, 57.12, 57.375]"
         )
     elif spec.backbone and classifier:
         result.notes.append("dropped the classifier (the ImageNet classes): SSDLite uses none")
@@ -129,27 +112,18 @@ def rename(source: str, state_dict: Dict[str, Tensor]) -> Conversion:
     result.head = _head_layout(result.state_dict, spec.output_conv)
     if result.head is not None:
         boxes, outputs = result.head
-        result.notes.append(
-            f"head: {len(boxes)} levels, {boxes} default boxes per location, "
-            f"{outputs} class outputs per box (background first)"
-        )
+        result.notes.append(f"head: {boxes} default boxes per location, {outputs} class outputs")
         if result.source.startswith("torchvision") and outputs == 91:
             # torchvision predicts COCO category ids (1..90, 10 of them unused); Detectron2
             # numbers the 80 classes contiguously in category id order.
             _keep_class_outputs(result, spec.output_conv, [0] + coco_category_ids())
-            result.notes.append(
-                "class outputs: 91 COCO category ids -> background + 80 contiguous classes "
-                "(dropped the outputs of the 10 unused ids)"
-            )
+            result.notes.append("class outputs: 91 COCO category ids -> background + 80 classes")
     return result
 
 
 def _head_layout(state_dict: Dict[str, Tensor], output_conv: str):
-    """
-    (default boxes per location of each level, class outputs per box with background), read
-    from the shapes of the head's output convs (``head.cls_score.<level><output_conv>``, or
-    ``head.cls_score.<level>`` for a plain conv level); None without a head.
-    """
+    """(default boxes per location of each level, class outputs per box with background), read
+    from the head's output convs (``head.cls_score.<level>[<output_conv>]``); None: no head."""
     boxes, outputs = [], set()
     while True:
         level = len(boxes)
@@ -188,8 +162,8 @@ def _check_fits(
 ) -> None:
     """
     Raise a ConversionError listing what does not fit unless ``result`` loads into ``model``
-    key by key, but for its expected_missing keys. ``origin``: the file MODEL.WEIGHTS names,
-    when the checkpointer reports missing keys (and a detector's other shapes) itself.
+    key by key, but for its expected_missing keys. ``origin``: the file MODEL.WEIGHTS names;
+    the checkpointer reports missing keys (and a detector's other shapes) itself.
     """
     spec, ours = SPECS[result.source], result.state_dict
     unexpected = [f"{k} {tuple(v.shape)}" for k, v in result.unmatched.items()] + [
@@ -221,7 +195,7 @@ def _check_fits(
         lines.append(_ALREADY_OURS)
     elif guess not in (None, "ssd_d2") and not result.source.startswith(guess):
         title = SPECS[variant(guess, names)].title
-        lines.append(f"Its keys look like a {title} checkpoint: --source {guess}?")
+        lines.append(f"Its keys look like those of {title}: --source {guess}?")
     elif result.source == "mobilenet_v3_large" and wrong_shapes:
         lines.append(
             "ImageNet MobileNetV3-Large weights have the full tail (MobileNetV3 paper, table "
@@ -229,7 +203,7 @@ def _check_fits(
         )
     elif guess is not None and unexpected:
         lines.append(
-            f"Its keys are {spec.title}'s, but of an architecture that ssd_d2 does not have, or "
+            f"Its keys are those of {spec.title}, but of an architecture ssd_d2 does not have, or "
             "of another config's (VGG16 SSD300/SSD512, torchvision's SSDLite320 MobileNetV3 and "
             "lufficc/SSD's SSDLite320 MobileNetV2 are converted)."
         )
@@ -296,10 +270,8 @@ def convert(
             # torchvision's SSD300 does from its vgg16_features file.
             result.expected_missing += CONV6_7
         result.notes.append(
-            f"{len(result.expected_missing)} model tensors (extras, heads"
-            f"{', the conv4_3 L2Norm scale' if result.source == 'vgg16' else ''}) are not in "
-            "this checkpoint: DetectionCheckpointer lists them as missing when it loads it, "
-            "as expected: they train from their initialisation"
+            f"{len(result.expected_missing)} model tensors (extras, heads) train from their "
+            "initialisation: loading the file lists them as missing, as expected"
         )
     _check_fits(result, model, target=result.config_file)
     return result

@@ -1,8 +1,8 @@
 """
 Per source: renaming rules (a regular expression over a whole key, its ssd_d2 name as a
 ``re.Match.expand`` template or a function of the match) and the configs its files fit. The
-published models share ssd_d2's conventions (RGB input, background as class output 0, the same
-default-box order and box encoding): converting them is a renaming.
+published models share ssd_d2's conventions (RGB, background first, the same box order and
+encoding): converting them is a renaming.
 """
 
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -103,7 +103,7 @@ RULES: Dict[str, List[Rule]] = {
 class Source(NamedTuple):
     """What the converter knows of one source's files besides their names."""
 
-    title: str
+    title: str  # its published files, in messages
     # The model zoo name of each published model, by its head (levels, class outputs with
     # background); the first also for a file without a head (an ImageNet backbone: None).
     configs: Dict[Optional[Tuple[int, int]], str]
@@ -120,20 +120,23 @@ _VGG = {
     (7, 81): "ssd512_coco",
 }
 _V2, _V3 = "ssdlite320_mobilenet_v2_voc", "ssdlite320_mobilenet_v3_coco"
+_F = "backbone.features."
 SPECS: Dict[str, Source] = {
     # torchvision's COCO SSD300 has its own config: its default boxes follow its own rules.
-    "torchvision": Source("torchvision ssd300_vgg16", {**_VGG, (6, 81): "ssd300_coco_torchvision"}),
+    "torchvision": Source(
+        "torchvision's ssd300_vgg16", {**_VGG, (6, 81): "ssd300_coco_torchvision"}
+    ),
     "torchvision_ssdlite": Source(
-        "torchvision ssdlite320_mobilenet_v3_large", {(6, 81): _V3}, ".1"
+        "torchvision's ssdlite320_mobilenet_v3_large", {(6, 81): _V3}, ".1"
     ),
-    "lufficc": Source("lufficc/SSD", _VGG),
-    "lufficc_ssdlite": Source("lufficc/SSD mobilenet_v2_ssd320", {(6, 21): _V2}, ".1"),
-    "amdegroot": Source("amdegroot/ssd.pytorch", _VGG),
-    "vgg16": Source("VGG16 ImageNet", {None: "ssd300_voc"}, backbone="backbone.vgg."),
-    "mobilenet_v2": Source("MobileNetV2 ImageNet", {None: _V2}, backbone="backbone.features."),
-    "mobilenet_v3_large": Source(
-        "MobileNetV3-Large ImageNet", {None: _V3}, "", "backbone.features."
+    "lufficc": Source("lufficc/SSD's vgg_ssd300/512 (VOC, COCO)", _VGG),
+    "lufficc_ssdlite": Source("lufficc/SSD's mobilenet_v2_ssd320_voc0712", {(6, 21): _V2}, ".1"),
+    "amdegroot": Source("ssd.pytorch's ssd300_mAP_77.43_v2.pth", _VGG),
+    "vgg16": Source(
+        "vgg16_reducedfc.pth or torchvision's vgg16", {None: "ssd300_voc"}, "", "backbone.vgg."
     ),
+    "mobilenet_v2": Source("torchvision's ImageNet mobilenet_v2", {None: _V2}, "", _F),
+    "mobilenet_v3_large": Source("torchvision's ImageNet mobilenet_v3_large", {None: _V3}, "", _F),
 }
 
 

@@ -68,11 +68,10 @@ def load_checkpoint_file(
     except pickle.UnpicklingError as e:
         # torch names the global it refused; other unpickling errors mean a damaged file.
         refused = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
-        if not (isinstance(e, UnsafeCheckpointError) or refused and not allow_unsafe):
+        unsafe = isinstance(e, UnsafeCheckpointError)
+        if not (unsafe or refused and not allow_unsafe):
             raise
-        why = (
-            e if isinstance(e, UnsafeCheckpointError) else f"it holds Python objects ({refused[0]})"
-        )
+        why = e if unsafe else f"it holds Python objects ({refused[0]})"
         raise UnsafeCheckpointError(
             f"Refusing to load checkpoint {filename}: {why}. Loading it would need Python's full "
             "unpickling (torch.load(weights_only=False)), which runs whatever code the file "
@@ -114,10 +113,7 @@ def read_state_dict(path: str, allow_unsafe: bool = False) -> dict:
 
 
 def save_checkpoint(state_dict: dict, path: str, author: str) -> None:
-    """
-    Write a Detectron2 checkpoint of ``state_dict``: torch.save, or Detectron2's model zoo
-    pickle of numpy arrays when ``path`` ends in ".pkl" (DetectionCheckpointer reads those so).
-    """
+    """A Detectron2 checkpoint of ``state_dict``; for ".pkl", its model zoo format (numpy)."""
     pkl = path.endswith(".pkl")
     # clone(): a slice (fc6/fc7, class outputs) would otherwise save its whole source tensor.
     model = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
@@ -135,10 +131,7 @@ def convert_file(
     opts: Sequence[str] = (),
     allow_unsafe: bool = False,
 ) -> Conversion:
-    """
-    Read a peer's file ``input_path`` (``allow_unsafe``: with full unpickling), convert it
-    (:func:`ssd_d2.convert.convert`) and write the Detectron2 checkpoint ``output_path``.
-    """
+    """Read a peer's file, convert it (:func:`ssd_d2.convert.convert`), write a checkpoint."""
     if output_path.endswith(".pyth"):
         raise ConversionError(
             f"{output_path}: DetectionCheckpointer reads '.pyth' files as pycls checkpoints; "
@@ -153,11 +146,9 @@ def convert_file(
 
 class SSDCheckpointer(DetectionCheckpointer):
     """
-    The weights entrance: a DetectionCheckpointer that reads, for an SSD model, a peer's file
-    (converted as it is loaded) as well as ssd_d2's, from a path or a URL (cached in
-    ``$FVCORE_CACHE``), running no code from it unless ``allow_unsafe``. It writes to a
-    temporary file renamed over the target: a process killed while saving leaves the previous
-    checkpoint intact.
+    The weights entrance: a DetectionCheckpointer that loads a peer's file into an SSD model
+    (converted as it is loaded), running no code from it unless ``allow_unsafe``, and saves
+    atomically: a process killed while saving leaves the previous checkpoint intact.
     """
 
     def __init__(self, model, save_dir: str = "", *, allow_unsafe: bool = False, **kwargs):
@@ -225,10 +216,7 @@ class SSDCheckpointer(DetectionCheckpointer):
 
 
 def load_weights(model, cfg) -> SSDCheckpointer:
-    """
-    Load ``cfg.MODEL.WEIGHTS`` (a path or URL; empty: nothing) into ``model`` as every entry
-    point does. Returns the checkpointer (its ``loaded_model_keys`` say what the file set).
-    """
+    """Load ``cfg.MODEL.WEIGHTS`` into ``model`` as every entry point does; the checkpointer."""
     checkpointer = SSDCheckpointer(model, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS)
     checkpointer.load(cfg.MODEL.WEIGHTS)
     return checkpointer
