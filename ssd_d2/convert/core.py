@@ -35,12 +35,11 @@ class Conversion:
     state_dict: Dict[str, Tensor] = field(default_factory=dict)
     origins: Dict[str, str] = field(default_factory=dict)  # ssd_d2 name -> the file's name
     unmatched: Dict[str, Tensor] = field(default_factory=dict)  # what no rule names
-    notes: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # what the converter did, for the CLI
     head: Optional[Tuple[List[int], int]] = None  # (default boxes per level, class outputs)
     config_file: str = ""
     config_opts: List[str] = field(default_factory=list)  # KEY VALUE ... on top of config_file
-    # Model keys the file leaves at their initialisation (an ImageNet backbone's).
-    expected_missing: List[str] = field(default_factory=list)
+    expected_missing: List[str] = field(default_factory=list)  # left at init (ImageNet files)
 
 
 def coco_category_ids() -> List[int]:
@@ -219,8 +218,7 @@ def _default_config(result: Conversion) -> Tuple[str, List[str]]:
     """The model zoo name and options of the published model whose head ``result`` has."""
     configs = SPECS[result.source].configs
     if result.head is None:
-        # No head to read the model from: compare with the source's usual model, whose keys
-        # make the error message say what does not fit.
+        # No head: the source's usual model, which the error message compares the keys with.
         return next(iter(configs.values())), []
     levels, outputs = len(result.head[0]), result.head[1]
     if (levels, outputs) not in configs:
@@ -234,17 +232,11 @@ def _default_config(result: Conversion) -> Tuple[str, List[str]]:
     return name, list(ZOO[name].opts)
 
 
-def convert(
-    source: Optional[str],
-    state_dict: Dict[str, Tensor],
-    config_file: Optional[str] = None,
-    opts: Sequence[str] = (),
-) -> Conversion:
+def convert(source: Optional[str], state_dict: dict, config_file=None, opts=()) -> Conversion:
     """
-    A state dict of ``source`` (one of :data:`SOURCES`; None: recognised from its keys) in
-    the layout of ``config_file``'s model (a path or a model zoo name; by default the
-    published model whose head it has). Raises ConversionError, listing the first keys and
-    shapes that do not fit, when it does not fit; FileNotFoundError for an unknown config.
+    A state dict of ``source`` (one of :data:`SOURCES`; None: recognised from its keys) in the
+    layout of ``config_file``'s model (a path or a model zoo name; by default the published
+    model whose head it has). A ConversionError lists the first keys that do not fit.
     """
     if source is None:
         source = recognize(state_dict)

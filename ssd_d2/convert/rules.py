@@ -13,8 +13,7 @@ Rule = Tuple[str, Union[str, Callable]]
 
 
 def _extras(m) -> str:
-    # The published extras are a flat conv list (1x1, 3x3, 1x1, ...); ssd_d2's are one
-    # (1x1, ReLU, 3x3, ReLU) block per level.
+    # A flat conv list (1x1, 3x3, 1x1, ...) there, one (1x1, ReLU, 3x3, ReLU) block a level here.
     return f"backbone.extras.{int(m[1]) // 2}.{2 * (int(m[1]) % 2)}.{m[2]}"
 
 
@@ -24,12 +23,9 @@ def _mobilenet_v2(m) -> str:
     return f"backbone.features.{int(int(m[1]) >= 14)}.{m[1]}.{m[2]}"
 
 
-def _mobilenet_v3(m) -> str:
-    # MobileNetV3-Large's block 13 goes to stride 32: blocks 0 ... 12 are features.0.*, 14 ...
-    # 16 features.1.1 ... 1.3 (block 13 is split by the two rules before this one).
-    block = int(m[1])
-    stage, index = (0, block) if block < 13 else (1, block - 13)
-    return f"backbone.features.{stage}.{index}.{m[2]}"
+def _offset(prefix: str, offset: int):
+    """The name ``prefix.<the first group + offset>.<the second group>``."""
+    return lambda m: f"{prefix}.{int(m[1]) + offset}.{m[2]}"
 
 
 _HEADS = {"cls": "cls_score", "reg": "bbox_pred"}
@@ -44,12 +40,9 @@ RULES: Dict[str, List[Rule]] = {
         (r"backbone\.features\.(.+)", r"backbone.vgg.\1"),
         # extra.0 holds VGG layers 23-29 (pool4 ... conv5_3), then pool5, fc6, ReLU, fc7 as
         # extra.0.7: vgg.23 ... vgg.33 here.
-        (
-            r"backbone\.extra\.0\.(\d)\.(weight|bias)",
-            lambda m: f"backbone.vgg.{23 + int(m[1])}.{m[2]}",
-        ),
-        (r"backbone\.extra\.0\.7\.(\d+)\.(.+)", lambda m: f"backbone.vgg.{30 + int(m[1])}.{m[2]}"),
-        (r"backbone\.extra\.([1-9]\d*)\.(.+)", lambda m: f"backbone.extras.{int(m[1]) - 1}.{m[2]}"),
+        (r"backbone\.extra\.0\.(\d)\.(weight|bias)", _offset("backbone.vgg", 23)),
+        (r"backbone\.extra\.0\.7\.(\d+)\.(.+)", _offset("backbone.vgg", 30)),
+        (r"backbone\.extra\.([1-9]\d*)\.(.+)", _offset("backbone.extras", -1)),
         *_TV_HEAD,
     ],
     # ssd_d2's MobileNetV3 SSDLite keeps torchvision's backbone nesting (features.0/1, extra).
@@ -89,13 +82,15 @@ RULES: Dict[str, List[Rule]] = {
     # torchvision's vgg16 (conv layers keep their index: conv1_1 = 0 ... conv5_3 = 28), or
     # ssd.pytorch's vgg16_reducedfc.pth: the layer list itself, fc6/fc7 already reduced.
     "vgg16": [(r"(?:features\.)?(\d+\.(?:weight|bias))", r"backbone.vgg.\1")],
-    # torchvision's ImageNet MobileNetV2 (which lufficc/SSD starts from) and MobileNetV3-Large,
-    # whose block 13's 1x1 expansion ends features.0 ("c4"), as in torchvision's SSDLite.
+    # torchvision's ImageNet MobileNetV2 (which lufficc/SSD starts from) and MobileNetV3-Large.
+    # The latter's block 13 goes to stride 32: its 1x1 expansion ends features.0 ("c4"), as in
+    # torchvision's SSDLite, its rest and blocks 14 ... 16 are features.1.
     "mobilenet_v2": [(r"features\.(\d+)\.(.+)", _mobilenet_v2)],
     "mobilenet_v3_large": [
+        (r"features\.(\d|1[0-2])\.(.+)", r"backbone.features.0.\1.\2"),
         (r"features\.13\.block\.0\.(.+)", r"backbone.features.0.13.\1"),
         (r"features\.13\.block\.(\d+)\.(.+)", r"backbone.features.1.0.\1.\2"),
-        (r"features\.(\d+)\.(.+)", _mobilenet_v3),
+        (r"features\.(1[4-6])\.(.+)", _offset("backbone.features.1", -13)),
     ],
 }
 
@@ -119,24 +114,18 @@ _VGG = {
     (7, 21): "ssd512_voc",
     (7, 81): "ssd512_coco",
 }
-_V2, _V3 = "ssdlite320_mobilenet_v2_voc", "ssdlite320_mobilenet_v3_coco"
-_F = "backbone.features."
+_V2 = "ssdlite320_mobilenet_v2_voc"
+_V3 = "ssdlite320_mobilenet_v3_coco"
 SPECS: Dict[str, Source] = {
     # torchvision's COCO SSD300 has its own config: its default boxes follow its own rules.
-    "torchvision": Source(
-        "torchvision's ssd300_vgg16", {**_VGG, (6, 81): "ssd300_coco_torchvision"}
-    ),
-    "torchvision_ssdlite": Source(
-        "torchvision's ssdlite320_mobilenet_v3_large", {(6, 81): _V3}, ".1"
-    ),
+    "torchvision": Source("torchvision's SSD300", {**_VGG, (6, 81): "ssd300_coco_torchvision"}),
+    "torchvision_ssdlite": Source("torchvision's SSDLite320 MobileNetV3", {(6, 81): _V3}, ".1"),
     "lufficc": Source("lufficc/SSD's vgg_ssd300/512 (VOC, COCO)", _VGG),
     "lufficc_ssdlite": Source("lufficc/SSD's mobilenet_v2_ssd320_voc0712", {(6, 21): _V2}, ".1"),
     "amdegroot": Source("ssd.pytorch's ssd300_mAP_77.43_v2.pth", _VGG),
-    "vgg16": Source(
-        "vgg16_reducedfc.pth or torchvision's vgg16", {None: "ssd300_voc"}, "", "backbone.vgg."
-    ),
-    "mobilenet_v2": Source("torchvision's ImageNet mobilenet_v2", {None: _V2}, "", _F),
-    "mobilenet_v3_large": Source("torchvision's ImageNet mobilenet_v3_large", {None: _V3}, "", _F),
+    "vgg16": Source("an ImageNet VGG16", {None: "ssd300_voc"}, "", "backbone.vgg."),
+    "mobilenet_v2": Source("an ImageNet MobileNetV2", {None: _V2}, "", "backbone.features."),
+    "mobilenet_v3_large": Source("an ImageNet MobileNetV3", {None: _V3}, "", "backbone.features."),
 }
 
 

@@ -17,7 +17,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-from ..convert import SPECS, Conversion, ConversionError, convert, convert_for_model
+from ..convert import SPECS, ConversionError, convert, convert_for_model
 from ..model_zoo import IMAGENET_BACKBONES
 from ..modeling import SSD
 
@@ -32,10 +32,7 @@ _SAFE_PICKLE_GLOBALS = {
     for numpy in ("numpy.core", "numpy._core")
     for name in ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer")
 } | {"numpy.ndarray", "numpy.dtype", "collections.OrderedDict", "_codecs.encode"}
-_ALLOW_IN_CONFIG = (
-    "set MODEL.ALLOW_UNSAFE_CHECKPOINTS True (train_net.py: append "
-    "`MODEL.ALLOW_UNSAFE_CHECKPOINTS True`)"
-)
+_ALLOW_IN_CONFIG = "set MODEL.ALLOW_UNSAFE_CHECKPOINTS True (on train_net.py's command line too)"
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -123,15 +120,9 @@ def save_checkpoint(state_dict: dict, path: str, author: str) -> None:
     _atomic_write(path, lambda f: (pickle.dump if pkl else torch.save)(checkpoint, f), mode="wb")
 
 
-def convert_file(
-    source: Optional[str],
-    input_path: str,
-    output_path: str,
-    config_file: Optional[str] = None,
-    opts: Sequence[str] = (),
-    allow_unsafe: bool = False,
-) -> Conversion:
-    """Read a peer's file, convert it (:func:`ssd_d2.convert.convert`), write a checkpoint."""
+def convert_file(source, input_path, output_path, config_file=None, opts=(), allow_unsafe=False):
+    """Read a peer's file, convert it (:func:`ssd_d2.convert.convert`) and write a checkpoint:
+    the Conversion."""
     if output_path.endswith(".pyth"):
         raise ConversionError(
             f"{output_path}: DetectionCheckpointer reads '.pyth' files as pycls checkpoints; "

@@ -1,8 +1,5 @@
-"""
-Convert published SSD weights into a Detectron2 checkpoint of ssd_d2's models, once, and say
-which config it fits. MODEL.WEIGHTS takes the published files themselves too (converted as they
-are loaded, by the same rules: :mod:`ssd_d2.convert`).
-"""
+"""Convert published SSD weights into a Detectron2 checkpoint once, and say which config it fits
+(MODEL.WEIGHTS takes the published files too, converted as they load by the same rules)."""
 
 import argparse
 import sys
@@ -10,8 +7,6 @@ from typing import List, Optional, Sequence
 
 from ssd_d2.convert import SOURCES, SPECS, Conversion, ConversionError
 from ssd_d2.engine.checkpoint import convert_file
-
-__all__ = ["build_argument_parser", "main", "summarize"]
 
 _EXAMPLES = """examples:
   # the source and the config are recognised from the keys and the head's shapes
@@ -36,9 +31,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--source",
         choices=SOURCES,
-        help="torchvision: ssd300_vgg16, ssdlite320_mobilenet_v3_large; lufficc: vgg_ssd300/512, "
-        "mobilenet_v2_ssd320; amdegroot: ssd.pytorch SSD300; vgg16, mobilenet: ImageNet "
-        "backbones of torchvision or ssd.pytorch (default: recognised from the keys)",
+        help="whose file INPUT is (amdegroot: ssd.pytorch; vgg16, mobilenet: ImageNet backbones "
+        "to train from); by default recognised from its keys",
     )
     parser.add_argument(
         "--config-file",
