@@ -79,8 +79,7 @@ def load_checkpoint_file(
 
 
 def _split_weights(data: dict):
-    """(the model's weights in a loaded checkpoint, the rest of it), without DataParallel's
-    "module." prefix: weights under "model", "state_dict" or the dict itself."""
+    """(the weights under "model", "state_dict" or the dict itself, without "module.", the rest)"""
     key = next((k for k in ("model", "state_dict") if isinstance(data.get(k), dict)), None)
     weights = data[key] if key else data
     if weights and all(k.startswith("module.") for k in weights):

@@ -5,8 +5,11 @@ import argparse
 import sys
 from typing import List, Optional, Sequence
 
-from ssd_d2.convert import SOURCES, SPECS, Conversion, ConversionError
+from ssd_d2.convert import SOURCES, SPECS, Conversion, ConversionError, coco_category_ids, convert
 from ssd_d2.engine.checkpoint import convert_file
+
+# benchmarks/run.py imports coco_category_ids and convert from here.
+__all__ = ["build_argument_parser", "coco_category_ids", "convert", "main", "summarize"]
 
 _EXAMPLES = """examples:
   # the source and the config are recognised from the keys and the head's shapes
