@@ -1,15 +1,7 @@
 """
 ssd_d2's model zoo, as Detectron2's: the configs of the published SSD architectures, and the
-peers' published weights for them.
-
-    from ssd_d2 import model_zoo
-    model = model_zoo.get("ssd300_voc", trained=True)   # lufficc/SSD's 77.7 mAP model
-    cfg = model_zoo.get_config("ssdlite320_mobilenet_v3_coco", trained=True)
-
-``trained=False`` gives the config as training starts it: MODEL.WEIGHTS names the ImageNet
-backbone the peer starts from. ``trained=True`` names the peer's published detector instead.
-Weights are fetched by URL and cached by Detectron2's checkpointer (``$FVCORE_CACHE``, by
-default ``~/.torch/iopath_cache``), and converted as they are loaded.
+peers' published weights for them (by URL, cached, converted as they are loaded), or with
+``trained=False`` the ImageNet backbone the peer starts from.
 """
 
 import os
@@ -19,16 +11,6 @@ from typing import Dict, Optional, Tuple
 from detectron2.config import CfgNode
 
 from .config import load_config
-
-__all__ = [
-    "IMAGENET_BACKBONES",
-    "IMAGENET_FILES",
-    "ZOO",
-    "get",
-    "get_config",
-    "get_config_file",
-    "list_models",
-]
 
 _TORCHVISION = "https://download.pytorch.org/models"
 _LUFFICC = "https://github.com/lufficc/SSD/releases/download/1.2"
@@ -42,8 +24,6 @@ IMAGENET_BACKBONES = {
     "build_mobilenet_v2_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v2-b0353104.pth",
     "build_mobilenet_v3_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v3_large-8738ca79.pth",
 }
-
-
 # Every ImageNet file a config starts training from (torchvision's SSD300 starts from its
 # own VGG16 file): weights to train from, not a detector.
 IMAGENET_FILES = (
@@ -54,57 +34,36 @@ IMAGENET_FILES = (
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """A published detector: its config, where its weights come from and what it scores."""
+    """A published detector: its config and where its weights come from."""
 
     config: str
-    source: str
-    accuracy: str
     url: str
     # Config options (KEY, VALUE, ...) the published checkpoint needs on top of the config.
     opts: Tuple[str, ...] = ()
 
 
+# The peer that published each model, and its accuracy there.
 ZOO: Dict[str, ZooEntry] = {
-    "ssd300_voc": ZooEntry(
-        "ssd300_voc.yaml", "lufficc/SSD", "77.7 VOC07 mAP", f"{_LUFFICC}/vgg_ssd300_voc0712.pth"
-    ),
-    "ssd512_voc": ZooEntry(
-        "ssd512_voc.yaml", "lufficc/SSD", "80.7 VOC07 mAP", f"{_LUFFICC}/vgg_ssd512_voc0712.pth"
-    ),
-    # ssd.pytorch's SSD300: the same architecture and default boxes as lufficc/SSD's.
-    "ssd300_voc_ssdpytorch": ZooEntry(
-        "ssd300_voc.yaml", "ssd.pytorch", "77.43 VOC07 mAP", f"{_AMDEGROOT}/ssd300_mAP_77.43_v2.pth"
-    ),
-    "ssd300_coco": ZooEntry(
-        "ssd300_coco.yaml",
-        "lufficc/SSD",
-        "25.2 COCO AP",
-        f"{_LUFFICC}/vgg_ssd300_coco_trainval35k.pth",
-    ),
-    "ssd512_coco": ZooEntry(
-        "ssd512_coco.yaml",
-        "lufficc/SSD",
-        "29.0 COCO AP",
-        f"{_LUFFICC}/vgg_ssd512_coco_trainval35k.pth",
-    ),
+    # lufficc/SSD, 77.7 and 80.7 VOC07 mAP
+    "ssd300_voc": ZooEntry("ssd300_voc.yaml", f"{_LUFFICC}/vgg_ssd300_voc0712.pth"),
+    "ssd512_voc": ZooEntry("ssd512_voc.yaml", f"{_LUFFICC}/vgg_ssd512_voc0712.pth"),
+    # ssd.pytorch, 77.43 VOC07 mAP: the same architecture and default boxes as lufficc/SSD's.
+    "ssd300_voc_ssdpytorch": ZooEntry("ssd300_voc.yaml", f"{_AMDEGROOT}/ssd300_mAP_77.43_v2.pth"),
+    # lufficc/SSD, 25.2 and 29.0 COCO AP
+    "ssd300_coco": ZooEntry("ssd300_coco.yaml", f"{_LUFFICC}/vgg_ssd300_coco_trainval35k.pth"),
+    "ssd512_coco": ZooEntry("ssd512_coco.yaml", f"{_LUFFICC}/vgg_ssd512_coco_trainval35k.pth"),
+    # torchvision, 25.1 COCO AP
     "ssd300_coco_torchvision": ZooEntry(
-        "ssd300_coco_torchvision.yaml",
-        "torchvision",
-        "25.1 COCO AP",
-        f"{_TORCHVISION}/ssd300_vgg16_coco-b556d3b4.pth",
+        "ssd300_coco_torchvision.yaml", f"{_TORCHVISION}/ssd300_vgg16_coco-b556d3b4.pth"
     ),
+    # lufficc/SSD, 68.9 VOC07 mAP
     "ssdlite320_mobilenet_v2_voc": ZooEntry(
-        "ssdlite320_mobilenet_v2_voc.yaml",
-        "lufficc/SSD",
-        "68.9 VOC07 mAP",
-        f"{_LUFFICC}/mobilenet_v2_ssd320_voc0712_v2.pth",
+        "ssdlite320_mobilenet_v2_voc.yaml", f"{_LUFFICC}/mobilenet_v2_ssd320_voc0712_v2.pth"
     ),
+    # torchvision, 21.3 COCO AP; built without ImageNet weights, with the reduced tail.
     "ssdlite320_mobilenet_v3_coco": ZooEntry(
         "ssdlite320_mobilenet_v3_coco.yaml",
-        "torchvision",
-        "21.3 COCO AP",
         f"{_TORCHVISION}/ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
-        # torchvision built its COCO SSDLite without ImageNet weights, with the reduced tail.
         ("MODEL.MOBILENET.REDUCED_TAIL", "True"),
     ),
 }
@@ -117,31 +76,17 @@ def _config_dirs():
 
 
 def get_config_file(name: str) -> str:
-    """
-    The path of a config shipped with ssd_d2: a model zoo name ("ssd300_voc") or a config
-    file name ("ssd300_voc.yaml", "Base-SSD300.yaml").
-
-    Raises:
-        FileNotFoundError: naming the config and listing the ones there are.
-    """
-    entry = ZOO.get(name)
-    filename = entry.config if entry else name
-    if not filename.endswith(".yaml"):
-        filename += ".yaml"
+    """The path of a shipped config: a model zoo name ("ssd300_voc") or a file name."""
+    filename = ZOO[name].config if name in ZOO else name
+    filename += "" if filename.endswith(".yaml") else ".yaml"
     for directory in _config_dirs():
-        path = os.path.join(directory, filename)
-        if os.path.isfile(path):
-            return path
-    shipped = sorted(
-        f[: -len(".yaml")]
-        for d in _config_dirs()
-        if os.path.isdir(d)
-        for f in os.listdir(d)
-        if f.endswith(".yaml")
-    )
+        if os.path.isfile(os.path.join(directory, filename)):
+            return os.path.join(directory, filename)
+    dirs = [d for d in _config_dirs() if os.path.isdir(d)]
+    shipped = {f[: -len(".yaml")] for d in dirs for f in os.listdir(d) if f.endswith(".yaml")}
     raise FileNotFoundError(
         f"ssd_d2 has no config {name!r} (looked in {', '.join(_config_dirs())}); it ships: "
-        f"{', '.join(sorted(set(shipped))) or 'none (the package was installed without them)'}."
+        f"{', '.join(sorted(shipped)) or 'none (the package was installed without them)'}."
     )
 
 
@@ -152,9 +97,8 @@ def list_models():
 
 def get_config(name: str, trained: bool = False) -> CfgNode:
     """
-    The config ``name`` (see :func:`get_config_file`), merged onto Detectron2's and ssd_d2's
-    defaults. With ``trained``, MODEL.WEIGHTS is the peer's published detector (a model zoo
-    name only) and the options that checkpoint needs are set.
+    The config ``name`` (see :func:`get_config_file`); with ``trained``, MODEL.WEIGHTS names
+    the peer's published detector (a model zoo name only), with the options it needs.
     """
     if not trained:
         return load_config(get_config_file(name))
@@ -165,14 +109,10 @@ def get_config(name: str, trained: bool = False) -> CfgNode:
 
 
 def get(name: str, trained: bool = True, device: Optional[str] = None):
-    """
-    The model of :func:`get_config` (``name``, ``trained``) in eval mode, with its weights
-    loaded through ssd_d2's checkpointer (``trained``: the peer's published detector;
-    otherwise the ImageNet backbone the config starts from).
-    """
+    """The model of :func:`get_config` in eval mode, its weights loaded by ssd_d2's checkpointer."""
     from detectron2.modeling import build_model
 
-    from .engine import load_weights
+    from .engine import load_weights  # the engine imports this module
 
     cfg = get_config(name, trained)
     if device is not None:

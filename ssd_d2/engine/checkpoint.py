@@ -1,51 +1,38 @@
+"""
+ssd_d2's weights entrance: reading checkpoint files without running code from them, writing
+them atomically, and converting a peer's published file as it is loaded (:mod:`ssd_d2.convert`).
+"""
+
+import argparse
+import contextlib
 import glob
 import logging
 import os
 import pickle
 import tempfile
-from typing import Optional, Set
+from typing import Optional, Sequence, Set
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-from ..convert import ConversionError, convert_for_model
+from ..convert import SPECS, ConversionError, convert, convert_for_model
 from ..model_zoo import IMAGENET_BACKBONES
 from ..modeling import SSD
 
-__all__ = [
-    "SSDCheckpointer",
-    "UnsafeCheckpointError",
-    "load_checkpoint_file",
-    "load_weights",
-    "warn_if_backbone_uninitialized",
-]
+__all__ = ["SSDCheckpointer", "UnsafeCheckpointError", "convert_file", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
 # Globals a Detectron2 model zoo ".pkl" (a pickle of numpy arrays) may name: array and dtype
 # reconstruction only, nothing that can run code.
 _SAFE_PICKLE_GLOBALS = {
-    (module, name)
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name in ("_reconstruct", "scalar")
-} | {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),
-}
-
-_UNSAFE_HINT = (
-    "Loading it would need Python's full unpickling, which runs whatever code the file "
-    "contains: a checkpoint from an untrusted source can take over your account. Only if you "
-    "trust where the file comes from, set MODEL.ALLOW_UNSAFE_CHECKPOINTS True (train_net.py: "
-    "append `MODEL.ALLOW_UNSAFE_CHECKPOINTS True`), or load it once yourself and save its "
-    "state_dict() with torch.save."
-)
+    f"{numpy}.{name}"
+    for numpy in ("numpy.core", "numpy._core")
+    for name in ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer")
+} | {"numpy.ndarray", "numpy.dtype", "collections.OrderedDict", "_codecs.encode"}
+_ALLOW_IN_CONFIG = "set MODEL.ALLOW_UNSAFE_CHECKPOINTS True (on train_net.py's command line too)"
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -54,55 +41,104 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if (module, name) in _SAFE_PICKLE_GLOBALS:
+        if f"{module}.{name}" in _SAFE_PICKLE_GLOBALS:
             return super().find_class(module, name)
         raise UnsafeCheckpointError(f"it refers to {module}.{name}")
 
 
-def load_checkpoint_file(filename: str, allow_unsafe: bool = False):
+def load_checkpoint_file(
+    filename: str, allow_unsafe: bool = False, safe_globals: Sequence = (), fix=_ALLOW_IN_CONFIG
+):
     """
-    The object in a checkpoint file, read without running code from it unless
-    ``allow_unsafe``: ``torch.load(weights_only=True)`` (tensors and plain containers), or for
-    Detectron2's ".pkl" model zoo files an unpickler that accepts numpy arrays only.
-
-    Raises:
-        UnsafeCheckpointError: the file needs more than that; the message explains the risk
-            and the flag that accepts it.
+    The object in a checkpoint file (a path or URL), read without running code from it unless
+    ``allow_unsafe``: ``torch.load(weights_only=True)`` (tensors, containers, ``safe_globals``),
+    or for ".pkl" files an unpickler of numpy arrays. Raises UnsafeCheckpointError otherwise,
+    explaining the risk and ``fix``.
     """
     try:
         with PathManager.open(filename, "rb") as f:
             if filename.endswith(".pkl"):
                 unpickler = pickle.Unpickler if allow_unsafe else _RestrictedUnpickler
                 return unpickler(f, encoding="latin1").load()
-            return torch.load(f, map_location=torch.device("cpu"), weights_only=not allow_unsafe)
-    except UnsafeCheckpointError as e:
-        raise UnsafeCheckpointError(f"Refusing to load checkpoint {filename}: {e}. " + _UNSAFE_HINT)
+            with torch.serialization.safe_globals(list(safe_globals)):
+                return torch.load(f, map_location="cpu", weights_only=not allow_unsafe)
     except pickle.UnpicklingError as e:
         # torch names the global it refused; other unpickling errors mean a damaged file.
-        if not allow_unsafe and "GLOBAL" in str(e):
-            refused = [line for line in str(e).splitlines() if "GLOBAL" in line]
-            raise UnsafeCheckpointError(
-                f"Refusing to load checkpoint {filename}: it holds Python objects other than "
-                f"tensors and containers ({refused[0].strip()}). " + _UNSAFE_HINT
-            ) from None
-        raise
+        refused = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        unsafe = isinstance(e, UnsafeCheckpointError)
+        if not (unsafe or refused and not allow_unsafe):
+            raise
+        why = e if unsafe else f"it holds Python objects ({refused[0]})"
+        raise UnsafeCheckpointError(
+            f"Refusing to load checkpoint {filename}: {why}. Loading it would need Python's full "
+            "unpickling (torch.load(weights_only=False)), which runs whatever code the file "
+            "contains: a checkpoint from an untrusted source can take over your account. Only if "
+            f"you trust where the file comes from, {fix}, or load it once yourself and save its "
+            "state_dict() with torch.save."
+        ) from None
+
+
+def _split_weights(data: dict):
+    """(the weights under "model", "state_dict" or the dict itself, without "module.", the rest)"""
+    key = next((k for k in ("model", "state_dict") if isinstance(data.get(k), dict)), None)
+    weights = data[key] if key else data
+    if weights and all(k.startswith("module.") for k in weights):
+        weights = {k[len("module.") :]: v for k, v in weights.items()}
+    return weights, {k: v for k, v in data.items() if k != key} if key else {}
+
+
+def read_state_dict(path: str, allow_unsafe: bool = False) -> dict:
+    """The state dict in a peer's file, for the offline converter (see :func:`convert_file`)."""
+    try:
+        # torchvision's detection reference scripts save their argparse arguments too.
+        data = load_checkpoint_file(
+            path, allow_unsafe, [argparse.Namespace], fix="add --allow-unsafe-checkpoint"
+        )
+    except UnsafeCheckpointError as e:
+        raise ConversionError(str(e)) from None
+    weights = _split_weights(data)[0] if isinstance(data, dict) else data
+    if not isinstance(weights, dict) or not weights:
+        raise ConversionError(f"{path} holds no state dict (found {type(weights).__name__}).")
+    not_tensors = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ConversionError(
+            f"{path} is not a state dict: {not_tensors[:5]} are not tensors (the file has "
+            f"keys {list(weights)[:8]})."
+        )
+    return weights
+
+
+def save_checkpoint(state_dict: dict, path: str, author: str) -> None:
+    """A Detectron2 checkpoint of ``state_dict``; for ".pkl", its model zoo format (numpy)."""
+    pkl = path.endswith(".pkl")
+    # clone(): a slice (fc6/fc7, class outputs) would otherwise save its whole source tensor.
+    model = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    model = {k: v.numpy() if pkl else v for k, v in model.items()}
+    checkpoint = {"model": model, "__author__": author, "matching_heuristics": False}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _atomic_write(path, lambda f: (pickle.dump if pkl else torch.save)(checkpoint, f), mode="wb")
+
+
+def convert_file(source, input_path, output_path, config_file=None, opts=(), allow_unsafe=False):
+    """Read a peer's file, convert it (:func:`ssd_d2.convert.convert`) and write a checkpoint:
+    the Conversion."""
+    if output_path.endswith(".pyth"):
+        raise ConversionError(
+            f"{output_path}: DetectionCheckpointer reads '.pyth' files as pycls checkpoints; "
+            "use '.pth'."
+        )
+    conversion = convert(source, read_state_dict(input_path, allow_unsafe), config_file, opts)
+    title = SPECS[conversion.source].title
+    author = f"{title} ({os.path.basename(input_path)}) via ssd_d2.tools.convert"
+    save_checkpoint(conversion.state_dict, output_path, author)
+    return conversion
 
 
 class SSDCheckpointer(DetectionCheckpointer):
     """
-    The weights entrance of ssd_d2: a DetectionCheckpointer that takes, for an SSD model, a
-    peer's published file (torchvision, lufficc/SSD, ssd.pytorch, the ImageNet backbones
-    they start from) as well as ssd_d2's own checkpoints, recognised from its keys and
-    converted as it is loaded (:func:`ssd_d2.convert.convert_for_model`), from a path or an
-    http(s) URL (downloaded once into Detectron2's cache, ``$FVCORE_CACHE``). Its files
-    survive a process killed while saving, and its load errors name the file and the fix.
-
-    Checkpoints and the ``last_checkpoint`` tag are written to a temporary file in the same
-    folder and renamed over the target, so the previous checkpoint stays intact until the
-    new one is complete.
-
-    Files are read with :func:`load_checkpoint_file`: no code from the file runs unless
-    ``allow_unsafe`` (``MODEL.ALLOW_UNSAFE_CHECKPOINTS``) is set.
+    The weights entrance: a DetectionCheckpointer that loads a peer's file into an SSD model
+    (converted as it is loaded), running no code from it unless ``allow_unsafe``, and saves
+    atomically: a process killed while saving leaves the previous checkpoint intact.
     """
 
     def __init__(self, model, save_dir: str = "", *, allow_unsafe: bool = False, **kwargs):
@@ -115,14 +151,12 @@ class SSDCheckpointer(DetectionCheckpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
         data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
+        save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info(f"Saving checkpoint to {save_file}")
         _atomic_write(save_file, lambda f: torch.save(data, f), mode="wb")
-        self.tag_last_checkpoint(basename)
+        self.tag_last_checkpoint(f"{name}.pth")
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         save_file = os.path.join(self.save_dir, "last_checkpoint")
@@ -145,19 +179,18 @@ class SSDCheckpointer(DetectionCheckpointer):
                 f"Checkpoint {filename} holds a {type(data).__name__}, not a dict of weights. "
                 "Save the model's state_dict() instead of the model."
             )
-        if filename.endswith(".pkl"):
-            return _model_zoo_checkpoint(data, self.logger)
-        if filename.endswith(".pyth") and "model_state" in data:  # pycls
-            model_state = data["model_state"]
-            model_state = {
-                k: v for k, v in model_state.items() if not k.endswith("num_batches_tracked")
-            }
-            return {"model": model_state, "__author__": "pycls", "matching_heuristics": True}
-        checkpoint = data if isinstance(data.get("model"), dict) else {"model": data}
+        if filename.endswith(".pkl"):  # Detectron2's model zoo format, or Caffe2's blobs
+            if "model" in data and "__author__" in data:
+                return data
+            blobs = data.get("blobs", data)
+            weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+            return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
+        weights, checkpoint = _split_weights(data)
+        checkpoint["model"] = weights
         if isinstance(self.model, SSD):
             try:
                 checkpoint["model"], source = convert_for_model(
-                    checkpoint["model"], self.model.state_dict(), origin=filename
+                    weights, self.model.state_dict(), origin=filename
                 )
             except ConversionError as e:
                 raise ConversionError(f"Cannot load MODEL.WEIGHTS: {e}") from None
@@ -173,54 +206,36 @@ class SSDCheckpointer(DetectionCheckpointer):
 
 
 def load_weights(model, cfg) -> SSDCheckpointer:
-    """
-    Load ``cfg.MODEL.WEIGHTS`` (a path or URL; empty: nothing) into ``model`` the way every
-    entry point does: through :class:`SSDCheckpointer`, with MODEL.ALLOW_UNSAFE_CHECKPOINTS.
-    Returns the checkpointer (its ``loaded_model_keys`` say what the file set).
-    """
+    """Load ``cfg.MODEL.WEIGHTS`` into ``model`` as every entry point does; the checkpointer."""
     checkpointer = SSDCheckpointer(model, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS)
     checkpointer.load(cfg.MODEL.WEIGHTS)
     return checkpointer
 
 
 def warn_if_backbone_uninitialized(cfg, loaded_model_keys: Optional[Set[str]]) -> Optional[str]:
-    """
-    Log a WARNING (and return it) when a config whose published results start from ImageNet
-    weights (MODEL.SSD.EXPECT_PRETRAINED_BACKBONE) starts training with a backbone that no
-    file set: MODEL.WEIGHTS empty, or a file without backbone weights.
-    """
-    if not cfg.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE:
+    """Log (and return) a warning when a config that expects ImageNet weights
+    (MODEL.SSD.EXPECT_PRETRAINED_BACKBONE) starts training from a backbone no file set."""
+    loaded = any(k.startswith("backbone.") for k in loaded_model_keys or ())
+    if loaded or not cfg.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE:
         return None
-    if loaded_model_keys and any(k.startswith("backbone.") for k in loaded_model_keys):
-        return None
-    if cfg.MODEL.WEIGHTS:
-        why = f"MODEL.WEIGHTS ({cfg.MODEL.WEIGHTS}) sets none of the backbone's weights"
-    else:
-        why = "MODEL.WEIGHTS is empty"
+    weights = cfg.MODEL.WEIGHTS
+    why = f"({weights}) sets none of the backbone's weights" if weights else "is empty"
     url = IMAGENET_BACKBONES.get(cfg.MODEL.BACKBONE.NAME)
     start = f"MODEL.WEIGHTS {url}" if url else "MODEL.WEIGHTS to ImageNet weights of the backbone"
     message = (
-        f"Training starts from a randomly initialised backbone: {why}. The published results "
-        f"of this architecture start from ImageNet weights: set {start} (the config's default), "
-        "or, to train from scratch on purpose, MODEL.SSD.EXPECT_PRETRAINED_BACKBONE False."
+        f"Training starts from a randomly initialised backbone: MODEL.WEIGHTS {why}. The "
+        f"published results of this architecture start from ImageNet weights: set {start} (the "
+        "config's default), or, to train from scratch on purpose, "
+        "MODEL.SSD.EXPECT_PRETRAINED_BACKBONE False."
     )
     logger.warning(message)
     return message
 
 
-def _model_zoo_checkpoint(data: dict, logger) -> dict:
-    """Detectron2's reading of its ".pkl" files: its own model zoo format, or Caffe2's blobs."""
-    if "model" in data and "__author__" in data:
-        logger.info(f"Reading a file from '{data['__author__']}'")
-        return data
-    blobs = data.get("blobs", data)
-    weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
-    return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
-
-
 def _atomic_write(path: str, write, mode: str) -> None:
-    folder = os.path.dirname(path) or "."
-    fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    fd, tmp_path = tempfile.mkstemp(
+        prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or "."
+    )
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -233,7 +248,5 @@ def _atomic_write(path: str, write, mode: str) -> None:
         raise
     # Temporary files of saves that a killed process left behind.
     for stale in glob.glob(glob.escape(path) + ".*.tmp"):
-        try:
+        with contextlib.suppress(OSError):
             os.remove(stale)
-        except OSError:
-            pass

@@ -2,7 +2,7 @@
 ssd_d2 against lufficc/SSD, the implementation whose published models its VGG16 and
 MobileNetV2 configs reproduce, run from its source (the ``lufficc_root`` fixture): default
 boxes, initialisation, training targets and losses, and detections, with the same weights
-(lufficc's random ones, converted by ssd_d2.tools.convert), images and ground truth.
+(lufficc's random ones, converted by ssd_d2.convert), images and ground truth.
 """
 
 import os
@@ -17,12 +17,12 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
+from ssd_d2.convert import convert
 from ssd_d2.data.dataset_mapper import SSDDatasetMapper
 from ssd_d2.data.transforms import RandomChannelSwap
 from ssd_d2.modeling import SSDDefaultBoxGenerator
-from ssd_d2.tools.convert import convert
 
-from .conftest import CONFIG_DIR, conv_init_stats, load_config
+from ..conftest import CONFIG_DIR, conv_init_stats, load_config
 
 # lufficc/SSD config -> the ssd_d2 config of the same model.
 SHARED_CONFIGS = {

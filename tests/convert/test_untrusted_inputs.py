@@ -15,11 +15,12 @@ from detectron2.config import get_cfg
 
 from ssd_d2 import add_ssd_config
 from ssd_d2.config import merge_from_file_safely
+from ssd_d2.convert import ConversionError
 from ssd_d2.engine import SSDCheckpointer
-from ssd_d2.engine.checkpoint import UnsafeCheckpointError
-from ssd_d2.tools import convert
+from ssd_d2.engine.checkpoint import UnsafeCheckpointError, read_state_dict, save_checkpoint
+from ssd_d2.tools.convert import build_argument_parser
 
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+from ..conftest import CONFIG_DIR
 
 
 class _RunsCode:
@@ -90,7 +91,7 @@ def test_model_zoo_pickles_are_read_without_running_code(tmp_path):
     weights = {"weight": torch.arange(4.0).view(2, 2), "bias": torch.ones(2)}
     # The converter's ".pkl" output (Detectron2's model zoo format: numpy arrays).
     path = str(tmp_path / "zoo.pkl")
-    convert.save_checkpoint(weights, path, author="test")
+    save_checkpoint(weights, path, author="test")
     model = nn.Linear(2, 2)
     SSDCheckpointer(model).load(path)
     torch.testing.assert_close(model.weight.data, weights["weight"])
@@ -113,12 +114,12 @@ def test_converter_refuses_pickled_objects_unless_asked(tmp_path):
     marker = tmp_path / "executed"
     path = tmp_path / "evil.pth"
     torch.save({"model": {"vgg.0.weight": torch.ones(2)}, "x": _RunsCode(marker)}, path)
-    with pytest.raises(convert.ConversionError, match="--allow-unsafe-checkpoint"):
-        convert.load_state_dict(str(path))
+    with pytest.raises(ConversionError, match="--allow-unsafe-checkpoint"):
+        read_state_dict(str(path))
     assert not marker.exists()
-    assert list(convert.load_state_dict(str(path), allow_unsafe=True)) == ["vgg.0.weight"]
+    assert list(read_state_dict(str(path), allow_unsafe=True)) == ["vgg.0.weight"]
     assert marker.exists()
-    args = convert.build_argument_parser().parse_args(
+    args = build_argument_parser().parse_args(
         ["--source", "vgg16", "--allow-unsafe-checkpoint", str(path), "out.pth"]
     )
     assert args.allow_unsafe_checkpoint

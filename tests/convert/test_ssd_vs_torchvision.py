@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
-from .conftest import conv_init_stats, load_config
+from ..conftest import conv_init_stats, load_config
 
 NUM_CLASSES = 20  # foreground; torchvision counts background too (21)
 

@@ -1,0 +1,178 @@
+"""
+Per source: renaming rules (a regular expression over a whole key, its ssd_d2 name as a
+``re.Match.expand`` template or a function of the match) and the configs its files fit. The
+published models share ssd_d2's conventions (RGB, background first, the same box order and
+encoding): converting them is a renaming.
+"""
+
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+
+Rule = Tuple[str, Union[str, Callable]]
+
+
+def _extras(m) -> str:
+    # A flat conv list (1x1, 3x3, 1x1, ...) there, one (1x1, ReLU, 3x3, ReLU) block a level here.
+    return f"backbone.extras.{int(m[1]) // 2}.{2 * (int(m[1]) % 2)}.{m[2]}"
+
+
+def _mobilenet_v2(m) -> str:
+    # lufficc's MobileNetV2 takes its first map after features[:14]; ssd_d2 splits the same
+    # blocks into features.0 (0 ... 13) and features.1 (14 ... 18), keeping each block's index.
+    return f"backbone.features.{int(int(m[1]) >= 14)}.{m[1]}.{m[2]}"
+
+
+def _offset(prefix: str, offset: int):
+    """The name ``prefix.<the first group + offset>.<the second group>``."""
+    return lambda m: f"{prefix}.{int(m[1]) + offset}.{m[2]}"
+
+
+_HEADS = {"cls": "cls_score", "reg": "bbox_pred"}
+_TV_HEAD = [
+    (r"head\.classification_head\.module_list\.(.+)", r"head.cls_score.\1"),
+    (r"head\.regression_head\.module_list\.(.+)", r"head.bbox_pred.\1"),
+]
+
+RULES: Dict[str, List[Rule]] = {
+    "torchvision": [
+        (r"backbone\.scale_weight", "backbone.l2_norm.weight"),
+        (r"backbone\.features\.(.+)", r"backbone.vgg.\1"),
+        # extra.0 holds VGG layers 23-29 (pool4 ... conv5_3), then pool5, fc6, ReLU, fc7 as
+        # extra.0.7: vgg.23 ... vgg.33 here.
+        (r"backbone\.extra\.0\.(\d)\.(weight|bias)", _offset("backbone.vgg", 23)),
+        (r"backbone\.extra\.0\.7\.(\d+)\.(.+)", _offset("backbone.vgg", 30)),
+        (r"backbone\.extra\.([1-9]\d*)\.(.+)", _offset("backbone.extras", -1)),
+        *_TV_HEAD,
+    ],
+    # ssd_d2's MobileNetV3 SSDLite keeps torchvision's backbone nesting (features.0/1, extra).
+    "torchvision_ssdlite": [(r"backbone\.((features|extra)\..+)", r"backbone.\1"), *_TV_HEAD],
+    "lufficc": [
+        (r"backbone\.(vgg\..+|l2_norm\.weight)", r"backbone.\1"),
+        (r"backbone\.extras\.(\d+)\.(.+)", _extras),
+        (r"box_head\.predictor\.(cls|reg)_headers\.(.+)", lambda m: f"head.{_HEADS[m[1]]}.{m[2]}"),
+    ],
+    # mobilenet_v2_ssd320_voc0712: the body nests as torchvision's MobileNetV2, which ssd_d2
+    # builds. The extras are InvertedResidual blocks, conv = (0: 1x1 ConvBNReLU, 1: depthwise
+    # ConvBNReLU, 2: 1x1 conv, 3: bn); ssd_d2's are (0, 1, 2: (0: 1x1 conv, 1: norm)).
+    # SSDLiteBoxPredictor's levels are SeparableConv2d (0: depthwise 3x3 with bias, 1: bn,
+    # 2: ReLU6, 3: 1x1) -> ssd_d2's (0: (0: depthwise, 1: norm), 1: 1x1); the last is a 1x1.
+    "lufficc_ssdlite": [
+        (r"backbone\.features\.(\d+)\.(.+)", _mobilenet_v2),
+        (r"backbone\.extras\.(\d+)\.conv\.([01]\.[01]\..+)", r"backbone.extra.\1.\2"),
+        (r"backbone\.extras\.(\d+)\.conv\.2\.weight", r"backbone.extra.\1.2.0.weight"),
+        (r"backbone\.extras\.(\d+)\.conv\.3\.(.+)", r"backbone.extra.\1.2.1.\2"),
+        *[
+            (rf"box_head\.predictor\.(cls|reg)_headers\.(\d+){theirs}", ours)
+            for theirs, ours in [
+                (r"\.conv\.0\.(weight|bias)", lambda m: f"head.{_HEADS[m[1]]}.{m[2]}.0.0.{m[3]}"),
+                (r"\.conv\.1\.(.+)", lambda m: f"head.{_HEADS[m[1]]}.{m[2]}.0.1.{m[3]}"),
+                (r"\.conv\.3\.(weight|bias)", lambda m: f"head.{_HEADS[m[1]]}.{m[2]}.1.{m[3]}"),
+                (r"\.(weight|bias)", lambda m: f"head.{_HEADS[m[1]]}.{m[2]}.{m[3]}"),
+            ]
+        ],
+    ],
+    "amdegroot": [
+        (r"vgg\.(.+)", r"backbone.vgg.\1"),
+        (r"L2Norm\.weight", "backbone.l2_norm.weight"),
+        (r"extras\.(\d+)\.(.+)", _extras),
+        (r"conf\.(.+)", r"head.cls_score.\1"),
+        (r"loc\.(.+)", r"head.bbox_pred.\1"),
+    ],
+    # torchvision's vgg16 (conv layers keep their index: conv1_1 = 0 ... conv5_3 = 28), or
+    # ssd.pytorch's vgg16_reducedfc.pth: the layer list itself, fc6/fc7 already reduced.
+    "vgg16": [(r"(?:features\.)?(\d+\.(?:weight|bias))", r"backbone.vgg.\1")],
+    # torchvision's ImageNet MobileNetV2 (which lufficc/SSD starts from) and MobileNetV3-Large.
+    # The latter's block 13 goes to stride 32: its 1x1 expansion ends features.0 ("c4"), as in
+    # torchvision's SSDLite, its rest and blocks 14 ... 16 are features.1.
+    "mobilenet_v2": [(r"features\.(\d+)\.(.+)", _mobilenet_v2)],
+    "mobilenet_v3_large": [
+        (r"features\.(\d|1[0-2])\.(.+)", r"backbone.features.0.\1.\2"),
+        (r"features\.13\.block\.0\.(.+)", r"backbone.features.0.13.\1"),
+        (r"features\.13\.block\.(\d+)\.(.+)", r"backbone.features.1.0.\1.\2"),
+        (r"features\.(1[4-6])\.(.+)", _offset("backbone.features.1", -13)),
+    ],
+}
+
+
+class Source(NamedTuple):
+    """What the converter knows of one source's files besides their names."""
+
+    title: str  # its published files, in messages
+    # The model zoo name of each published model, by its head (levels, class outputs with
+    # background); the first also for a file without a head (an ImageNet backbone: None).
+    configs: Dict[Optional[Tuple[int, int]], str]
+    # The conv that predicts within each head level: SSDLite's is a separable Sequential.
+    output_conv: str = ""
+    # ImageNet backbones: the model keys they provide (the rest trains from its init).
+    backbone: str = ""
+
+
+_VGG = {
+    (6, 21): "ssd300_voc",
+    (6, 81): "ssd300_coco",
+    (7, 21): "ssd512_voc",
+    (7, 81): "ssd512_coco",
+}
+_V2 = "ssdlite320_mobilenet_v2_voc"
+_V3 = "ssdlite320_mobilenet_v3_coco"
+SPECS: Dict[str, Source] = {
+    # torchvision's COCO SSD300 has its own config: its default boxes follow its own rules.
+    "torchvision": Source("torchvision's SSD300", {**_VGG, (6, 81): "ssd300_coco_torchvision"}),
+    "torchvision_ssdlite": Source("torchvision's SSDLite320 MobileNetV3", {(6, 81): _V3}, ".1"),
+    "lufficc": Source("lufficc/SSD's vgg_ssd300/512 (VOC, COCO)", _VGG),
+    "lufficc_ssdlite": Source("lufficc/SSD's mobilenet_v2_ssd320_voc0712", {(6, 21): _V2}, ".1"),
+    "amdegroot": Source("ssd.pytorch's ssd300_mAP_77.43_v2.pth", _VGG),
+    "vgg16": Source("an ImageNet VGG16", {None: "ssd300_voc"}, "", "backbone.vgg."),
+    "mobilenet_v2": Source("an ImageNet MobileNetV2", {None: _V2}, "", "backbone.features."),
+    "mobilenet_v3_large": Source("an ImageNet MobileNetV3", {None: _V3}, "", "backbone.features."),
+}
+
+
+def variant(source: str, keys: Sequence[str]) -> str:
+    """The key of :data:`SPECS` for a file of ``source``: which of its architectures it is."""
+    if source == "mobilenet":  # MobileNetV3's inverted residuals are "block", V2's "conv"
+        return "mobilenet_v3_large" if any(".block." in k for k in keys) else "mobilenet_v2"
+    # A MobileNet body: its first block is a (conv, norm, activation) Sequential.
+    marker = {"torchvision": "backbone.features.0.0.", "lufficc": "backbone.features."}
+    if source in marker and any(k.startswith(marker[source]) for k in keys):
+        return source + "_ssdlite"
+    return source
+
+
+CONV6_7 = [f"backbone.vgg.{i}.{n}" for i in (31, 33) for n in ("weight", "bias")]
+
+
+def reduce_fc(classifier: Dict[str, torch.Tensor], result) -> None:
+    """
+    torchvision vgg16's fc6 and fc7 as SSD's conv6 (3x3, dilation 6) and conv7 (1x1), 1024
+    channels each, subsampled as the SSD paper does (section 3, "Base network").
+    """
+    if classifier.pop("classifier.6.weight", None) is not None:
+        classifier.pop("classifier.6.bias", None)
+        result.notes.append("dropped classifier.6 (fc8, the ImageNet classes): SSD does not use it")
+    names = ["classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias"]
+    fc = {k: classifier.pop(k) for k in names if k in classifier}
+    result.unmatched.update(classifier)
+    shapes = [(4096, 25088), (4096,), (4096, 4096), (4096,)]
+    if [tuple(fc[k].shape) if k in fc else None for k in names] != shapes:
+        result.unmatched.update(fc)
+        return
+    w6, b6, w7, b7 = fc.values()
+    if not all(torch.isfinite(v).all() for v in fc.values()):
+        result.notes.append(
+            "fc6/fc7 are not finite (torchvision's IMAGENET1K_FEATURES weights have no fc "
+            "layers): backbone.vgg.31/33 stay at their initialisation; ssd.pytorch's "
+            "vgg16_reducedfc.pth has them"
+        )
+        return
+    # fc6 reads pool5's 7x7x512 map: keep every 4th output and kernel taps 0, 3 and 6 of 7 per
+    # axis, a 3x3 kernel with dilation 3 on the stride-2 pool5 map, which is dilation 6 now
+    # that pool5 has stride 1. fc7: every 4th output and every 4th input (fc6's kept outputs).
+    w6, w7 = w6.reshape(4096, 512, 7, 7)[::4, :, ::3, ::3], w7[::4, ::4].reshape(1024, 1024, 1, 1)
+    for name, value, ours in zip(
+        names, [w6, b6[::4], w7, b7[::4]], ["31.w", "31.b", "33.w", "33.b"]
+    ):
+        ours = f"backbone.vgg.{ours}eight" if ours.endswith("w") else f"backbone.vgg.{ours}ias"
+        result.state_dict[ours], result.origins[ours] = value, name
+    result.notes.append("fc6 4096x25088 -> conv6 1024x512x3x3, fc7 4096x4096 -> conv7 1024x1024x1")
