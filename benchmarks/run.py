@@ -63,7 +63,7 @@ from ssd_d2 import SSDDatasetMapper
 from ssd_d2.config import load_config
 from ssd_d2.modeling import meta_arch
 from ssd_d2.modeling.precision import cpu_has_fast_bf16
-from ssd_d2.tools.convert import coco_category_ids, convert
+from ssd_d2.convert import coco_category_ids, convert
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 SECTIONS = ["inference", "breakdown", "train", "data", "memory", "scaling", "bf16_detections"]

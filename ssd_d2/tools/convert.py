@@ -5,11 +5,9 @@ import argparse
 import sys
 from typing import List, Optional, Sequence
 
-from ssd_d2.convert import SOURCES, SPECS, Conversion, ConversionError, coco_category_ids, convert
+from ssd_d2.convert import SOURCES, SPECS, Conversion, ConversionError
 from ssd_d2.engine.checkpoint import convert_file
-
-# benchmarks/run.py imports coco_category_ids and convert from here.
-__all__ = ["build_argument_parser", "coco_category_ids", "convert", "main", "summarize"]
+from ssd_d2.tools.common import add_trailing_options, argument_parser, config_options
 
 _EXAMPLES = """examples:
   # the source and the config are recognised from the keys and the head's shapes
@@ -24,23 +22,19 @@ _EXAMPLES = """examples:
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ssd_d2.tools.convert",
-        description="Convert published SSD weights into a Detectron2 checkpoint that an "
-        "ssd_d2 config\nloads with MODEL.WEIGHTS, with no missing or unexpected keys.",
+    parser = argument_parser(
+        "convert",
+        "Convert published SSD weights into a Detectron2 checkpoint that an ssd_d2 config\n"
+        "loads with MODEL.WEIGHTS, with no missing or unexpected keys.",
         epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config_file="optional",
+        config_help="the config to convert to (a path or a model zoo name; default: from the head)",
     )
     parser.add_argument(
         "--source",
         choices=SOURCES,
         help="whose file INPUT is (amdegroot: ssd.pytorch; vgg16, mobilenet: ImageNet backbones "
         "to train from); by default recognised from its keys",
-    )
-    parser.add_argument(
-        "--config-file",
-        metavar="FILE",
-        help="the config to convert to (a path or a model zoo name; default: from the head)",
     )
     parser.add_argument(
         "--allow-unsafe-checkpoint",
@@ -50,12 +44,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("input", metavar="INPUT", help="the checkpoint to convert (.pth)")
     parser.add_argument("output", metavar="OUTPUT", help="the checkpoint to write (.pth or .pkl)")
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config options applied to the target config, e.g. MODEL.SSD.NUM_CLASSES 5",
-    )
+    add_trailing_options(parser)  # e.g. MODEL.SSD.NUM_CLASSES 5, applied to the target config
     return parser
 
 
@@ -81,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Conversion:
             args.input,
             args.output,
             args.config_file,
-            args.opts,
+            config_options(args),
             args.allow_unsafe_checkpoint,
         )
     except (ConversionError, FileNotFoundError) as e:
