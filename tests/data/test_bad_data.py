@@ -30,7 +30,7 @@ from ssd_d2.data import (
 )
 from ssd_d2.engine import SSDTrainer
 
-from .conftest import load_config
+from ..conftest import load_config
 
 W, H = 64, 48
 CLASSES = ["a", "b", "c"]

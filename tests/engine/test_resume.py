@@ -18,7 +18,7 @@ import torch
 
 from ssd_d2.data.build import SeededTrainingStream, SeededTrainLoader
 
-REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
+REPO_ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 MAX_ITER = 14
 
@@ -159,7 +159,7 @@ def test_a_run_killed_before_model_final_writes_it_when_resumed(tmp_path):
 
     from ssd_d2.engine import SSDTrainer
 
-    from .conftest import load_config
+    from ..conftest import load_config
 
     name = f"resume_{uuid.uuid4().hex[:8]}"
     path = str(tmp_path / "image.jpg")

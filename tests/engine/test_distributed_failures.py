@@ -21,7 +21,7 @@ from PIL import Image
 
 from ssd_d2.engine import launch
 
-REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
+REPO_ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def _all_reduce_until(failing_rank, failure, marker):
