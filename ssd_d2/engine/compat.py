@@ -1,27 +1,35 @@
 """
-What a supported Detectron2 lacks, detected by feature (v0.6 and main both call themselves
-"0.6"). Each entry names the release that needs it; on a Detectron2 that has the feature,
-Detectron2's own code runs.
+What the supported Detectron2 releases lack, detected by feature (v0.6 and main both call
+themselves "0.6"). Each entry names the releases that need it; where a release has the
+feature, Detectron2's own code runs.
 """
-
-import importlib
-import inspect
 
 import torch.distributed as dist
 
 from detectron2.engine import DefaultTrainer
+from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.utils import comm
 
 __all__ = [
     "TrainerWithState",
+    "create_ddp_model",
     "create_local_process_group",
     "has_compiled_coco_eval",
-    "launch_runs_on_cpu",
 ]
 
 
-# v0.6: DefaultTrainer's checkpoints hold no optimizer state (later releases save the inner
-# trainer's state, the optimizer and AMP's grad scaler, under "_trainer"); --resume needs it.
+def create_ddp_model(model, **kwargs):
+    """
+    v0.6 and main (02b5c4e): ``create_ddp_model`` passes ``device_ids=[local_rank]`` even for
+    a model on the CPU, which DistributedDataParallel rejects; CPU models get none.
+    """
+    if comm.get_world_size() > 1 and not next(model.parameters()).is_cuda:
+        kwargs.setdefault("device_ids", None)
+    return d2_create_ddp_model(model, **kwargs)
+
+
+# v0.6: DefaultTrainer's checkpoints hold no optimizer state (main saves the inner trainer's
+# state, the optimizer and AMP's grad scaler, under "_trainer"); --resume needs it.
 if "state_dict" in vars(DefaultTrainer):
     TrainerWithState = DefaultTrainer
 else:
@@ -54,21 +62,10 @@ def create_local_process_group(num_processes_per_machine: int) -> None:
             comm._LOCAL_PROCESS_GROUP = group
 
 
-def launch_runs_on_cpu() -> bool:
-    """
-    Whether Detectron2's ``launch`` starts gloo processes on a machine without GPUs. v0.6
-    asserts that CUDA is available in each worker; later releases pick gloo instead of NCCL.
-    """
-    # (detectron2.engine's ``launch`` function hides the module of that name.)
-    launch_module = importlib.import_module("detectron2.engine.launch")
-    return '"GLOO"' in inspect.getsource(launch_module._distributed_worker)
-
-
 def has_compiled_coco_eval() -> bool:
     """
-    Whether detectron2 was built with its C++ COCOeval. The PyPI v0.6 source has no C++
-    sources (dev/install.sh installs a stand-in ``_C``): COCOEvaluator then uses pycocotools'
-    own COCOeval, which gives the same numbers.
+    PyPI's v0.6 source has no C++ sources (dev/install.sh installs a stand-in ``_C``):
+    COCOEvaluator then uses pycocotools' own COCOeval, which gives the same numbers.
     """
     try:
         from detectron2 import _C

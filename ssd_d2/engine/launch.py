@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from detectron2.engine import launch as d2_launch
 
-from .compat import create_local_process_group, launch_runs_on_cpu
+from .compat import create_local_process_group
 
 __all__ = ["CPU_TIMEOUT", "GPU_TIMEOUT", "default_timeout", "launch"]
 
@@ -54,21 +54,17 @@ def launch(
     if world_size == 1:
         main_func(*args)
         return
+    launcher = d2_launch
     if not torch.cuda.is_available():
         logger.info(
             f"No GPU: {num_gpus_per_machine} gloo processes on this machine's CPU (collective "
             f"timeout {timeout})."
         )
         main_func = functools.partial(_share_cores, main_func, num_gpus_per_machine)
+        # v0.6's launch asserts CUDA in every process; this one runs on both releases.
+        launcher = _launch_on_cpu
     try:
-        if torch.cuda.is_available() or launch_runs_on_cpu():
-            d2_launch(
-                main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout
-            )
-        else:
-            _launch_on_cpu(
-                main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout
-            )
+        launcher(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout)
     except mp.ProcessExitedException as e:
         rank = machine_rank * num_gpus_per_machine + e.error_index
         cause = f"signal {e.signal_name}" if e.signal_name else f"exit code {e.exit_code}"
@@ -93,7 +89,7 @@ def _share_cores(main_func, num_processes_per_machine, *args):
 
 
 def _launch_on_cpu(main_func, num_per_machine, num_machines, machine_rank, dist_url, args, timeout):
-    """Detectron2 v0.6's launch, which needs CUDA, for gloo processes on the CPU."""
+    """Detectron2's launch for gloo processes on the CPU."""
     if dist_url == "auto":
         if num_machines != 1:
             raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT.")

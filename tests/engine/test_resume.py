@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssd_d2.data.build import SeededTrainingStream, SeededTrainLoader
+from ssd_d2.data.seeded_loader import SeededTrainingStream, SeededTrainLoader
 
 REPO_ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -238,7 +238,7 @@ def test_batches_depend_on_seed_and_iteration_only():
     # The start may be set after iter(): the trainer sets it when it resumes.
     loader = SeededTrainLoader(_stream())
     iterator = iter(loader)
-    loader.start_iter = 4
+    loader.start_at(4)
     assert next(iterator) == straight[4]
     # Two processes of batch 3 see the samples, augmented alike, of one process of batch 6.
     two_ranks = [_take(SeededTrainLoader(_stream(rank=r, world_size=2)), 4) for r in range(2)]

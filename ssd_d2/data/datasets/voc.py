@@ -7,7 +7,7 @@ from typing import List, Tuple
 from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
-from ..validation import map_across_processes
+from ..checks import map_across_processes
 
 __all__ = ["voc_difficult_flags", "drop_voc_difficult"]
 

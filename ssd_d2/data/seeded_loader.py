@@ -31,10 +31,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from detectron2.data import MetadataCatalog
+from detectron2.data.build import print_instances_class_histogram
 from detectron2.data.common import DatasetFromList
+from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.utils import comm
 
-from .dataset_mapper import UnreadableImageError
+from .checks import check_dataset_dicts, load_dataset_dicts
+from .dataset_mapper import SSDDatasetMapper, UnreadableImageError
+from .datasets import drop_voc_difficult
 
 __all__ = ["SeededTrainingStream", "SeededTrainLoader", "build_ssd_train_loader"]
 
@@ -48,11 +52,9 @@ _SUBSTITUTE_STREAM = 2
 
 class SeededTrainingStream(IterableDataset):
     """
-    The endless training batches of one process, a pure function of the seed and the
-    iteration (see the module docstring). Iterating yields ``(batch, skipped)`` pairs:
-    the list of mapped dicts, and the (file name, reason) of each image skipped because it
-    could not be read. Such an image is replaced by another sample, chosen from the seed and
-    the position, so that the batch stays reproducible.
+    The endless training batches of one process (see the module docstring), as
+    ``(batch, skipped)`` pairs: the mapped dicts, and (file name, reason) of each image that
+    could not be read, replaced by another sample drawn from the seed and the position.
     """
 
     def __init__(
@@ -70,17 +72,10 @@ class SeededTrainingStream(IterableDataset):
     ):
         """
         Args:
-            dataset: the data set dicts (a list, or Detectron2's ``DatasetFromList``).
-            mapper: maps a data set dict to a model input; it may raise
-                :class:`UnreadableImageError` or return None for a sample to skip.
-            batch_size: images per batch of this process.
-            seed: seed of the sample order and of the augmentations.
-            start_iter: the first iteration to produce.
-            shuffle: permute each epoch (else take the data set in order).
+            mapper: may raise :class:`UnreadableImageError` or return None for a sample to skip.
             rank, world_size: this process's place among the data-parallel processes;
                 default: Detectron2's ``comm``.
-            max_substitutions: after this many unreadable images in a row for one sample,
-                give up with an error (the data set is then mostly unreadable).
+            max_substitutions: unreadable images in a row for one sample before giving up.
         """
         if len(dataset) == 0:
             raise ValueError("The training data set is empty.")
@@ -186,12 +181,9 @@ def _identity(x):
 
 class SeededTrainLoader:
     """
-    Iterates over the batches of a :class:`SeededTrainingStream` with ``num_workers`` data
-    loader workers, starting at ``start_iter``. The workers start at the first ``next()``,
-    so ``start_iter`` may be set after ``iter()`` (the trainer sets it when it resumes).
-
-    ``num_skipped`` counts the images skipped so far because they could not be read; each is
-    logged with its file name.
+    The batches of a :class:`SeededTrainingStream`, built by ``num_workers`` data loader
+    workers. What SSDTrainer relies on: :meth:`start_at` and ``num_skipped`` (the images
+    skipped so far because they could not be read; each is logged with its file name).
     """
 
     def __init__(self, stream: SeededTrainingStream, num_workers: int = 0):
@@ -199,13 +191,10 @@ class SeededTrainLoader:
         self.num_workers = num_workers
         self.num_skipped = 0
 
-    @property
-    def start_iter(self) -> int:
-        return self.stream.start_iter
-
-    @start_iter.setter
-    def start_iter(self, value: int) -> None:
-        self.stream.start_iter = int(value)
+    def start_at(self, iteration: int) -> None:
+        """Make the batches start at ``iteration``. The workers start at the first ``next()``,
+        so this may follow ``iter()``, as it does when the trainer resumes."""
+        self.stream.start_iter = int(iteration)
 
     def __iter__(self):
         loader = DataLoader(
@@ -233,23 +222,12 @@ def as_dataset(dataset_dicts: List[dict]):
 
 def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
     """
-    The SSD training loader: the data sets of ``cfg.DATASETS.TRAIN`` loaded and checked
-    (:func:`~ssd_d2.data.validation.check_dataset_dicts`, a report per data set in the log),
-    Pascal VOC's difficult objects dropped if ``INPUT.SSD.DROP_VOC_DIFFICULT``, images
-    without boxes dropped if ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``, then batches
-    seeded by ``cfg.SEED`` and the iteration (:class:`SeededTrainingStream`).
-
-    Batches are not grouped by aspect ratio (``DATALOADER.ASPECT_RATIO_GROUPING`` is not
-    read): every training image is resized to the same square, so grouping would save nothing,
-    and it would make a batch depend on the ones before it rather than on the iteration.
+    The data sets of ``cfg.DATASETS.TRAIN`` loaded and checked once (a report per data set in
+    the log), VOC's difficult objects dropped (``INPUT.SSD.DROP_VOC_DIFFICULT``), images
+    without boxes dropped (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``), then batches seeded by
+    ``cfg.SEED`` and the iteration. No aspect-ratio grouping: every image is resized to the
+    same square, and grouping would make a batch depend on the ones before it.
     """
-    from detectron2.data.build import print_instances_class_histogram
-    from detectron2.data.detection_utils import check_metadata_consistency
-
-    from .dataset_mapper import SSDDatasetMapper
-    from .datasets import drop_voc_difficult
-    from .validation import check_dataset_dicts, load_dataset_dicts
-
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ValueError(
             f"DATALOADER.SAMPLER_TRAIN = {cfg.DATALOADER.SAMPLER_TRAIN!r}: SSDTrainer's "
