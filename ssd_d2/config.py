@@ -21,18 +21,15 @@ AUTO_DEVICES = ("auto", "")
 
 def add_ssd_config(cfg):
     """
-    Add the config keys of ssd_d2 (``MODEL.SSD``, ``INPUT.SSD``) to a Detectron2 config, in
-    place. The defaults are the SSD300 VOC model's (lufficc/SSD vgg_ssd300_voc0712). The
-    Detectron2 keys an SSD model sets differently (meta-architecture, backbone, pixel mean,
-    solver) live in ``configs/Base-SSD300.yaml``.
+    Add ssd_d2's keys to a Detectron2 config, in place, with the SSD300 VOC model's defaults
+    (lufficc/SSD vgg_ssd300_voc0712); the Detectron2 keys SSD sets differently are in
+    ``configs/Base-SSD300.yaml``.
     """
     _C = cfg
 
-    # "auto": CUDA when the machine that builds the model has it, else the CPU (see
-    # settle_device). Not Detectron2's "cuda", which fails on a CPU-only machine, and not the
-    # device of the machine that assembles the config, which config.yaml would then carry to
-    # machines that differ: a config made on a CPU login node must still train on GPU nodes.
-    # "cpu", "cuda", "cuda:1" ... are used as given.
+    # "auto": CUDA when the machine that builds the model has it, else the CPU (settle_device),
+    # so that a config.yaml made on a CPU login node still trains on GPU nodes. "cpu", "cuda",
+    # "cuda:1" ... are used as given.
     _C.MODEL.DEVICE = "auto"
 
     _C.MODEL.SSD = CN()
@@ -113,23 +110,20 @@ def add_ssd_config(cfg):
     # torchvision's SSDLite COCO model does; ImageNet-pretrained MobileNetV3 weights need False.
     _C.MODEL.MOBILENET.REDUCED_TAIL = True
 
-    # Whether the architecture's published results start from ImageNet backbone weights
-    # (MODEL.WEIGHTS in its config): training that starts with a randomly initialised
-    # backbone then logs a WARNING. False in configs that train from scratch on purpose.
+    # Whether the published results start from ImageNet backbone weights: training from a
+    # random backbone then logs a WARNING. False in configs that train from scratch on purpose.
     _C.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE = True
 
-    # Inference arithmetic of the network (backbone and head): "fp32", "bf16" (CPUs with
-    # AVX512-BF16 or AMX, recent GPUs) or "fp16" (GPUs). The weights are cast once; decoding
-    # and NMS stay in fp32. Where the device lacks it, fp32 with a warning. (Training in
-    # lower precision is SOLVER.AMP.ENABLED: bf16 autocast on a CPU, fp16 on a GPU.)
+    # Inference arithmetic of backbone and head: "fp32", "bf16" (AVX512-BF16/AMX CPUs, recent
+    # GPUs) or "fp16" (GPUs); decoding and NMS stay fp32; fp32 with a warning where the device
+    # lacks it. (Training: SOLVER.AMP.ENABLED, bf16 autocast on a CPU, fp16 on a GPU.)
     _C.TEST.PRECISION = "fp32"
 
     # "SGD" (Detectron2's, with SOLVER.MOMENTUM; the published SSD recipes) or "ADAMW".
     _C.SOLVER.OPTIMIZER = "SGD"
 
-    # Checkpoints (MODEL.WEIGHTS, --resume) are read without running code from the file:
-    # tensors and plain containers only. True accepts any pickled object, which can run
-    # arbitrary code: only for files from a source you trust.
+    # Checkpoints are read as tensors and plain containers only; True accepts any pickled
+    # object, which can run arbitrary code: only for files from a source you trust.
     _C.MODEL.ALLOW_UNSAFE_CHECKPOINTS = False
 
     # SSD training augmentations (SSDDatasetMapper), applied in this order.
@@ -164,19 +158,14 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.MIN_IOU_CROP.MAX_TRIALS = 50
     # Horizontal flip probability (0 disables).
     _C.INPUT.SSD.FLIP_PROB = 0.5
-    # Train without the objects Pascal VOC marks difficult (read from its XML files for data
-    # sets registered as Detectron2's VOC sets), as lufficc/SSD and ssd.pytorch do; False
-    # trains on them too, as Detectron2's VOC loader does.
+    # Train without the objects Pascal VOC marks difficult (Detectron2's VOC sets), as
+    # lufficc/SSD and ssd.pytorch do; False trains on them too, as Detectron2 does.
     _C.INPUT.SSD.DROP_VOC_DIFFICULT = True
 
 
 def resolve_device(device: str) -> str:
-    """
-    The torch device that the MODEL.DEVICE value ``device`` names on this machine: for "auto"
-    (or an empty value), "cuda" when CUDA is available, else "cpu"; any other value as given.
-    "cuda" without an index is the current device, the one Detectron2's launch assigns to
-    each process.
-    """
+    """The torch device MODEL.DEVICE ``device`` names here: "auto" (or "") is "cuda" when
+    CUDA is available, else "cpu"; any other value as given."""
     if device.strip().lower() in AUTO_DEVICES:
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
@@ -184,14 +173,9 @@ def resolve_device(device: str) -> str:
 
 def settle_device(cfg) -> None:
     """
-    Replace an "auto" MODEL.DEVICE in ``cfg`` by the device it stands for here, frozen or not.
-
-    Detectron2's ``build_model`` constructs the meta-architecture and then moves it to
-    ``torch.device(cfg.MODEL.DEVICE)``, which does not know "auto": the SSD meta-architecture
-    calls this while it is built, so that ``build_model`` and ``DefaultPredictor`` (which
-    builds from its own copy of the config) work from a config that says "auto". Detectron2's
-    PointRend updates a frozen config the same way when its model is built. A config that
-    names a device is left alone.
+    Replace an "auto" MODEL.DEVICE in ``cfg`` (frozen or not) by the device it stands for
+    here. Detectron2's ``build_model`` moves the model to ``torch.device(cfg.MODEL.DEVICE)``,
+    which does not know "auto": the SSD meta-architecture calls this while it is built.
     """
     device = resolve_device(cfg.MODEL.DEVICE)
     if device == cfg.MODEL.DEVICE:
@@ -206,9 +190,8 @@ def settle_device(cfg) -> None:
 def merge_from_file_safely(cfg, filename: str) -> None:
     """
     ``cfg.merge_from_file(filename)`` with YAML's safe loader only, for the file and its
-    ``_BASE_`` files. Detectron2's ``merge_from_file`` falls back to ``yaml.unsafe_load``,
-    which builds any Python object a ``!!python/...`` tag names and so runs code from the file;
-    here such a tag is an error that names the file.
+    ``_BASE_`` files: Detectron2's falls back to ``yaml.unsafe_load``, which runs the code a
+    ``!!python/...`` tag names; here such a tag is an error naming the file.
     """
     try:
         cfg.merge_from_file(filename, allow_unsafe=False)
@@ -223,11 +206,9 @@ def merge_from_file_safely(cfg, filename: str) -> None:
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     """
-    ``config_file`` merged onto Detectron2's and ssd_d2's defaults (YAML's safe loader only),
+    The one config assembly of ssd_d2 (train_net.py, the tools, the benchmarks, the tests):
+    ``config_file`` merged onto Detectron2's and ssd_d2's defaults with YAML's safe loader,
     then ``opts`` (KEY VALUE pairs, as train_net.py takes them). Not frozen.
-
-    Raises:
-        FileNotFoundError: naming the config file when it does not exist.
     """
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file not found: {config_file}")

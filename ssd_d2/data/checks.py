@@ -15,7 +15,7 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
@@ -28,6 +28,7 @@ __all__ = [
     "DatasetError",
     "DatasetReport",
     "check_dataset_dicts",
+    "check_dataset_files",
     "load_dataset_dicts",
     "map_across_processes",
 ]
@@ -81,6 +82,34 @@ class DatasetReport:
         return "\n".join(lines)
 
 
+def _expected_paths(dataset_name: str) -> List[str]:
+    """What a Detectron2 built-in VOC or COCO data set reads; empty for other data sets."""
+    metadata = MetadataCatalog.get(dataset_name)
+    if dataset_name.startswith("voc_") and metadata.get("dirname", None):
+        split_file = os.path.join(metadata.dirname, "ImageSets", "Main", metadata.split + ".txt")
+        return [split_file, os.path.join(metadata.dirname, "JPEGImages")]
+    if dataset_name.startswith("coco_") and metadata.get("evaluator_type", None) == "coco":
+        return [metadata.json_file, metadata.image_root]
+    return []
+
+
+def check_dataset_files(dataset_names: Iterable[str]) -> None:
+    """
+    Fail early, naming the expected path and the fix, when a built-in VOC or COCO data set
+    is not where Detectron2 looks for it (``$DETECTRON2_DATASETS``, default ``./datasets``).
+    """
+    for name in dataset_names:
+        missing = [p for p in _expected_paths(name) if not os.path.exists(p)]
+        if missing:
+            root = os.getenv("DETECTRON2_DATASETS", "datasets")
+            raise FileNotFoundError(
+                f"Data set {name!r} is missing {missing[0]}. Detectron2 looks for VOC and COCO "
+                f"under DETECTRON2_DATASETS (now {os.path.abspath(root)!r}): put VOC2007/, "
+                "VOC2012/ and coco/ there as described in detectron2's datasets/README.md, "
+                "or set DETECTRON2_DATASETS to the folder that holds them."
+            )
+
+
 def _annotation_source(dataset_name: str, dataset_dict: dict) -> str:
     """The file the annotations of ``dataset_dict`` come from, as well as can be told."""
     metadata = MetadataCatalog.get(dataset_name) if dataset_name else None
@@ -92,7 +121,7 @@ def _annotation_source(dataset_name: str, dataset_dict: dict) -> str:
 
 
 def _describe(dataset_dict: dict, index: int, annotation: dict, dataset_name: str = "") -> str:
-    """"annotation <index> (id <id>) of image <file>"."""
+    """ "annotation <index> (id <id>) of image <file>"."""
     annotation_id = annotation.get("id")
     if annotation_id is None and dataset_name:
         annotation_id = _coco_annotation_id(dataset_name, dataset_dict.get("image_id"), index)

@@ -64,7 +64,9 @@ def launch(
         # v0.6's launch asserts CUDA in every process; this one runs on both releases.
         launcher = _launch_on_cpu
     try:
-        launcher(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout)
+        launcher(
+            main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout
+        )
     except mp.ProcessExitedException as e:
         rank = machine_rank * num_gpus_per_machine + e.error_index
         cause = f"signal {e.signal_name}" if e.signal_name else f"exit code {e.exit_code}"

@@ -96,7 +96,11 @@ class SSDTrainer(TrainerWithState):
         # A run killed between its last periodic checkpoint and model_final resumes with no
         # iteration left, so Detectron2's checkpoint hook never writes model_final: write it.
         final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
-        if self.start_iter >= self.max_iter and comm.is_main_process() and not os.path.exists(final):
+        if (
+            self.start_iter >= self.max_iter
+            and comm.is_main_process()
+            and not os.path.exists(final)
+        ):
             self.checkpointer.save("model_final", iteration=self.max_iter - 1)
         return results
 
