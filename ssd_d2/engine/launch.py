@@ -16,12 +16,9 @@ __all__ = ["CPU_TIMEOUT", "GPU_TIMEOUT", "default_timeout", "launch"]
 
 logger = logging.getLogger(__name__)
 
-# How long a collective (a gradient all-reduce, the barrier after an evaluation) waits for the
-# other processes before it fails with an error instead of hanging forever. It must exceed the
-# longest time one process works alone, such as the main process's COCO or VOC evaluation at
-# the end of a period. On GPUs (NCCL), Detectron2's 30 minutes. On the CPU (gloo), where the
-# configs run are small, 10 minutes, so that a hung process is noticed sooner. train_net.py
-# --dist-timeout sets it. (On one machine, a process that dies is noticed at once.)
+# How long a collective waits for the other processes before it fails instead of hanging; more
+# than one process works alone (the main process's evaluation). GPUs (NCCL): Detectron2's 30
+# minutes; the CPU (gloo), with small configs: 10, so that a hung process is noticed sooner.
 GPU_TIMEOUT = timedelta(minutes=30)
 CPU_TIMEOUT = timedelta(minutes=10)
 
@@ -40,14 +37,10 @@ def launch(
     timeout: Optional[timedelta] = None,
 ):
     """
-    Detectron2's ``launch``: ``num_gpus_per_machine`` processes on each of ``num_machines``
-    machines, one per GPU (NCCL), or without GPUs that many gloo processes on the CPU, which
-    share its cores.
-
-    When a process of this machine dies (an exception, a signal, the out-of-memory killer),
-    the others are stopped at once and a RuntimeError names the process and the cause. A
-    process that hangs, or one on another machine that dies, makes the others' next
-    collective fail after ``timeout`` (default: :func:`default_timeout`).
+    Detectron2's ``launch``, or without GPUs that many gloo processes sharing the CPU's cores.
+    When a process of this machine dies, the others are stopped at once and a RuntimeError
+    names the process and the cause; a hung process, or one on another machine that dies,
+    makes the others' next collective fail after ``timeout`` (default: default_timeout()).
     """
     timeout = timeout or default_timeout()
     world_size = num_machines * num_gpus_per_machine
