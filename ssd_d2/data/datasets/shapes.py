@@ -23,6 +23,7 @@ from detectron2.data.datasets import load_coco_json
 __all__ = [
     "SHAPE_CLASSES",
     "SHAPES_SPLITS",
+    "ensure_split",
     "generate_shapes_dataset",
     "register_shapes_dataset",
     "shapes_dataset_root",
@@ -283,31 +284,34 @@ def _is_complete(split_dir: str) -> bool:
     return os.path.isfile(os.path.join(split_dir, _ANNOTATIONS_FILE))
 
 
-def _ensure_split(split_dir: str, seed: int, num_images: int) -> str:
+def ensure_split(split_dir, seed, num_images, generate=None, version=None, name="ssd_shapes"):
     """
-    Generate a split into ``split_dir`` unless it is there; return its json path. Concurrent
-    callers (the ranks of a run) each draw into a temporary folder and rename it into place:
-    the first rename wins, the others drop their identical copy.
+    Generate a split with ``generate(output_dir, num_images, seed)`` (default: ssd_shapes')
+    into ``split_dir`` unless it is there; return its json path. Concurrent callers (the ranks
+    of a run) each draw into a temporary folder and rename it into place: the first rename
+    wins, the others drop their identical copy. A split whose json ``info`` was made with
+    another ``version``, seed or size is an error.
     """
+    generate = generate or generate_shapes_dataset
+    version = _GENERATOR_VERSION if version is None else version
     json_file = os.path.join(split_dir, _ANNOTATIONS_FILE)
     if not _is_complete(split_dir):
         parent, dirname = os.path.split(split_dir)
         os.makedirs(parent, exist_ok=True)
         tmp_dir = tempfile.mkdtemp(prefix=f".{dirname}.tmp-", dir=parent)
         try:
-            logger.info(f"Generating {num_images} ssd_shapes images into {split_dir} ...")
-            generate_shapes_dataset(tmp_dir, num_images, seed)
+            logger.info(f"Generating {num_images} {name} images into {split_dir} ...")
+            generate(tmp_dir, num_images, seed)
             _move_into_place(tmp_dir, split_dir)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-
     with open(json_file) as f:
         info = json.load(f).get("info", {})
-    expected = {"version": _GENERATOR_VERSION, "seed": seed, "num_images": num_images}
+    expected = {"version": version, "seed": seed, "num_images": num_images}
     found = {key: info.get(key) for key in expected}
     if found != expected:
         raise RuntimeError(
-            f"{json_file} holds an ssd_shapes split made with {found}, but {expected} is asked "
+            f"{json_file} holds {name} data made with {found}, but {expected} is asked "
             f"for. Delete {split_dir} to regenerate it, or use another root."
         )
     return json_file
@@ -335,7 +339,7 @@ def _move_into_place(tmp_dir: str, split_dir: str) -> None:
 
 
 def _load_shapes_split(name: str, split_dir: str, seed: int, num_images: int) -> List[Dict]:
-    json_file = _ensure_split(split_dir, seed, num_images)
+    json_file = ensure_split(split_dir, seed, num_images)
     return load_coco_json(json_file, os.path.join(split_dir, _IMAGES_DIRNAME), name)
 
 
