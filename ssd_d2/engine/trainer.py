@@ -29,8 +29,6 @@ from .compat import TrainerWithState, create_ddp_model, has_compiled_coco_eval
 
 __all__ = ["SSDTrainer"]
 
-logger = logging.getLogger(__name__)
-
 
 class SSDTrainer(TrainerWithState):
     """
