@@ -44,9 +44,8 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.HEAD_NAME = "SSDConvHead"
     # SSDLiteHead only: the norm after each predictor's depthwise conv ("BN", "SyncBN", ...).
     _C.MODEL.SSD.HEAD_NORM = "BN"
-    # SSDLiteHead only: "torchvision" (a separable predictor on every level, N(0, 0.03) init)
-    # or "lufficc" (biased depthwise convs, a plain 1x1 conv on the last level, Xavier init),
-    # the layouts of those peers' SSDLite checkpoints.
+    # SSDLiteHead only: the layout of that peer's SSDLite checkpoints, "torchvision" (separable
+    # predictors, N(0, 0.03) init) or "lufficc" (biased depthwise, last level 1x1, Xavier).
     _C.MODEL.SSD.HEAD_LAYOUT = "torchvision"
     # Initial probability of foreground of the class logits (init_class_prior), for training
     # from scratch; 0 keeps the published initialisation (Xavier or normal, zero bias).
@@ -58,9 +57,8 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
     # Hard negative mining: negatives kept per positive in each image.
     _C.MODEL.SSD.NEG_POS_RATIO = 3
-    # Hard negatives kept in an image with no positive default box. 0 (the peers' behaviour)
-    # lets images without objects contribute nothing to the loss; a positive value lets them
-    # teach the classifier what background looks like.
+    # Hard negatives kept in an image with no positive default box: 0 (the peers') lets images
+    # without objects add nothing to the loss; more teaches the classifier background.
     _C.MODEL.SSD.MIN_NEGATIVES_PER_IMAGE = 0
     # Smooth L1 transition point of the box regression loss.
     _C.MODEL.SSD.SMOOTH_L1_BETA = 1.0
@@ -84,9 +82,8 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.DEFAULT_BOXES.MAX_SIZES = [60, 111, 162, 213, 264, 315]
     # Aspect ratios r > 1 of each level; each adds two boxes, r:1 and 1:r.
     _C.MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
-    # How boxes that reach past the image are limited, as the source of the weights did:
-    # "center_and_size" (lufficc/SSD, ssd.pytorch: centre and size each clamped to the
-    # image), "size" (torchvision: width and height capped, centre kept) or "none".
+    # Boxes past the image, as the weights' source did: "center_and_size" (lufficc/SSD,
+    # ssd.pytorch: both clamped), "size" (torchvision: width, height capped) or "none".
     _C.MODEL.SSD.DEFAULT_BOXES.CLAMP = "center_and_size"
     _C.register_renamed_key(
         "MODEL.SSD.DEFAULT_BOXES.CLIP",
@@ -106,8 +103,8 @@ def add_ssd_config(cfg):
     _C.MODEL.MOBILENET = CN()
     # Norm of every layer: "BN", "SyncBN" (multi-GPU training) or "FrozenBN" (fine-tuning).
     _C.MODEL.MOBILENET.NORM = "BN"
-    # MobileNetV3 only: halve the channels after stride 16 (MobileNetV3 paper, table 6), as
-    # torchvision's SSDLite COCO model does; ImageNet-pretrained MobileNetV3 weights need False.
+    # MobileNetV3: halve the channels after stride 16 (its paper, table 6; torchvision's
+    # SSDLite COCO model); ImageNet-pretrained MobileNetV3 weights need False.
     _C.MODEL.MOBILENET.REDUCED_TAIL = True
 
     # Whether the published results start from ImageNet backbone weights: training from a
@@ -137,17 +134,14 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.PHOTOMETRIC.SATURATION_RANGE = (0.5, 1.5)
     # Hue delta in degrees (+-).
     _C.INPUT.SSD.PHOTOMETRIC.HUE_DELTA = 18
-    # Then, with this probability, permute the colour channels (one of the 6 orders, the
-    # identity included), as lufficc/SSD and ssd.pytorch do; 0 disables.
+    # Then permute the colour channels with this probability (lufficc/SSD, ssd.pytorch).
     _C.INPUT.SSD.PHOTOMETRIC.CHANNEL_SWAP_PROB = 0.5
-    # Zoom out: place the image on a canvas up to MAX_RATIO times larger, filled with the
-    # pixel mean, with probability PROB.
+    # Zoom out, with probability PROB, onto a pixel-mean canvas up to MAX_RATIO times larger.
     _C.INPUT.SSD.EXPAND = CN({"ENABLED": True})
     _C.INPUT.SSD.EXPAND.MAX_RATIO = 4.0
     _C.INPUT.SSD.EXPAND.PROB = 0.5
-    # SSD random crop: a crop whose IoU with some box is at least one of MIN_IOUS (sampled
-    # together with "whole image" and "any crop"). lufficc/SSD's and ssd.pytorch's set, which
-    # their published models trained with; the SSD paper (and Caffe SSD) add 0.5.
+    # SSD crop: IoU with some box >= one of MIN_IOUS (or "whole image", "any crop"); the peers'
+    # set, which their published models trained with (the SSD paper adds 0.5).
     _C.INPUT.SSD.MIN_IOU_CROP = CN({"ENABLED": True})
     _C.INPUT.SSD.MIN_IOU_CROP.MIN_IOUS = (0.1, 0.3, 0.7, 0.9)
     # Crop side as a fraction of the image side.

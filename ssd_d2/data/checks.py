@@ -1,12 +1,9 @@
 """
-Checks of the training data sets, on the dicts Detectron2's loaders produced, once per run
-(the image headers shared among the data-parallel processes).
-
-Problems a user must fix (a wrong path, a wrong class count, corrupt annotation values) stop
-training at once with a :class:`DatasetError` that names the file, the annotation and the fix.
-Problems that a real data set has a few of (degenerate or out-of-image boxes, unreadable
-images) are repaired or skipped, logged with examples and counted: the README's "Bad data"
-table lists every case.
+Checks of the training data sets, on the dicts Detectron2's loaders produced, once per run.
+What a user must fix (a wrong path or class count, corrupt values) stops training with a
+:class:`DatasetError` naming the file, the annotation and the fix; what real data sets have a
+few of (degenerate or out-of-image boxes, unreadable images) is repaired or skipped, logged
+and counted. The README's "Bad data" table lists every case.
 """
 
 import json
@@ -38,8 +35,7 @@ logger = logging.getLogger(__name__)
 # EXIF orientations that rotate by 90 or 270 degrees, swapping width and height.
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 _EXIF_ORIENTATION = 0x0112
-# Examples of each kind of repaired or skipped problem written to the log.
-_LOGGED_EXAMPLES = 5
+_LOGGED_EXAMPLES = 5  # of each kind of repaired or skipped problem
 _VOC_BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
 
@@ -94,10 +90,8 @@ def _expected_paths(dataset_name: str) -> List[str]:
 
 
 def check_dataset_files(dataset_names: Iterable[str]) -> None:
-    """
-    Fail early, naming the expected path and the fix, when a built-in VOC or COCO data set
-    is not where Detectron2 looks for it (``$DETECTRON2_DATASETS``, default ``./datasets``).
-    """
+    """Fail early, naming the path and the fix, when a built-in VOC or COCO data set is not
+    where Detectron2 looks for it (``$DETECTRON2_DATASETS``, default ``./datasets``)."""
     for name in dataset_names:
         missing = [p for p in _expected_paths(name) if not os.path.exists(p)]
         if missing:
@@ -189,11 +183,8 @@ def _check_image(dataset_dict: dict, dataset_name: str) -> Tuple[str, object]:
 
 
 def map_across_processes(func: Callable[[int], object], num_items: int) -> List[object]:
-    """
-    ``[func(0), ..., func(num_items - 1)]``, each data-parallel process computing every n-th
-    item and all of them gathering the results, so that a run reads each file once, not once
-    per process (64 processes x 118k COCO images would be 7.5M file opens).
-    """
+    """``[func(0), ..., func(num_items - 1)]``, each process computing every n-th item and all
+    gathering the results: a run reads each file once, not once per process."""
     rank, world_size = comm.get_rank(), comm.get_world_size()
     results = {index: func(index) for index in range(rank, num_items, world_size)}
     if world_size > 1:
@@ -206,19 +197,12 @@ def check_dataset_dicts(
     dataset_dicts: Sequence[dict], *, num_classes: int, dataset_name: str = ""
 ) -> Tuple[List[dict], DatasetReport]:
     """
-    Check and repair the training dicts of one data set; returns repaired copies (the input
-    is not modified) and the report.
-
-    * a missing image file: DatasetError (all missing files counted); an image whose header
-      cannot be read: dropped and counted; an image whose size is not the dict's
-      width/height (EXIF rotation included): DatasetError;
-    * a box with a NaN or infinite coordinate, a category id outside [0, num_classes), a box
-      that is not 4 numbers or not in an absolute box mode: DatasetError;
-    * a box partly outside its image: clipped and counted; wholly outside, or with zero or
-      negative width or height: dropped and counted; crowd annotations: left as they are.
-
-    Images that have (or are left with) no boxes are kept and counted; filtering them is
-    ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``'s job.
+    Repaired copies of the training dicts of one data set, and the report. DatasetError: a
+    missing image, an image of another size than the dict's (EXIF rotation included), a box
+    with a NaN or infinite coordinate, not 4 numbers or not absolute, a category id outside
+    [0, num_classes). Dropped and counted: an image whose header cannot be read, a box with
+    zero or negative size or wholly outside its image. Clipped and counted: a box partly
+    outside. Kept and counted: images without boxes. Crowd annotations are left as they are.
     """
     report = DatasetReport(dataset_name=dataset_name, num_images=len(dataset_dicts))
     image_checks = map_across_processes(  # the same outcomes in every process
@@ -350,10 +334,8 @@ def _checked_box(
 
 
 def load_dataset_dicts(dataset_name: str) -> List[dict]:
-    """
-    ``DatasetCatalog.get(dataset_name)``; when Detectron2's COCO or VOC loader fails on a bad
-    annotation (they stop at the first unknown category without naming the file), the error
-    says which file and annotation, and how to fix it.
+    """``DatasetCatalog.get(dataset_name)``; when Detectron2's COCO or VOC loader fails on a
+    bad annotation without naming the file, the error says which file and annotation, and the fix.
     """
     try:
         dicts = DatasetCatalog.get(dataset_name)
