@@ -1,16 +1,14 @@
 import functools
 import logging
-import socket
 from datetime import timedelta
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from detectron2.engine import launch as d2_launch
 
-from .compat import create_local_process_group
+from .compat import launch_on_cpu
 
 __all__ = ["CPU_TIMEOUT", "GPU_TIMEOUT", "default_timeout", "launch"]
 
@@ -54,8 +52,7 @@ def launch(
             f"timeout {timeout})."
         )
         main_func = functools.partial(_share_cores, main_func, num_gpus_per_machine)
-        # v0.6's launch asserts CUDA in every process; this one runs on both releases.
-        launcher = _launch_on_cpu
+        launcher = launch_on_cpu
     try:
         launcher(
             main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout
@@ -81,41 +78,3 @@ def _share_cores(main_func, num_processes_per_machine, *args):
     # Each process takes its share of the cores instead of oversubscribing them.
     torch.set_num_threads(max(1, torch.get_num_threads() // num_processes_per_machine))
     main_func(*args)
-
-
-def _launch_on_cpu(main_func, num_per_machine, num_machines, machine_rank, dist_url, args, timeout):
-    """Detectron2's launch for gloo processes on the CPU."""
-    if dist_url == "auto":
-        if num_machines != 1:
-            raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT.")
-        with socket.socket() as s:  # a free port for the processes to meet at
-            s.bind(("127.0.0.1", 0))
-            dist_url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    mp.start_processes(
-        _cpu_worker,
-        nprocs=num_per_machine,
-        args=(main_func, num_machines * num_per_machine, num_per_machine, machine_rank,
-              dist_url, args, timeout),
-        daemon=False,
-        start_method="spawn",
-    )  # fmt: skip
-
-
-def _cpu_worker(
-    local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args, timeout
-):
-    dist.init_process_group(
-        backend="gloo",
-        init_method=dist_url,
-        world_size=world_size,
-        rank=machine_rank * num_per_machine + local_rank,
-        timeout=timeout,
-    )
-    create_local_process_group(num_per_machine)
-    dist.barrier()
-    main_func(*args)
-    # Tear the process groups down together: a process that destroys them while another is
-    # still in a collective aborts. (A process that failed exits without this, and the
-    # launching process stops the others.)
-    dist.barrier()
-    dist.destroy_process_group()
