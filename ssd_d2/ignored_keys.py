@@ -10,6 +10,8 @@ from typing import Callable, List, NamedTuple, Optional
 
 from detectron2.config import CfgNode, get_cfg
 
+from .config import add_ssd_config
+
 __all__ = ["IgnoredKey", "find_ignored_keys", "warn_ignored_keys"]
 
 logger = logging.getLogger(__name__)
@@ -125,9 +127,6 @@ def _rule_for(key: str) -> Optional[_Rule]:
 
 
 def _defaults() -> CfgNode:
-    # Imported here: ssd_d2.config is imported by the modules that call this one.
-    from .config import add_ssd_config
-
     cfg = get_cfg()
     add_ssd_config(cfg)
     return cfg
