@@ -134,7 +134,7 @@ class SSDDatasetMapper:
 
 
 def _boxes_xyxy_abs(annotations) -> np.ndarray:
-    """The annotations' boxes as an Nx4 float32 XYXY_ABS array, one conversion per box mode."""
+    # One conversion per box mode, not per box.
     boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
     modes = np.array([int(a["bbox_mode"]) for a in annotations], dtype=np.int64)
     for mode in np.unique(modes):

@@ -32,15 +32,11 @@ __all__ = ["SSDTrainer"]
 
 class SSDTrainer(TrainerWithState):
     """
-    DefaultTrainer with SSD's data pipeline (SSDDatasetMapper), evaluators chosen by each
-    data set's ``evaluator_type``, atomic checkpoints that include the optimizer state, and
-    CPU data-parallel training (bfloat16 autocast under SOLVER.AMP.ENABLED). The rest (warmup
-    multi-step schedule, ``resume_or_load``, periodic evaluation, metrics.json and tensorboard
-    events) is Detectron2's.
-
-    The training loader is a :class:`~ssd_d2.data.SeededTrainLoader`: each batch is a function
-    of ``SEED`` and the iteration, so a resumed run continues with the batches, augmentations
-    included, that the uninterrupted run would have seen; images that cannot be decoded are
+    DefaultTrainer with SSD's data pipeline, evaluators chosen by each data set's
+    ``evaluator_type``, atomic checkpoints with the optimizer state, and CPU data-parallel
+    training (bfloat16 autocast under SOLVER.AMP.ENABLED); the rest is Detectron2's. The
+    training loader is a :class:`~ssd_d2.data.SeededTrainLoader`: a resumed run continues with
+    the batches the uninterrupted run would have seen, and images that cannot be decoded are
     skipped and counted in ``metrics.json`` as ``data/skipped_images``.
     """
 
@@ -161,12 +157,8 @@ class SSDTrainer(TrainerWithState):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """
-        The data set's evaluator, writing into ``OUTPUT_DIR/inference``. That is where
-        Detectron2's train_net.py puts every test data set's files, so tools made for it find
-        them; the same file names too (with several COCO-style test sets,
-        ``coco_instances_results.json`` holds the last one's, as it does in Detectron2).
-        """
+        """The data set's evaluator, writing into ``OUTPUT_DIR/inference`` under the file names
+        Detectron2's train_net.py uses, so that tools made for it find them."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
