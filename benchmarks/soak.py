@@ -27,12 +27,11 @@ import time
 import psutil
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.engine import HookBase, default_setup
 from detectron2.utils.logger import setup_logger
 
-from ssd_d2 import SSDTrainer, add_ssd_config
-from ssd_d2.config import merge_from_file_safely
+from ssd_d2 import SSDTrainer
+from ssd_d2.config import load_config
 from ssd_d2.engine import SSDCheckpointer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,10 +109,8 @@ class ResourceMonitor(HookBase):
 
 
 def build_config(args):
-    cfg = get_cfg()
-    add_ssd_config(cfg)
-    merge_from_file_safely(cfg, os.path.join(REPO_ROOT, "configs", "ssd160_shapes_demo.yaml"))
-    cfg.merge_from_list(
+    cfg = load_config(
+        os.path.join(REPO_ROOT, "configs", "ssd160_shapes_demo.yaml"),
         [
             "SOLVER.MAX_ITER", args.iters,
             # The demo's steps are at 1950/2350 of 2500: keep them in proportion.
@@ -123,7 +120,7 @@ def build_config(args):
             "DATASETS.TEST", ("ssd_shapes_val",),
             "OUTPUT_DIR", args.output_dir,
         ]  # fmt: skip
-        + args.opts
+        + args.opts,
     )
     cfg.freeze()
     return cfg

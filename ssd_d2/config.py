@@ -21,18 +21,15 @@ AUTO_DEVICES = ("auto", "")
 
 def add_ssd_config(cfg):
     """
-    Add the config keys of ssd_d2 (``MODEL.SSD``, ``INPUT.SSD``) to a Detectron2 config, in
-    place. The defaults are the SSD300 VOC model's (lufficc/SSD vgg_ssd300_voc0712). The
-    Detectron2 keys an SSD model sets differently (meta-architecture, backbone, pixel mean,
-    solver) live in ``configs/Base-SSD300.yaml``.
+    Add ssd_d2's keys to a Detectron2 config, in place, with the SSD300 VOC model's defaults
+    (lufficc/SSD vgg_ssd300_voc0712); the Detectron2 keys SSD sets differently are in
+    ``configs/Base-SSD300.yaml``.
     """
     _C = cfg
 
-    # "auto": CUDA when the machine that builds the model has it, else the CPU (see
-    # settle_device). Not Detectron2's "cuda", which fails on a CPU-only machine, and not the
-    # device of the machine that assembles the config, which config.yaml would then carry to
-    # machines that differ: a config made on a CPU login node must still train on GPU nodes.
-    # "cpu", "cuda", "cuda:1" ... are used as given.
+    # "auto": CUDA when the machine that builds the model has it, else the CPU (settle_device),
+    # so that a config.yaml made on a CPU login node still trains on GPU nodes. "cpu", "cuda",
+    # "cuda:1" ... are used as given.
     _C.MODEL.DEVICE = "auto"
 
     _C.MODEL.SSD = CN()
@@ -47,9 +44,8 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.HEAD_NAME = "SSDConvHead"
     # SSDLiteHead only: the norm after each predictor's depthwise conv ("BN", "SyncBN", ...).
     _C.MODEL.SSD.HEAD_NORM = "BN"
-    # SSDLiteHead only: "torchvision" (a separable predictor on every level, N(0, 0.03) init)
-    # or "lufficc" (biased depthwise convs, a plain 1x1 conv on the last level, Xavier init),
-    # the layouts of those peers' SSDLite checkpoints.
+    # SSDLiteHead only: the layout of that peer's SSDLite checkpoints, "torchvision" (separable
+    # predictors, N(0, 0.03) init) or "lufficc" (biased depthwise, last level 1x1, Xavier).
     _C.MODEL.SSD.HEAD_LAYOUT = "torchvision"
     # Initial probability of foreground of the class logits (init_class_prior), for training
     # from scratch; 0 keeps the published initialisation (Xavier or normal, zero bias).
@@ -61,9 +57,8 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
     # Hard negative mining: negatives kept per positive in each image.
     _C.MODEL.SSD.NEG_POS_RATIO = 3
-    # Hard negatives kept in an image with no positive default box. 0 (the peers' behaviour)
-    # lets images without objects contribute nothing to the loss; a positive value lets them
-    # teach the classifier what background looks like.
+    # Hard negatives kept in an image with no positive default box: 0 (the peers') lets images
+    # without objects add nothing to the loss; more teaches the classifier background.
     _C.MODEL.SSD.MIN_NEGATIVES_PER_IMAGE = 0
     # Smooth L1 transition point of the box regression loss.
     _C.MODEL.SSD.SMOOTH_L1_BETA = 1.0
@@ -87,9 +82,8 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.DEFAULT_BOXES.MAX_SIZES = [60, 111, 162, 213, 264, 315]
     # Aspect ratios r > 1 of each level; each adds two boxes, r:1 and 1:r.
     _C.MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
-    # How boxes that reach past the image are limited, as the source of the weights did:
-    # "center_and_size" (lufficc/SSD, ssd.pytorch: centre and size each clamped to the
-    # image), "size" (torchvision: width and height capped, centre kept) or "none".
+    # Boxes past the image, as the weights' source did: "center_and_size" (lufficc/SSD,
+    # ssd.pytorch: both clamped), "size" (torchvision: width, height capped) or "none".
     _C.MODEL.SSD.DEFAULT_BOXES.CLAMP = "center_and_size"
     _C.register_renamed_key(
         "MODEL.SSD.DEFAULT_BOXES.CLIP",
@@ -109,27 +103,24 @@ def add_ssd_config(cfg):
     _C.MODEL.MOBILENET = CN()
     # Norm of every layer: "BN", "SyncBN" (multi-GPU training) or "FrozenBN" (fine-tuning).
     _C.MODEL.MOBILENET.NORM = "BN"
-    # MobileNetV3 only: halve the channels after stride 16 (MobileNetV3 paper, table 6), as
-    # torchvision's SSDLite COCO model does; ImageNet-pretrained MobileNetV3 weights need False.
+    # MobileNetV3: halve the channels after stride 16 (its paper, table 6; torchvision's
+    # SSDLite COCO model); ImageNet-pretrained MobileNetV3 weights need False.
     _C.MODEL.MOBILENET.REDUCED_TAIL = True
 
-    # Whether the architecture's published results start from ImageNet backbone weights
-    # (MODEL.WEIGHTS in its config): training that starts with a randomly initialised
-    # backbone then logs a WARNING. False in configs that train from scratch on purpose.
+    # Whether the published results start from ImageNet backbone weights: training from a
+    # random backbone then logs a WARNING. False in configs that train from scratch on purpose.
     _C.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE = True
 
-    # Inference arithmetic of the network (backbone and head): "fp32", "bf16" (CPUs with
-    # AVX512-BF16 or AMX, recent GPUs) or "fp16" (GPUs). The weights are cast once; decoding
-    # and NMS stay in fp32. Where the device lacks it, fp32 with a warning. (Training in
-    # lower precision is SOLVER.AMP.ENABLED: bf16 autocast on a CPU, fp16 on a GPU.)
+    # Inference arithmetic of backbone and head: "fp32", "bf16" (AVX512-BF16/AMX CPUs, recent
+    # GPUs) or "fp16" (GPUs); decoding and NMS stay fp32; fp32 with a warning where the device
+    # lacks it. (Training: SOLVER.AMP.ENABLED, bf16 autocast on a CPU, fp16 on a GPU.)
     _C.TEST.PRECISION = "fp32"
 
     # "SGD" (Detectron2's, with SOLVER.MOMENTUM; the published SSD recipes) or "ADAMW".
     _C.SOLVER.OPTIMIZER = "SGD"
 
-    # Checkpoints (MODEL.WEIGHTS, --resume) are read without running code from the file:
-    # tensors and plain containers only. True accepts any pickled object, which can run
-    # arbitrary code: only for files from a source you trust.
+    # Checkpoints are read as tensors and plain containers only; True accepts any pickled
+    # object, which can run arbitrary code: only for files from a source you trust.
     _C.MODEL.ALLOW_UNSAFE_CHECKPOINTS = False
 
     # SSD training augmentations (SSDDatasetMapper), applied in this order.
@@ -143,17 +134,14 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.PHOTOMETRIC.SATURATION_RANGE = (0.5, 1.5)
     # Hue delta in degrees (+-).
     _C.INPUT.SSD.PHOTOMETRIC.HUE_DELTA = 18
-    # Then, with this probability, permute the colour channels (one of the 6 orders, the
-    # identity included), as lufficc/SSD and ssd.pytorch do; 0 disables.
+    # Then permute the colour channels with this probability (lufficc/SSD, ssd.pytorch).
     _C.INPUT.SSD.PHOTOMETRIC.CHANNEL_SWAP_PROB = 0.5
-    # Zoom out: place the image on a canvas up to MAX_RATIO times larger, filled with the
-    # pixel mean, with probability PROB.
+    # Zoom out, with probability PROB, onto a pixel-mean canvas up to MAX_RATIO times larger.
     _C.INPUT.SSD.EXPAND = CN({"ENABLED": True})
     _C.INPUT.SSD.EXPAND.MAX_RATIO = 4.0
     _C.INPUT.SSD.EXPAND.PROB = 0.5
-    # SSD random crop: a crop whose IoU with some box is at least one of MIN_IOUS (sampled
-    # together with "whole image" and "any crop"). lufficc/SSD's and ssd.pytorch's set, which
-    # their published models trained with; the SSD paper (and Caffe SSD) add 0.5.
+    # SSD crop: IoU with some box >= one of MIN_IOUS (or "whole image", "any crop"); the peers'
+    # set, which their published models trained with (the SSD paper adds 0.5).
     _C.INPUT.SSD.MIN_IOU_CROP = CN({"ENABLED": True})
     _C.INPUT.SSD.MIN_IOU_CROP.MIN_IOUS = (0.1, 0.3, 0.7, 0.9)
     # Crop side as a fraction of the image side.
@@ -164,19 +152,14 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.MIN_IOU_CROP.MAX_TRIALS = 50
     # Horizontal flip probability (0 disables).
     _C.INPUT.SSD.FLIP_PROB = 0.5
-    # Train without the objects Pascal VOC marks difficult (read from its XML files for data
-    # sets registered as Detectron2's VOC sets), as lufficc/SSD and ssd.pytorch do; False
-    # trains on them too, as Detectron2's VOC loader does.
+    # Train without the objects Pascal VOC marks difficult (Detectron2's VOC sets), as
+    # lufficc/SSD and ssd.pytorch do; False trains on them too, as Detectron2 does.
     _C.INPUT.SSD.DROP_VOC_DIFFICULT = True
 
 
 def resolve_device(device: str) -> str:
-    """
-    The torch device that the MODEL.DEVICE value ``device`` names on this machine: for "auto"
-    (or an empty value), "cuda" when CUDA is available, else "cpu"; any other value as given.
-    "cuda" without an index is the current device, the one Detectron2's launch assigns to
-    each process.
-    """
+    """The torch device MODEL.DEVICE ``device`` names here: "auto" (or "") is "cuda" when
+    CUDA is available, else "cpu"; any other value as given."""
     if device.strip().lower() in AUTO_DEVICES:
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
@@ -184,14 +167,9 @@ def resolve_device(device: str) -> str:
 
 def settle_device(cfg) -> None:
     """
-    Replace an "auto" MODEL.DEVICE in ``cfg`` by the device it stands for here, frozen or not.
-
-    Detectron2's ``build_model`` constructs the meta-architecture and then moves it to
-    ``torch.device(cfg.MODEL.DEVICE)``, which does not know "auto": the SSD meta-architecture
-    calls this while it is built, so that ``build_model`` and ``DefaultPredictor`` (which
-    builds from its own copy of the config) work from a config that says "auto". Detectron2's
-    PointRend updates a frozen config the same way when its model is built. A config that
-    names a device is left alone.
+    Replace an "auto" MODEL.DEVICE in ``cfg`` (frozen or not) by the device it stands for
+    here. Detectron2's ``build_model`` moves the model to ``torch.device(cfg.MODEL.DEVICE)``,
+    which does not know "auto": the SSD meta-architecture calls this while it is built.
     """
     device = resolve_device(cfg.MODEL.DEVICE)
     if device == cfg.MODEL.DEVICE:
@@ -206,9 +184,8 @@ def settle_device(cfg) -> None:
 def merge_from_file_safely(cfg, filename: str) -> None:
     """
     ``cfg.merge_from_file(filename)`` with YAML's safe loader only, for the file and its
-    ``_BASE_`` files. Detectron2's ``merge_from_file`` falls back to ``yaml.unsafe_load``,
-    which builds any Python object a ``!!python/...`` tag names and so runs code from the file;
-    here such a tag is an error that names the file.
+    ``_BASE_`` files: Detectron2's falls back to ``yaml.unsafe_load``, which runs the code a
+    ``!!python/...`` tag names; here such a tag is an error naming the file.
     """
     try:
         cfg.merge_from_file(filename, allow_unsafe=False)
@@ -223,11 +200,9 @@ def merge_from_file_safely(cfg, filename: str) -> None:
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     """
-    ``config_file`` merged onto Detectron2's and ssd_d2's defaults (YAML's safe loader only),
+    The one config assembly of ssd_d2 (train_net.py, the tools, the benchmarks, the tests):
+    ``config_file`` merged onto Detectron2's and ssd_d2's defaults with YAML's safe loader,
     then ``opts`` (KEY VALUE pairs, as train_net.py takes them). Not frozen.
-
-    Raises:
-        FileNotFoundError: naming the config file when it does not exist.
     """
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file not found: {config_file}")

@@ -1,17 +1,16 @@
 """
-Detectron2 config keys that SSD models do not read, and the SSD keys that do their job.
-
-A Detectron2 user's first reflex (``INPUT.MIN_SIZE_TRAIN``, ``MODEL.ROI_HEADS.NUM_CLASSES``,
-``MODEL.ANCHOR_GENERATOR.SIZES`` ...) would otherwise change nothing, silently. Each rule
-below was checked against ssd_d2's code: the SSD data pipeline (``SSDDatasetMapper``,
-``build_ssd_train_loader``), meta-architecture, default-box generator and backbones read
-none of these keys.
+Detectron2 config keys that SSD models do not read, and the SSD keys that do their job: a
+Detectron2 user's first reflex (``INPUT.MIN_SIZE_TRAIN``, ``MODEL.ROI_HEADS.NUM_CLASSES`` ...)
+would otherwise change nothing, silently.
 """
 
+import functools
 import logging
 from typing import Callable, List, NamedTuple, Optional
 
 from detectron2.config import CfgNode, get_cfg
+
+from .config import add_ssd_config
 
 __all__ = ["IgnoredKey", "find_ignored_keys", "warn_ignored_keys"]
 
@@ -37,14 +36,10 @@ def _with_ssd_backbone(cfg: CfgNode) -> bool:
 
 
 class _Rule(NamedTuple):
-    # A key, or a subtree that covers every key under it.
-    key: str
-    # What to set instead, or why nothing is needed.
-    instead: str
-    # The value that counts as "not set"; None: the value of Detectron2's and ssd_d2's defaults.
-    expected: object = None
-    # Whether the rule holds for this config (some keys are read by other components).
-    applies: Optional[Callable[[CfgNode], bool]] = None
+    key: str  # a key, or a subtree that covers every key under it
+    instead: str  # what to set instead, or why nothing is needed
+    expected: object = None  # the "not set" value; None: Detectron2's and ssd_d2's default
+    applies: Optional[Callable[[CfgNode], bool]] = None  # None: every config
 
 
 # The most specific rule wins (MODEL.RETINANET.NUM_CLASSES before MODEL.RETINANET).
@@ -119,12 +114,6 @@ def _leaves(node: CfgNode, prefix: str = ""):
             yield key, value
 
 
-def _lookup(cfg: CfgNode, key: str):
-    for name in key.split("."):
-        cfg = cfg[name]
-    return cfg
-
-
 def _normalized(value):
     # YAML lists and Python tuples are the same config value.
     if isinstance(value, (list, tuple)):
@@ -138,9 +127,6 @@ def _rule_for(key: str) -> Optional[_Rule]:
 
 
 def _defaults() -> CfgNode:
-    # Imported here: ssd_d2.config is imported by the modules that call this one.
-    from .config import add_ssd_config
-
     cfg = get_cfg()
     add_ssd_config(cfg)
     return cfg
@@ -148,9 +134,8 @@ def _defaults() -> CfgNode:
 
 def find_ignored_keys(cfg: CfgNode) -> List[IgnoredKey]:
     """
-    The Detectron2 keys that ``cfg`` sets to a value other than the default (Detectron2's, or
-    the SSD base configs' where they set one) although SSD models do not read them, each with
-    the SSD key to use instead. Empty for every config ssd_d2 ships.
+    The keys SSD models do not read that ``cfg`` sets to a value other than the default, each
+    with the SSD key to use instead. Empty for every config ssd_d2 ships.
     """
     ignored = []
     for key, default in _leaves(_defaults()):
@@ -158,7 +143,7 @@ def find_ignored_keys(cfg: CfgNode) -> List[IgnoredKey]:
         if rule is None or (rule.applies is not None and not rule.applies(cfg)):
             continue
         expected = default if rule.expected is None else rule.expected
-        value = _lookup(cfg, key)
+        value = functools.reduce(lambda node, name: node[name], key.split("."), cfg)
         if _normalized(value) != _normalized(expected):
             ignored.append(IgnoredKey(key, value, rule.instead))
     return ignored

@@ -3,7 +3,7 @@ from typing import List, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
@@ -30,10 +30,11 @@ class UnreadableImageError(OSError):
 
 def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
     """
-    Detectron2's ``read_image`` (EXIF orientation applied, converted to ``format``), plus:
-    16-bit images are scaled to 8 bits instead of saturating, and a file that cannot be
-    decoded raises :class:`UnreadableImageError` naming it. The whole file is decoded here, so
-    truncated data fails now rather than as a partly grey image.
+    The image reader of ssd_d2 (training, evaluation, the tools, export): Detectron2's
+    ``read_image`` (EXIF orientation applied, converted to ``format``), but 16-bit images are
+    scaled to 8 bits instead of saturating, and a file that cannot be decoded (the whole file
+    is decoded here: truncated data fails now, not as a partly grey image) raises
+    :class:`UnreadableImageError` naming it.
     """
     try:
         with PathManager.open(file_name, "rb") as f:
@@ -43,7 +44,10 @@ def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(file_name, f"{type(e).__name__}: {e}") from e
-    image = utils._apply_exif_orientation(image)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block: ignored, as Detectron2's reader does
+        pass
     if image.mode in _HIGH_BIT_DEPTH_MODES:
         # PIL's convert() would clip 16-bit values at 255: scale 0..65535 to 0..255 instead.
         pixels = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
@@ -53,21 +57,13 @@ def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
 
 class SSDDatasetMapper:
     """
-    Map a Detectron2 dataset dict to the input of the SSD model, like Detectron2's
-    ``DatasetMapper`` but with the SSD augmentations and boxes only:
-
-    1. read the image in ``image_format`` (the model's ``INPUT.FORMAT``) with :func:`read_image`;
-       a file that cannot be decoded raises :class:`UnreadableImageError` (the training loader
-       skips it and counts it, evaluation stops);
-    2. training: an image with a side above ``max_input_size`` is first scaled down to it
-       (see :meth:`from_config`), then apply the augmentations to the image and its boxes (crowd annotations are
-       skipped), drop the boxes that the crop removed or that became empty, and store them as
-       ``instances`` (``gt_boxes``, ``gt_classes``). An image left without boxes is kept, with
-       empty instances: a valid negative;
-    3. test: apply the augmentations (none by default) to the image only and drop the
-       annotations. The image keeps its size: the SSD model resizes any input itself.
-
-    The returned ``image`` is a CHW uint8 tensor.
+    Detectron2's ``DatasetMapper`` for SSD: the image read with :func:`read_image` (an
+    undecodable file raises :class:`UnreadableImageError`: the training loader skips and
+    counts it, evaluation stops), then in training scaled down to ``max_input_size`` if larger
+    and augmented with its boxes (crowd annotations skipped, boxes the crop removed dropped)
+    into ``instances`` (an image left without boxes is a valid negative); at test time the
+    augmentations (none by default) apply to the image only, and the model resizes it.
+    ``image`` is a CHW uint8 tensor.
     """
 
     @configurable
@@ -79,14 +75,6 @@ class SSDDatasetMapper:
         image_format: str,
         max_input_size: Optional[int] = None,
     ):
-        """
-        Args:
-            is_train: whether to map annotations to training instances.
-            augmentations: applied in order to the image and, in training, its boxes.
-            image_format: the format the image is read in, e.g. "RGB".
-            max_input_size: training only: images with a longer side are scaled down to it
-                (aspect ratio kept) before the augmentations. None: no limit.
-        """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
@@ -106,14 +94,7 @@ class SSDDatasetMapper:
         }
 
     def __call__(self, dataset_dict):
-        """
-        Args:
-            dataset_dict (dict): one image in Detectron2's dataset format. Not modified.
-
-        Returns:
-            dict: the input dict's fields plus "image" and, in training, "instances"; without
-            "annotations".
-        """
+        """The dict (not modified) with "image", in training "instances", no "annotations"."""
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
@@ -153,7 +134,7 @@ class SSDDatasetMapper:
 
 
 def _boxes_xyxy_abs(annotations) -> np.ndarray:
-    """The annotations' boxes as an Nx4 float32 XYXY_ABS array, one conversion per box mode."""
+    # One conversion per box mode, not per box.
     boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
     modes = np.array([int(a["bbox_mode"]) for a in annotations], dtype=np.int64)
     for mode in np.unique(modes):

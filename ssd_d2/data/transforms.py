@@ -9,9 +9,8 @@ Detectron2 :class:`~detectron2.data.transforms.Augmentation` objects:
 4. horizontal flip (Detectron2's ``RandomFlip``) and 5. a fixed square resize
    (:class:`SquareResize`, with OpenCV).
 
-All randomness is drawn from numpy's global RNG in ``get_transform``, so a Detectron2 data
-loader's per-worker seeding makes the whole chain reproducible, and each returned
-:class:`~fvcore.transforms.Transform` is deterministic.
+All randomness is drawn from numpy's global RNG in ``get_transform`` (which the training
+loader seeds per sample), and each returned Transform is deterministic.
 """
 
 import itertools
@@ -43,43 +42,15 @@ __all__ = [
 
 class SeededColorAugSSDTransform(ColorAugSSDTransform):
     """
-    Detectron2's SSD colour distortion with its random choices fixed by ``seed``.
-
-    ``ColorAugSSDTransform`` draws its choices from Python's global ``random`` module while it
-    transforms the image. Running it under a seed drawn by the augmentation makes the result
-    follow numpy's RNG (seeded per data loader worker by Detectron2) and makes the transform
-    deterministic; Python's global random state is left as it was.
+    Detectron2's SSD colour distortion with its random choices fixed by ``seed``: the parent
+    draws them from Python's global ``random`` while it transforms the image; under a seed
+    drawn from numpy's RNG the transform is deterministic. Python's random state is restored.
+    ``hue_delta`` is in OpenCV's 8-bit hue units (2 degrees each), as in the parent; the
+    other keyword arguments are the parent's.
     """
 
-    def __init__(
-        self,
-        img_format: str,
-        seed: int,
-        brightness_delta: float = 32,
-        contrast_low: float = 0.5,
-        contrast_high: float = 1.5,
-        saturation_low: float = 0.5,
-        saturation_high: float = 1.5,
-        hue_delta: int = 9,
-    ):
-        """
-        Args:
-            img_format: "RGB" or "BGR", the channel order of the images.
-            seed: seed of the random choices.
-            brightness_delta, contrast_low, contrast_high, saturation_low, saturation_high:
-                as in ``ColorAugSSDTransform``.
-            hue_delta: in OpenCV's 8-bit hue units (2 degrees each), as in
-                ``ColorAugSSDTransform``.
-        """
-        super().__init__(
-            img_format,
-            brightness_delta=brightness_delta,
-            contrast_low=contrast_low,
-            contrast_high=contrast_high,
-            saturation_low=saturation_low,
-            saturation_high=saturation_high,
-            hue_delta=hue_delta,
-        )
+    def __init__(self, img_format: str, seed: int, hue_delta: int = 9, **kwargs):
+        super().__init__(img_format, hue_delta=hue_delta, **kwargs)
         self.seed = seed
         self.img_format = img_format  # for the repr
 
@@ -115,7 +86,8 @@ class SeededColorAugSSDTransform(ColorAugSSDTransform):
 class RandomPhotometricDistortion(T.Augmentation):
     """
     SSD's photometric distortion: random brightness, then contrast, saturation and hue (contrast
-    first or last), each applied with probability 0.5. Boxes are unchanged.
+    first or last), each with probability 0.5. ``brightness_delta`` is in pixel values,
+    ``hue_delta`` in degrees (as in ssd.pytorch and lufficc/SSD), both +-. Boxes are unchanged.
     """
 
     def __init__(
@@ -126,13 +98,6 @@ class RandomPhotometricDistortion(T.Augmentation):
         saturation_range: Tuple[float, float] = (0.5, 1.5),
         hue_delta: float = 18,
     ):
-        """
-        Args:
-            image_format: "RGB" or "BGR".
-            brightness_delta: pixel values added are drawn in [-delta, delta].
-            contrast_range, saturation_range: (low, high) of the multiplicative factors.
-            hue_delta: hue shift range in degrees (+-), as in ssd.pytorch and lufficc/SSD.
-        """
         super().__init__()
         self._init(locals())
 
@@ -198,28 +163,8 @@ class ExpandTransform(T.PadTransform):
     """
     Place the image at (x0, y0) on a larger canvas filled with a per-channel value, e.g. the
     pixel mean, so that the filled area is zero after the model's mean subtraction.
+    ``pad_value``: a number, or one value per channel in the images' channel order.
     """
-
-    def __init__(
-        self,
-        x0: int,
-        y0: int,
-        x1: int,
-        y1: int,
-        orig_w: Optional[int] = None,
-        orig_h: Optional[int] = None,
-        pad_value=0,
-        seg_pad_value: int = 0,
-    ):
-        """
-        Args:
-            x0, y0, x1, y1: canvas pixels added on the left, top, right and bottom.
-            orig_w, orig_h: size of the input image, needed only by ``inverse()``.
-            pad_value: the canvas colour: a number, or one value per channel in the channel
-                order of the images.
-            seg_pad_value: the value of the canvas in segmentation masks.
-        """
-        super().__init__(x0, y0, x1, y1, orig_w, orig_h, pad_value, seg_pad_value)
 
     def apply_image(self, img):
         h, w = img.shape[:2]
@@ -243,12 +188,7 @@ class RandomExpand(T.Augmentation):
     """
 
     def __init__(self, max_ratio: float = 4.0, fill: Sequence[float] = (0, 0, 0), prob=0.5):
-        """
-        Args:
-            max_ratio: largest canvas side / image side.
-            fill: canvas colour, one value per channel in the images' channel order.
-            prob: probability of expanding.
-        """
+        """``fill``: the canvas colour, one value per channel in the images' channel order."""
         super().__init__()
         assert max_ratio >= 1.0, max_ratio
         fill = tuple(float(v) for v in fill)
@@ -308,16 +248,11 @@ class MinIoURandomCrop(T.Augmentation):
     ``aspect_ratio_range``, at a uniform position. The first crop that is accepted is used.
 
     A crop is accepted when its IoU with *at least one* ground-truth box is >= the mode's min IoU
-    and at least one box centre lies inside it. This is the rule of the original Caffe SSD
-    (``SatisfySampleConstraint`` is satisfied by any one box) and of lufficc/SSD
-    (``overlap.max() < min_iou`` rejects), whose VOC numbers this project reproduces; mmdetection
-    requires the IoU with *every* box instead. When no crop of the mode is accepted another mode
-    is drawn (as in ssd.pytorch), at most ``max_mode_draws`` times before keeping the whole
-    image, so the loop always ends. An image without boxes is never cropped, as in lufficc/SSD:
-    "at least one centre inside" cannot hold.
-
-    Crops have integer corners so that boxes move exactly as pixels do; box centres outside the
-    crop are dropped by :class:`SSDCropTransform`.
+    and at least one box centre lies inside it: the rule of Caffe SSD and lufficc/SSD, whose VOC
+    numbers this project reproduces (mmdetection requires every box). When no crop of the mode
+    is accepted another mode is drawn (as in ssd.pytorch), at most ``max_mode_draws`` times
+    before keeping the whole image. An image without boxes is never cropped (as lufficc/SSD).
+    Crops have integer corners, so that boxes move exactly as pixels do.
     """
 
     def __init__(
@@ -328,14 +263,6 @@ class MinIoURandomCrop(T.Augmentation):
         max_trials: int = 50,
         max_mode_draws: int = 100,
     ):
-        """
-        Args:
-            min_ious: the minimum IoU of each constrained mode.
-            min_crop_size: smallest crop side as a fraction of the image side.
-            aspect_ratio_range: allowed (min, max) crop height / width.
-            max_trials: crops sampled per mode draw.
-            max_mode_draws: bound on the mode draws; then the whole image is kept.
-        """
         super().__init__()
         self._init(locals())
         # The "whole image" mode, then the IoU-constrained ones, then "any crop".
@@ -359,10 +286,7 @@ class MinIoURandomCrop(T.Augmentation):
     def _sample_crop(
         self, h: int, w: int, boxes: np.ndarray, min_iou: float
     ) -> Optional[Tuple[int, int, int, int]]:
-        """
-        Sample ``max_trials`` crops at once and return the first accepted one as integer XYXY
-        corners, or None.
-        """
+        """The first accepted of ``max_trials`` crops sampled at once (integer XYXY), or None."""
         n = self.max_trials
         crop_w = np.random.uniform(self.min_crop_size * w, w, size=n)
         crop_h = np.random.uniform(self.min_crop_size * h, h, size=n)
@@ -424,12 +348,8 @@ class SquareResize(T.Augmentation):
 
 def build_ssd_train_augmentations(cfg) -> list:
     """
-    The SSD training augmentations configured by ``cfg.INPUT.SSD`` (see ``add_ssd_config``),
-    ending with the resize to ``MODEL.SSD.IMAGE_SIZE`` squared.
-
-    There is no test-time counterpart: at test time the mapper applies no augmentation and no
-    resize, since the SSD model resizes any input to its fixed size itself (and reports
-    detections in the input's coordinates).
+    The SSD training augmentations of ``cfg.INPUT.SSD``, ending with the resize to
+    ``MODEL.SSD.IMAGE_SIZE`` squared. None at test time: the model resizes any input itself.
     """
     ssd = cfg.INPUT.SSD
     augmentations = []

@@ -1,27 +1,39 @@
 """
-What a supported Detectron2 lacks, detected by feature (v0.6 and main both call themselves
-"0.6"). Each entry names the release that needs it; on a Detectron2 that has the feature,
-Detectron2's own code runs.
+What the supported Detectron2 releases lack, detected by feature (v0.6 and main both call
+themselves "0.6"). Each entry names the releases that need it; where a release has the
+feature, Detectron2's own code runs.
 """
 
-import importlib
-import inspect
+import socket
 
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from detectron2.engine import DefaultTrainer
+from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.utils import comm
 
 __all__ = [
     "TrainerWithState",
+    "create_ddp_model",
     "create_local_process_group",
     "has_compiled_coco_eval",
-    "launch_runs_on_cpu",
+    "launch_on_cpu",
 ]
 
 
-# v0.6: DefaultTrainer's checkpoints hold no optimizer state (later releases save the inner
-# trainer's state, the optimizer and AMP's grad scaler, under "_trainer"); --resume needs it.
+def create_ddp_model(model, **kwargs):
+    """
+    v0.6 and main (02b5c4e): ``create_ddp_model`` passes ``device_ids=[local_rank]`` even for
+    a model on the CPU, which DistributedDataParallel rejects; CPU models get none.
+    """
+    if comm.get_world_size() > 1 and not next(model.parameters()).is_cuda:
+        kwargs.setdefault("device_ids", None)
+    return d2_create_ddp_model(model, **kwargs)
+
+
+# v0.6: DefaultTrainer's checkpoints hold no optimizer state (main saves the inner trainer's
+# state, the optimizer and AMP's grad scaler, under "_trainer"); --resume needs it.
 if "state_dict" in vars(DefaultTrainer):
     TrainerWithState = DefaultTrainer
 else:
@@ -54,21 +66,51 @@ def create_local_process_group(num_processes_per_machine: int) -> None:
             comm._LOCAL_PROCESS_GROUP = group
 
 
-def launch_runs_on_cpu() -> bool:
+def launch_on_cpu(main_func, num_per_machine, num_machines, machine_rank, dist_url, args, timeout):
     """
-    Whether Detectron2's ``launch`` starts gloo processes on a machine without GPUs. v0.6
-    asserts that CUDA is available in each worker; later releases pick gloo instead of NCCL.
+    Detectron2's ``launch`` for gloo processes on the CPU. v0.6's asserts CUDA in every
+    process (main's runs gloo there); this one serves both, so that CPU runs take one path.
     """
-    # (detectron2.engine's ``launch`` function hides the module of that name.)
-    launch_module = importlib.import_module("detectron2.engine.launch")
-    return '"GLOO"' in inspect.getsource(launch_module._distributed_worker)
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT.")
+        with socket.socket() as s:  # a free port for the processes to meet at
+            s.bind(("127.0.0.1", 0))
+            dist_url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    mp.start_processes(
+        _cpu_worker,
+        nprocs=num_per_machine,
+        args=(main_func, num_machines * num_per_machine, num_per_machine, machine_rank,
+              dist_url, args, timeout),
+        daemon=False,
+        start_method="spawn",
+    )  # fmt: skip
+
+
+def _cpu_worker(
+    local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args, timeout
+):
+    dist.init_process_group(
+        backend="gloo",
+        init_method=dist_url,
+        world_size=world_size,
+        rank=machine_rank * num_per_machine + local_rank,
+        timeout=timeout,
+    )
+    create_local_process_group(num_per_machine)
+    dist.barrier()
+    main_func(*args)
+    # Tear the process groups down together: a process that destroys them while another is
+    # still in a collective aborts. (A process that failed exits without this, and the
+    # launching process stops the others.)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def has_compiled_coco_eval() -> bool:
     """
-    Whether detectron2 was built with its C++ COCOeval. The PyPI v0.6 source has no C++
-    sources (dev/install.sh installs a stand-in ``_C``): COCOEvaluator then uses pycocotools'
-    own COCOeval, which gives the same numbers.
+    PyPI's v0.6 source has no C++ sources (dev/install.sh installs a stand-in ``_C``):
+    COCOEvaluator then uses pycocotools' own COCOeval, which gives the same numbers.
     """
     try:
         from detectron2 import _C

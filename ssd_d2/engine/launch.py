@@ -1,27 +1,22 @@
 import functools
 import logging
-import socket
 from datetime import timedelta
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from detectron2.engine import launch as d2_launch
 
-from .compat import create_local_process_group, launch_runs_on_cpu
+from .compat import launch_on_cpu
 
 __all__ = ["CPU_TIMEOUT", "GPU_TIMEOUT", "default_timeout", "launch"]
 
 logger = logging.getLogger(__name__)
 
-# How long a collective (a gradient all-reduce, the barrier after an evaluation) waits for the
-# other processes before it fails with an error instead of hanging forever. It must exceed the
-# longest time one process works alone, such as the main process's COCO or VOC evaluation at
-# the end of a period. On GPUs (NCCL), Detectron2's 30 minutes. On the CPU (gloo), where the
-# configs run are small, 10 minutes, so that a hung process is noticed sooner. train_net.py
-# --dist-timeout sets it. (On one machine, a process that dies is noticed at once.)
+# How long a collective waits for the other processes before it fails instead of hanging; more
+# than one process works alone (the main process's evaluation). GPUs (NCCL): Detectron2's 30
+# minutes; the CPU (gloo), with small configs: 10, so that a hung process is noticed sooner.
 GPU_TIMEOUT = timedelta(minutes=30)
 CPU_TIMEOUT = timedelta(minutes=10)
 
@@ -40,35 +35,28 @@ def launch(
     timeout: Optional[timedelta] = None,
 ):
     """
-    Detectron2's ``launch``: ``num_gpus_per_machine`` processes on each of ``num_machines``
-    machines, one per GPU (NCCL), or without GPUs that many gloo processes on the CPU, which
-    share its cores.
-
-    When a process of this machine dies (an exception, a signal, the out-of-memory killer),
-    the others are stopped at once and a RuntimeError names the process and the cause. A
-    process that hangs, or one on another machine that dies, makes the others' next
-    collective fail after ``timeout`` (default: :func:`default_timeout`).
+    Detectron2's ``launch``, or without GPUs that many gloo processes sharing the CPU's cores.
+    When a process of this machine dies, the others are stopped at once and a RuntimeError
+    names the process and the cause; a hung process, or one on another machine that dies,
+    makes the others' next collective fail after ``timeout`` (default: default_timeout()).
     """
     timeout = timeout or default_timeout()
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
         main_func(*args)
         return
+    launcher = d2_launch
     if not torch.cuda.is_available():
         logger.info(
             f"No GPU: {num_gpus_per_machine} gloo processes on this machine's CPU (collective "
             f"timeout {timeout})."
         )
         main_func = functools.partial(_share_cores, main_func, num_gpus_per_machine)
+        launcher = launch_on_cpu
     try:
-        if torch.cuda.is_available() or launch_runs_on_cpu():
-            d2_launch(
-                main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout
-            )
-        else:
-            _launch_on_cpu(
-                main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout
-            )
+        launcher(
+            main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout
+        )
     except mp.ProcessExitedException as e:
         rank = machine_rank * num_gpus_per_machine + e.error_index
         cause = f"signal {e.signal_name}" if e.signal_name else f"exit code {e.exit_code}"
@@ -90,41 +78,3 @@ def _share_cores(main_func, num_processes_per_machine, *args):
     # Each process takes its share of the cores instead of oversubscribing them.
     torch.set_num_threads(max(1, torch.get_num_threads() // num_processes_per_machine))
     main_func(*args)
-
-
-def _launch_on_cpu(main_func, num_per_machine, num_machines, machine_rank, dist_url, args, timeout):
-    """Detectron2 v0.6's launch, which needs CUDA, for gloo processes on the CPU."""
-    if dist_url == "auto":
-        if num_machines != 1:
-            raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT.")
-        with socket.socket() as s:  # a free port for the processes to meet at
-            s.bind(("127.0.0.1", 0))
-            dist_url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    mp.start_processes(
-        _cpu_worker,
-        nprocs=num_per_machine,
-        args=(main_func, num_machines * num_per_machine, num_per_machine, machine_rank,
-              dist_url, args, timeout),
-        daemon=False,
-        start_method="spawn",
-    )  # fmt: skip
-
-
-def _cpu_worker(
-    local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args, timeout
-):
-    dist.init_process_group(
-        backend="gloo",
-        init_method=dist_url,
-        world_size=world_size,
-        rank=machine_rank * num_per_machine + local_rank,
-        timeout=timeout,
-    )
-    create_local_process_group(num_per_machine)
-    dist.barrier()
-    main_func(*args)
-    # Tear the process groups down together: a process that destroys them while another is
-    # still in a collective aborts. (A process that failed exits without this, and the
-    # launching process stops the others.)
-    dist.barrier()
-    dist.destroy_process_group()

@@ -1,4 +1,3 @@
-import contextlib
 import logging
 import os
 import re
@@ -7,16 +6,18 @@ import weakref
 import torch
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader
-from detectron2.engine import defaults as d2_defaults
+from detectron2.engine import AMPTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver import build_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import setup_logger
 
 from ..config import resolve_device
 from ..data import (
     DatasetError,
+    SeededTrainLoader,
     SSDDatasetMapper,
     build_ssd_train_loader,
     check_dataset_files,
@@ -24,76 +25,56 @@ from ..data import (
 )
 from ..modeling.precision import resolve_precision
 from .checkpoint import SSDCheckpointer, warn_if_backbone_uninitialized
-from .compat import TrainerWithState, has_compiled_coco_eval
+from .compat import TrainerWithState, create_ddp_model, has_compiled_coco_eval
 
 __all__ = ["SSDTrainer"]
-
-logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _ddp_without_device_ids_on_cpu():
-    """
-    Detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]`` even when the model
-    is on the CPU, which DistributedDataParallel rejects; drop it for CPU models.
-    """
-    create_ddp_model = d2_defaults.create_ddp_model
-
-    def create_cpu_compatible_ddp_model(model, **kwargs):
-        if comm.get_world_size() > 1 and not next(model.parameters()).is_cuda:
-            kwargs.setdefault("device_ids", None)
-        return create_ddp_model(model, **kwargs)
-
-    d2_defaults.create_ddp_model = create_cpu_compatible_ddp_model
-    try:
-        yield
-    finally:
-        d2_defaults.create_ddp_model = create_ddp_model
 
 
 class SSDTrainer(TrainerWithState):
     """
-    DefaultTrainer with SSD's data pipeline (SSDDatasetMapper), evaluators chosen by each
-    data set's ``evaluator_type``, atomic checkpoints that include the optimizer state, and
-    CPU data-parallel training. The rest (warmup multi-step schedule, ``resume_or_load``,
-    periodic evaluation, metrics.json and tensorboard events) is Detectron2's.
-
-    The training data are checked when the loader is built (a report per data set in the
-    log), and each batch is a function of ``SEED`` and the iteration only
-    (:func:`~ssd_d2.data.build_ssd_train_loader`): a run resumed from a checkpoint continues
-    with the batches, augmentations included, that the uninterrupted run would have seen.
-    Training images that cannot be decoded are skipped and counted in ``metrics.json`` as
-    ``data/skipped_images``.
+    DefaultTrainer with SSD's data pipeline, evaluators chosen by each data set's
+    ``evaluator_type``, atomic checkpoints with the optimizer state, and CPU data-parallel
+    training (bfloat16 autocast under SOLVER.AMP.ENABLED); the rest is Detectron2's. The
+    training loader is a :class:`~ssd_d2.data.SeededTrainLoader`: a resumed run continues with
+    the batches the uninterrupted run would have seen, and images that cannot be decoded are
+    skipped and counted in ``metrics.json`` as ``data/skipped_images``.
     """
 
     def __init__(self, cfg):
-        # Detectron2's AMPTrainer is CUDA's (float16 autocast and a GradScaler). On the CPU,
-        # SOLVER.AMP.ENABLED runs the SSD network under bfloat16 autocast instead, which
-        # needs no gradient scaling, in Detectron2's SimpleTrainer.
-        cpu_amp = cfg.SOLVER.AMP.ENABLED and resolve_device(cfg.MODEL.DEVICE) == "cpu"
-        d2_cfg = cfg
-        if cpu_amp:
-            d2_cfg = cfg.clone()
-            d2_cfg.defrost()
-            d2_cfg.SOLVER.AMP.ENABLED = False
-        with _ddp_without_device_ids_on_cpu():
-            super().__init__(d2_cfg)
-        if cpu_amp:
+        # DefaultTrainer.__init__ with three changes, made here rather than by patching it:
+        # the DDP wrapper that also runs on the CPU, the CPU's AMP (bfloat16 autocast, no
+        # gradient scaling, so Detectron2's SimpleTrainer), and SSDCheckpointer.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        self.train_loader = self.build_train_loader(cfg)
+        if not isinstance(self.train_loader, SeededTrainLoader):
+            raise TypeError(
+                f"{type(self).__name__}.build_train_loader returned a "
+                f"{type(self.train_loader).__name__}: SSDTrainer resumes and counts skipped "
+                "images through ssd_d2.data.SeededTrainLoader; return build_ssd_train_loader(cfg)."
+            )
+        on_cpu = resolve_device(cfg.MODEL.DEVICE) == "cpu"
+        if cfg.SOLVER.AMP.ENABLED and on_cpu:
             dtype = resolve_precision("bf16", "cpu", "SOLVER.AMP.ENABLED")
-            model = self._trainer.model
-            model = model.module if hasattr(model, "module") else model
             model.train_autocast_dtype = dtype if dtype != torch.float32 else None
-
-    def build_hooks(self):
-        # DefaultTrainer.__init__ calls this right after creating its checkpointer: replace it
-        # here, before the checkpoint hook takes it, with one that saves atomically.
+        inner = AMPTrainer if cfg.SOLVER.AMP.ENABLED and not on_cpu else SimpleTrainer
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = inner(model, self.train_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SSDCheckpointer(
-            self._trainer.model,
-            self.cfg.OUTPUT_DIR,
-            allow_unsafe=self.cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS,
+            model,
+            cfg.OUTPUT_DIR,
+            allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS,
             trainer=weakref.proxy(self),
         )
-        return super().build_hooks()
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
@@ -103,10 +84,8 @@ class SSDTrainer(TrainerWithState):
             warn_if_backbone_uninitialized(self.cfg, self.checkpointer.loaded_model_keys)
 
     def train(self):
-        # The loader starts its workers at the first batch, at the iteration resumed from.
-        data_loader = self._trainer.data_loader
-        if hasattr(data_loader, "start_iter"):
-            data_loader.start_iter = self.start_iter
+        # The loader's workers start at the first batch, at the iteration resumed from.
+        self.train_loader.start_at(self.start_iter)
         results = super().train()
         # A run killed between its last periodic checkpoint and model_final resumes with no
         # iteration left, so Detectron2's checkpoint hook never writes model_final: write it.
@@ -132,9 +111,8 @@ class SSDTrainer(TrainerWithState):
                 "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS, then continue with "
                 "--resume."
             ) from e
-        num_skipped = getattr(self._trainer.data_loader, "num_skipped", None)
-        if num_skipped is not None:
-            get_event_storage().put_scalar("data/skipped_images", num_skipped, smoothing_hint=False)
+        num_skipped = self.train_loader.num_skipped
+        get_event_storage().put_scalar("data/skipped_images", num_skipped, smoothing_hint=False)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -155,9 +133,9 @@ class SSDTrainer(TrainerWithState):
         return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(params, lr=cfg.SOLVER.BASE_LR)
 
     @classmethod
-    def build_train_loader(cls, cfg):
+    def build_train_loader(cls, cfg) -> SeededTrainLoader:
         check_dataset_files(cfg.DATASETS.TRAIN)
-        return build_ssd_train_loader(cfg, mapper=SSDDatasetMapper(cfg, is_train=True))
+        return build_ssd_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -179,12 +157,8 @@ class SSDTrainer(TrainerWithState):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """
-        The data set's evaluator, writing into ``OUTPUT_DIR/inference``. That is where
-        Detectron2's train_net.py puts every test data set's files, so tools made for it find
-        them; the same file names too (with several COCO-style test sets,
-        ``coco_instances_results.json`` holds the last one's, as it does in Detectron2).
-        """
+        """The data set's evaluator, writing into ``OUTPUT_DIR/inference`` under the file names
+        Detectron2's train_net.py uses, so that tools made for it find them."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)

@@ -1,11 +1,8 @@
 """
-``ssd_shapes``: a synthetic object-detection data set drawn with OpenCV, so that SSD can be
-trained and evaluated end to end without downloading anything.
-
-Each image has a cluttered background (colour gradient, smooth blobs, random lines and
-curves, noise) and up to a few filled shapes of five classes. The data is written as JPEG
-files plus one COCO-format json, and read back with Detectron2's ``load_coco_json``, so it
-goes through the same loading and evaluation path as COCO itself.
+``ssd_shapes``: a synthetic detection data set drawn with OpenCV (filled shapes of five classes
+on cluttered, noisy backgrounds), so that SSD trains and evaluates end to end without a
+download. Written as JPEG files and a COCO json, read back with Detectron2's
+``load_coco_json``: the same loading and evaluation path as COCO itself.
 """
 
 import functools
@@ -26,6 +23,7 @@ from detectron2.data.datasets import load_coco_json
 __all__ = [
     "SHAPE_CLASSES",
     "SHAPES_SPLITS",
+    "ensure_split",
     "generate_shapes_dataset",
     "register_shapes_dataset",
     "shapes_dataset_root",
@@ -49,14 +47,21 @@ _ANNOTATIONS_FILE = "annotations.json"
 _IMAGES_DIRNAME = "images"
 # Shape vertices go to OpenCV in fixed point with this many fractional bits (sub-pixel shapes).
 _SHIFT = 4
+# The drawing: image sides, shapes per image, the share of images without shapes, shape
+# diameters (pixels; fraction of the shorter side), how much of a shape later ones may hide
+# before it is not annotated, the least RGB distance of a shape from what it covers.
+_IMAGE_SIDES = (240, 400)
+_MAX_SHAPES = 6
+_EMPTY_FRACTION = 0.08
+_MIN_SHAPE_SIZE, _MAX_SHAPE_FRACTION = 20, 0.6
+_MAX_HIDDEN_FRACTION = 0.6
+_MIN_CONTRAST = 120.0
+_JPEG_QUALITY = 90
 
 
 def shapes_dataset_root(root: Optional[str] = None) -> str:
-    """
-    The folder that caches the generated splits, as an absolute path: ``root`` if given, else
-    ``$SSD_D2_DATASETS``, else ``$DETECTRON2_DATASETS/ssd_shapes``, else
-    ``./datasets/ssd_shapes``.
-    """
+    """The absolute cache folder: ``root``, else ``$SSD_D2_DATASETS``, else
+    ``$DETECTRON2_DATASETS/ssd_shapes``, else ``./datasets/ssd_shapes``."""
     if root is None:
         root = os.environ.get("SSD_D2_DATASETS")
     if root is None and "DETECTRON2_DATASETS" in os.environ:
@@ -67,44 +72,11 @@ def shapes_dataset_root(root: Optional[str] = None) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(root)))
 
 
-def generate_shapes_dataset(
-    output_dir: str,
-    num_images: int,
-    seed: int,
-    *,
-    min_image_side: int = 240,
-    max_image_side: int = 400,
-    max_shapes_per_image: int = 6,
-    empty_image_fraction: float = 0.08,
-    min_shape_size: int = 20,
-    max_shape_fraction: float = 0.6,
-    max_hidden_fraction: float = 0.6,
-    min_contrast: float = 120.0,
-    jpeg_quality: int = 90,
-) -> str:
+def generate_shapes_dataset(output_dir: str, num_images: int, seed: int) -> str:
     """
     Draw ``num_images`` images into ``output_dir/images/*.jpg`` and write their boxes to
-    ``output_dir/annotations.json`` (COCO format). The same arguments give byte-identical
-    files. The json is written last, so its presence means the folder is complete.
-
-    Args:
-        output_dir: folder to write into; created if missing.
-        num_images: number of images.
-        seed: seed of all the randomness.
-        min_image_side, max_image_side: range of the image width and height, each drawn
-            independently, so that both aspect ratio and scale vary.
-        max_shapes_per_image: an image that is not empty draws 1..this many shapes.
-        empty_image_fraction: probability that an image has no shape (background only).
-        min_shape_size: smallest shape diameter, in pixels.
-        max_shape_fraction: largest shape diameter, as a fraction of the shorter image side.
-        max_hidden_fraction: a shape covered by later shapes over more than this fraction of
-            its area is not annotated (it is still drawn).
-        min_contrast: smallest RGB distance between a shape's colour and the mean colour of
-            the pixels it covers, so that every annotated shape can actually be seen.
-        jpeg_quality: JPEG quality of the written images.
-
-    Returns:
-        the path of the json file.
+    ``output_dir/annotations.json`` (COCO), the json last; returns its path. The same
+    arguments give byte-identical files.
     """
     image_dir = os.path.join(output_dir, _IMAGES_DIRNAME)
     os.makedirs(image_dir, exist_ok=True)
@@ -114,29 +86,25 @@ def generate_shapes_dataset(
     image_seeds = np.random.SeedSequence(seed).spawn(num_images)
     for index, image_seed in enumerate(image_seeds):
         rng = np.random.default_rng(image_seed)
-        width, height = (int(v) for v in rng.integers(min_image_side, max_image_side + 1, 2))
-        if rng.random() < empty_image_fraction:
-            num_shapes = 0
-        else:
-            num_shapes = int(rng.integers(1, max_shapes_per_image + 1))
+        # Width and height drawn independently: both aspect ratio and scale vary.
+        width, height = (int(v) for v in rng.integers(_IMAGE_SIDES[0], _IMAGE_SIDES[1] + 1, 2))
+        empty = rng.random() < _EMPTY_FRACTION
+        num_shapes = 0 if empty else int(rng.integers(1, _MAX_SHAPES + 1))
         image, objects = _draw_image(
             rng,
             height,
             width,
             num_shapes,
-            min_shape_size=min_shape_size,
-            max_shape_size=max_shape_fraction * min(height, width),
-            max_hidden_fraction=max_hidden_fraction,
-            min_contrast=min_contrast,
+            min_shape_size=_MIN_SHAPE_SIZE,
+            max_shape_size=_MAX_SHAPE_FRACTION * min(height, width),
+            max_hidden_fraction=_MAX_HIDDEN_FRACTION,
+            min_contrast=_MIN_CONTRAST,
         )
-
         image_id = index + 1
-        file_name = "{:06d}.jpg".format(image_id)
-        ok = cv2.imwrite(
-            os.path.join(image_dir, file_name), image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
-        )
-        if not ok:
-            raise IOError("Could not write {}".format(os.path.join(image_dir, file_name)))
+        file_name = f"{image_id:06d}.jpg"
+        path = os.path.join(image_dir, file_name)
+        if not cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]):
+            raise IOError(f"Could not write {path}")
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for obj in objects:
             obj.update(id=len(annotations) + 1, image_id=image_id, iscrowd=0)
@@ -158,17 +126,11 @@ def write_coco_json(
     output_dir: str, info: Dict, images: List, annotations: List, categories: List
 ) -> str:
     """
-    Write ``output_dir/annotations.json`` (COCO format) and return its path. Written beside
-    and renamed, so that a reader never sees half a json (its presence means the folder is
-    complete).
+    Write ``output_dir/annotations.json`` (COCO) and return its path; written beside and
+    renamed, so that a reader never sees half a json (its presence means the folder is complete).
     """
-    dataset = {
-        "info": info,
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
+    dataset = dict(info=info, licenses=[], images=images, annotations=annotations)
+    dataset["categories"] = categories
     json_file = os.path.join(output_dir, _ANNOTATIONS_FILE)
     with open(json_file + ".tmp", "w") as f:
         json.dump(dataset, f)
@@ -187,9 +149,7 @@ def _draw_image(
     max_hidden_fraction: float,
     min_contrast: float,
 ):
-    """
-    Returns a BGR uint8 image and the COCO annotations (without ids) of its visible shapes.
-    """
+    """A BGR uint8 image and the COCO annotations (without ids) of its visible shapes."""
     image = _draw_background(rng, height, width)
 
     # owner[y, x] is 1 + the index of the shape seen at that pixel (0: background). Counting
@@ -289,7 +249,7 @@ def _draw_shape_mask(
         angles = rotation + np.arange(10) * np.pi / 5
         radii = np.tile([radius, radius * rng.uniform(0.38, 0.5)], 5)
     else:
-        raise ValueError("Unknown shape {!r}".format(name))
+        raise ValueError(f"Unknown shape {name!r}")
     points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
     cv2.fillPoly(mask, [np.round(points * scale).astype(np.int32)], 1, cv2.LINE_8, _SHIFT)
 
@@ -324,34 +284,35 @@ def _is_complete(split_dir: str) -> bool:
     return os.path.isfile(os.path.join(split_dir, _ANNOTATIONS_FILE))
 
 
-def _ensure_split(split_dir: str, seed: int, num_images: int) -> str:
+def ensure_split(split_dir, seed, num_images, generate=None, version=None, name="ssd_shapes"):
     """
-    Generate a split into ``split_dir`` unless it is there already; return its json path.
-
-    Several processes (the ranks of a distributed run) may call this at once. Each draws into
-    its own temporary folder next to ``split_dir`` and renames it into place; the first rename
-    wins and the others drop their copy, which is identical since the drawing is seeded.
+    Generate a split with ``generate(output_dir, num_images, seed)`` (default: ssd_shapes')
+    into ``split_dir`` unless it is there; return its json path. Concurrent callers (the ranks
+    of a run) each draw into a temporary folder and rename it into place: the first rename
+    wins, the others drop their identical copy. A split whose json ``info`` was made with
+    another ``version``, seed or size is an error.
     """
+    generate = generate or generate_shapes_dataset
+    version = _GENERATOR_VERSION if version is None else version
     json_file = os.path.join(split_dir, _ANNOTATIONS_FILE)
     if not _is_complete(split_dir):
         parent, dirname = os.path.split(split_dir)
         os.makedirs(parent, exist_ok=True)
-        tmp_dir = tempfile.mkdtemp(prefix=".{}.tmp-".format(dirname), dir=parent)
+        tmp_dir = tempfile.mkdtemp(prefix=f".{dirname}.tmp-", dir=parent)
         try:
-            logger.info("Generating {} ssd_shapes images into {} ...".format(num_images, split_dir))
-            generate_shapes_dataset(tmp_dir, num_images, seed)
+            logger.info(f"Generating {num_images} {name} images into {split_dir} ...")
+            generate(tmp_dir, num_images, seed)
             _move_into_place(tmp_dir, split_dir)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-
     with open(json_file) as f:
         info = json.load(f).get("info", {})
-    expected = {"version": _GENERATOR_VERSION, "seed": seed, "num_images": num_images}
+    expected = {"version": version, "seed": seed, "num_images": num_images}
     found = {key: info.get(key) for key in expected}
     if found != expected:
         raise RuntimeError(
-            "{} holds an ssd_shapes split made with {}, but {} is asked for. Delete {} to "
-            "regenerate it, or use another root.".format(json_file, found, expected, split_dir)
+            f"{json_file} holds {name} data made with {found}, but {expected} is asked "
+            f"for. Delete {split_dir} to regenerate it, or use another root."
         )
     return json_file
 
@@ -367,31 +328,27 @@ def _move_into_place(tmp_dir: str, split_dir: str) -> None:
         # A folder without the json was left by an interrupted copy or a manual edit: it must
         # not pass for a split. Set it aside and try again. (Should another process complete
         # the split meanwhile, that copy is set aside too, and ours, identical, replaces it.)
-        stale_dir = "{}.stale-{}".format(split_dir, uuid.uuid4().hex)
+        stale_dir = f"{split_dir}.stale-{uuid.uuid4().hex}"
         try:
             os.rename(split_dir, stale_dir)
         except FileNotFoundError:
             continue
-        logger.warning("Removing the incomplete ssd_shapes folder {}".format(split_dir))
+        logger.warning(f"Removing the incomplete ssd_shapes folder {split_dir}")
         shutil.rmtree(stale_dir, ignore_errors=True)
-    raise RuntimeError("Could not move {} into place at {}".format(tmp_dir, split_dir))
+    raise RuntimeError(f"Could not move {tmp_dir} into place at {split_dir}")
 
 
 def _load_shapes_split(name: str, split_dir: str, seed: int, num_images: int) -> List[Dict]:
-    json_file = _ensure_split(split_dir, seed, num_images)
+    json_file = ensure_split(split_dir, seed, num_images)
     return load_coco_json(json_file, os.path.join(split_dir, _IMAGES_DIRNAME), name)
 
 
 def register_shapes_dataset(root: Optional[str] = None, splits: Optional[Dict] = None) -> None:
     """
-    Register the ``ssd_shapes`` splits (``SHAPES_SPLITS`` unless ``splits`` is given) in
-    ``DatasetCatalog`` and ``MetadataCatalog``. Nothing is drawn here: a split is generated
-    into ``<root>/<dirname>/`` on its first ``DatasetCatalog.get``, and reused after that.
-    Names already registered are left as they are, so calling this again is harmless.
-
-    Args:
-        root: cache folder; see :func:`shapes_dataset_root` for the default.
-        splits: data set name -> {"dirname": str, "seed": int, "num_images": int}.
+    Register the ``ssd_shapes`` splits (``splits``: name -> {"dirname", "seed", "num_images"},
+    default ``SHAPES_SPLITS``) under ``shapes_dataset_root(root)``. Nothing is drawn here: a
+    split is generated on its first ``DatasetCatalog.get`` and reused after that. Names
+    already registered are left as they are.
     """
     root = shapes_dataset_root(root)
     splits = SHAPES_SPLITS if splits is None else splits
@@ -399,12 +356,10 @@ def register_shapes_dataset(root: Optional[str] = None, splits: Optional[Dict] =
         if name in DatasetCatalog.list():
             continue
         split_dir = os.path.join(root, split["dirname"])
-        DatasetCatalog.register(
-            name,
-            functools.partial(
-                _load_shapes_split, name, split_dir, split["seed"], split["num_images"]
-            ),
+        load = functools.partial(
+            _load_shapes_split, name, split_dir, split["seed"], split["num_images"]
         )
+        DatasetCatalog.register(name, load)
         # COCOEvaluator opens json_file when it is built: that is the path the first
         # DatasetCatalog.get writes, and DefaultTrainer.test builds the test loader (which
         # calls it) before the evaluator.

@@ -1,4 +1,4 @@
-"""Pascal VOC's "difficult" flags, which Detectron2's VOC loader reads past."""
+"""Pascal VOC's "difficult" flags, which Detectron2's VOC loader reads past (so the XML is read)."""
 
 import os
 import xml.etree.ElementTree as ET
@@ -7,7 +7,7 @@ from typing import List, Tuple
 from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
-from ..validation import map_across_processes
+from ..checks import map_across_processes
 
 __all__ = ["voc_difficult_flags", "drop_voc_difficult"]
 
@@ -15,20 +15,16 @@ __all__ = ["voc_difficult_flags", "drop_voc_difficult"]
 def voc_difficult_flags(dirname: str, image_id: str) -> List[bool]:
     """Whether each ``<object>`` of ``Annotations/<image_id>.xml``, in file order, is difficult."""
     with PathManager.open(os.path.join(dirname, "Annotations", f"{image_id}.xml")) as f:
-        tree = ET.parse(f)
-    flags = []
-    for obj in tree.findall("object"):
-        node = obj.find("difficult")
-        flags.append(node is not None and (node.text or "0").strip() == "1")
-    return flags
+        objects = ET.parse(f).findall("object")
+    return [(obj.findtext("difficult") or "0").strip() == "1" for obj in objects]
 
 
 def drop_voc_difficult(dataset_name: str, dataset_dicts: List[dict]) -> Tuple[List[dict], int]:
     """
-    The dicts of a Pascal VOC data set registered as Detectron2 registers them (metadata
-    ``dirname`` and ``split``; one annotation per ``<object>``, in file order) without the
-    objects VOC marks difficult, as lufficc/SSD and ssd.pytorch train; the dicts of any other
-    data set unchanged. Also returns the number of annotations dropped.
+    The dicts of a data set registered as Detectron2 registers VOC (metadata ``dirname`` and
+    ``split``; one annotation per ``<object>``, in file order) without the objects VOC marks
+    difficult, as lufficc/SSD and ssd.pytorch train; any other data set's unchanged. Also
+    returns the number of annotations dropped.
     """
     metadata = MetadataCatalog.get(dataset_name)
     dirname = metadata.get("dirname", None)

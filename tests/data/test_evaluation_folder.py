@@ -12,7 +12,7 @@ from ssd_d2 import SSDTrainer
 from ssd_d2.data.datasets import register_shapes_dataset
 from ssd_d2.engine.compat import has_compiled_coco_eval
 
-from .conftest import load_config
+from ..conftest import load_config
 
 # Detectron2's own train_net.py (installed with it) is the reference.
 from tools.train_net import build_evaluator as detectron2_build_evaluator  # isort:skip

@@ -1,20 +1,18 @@
 """
-Checks of the training data, run once when the training loader is built (the image files
-shared among the data-parallel processes).
-
-Problems a user must fix (a wrong path, a wrong class count, corrupt annotation values) stop
-training at once with a :class:`DatasetError` that names the file, the annotation and the fix.
-Problems that a real data set has a few of (degenerate or out-of-image boxes, unreadable
-images) are repaired or skipped, logged with examples and counted in the training log. The
-README's "Bad data" table lists every case.
+Checks of the training data sets, on the dicts Detectron2's loaders produced, once per run.
+What a user must fix (a wrong path or class count, corrupt values) stops training with a
+:class:`DatasetError` naming the file, the annotation and the fix; what real data sets have a
+few of (degenerate or out-of-image boxes, unreadable images) is repaired or skipped, logged
+and counted. The README's "Bad data" table lists every case.
 """
 
+import json
 import logging
 import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
@@ -27,6 +25,7 @@ __all__ = [
     "DatasetError",
     "DatasetReport",
     "check_dataset_dicts",
+    "check_dataset_files",
     "load_dataset_dicts",
     "map_across_processes",
 ]
@@ -36,8 +35,8 @@ logger = logging.getLogger(__name__)
 # EXIF orientations that rotate by 90 or 270 degrees, swapping width and height.
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 _EXIF_ORIENTATION = 0x0112
-# Examples of each kind of repaired or skipped problem written to the log.
-_LOGGED_EXAMPLES = 5
+_LOGGED_EXAMPLES = 5  # of each kind of repaired or skipped problem
+_VOC_BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
 
 class DatasetError(ValueError):
@@ -75,9 +74,34 @@ class DatasetReport:
             f"  images left without boxes by the drops: {self.images_left_without_boxes}",
             f"  images dropped, unreadable: {len(self.unreadable_images)}",
         ]
-        for kind, examples in self.examples.items():
-            lines.append(f"  e.g. {kind}: " + "; ".join(examples))
+        lines += [f"  e.g. {kind}: " + "; ".join(e) for kind, e in self.examples.items()]
         return "\n".join(lines)
+
+
+def _expected_paths(dataset_name: str) -> List[str]:
+    """What a Detectron2 built-in VOC or COCO data set reads; empty for other data sets."""
+    metadata = MetadataCatalog.get(dataset_name)
+    if dataset_name.startswith("voc_") and metadata.get("dirname", None):
+        split_file = os.path.join(metadata.dirname, "ImageSets", "Main", metadata.split + ".txt")
+        return [split_file, os.path.join(metadata.dirname, "JPEGImages")]
+    if dataset_name.startswith("coco_") and metadata.get("evaluator_type", None) == "coco":
+        return [metadata.json_file, metadata.image_root]
+    return []
+
+
+def check_dataset_files(dataset_names: Iterable[str]) -> None:
+    """Fail early, naming the path and the fix, when a built-in VOC or COCO data set is not
+    where Detectron2 looks for it (``$DETECTRON2_DATASETS``, default ``./datasets``)."""
+    for name in dataset_names:
+        missing = [p for p in _expected_paths(name) if not os.path.exists(p)]
+        if missing:
+            root = os.getenv("DETECTRON2_DATASETS", "datasets")
+            raise FileNotFoundError(
+                f"Data set {name!r} is missing {missing[0]}. Detectron2 looks for VOC and COCO "
+                f"under DETECTRON2_DATASETS (now {os.path.abspath(root)!r}): put VOC2007/, "
+                "VOC2012/ and coco/ there as described in detectron2's datasets/README.md, "
+                "or set DETECTRON2_DATASETS to the folder that holds them."
+            )
 
 
 def _annotation_source(dataset_name: str, dataset_dict: dict) -> str:
@@ -91,10 +115,7 @@ def _annotation_source(dataset_name: str, dataset_dict: dict) -> str:
 
 
 def _describe(dataset_dict: dict, index: int, annotation: dict, dataset_name: str = "") -> str:
-    """
-    "annotation <index> (id <id>) of image <file>". Detectron2's COCO loader drops the
-    annotation ids: given the data set's name, an error message looks the id up in its json.
-    """
+    """ "annotation <index> (id <id>) of image <file>"."""
     annotation_id = annotation.get("id")
     if annotation_id is None and dataset_name:
         annotation_id = _coco_annotation_id(dataset_name, dataset_dict.get("image_id"), index)
@@ -103,17 +124,16 @@ def _describe(dataset_dict: dict, index: int, annotation: dict, dataset_name: st
 
 
 def _coco_annotation_id(dataset_name: str, image_id, index: int):
+    # Detectron2's COCO loader drops the annotation ids, which a user needs to find the
+    # annotation in the json: an error message (never a check) reads it back from the json.
     json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
     if not json_file:
         return None
     try:
-        import json
-
         with PathManager.open(json_file) as f:
             annotations = json.load(f).get("annotations", [])
         # load_coco_json keeps each image's annotations in the json's order.
-        of_image = [a for a in annotations if a.get("image_id") == image_id]
-        return of_image[index].get("id")
+        return [a for a in annotations if a.get("image_id") == image_id][index].get("id")
     except Exception:
         return None
 
@@ -130,33 +150,32 @@ def _image_header(file_name: str) -> Tuple[int, int, int]:
     return width, height, orientation
 
 
-def _check_image(dataset_dict: dict, dataset_name: str) -> Optional[Tuple[int, int]]:
+def _check_image(dataset_dict: dict, dataset_name: str) -> Tuple[str, object]:
     """
-    The (width, height) of the image as the mapper will read it (EXIF orientation applied).
-    Raises FileNotFoundError, or OSError for a header PIL cannot read, or DatasetError when
-    the size disagrees with the dict's.
+    ("ok", (width, height)) of the image as the mapper reads it (EXIF orientation applied),
+    or ("missing", None), ("unreadable", reason), ("wrong size", message).
     """
     file_name = dataset_dict["file_name"]
     if not PathManager.exists(file_name):
-        raise FileNotFoundError(file_name)
+        return "missing", None
     try:
         raw_w, raw_h, orientation = _image_header(file_name)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise OSError(f"{type(e).__name__}: {e}") from e
+        return "unreadable", f"{type(e).__name__}: {e}"
     width, height = (raw_h, raw_w) if orientation in _TRANSPOSING_ORIENTATIONS else (raw_w, raw_h)
     expected = (dataset_dict.get("width"), dataset_dict.get("height"))
     if None in expected or expected == (width, height):
-        return width, height
+        return "ok", (width, height)
     source = _annotation_source(dataset_name, dataset_dict)
     if orientation in _TRANSPOSING_ORIENTATIONS and expected == (raw_w, raw_h):
-        raise DatasetError(
+        return "wrong size", (
             f"Image {file_name} is stored {raw_w}x{raw_h} with EXIF orientation {orientation} "
             f"(shown {width}x{height}, as ssd_d2 and Detectron2 read it), but {source} gives "
             f"it width {expected[0]} and height {expected[1]}, the size of the unrotated "
             "pixels. Write the displayed size and boxes into the annotations, or save the image "
             "with its rotation applied and no EXIF orientation tag."
         )
-    raise DatasetError(
+    return "wrong size", (
         f"Image {file_name} is {width}x{height} but {source} gives width {expected[0]} and "
         f"height {expected[1]}. Correct the size in the annotations (and check that their "
         "boxes belong to this image)."
@@ -164,12 +183,8 @@ def _check_image(dataset_dict: dict, dataset_name: str) -> Optional[Tuple[int, i
 
 
 def map_across_processes(func: Callable[[int], object], num_items: int) -> List[object]:
-    """
-    ``[func(0), ..., func(num_items - 1)]``, each data-parallel process computing every n-th
-    item and all of them gathering the results, so that a run does each item's work (reading
-    a file, on shared storage) once, not once per process (64 processes x 118k COCO images
-    would be 7.5M file opens). Every process must call it with the same ``num_items``.
-    """
+    """``[func(0), ..., func(num_items - 1)]``, each process computing every n-th item and all
+    gathering the results: a run reads each file once, not once per process."""
     rank, world_size = comm.get_rank(), comm.get_world_size()
     results = {index: func(index) for index in range(rank, num_items, world_size)}
     if world_size > 1:
@@ -178,71 +193,35 @@ def map_across_processes(func: Callable[[int], object], num_items: int) -> List[
     return [results[index] for index in range(num_items)]
 
 
-def _check_image_outcome(dataset_dict: dict, dataset_name: str) -> Tuple[str, object]:
-    """
-    :func:`_check_image` as ``(outcome, detail)``: ("ok", (width, height)), ("missing",
-    None), ("unreadable", reason) or ("wrong size", message).
-    """
-    try:
-        return "ok", _check_image(dataset_dict, dataset_name)
-    except FileNotFoundError:
-        return "missing", None
-    except DatasetError as e:
-        return "wrong size", str(e)
-    except OSError as e:
-        return "unreadable", str(e)
-
-
 def check_dataset_dicts(
-    dataset_dicts: Sequence[dict],
-    *,
-    num_classes: int,
-    dataset_name: str = "",
-    check_images: bool = True,
+    dataset_dicts: Sequence[dict], *, num_classes: int, dataset_name: str = ""
 ) -> Tuple[List[dict], DatasetReport]:
     """
-    Check and repair the training dicts of one data set, as described in the module docstring.
-
-    * an image file that is missing: DatasetError (all missing files listed);
-    * an image whose header cannot be read: dropped and counted;
-    * an image whose size is not the dict's width/height (EXIF rotation included):
-      DatasetError;
-    * a box with a NaN or infinite coordinate, a category id outside [0, num_classes), a box
-      that is not 4 numbers or not in an absolute box mode: DatasetError;
-    * a box partly outside its image: clipped to it and counted;
-    * a box wholly outside its image, or with zero or negative width or height: dropped and
-      counted;
-    * crowd annotations are left as they are (the mapper ignores them).
-
-    Images that have (or are left with) no boxes are kept and counted; filtering them is the
-    caller's choice (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``).
-
-    Returns:
-        the checked dicts (repaired copies; the input is not modified) and the report.
+    Repaired copies of the training dicts of one data set, and the report. DatasetError: a
+    missing image, an image of another size than the dict's (EXIF rotation included), a box
+    with a NaN or infinite coordinate, not 4 numbers or not absolute, a category id outside
+    [0, num_classes). Dropped and counted: an image whose header cannot be read, a box with
+    zero or negative size or wholly outside its image. Clipped and counted: a box partly
+    outside. Kept and counted: images without boxes. Crowd annotations are left as they are.
     """
     report = DatasetReport(dataset_name=dataset_name, num_images=len(dataset_dicts))
-    image_checks = None
-    if check_images:  # the same outcomes in every process
-        image_checks = map_across_processes(
-            lambda i: _check_image_outcome(dataset_dicts[i], dataset_name), len(dataset_dicts)
-        )
+    image_checks = map_across_processes(  # the same outcomes in every process
+        lambda i: _check_image(dataset_dicts[i], dataset_name), len(dataset_dicts)
+    )
     checked, missing = [], []
-    for index, dataset_dict in enumerate(dataset_dicts):
-        size = (dataset_dict.get("width"), dataset_dict.get("height"))
-        if image_checks is not None:
-            outcome, detail = image_checks[index]
-            if outcome == "missing":
-                missing.append(dataset_dict["file_name"])
-                continue
-            if outcome == "wrong size":
-                raise DatasetError(detail)
-            if outcome == "unreadable":
-                unreadable = (dataset_dict["file_name"], detail)
-                report.unreadable_images.append(unreadable)
-                report._example("unreadable image", lambda: "{} ({})".format(*unreadable))
-                continue
-            size = detail
-        checked.append(_check_annotations(dataset_dict, size, num_classes, dataset_name, report))
+    for dataset_dict, (outcome, detail) in zip(dataset_dicts, image_checks):
+        if outcome == "missing":
+            missing.append(dataset_dict["file_name"])
+        elif outcome == "wrong size":
+            raise DatasetError(detail)
+        elif outcome == "unreadable":
+            unreadable = (dataset_dict["file_name"], detail)
+            report.unreadable_images.append(unreadable)
+            report._example("unreadable image", lambda: "{} ({})".format(*unreadable))
+        else:
+            checked.append(
+                _check_annotations(dataset_dict, detail, num_classes, dataset_name, report)
+            )
     if missing:
         raise DatasetError(
             f"{len(missing)} of the {len(dataset_dicts)} images of data set {dataset_name!r} "
@@ -262,11 +241,7 @@ def check_dataset_dicts(
 
 
 def _check_annotations(
-    dataset_dict: dict,
-    size: Tuple[Optional[int], Optional[int]],
-    num_classes: int,
-    dataset_name: str,
-    report: DatasetReport,
+    dataset_dict: dict, size, num_classes: int, dataset_name: str, report: DatasetReport
 ) -> dict:
     annotations = dataset_dict.get("annotations")
     if not annotations:
@@ -282,28 +257,22 @@ def _check_annotations(
         report.num_boxes += 1
         box = _checked_box(dataset_dict, index, annotation, num_classes, dataset_name)
 
-        def where():
-            return _describe(dataset_dict, index, annotation)
+        def example():
+            return f"{_describe(dataset_dict, index, annotation)}: {annotation['bbox']}"
 
+        clipped = [min(max(v, 0.0), limit) for v, limit in zip(box, (width, height) * 2)]
         if box[2] <= box[0] or box[3] <= box[1]:
             report.degenerate_boxes += 1
-            report._example("zero or negative size", lambda: f"{where()}: {annotation['bbox']}")
+            report._example("zero or negative size", example)
             continue
-        if width is not None and height is not None:
-            clipped = [
-                min(max(box[0], 0.0), width),
-                min(max(box[1], 0.0), height),
-                min(max(box[2], 0.0), width),
-                min(max(box[3], 0.0), height),
-            ]
-            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                report.outside_boxes += 1
-                report._example("outside the image", lambda: f"{where()}: {annotation['bbox']}")
-                continue
-            if clipped != box:
-                report.clipped_boxes += 1
-                report._example("clipped", lambda: f"{where()}: {annotation['bbox']}")
-                annotation = dict(annotation, bbox=clipped, bbox_mode=BoxMode.XYXY_ABS)
+        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            report.outside_boxes += 1
+            report._example("outside the image", example)
+            continue
+        if clipped != box:
+            report.clipped_boxes += 1
+            report._example("clipped", example)
+            annotation = dict(annotation, bbox=clipped, bbox_mode=BoxMode.XYXY_ABS)
         kept.append(annotation)
     if had_boxes and not any(not a.get("iscrowd", 0) for a in kept):
         report.images_left_without_boxes += 1
@@ -365,10 +334,8 @@ def _checked_box(
 
 
 def load_dataset_dicts(dataset_name: str) -> List[dict]:
-    """
-    ``DatasetCatalog.get(dataset_name)``; when the data set's own loader fails on a bad
-    annotation (Detectron2's COCO and VOC loaders stop at the first unknown category without
-    naming the file), the error says which file and annotation, and how to fix it.
+    """``DatasetCatalog.get(dataset_name)``; when Detectron2's COCO or VOC loader fails on a
+    bad annotation without naming the file, the error says which file and annotation, and the fix.
     """
     try:
         dicts = DatasetCatalog.get(dataset_name)
@@ -383,6 +350,7 @@ def load_dataset_dicts(dataset_name: str) -> List[dict]:
 
 
 def _explain_load_error(dataset_name: str) -> Optional[str]:
+    # Only after the loader failed: there are no dicts then, so the annotation files are read.
     metadata = MetadataCatalog.get(dataset_name)
     try:
         if metadata.get("json_file", None) and os.path.isfile(metadata.json_file):
@@ -395,8 +363,6 @@ def _explain_load_error(dataset_name: str) -> Optional[str]:
 
 
 def _explain_coco_json(json_file: str) -> Optional[str]:
-    import json
-
     with PathManager.open(json_file) as f:
         data = json.load(f)
     category_ids = {c["id"] for c in data.get("categories", [])}
@@ -421,8 +387,8 @@ def _explain_voc(dirname: str, split: str, class_names: Optional[Sequence[str]])
         if not PathManager.exists(xml_file):
             return f"{xml_file} does not exist: remove {file_id!r} from {split}.txt or add it."
         with PathManager.open(xml_file) as f:
-            tree = ET.parse(f)
-        for number, obj in enumerate(tree.findall("object")):
+            objects = ET.parse(f).findall("object")
+        for number, obj in enumerate(objects):
             name = obj.findtext("name")
             if class_names is not None and name not in class_names:
                 return (
@@ -430,8 +396,7 @@ def _explain_voc(dirname: str, split: str, class_names: Optional[Sequence[str]])
                     f"data set's classes {list(class_names)}. Rename it, or register the data "
                     "set with a class list that includes it."
                 )
-            box = obj.find("bndbox")
-            values = [box.findtext(k) if box is not None else None for k in _VOC_BOX_KEYS]
+            values = [obj.findtext(f"bndbox/{k}") for k in _VOC_BOX_KEYS]
             try:
                 [float(v) for v in values]
             except (TypeError, ValueError):
@@ -441,6 +406,3 @@ def _explain_voc(dirname: str, split: str, class_names: Optional[Sequence[str]])
                     "numbers, or remove the object."
                 )
     return None
-
-
-_VOC_BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")

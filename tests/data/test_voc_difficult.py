@@ -12,7 +12,7 @@ from detectron2.data.datasets import register_pascal_voc
 from ssd_d2.data import build_ssd_train_loader
 from ssd_d2.data.datasets import drop_voc_difficult
 
-from .conftest import load_config
+from ..conftest import load_config
 
 CLASSES = ("a", "b")
 

@@ -16,7 +16,7 @@ from ssd_d2.config import load_config
 from ssd_d2.data.datasets import generate_shapes_dataset
 from ssd_d2.ignored_keys import _RULES, _leaves, find_ignored_keys
 
-from .conftest import CONFIG_DIR
+from ..conftest import CONFIG_DIR
 
 SHIPPED_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
 DEMO_CONFIG = os.path.join(CONFIG_DIR, "ssd160_shapes_demo.yaml")

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
+REPO_ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 # A small, quick variant of the demo config: the 300-image validation split for training too
 # (so that only it is generated), a few iterations, no data loader workers.

@@ -3,7 +3,7 @@ import pytest
 from ssd_d2.data import check_dataset_files
 from ssd_d2.engine import SSDTrainer
 
-from .conftest import load_config
+from ..conftest import load_config
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ from detectron2.modeling import build_model
 from ssd_d2 import add_ssd_config
 from ssd_d2.config import resolve_device
 
-from .conftest import CONFIG_DIR
+from ..conftest import CONFIG_DIR
 
-REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
+REPO_ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 DEMO_CONFIG = os.path.join(CONFIG_DIR, "ssd160_shapes_demo.yaml")
 
 

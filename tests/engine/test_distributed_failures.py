@@ -21,7 +21,7 @@ from PIL import Image
 
 from ssd_d2.engine import launch
 
-REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
+REPO_ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def _all_reduce_until(failing_rank, failure, marker):
@@ -140,23 +140,23 @@ def test_a_dying_process_on_the_gpu_path_gets_the_same_named_error(monkeypatch):
 
 
 def _check_data_set_in_this_process(image_folder, result_folder):
-    from ssd_d2.data import validation
+    from ssd_d2.data import checks
 
     opened = []
-    read_header = validation._image_header
+    read_header = checks._image_header
 
     def counting_header_reader(file_name):
         opened.append(os.path.basename(file_name))
         return read_header(file_name)
 
-    validation._image_header = counting_header_reader
+    checks._image_header = counting_header_reader
     names = sorted(os.listdir(image_folder))
     dicts = [
         {"file_name": os.path.join(image_folder, name), "image_id": i, "width": 32,
          "height": 24, "annotations": []}
         for i, name in enumerate(names)
     ]  # fmt: skip
-    checked, report = validation.check_dataset_dicts(dicts, num_classes=1, dataset_name="shared")
+    checked, report = checks.check_dataset_dicts(dicts, num_classes=1, dataset_name="shared")
     result = {"opened": opened, "kept": [d["image_id"] for d in checked]}
     result["summary"] = report.summary()
     with open(os.path.join(result_folder, f"rank{dist.get_rank()}.json"), "w") as f:

@@ -30,7 +30,7 @@ from ssd_d2.data import (
 )
 from ssd_d2.engine import SSDTrainer
 
-from .conftest import load_config
+from ..conftest import load_config
 
 W, H = 64, 48
 CLASSES = ["a", "b", "c"]
@@ -383,7 +383,7 @@ def test_training_counts_skipped_images_in_the_log_and_metrics(tmp_path, registe
     metrics = [json.loads(line) for line in open(tmp_path / "out" / "metrics.json")]
     skipped = metrics[-1]["data/skipped_images"]
     # 12 samples from 6 images: the truncated one came up at least once.
-    assert skipped >= 1 and skipped == trainer._trainer.data_loader.num_skipped
+    assert skipped >= 1 and skipped == trainer.train_loader.num_skipped
 
     # FILTER_EMPTY_ANNOTATIONS drops the image left without boxes.
     cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
+REPO_ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 @pytest.mark.slow

@@ -1,26 +1,19 @@
 """
-A training data loader whose batches depend only on the seed and the iteration.
+A training loader whose batches depend only on the seed and the iteration.
 
-Detectron2's loader draws the sample order from one endless random stream and seeds each data
-loader worker's augmentations once, so a run resumed at iteration k would see the batches of
-iteration 0 again, augmented differently. Here batch ``i`` of process ``r`` is computed from
-``(seed, i, r)`` alone:
-
-* the global sample stream is one random permutation of the data set per epoch, each seeded
-  by ``(seed, epoch)``; position ``p`` of the stream is sample ``p % N`` of epoch ``p // N``;
-* process ``r`` of ``W`` takes positions ``r, r + W, r + 2W, ...`` (as Detectron2's
-  ``TrainingSampler``), so its batch ``i`` holds positions ``(i * B + s) * W + r`` for
-  ``s < B``: ``W`` processes of batch ``B`` see the samples of one process of batch ``W * B``;
-* every sample is mapped (read and augmented) under numpy, ``random`` and torch RNGs seeded by
-  ``(seed, position)``, so its augmentation is the same whichever worker, process or run maps
-  it;
-* data loader worker ``w`` of ``K`` builds the batches ``i`` with ``i % K == w``, the order in
-  which PyTorch's loader collects them.
-
-Resuming at iteration ``k`` therefore continues with exactly the batches an uninterrupted run
-sees at ``k``, for any number of workers.
+Detectron2's loader draws the sample order from one endless random stream and seeds each
+worker's augmentations once, so a run resumed at iteration k would see the batches of
+iteration 0 again, augmented differently. Here batch ``i`` of process ``r`` of ``W`` is a
+function of ``(seed, i, r)``: the global stream is one permutation of the data set per epoch,
+seeded by ``(seed, epoch)``; process ``r`` takes positions ``r, r + W, ...`` (as Detectron2's
+``TrainingSampler``), so ``W`` processes of batch ``B`` see the samples of one of batch
+``W * B``; each sample is mapped under numpy, ``random`` and torch RNGs seeded by
+``(seed, position)``; worker ``w`` of ``K`` builds the batches ``i % K == w``, the order in
+which PyTorch's loader collects them. A resumed run thus continues with exactly the batches an
+uninterrupted run sees, for any number of workers.
 """
 
+import contextlib
 import itertools
 import logging
 import random
@@ -31,28 +24,30 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from detectron2.data import MetadataCatalog
+from detectron2.data.build import print_instances_class_histogram
 from detectron2.data.common import DatasetFromList
+from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.utils import comm
 
-from .dataset_mapper import UnreadableImageError
+from .checks import check_dataset_dicts, load_dataset_dicts
+from .dataset_mapper import SSDDatasetMapper, UnreadableImageError
+from .datasets import drop_voc_difficult
 
 __all__ = ["SeededTrainingStream", "SeededTrainLoader", "build_ssd_train_loader"]
 
 logger = logging.getLogger(__name__)
 
-# Distinct first words of the seeds of the sample order and of the augmentations.
-_ORDER_STREAM = 0
-_AUGMENTATION_STREAM = 1
-_SUBSTITUTE_STREAM = 2
+# Distinct first words of the seeds of the sample order, the augmentations and substitutes.
+_ORDER_STREAM, _AUGMENTATION_STREAM, _SUBSTITUTE_STREAM = 0, 1, 2
 
 
 class SeededTrainingStream(IterableDataset):
     """
-    The endless training batches of one process, a pure function of the seed and the
-    iteration (see the module docstring). Iterating yields ``(batch, skipped)`` pairs:
-    the list of mapped dicts, and the (file name, reason) of each image skipped because it
-    could not be read. Such an image is replaced by another sample, chosen from the seed and
-    the position, so that the batch stays reproducible.
+    The endless training batches of one process, as ``(batch, skipped)`` pairs: the mapped
+    dicts, and (file name, reason) of each image that could not be read (the mapper raised
+    :class:`UnreadableImageError` or returned None), replaced by a sample drawn from the seed
+    and the position; after ``max_substitutions`` in a row, an error. ``rank`` and
+    ``world_size`` default to Detectron2's ``comm``.
     """
 
     def __init__(
@@ -63,25 +58,10 @@ class SeededTrainingStream(IterableDataset):
         batch_size: int,
         seed: int,
         start_iter: int = 0,
-        shuffle: bool = True,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
         max_substitutions: int = 100,
     ):
-        """
-        Args:
-            dataset: the data set dicts (a list, or Detectron2's ``DatasetFromList``).
-            mapper: maps a data set dict to a model input; it may raise
-                :class:`UnreadableImageError` or return None for a sample to skip.
-            batch_size: images per batch of this process.
-            seed: seed of the sample order and of the augmentations.
-            start_iter: the first iteration to produce.
-            shuffle: permute each epoch (else take the data set in order).
-            rank, world_size: this process's place among the data-parallel processes;
-                default: Detectron2's ``comm``.
-            max_substitutions: after this many unreadable images in a row for one sample,
-                give up with an error (the data set is then mostly unreadable).
-        """
         if len(dataset) == 0:
             raise ValueError("The training data set is empty.")
         self.dataset = dataset
@@ -89,46 +69,31 @@ class SeededTrainingStream(IterableDataset):
         self.batch_size = batch_size
         self.seed = int(seed)
         self.start_iter = int(start_iter)
-        self.shuffle = shuffle
         self.rank = comm.get_rank() if rank is None else rank
         self.world_size = comm.get_world_size() if world_size is None else world_size
         self.max_substitutions = max_substitutions
         self._epoch_cache = {}
         self._unreadable = {}  # dataset index -> reason, so that a bad file is read once
 
-    def positions(self, iteration: int) -> List[int]:
-        """Global stream positions of the samples of this process's batch ``iteration``."""
-        first = iteration * self.batch_size
-        return [(first + s) * self.world_size + self.rank for s in range(self.batch_size)]
-
-    def index_at(self, position: int) -> int:
-        """The data set index at a global stream position."""
+    def _index_at(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.dataset))
-        return int(self._epoch_order(epoch)[offset])
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        order = self._epoch_cache.get(epoch)
-        if order is None:
-            if self.shuffle:
-                rng = np.random.default_rng([_ORDER_STREAM, self.seed, epoch])
-                order = rng.permutation(len(self.dataset))
-            else:
-                order = np.arange(len(self.dataset))
-            # Batches of a few neighbouring epochs are in flight at a time.
+        if epoch not in self._epoch_cache:
+            # Batches of two neighbouring epochs at most are in flight at a time.
             if len(self._epoch_cache) >= 2:
                 self._epoch_cache.pop(min(self._epoch_cache))
-            self._epoch_cache[epoch] = order
-        return order
+            rng = np.random.default_rng([_ORDER_STREAM, self.seed, epoch])
+            self._epoch_cache[epoch] = rng.permutation(len(self.dataset))
+        return int(self._epoch_cache[epoch][offset])
 
     def batch(self, iteration: int) -> Tuple[List[dict], List[Tuple[str, str]]]:
         """The mapped batch of ``iteration`` and the images skipped to build it."""
-        batch, skipped = [], []
-        for position in self.positions(iteration):
-            batch.append(self._map_position(position, skipped))
-        return batch, skipped
+        skipped = []
+        first = iteration * self.batch_size
+        positions = [(first + s) * self.world_size + self.rank for s in range(self.batch_size)]
+        return [self._map_position(p, skipped) for p in positions], skipped
 
     def _map_position(self, position: int, skipped: List[Tuple[str, str]]) -> dict:
-        index = self.index_at(position)
+        index = self._index_at(position)
         for attempt in range(self.max_substitutions + 1):
             if attempt > 0:
                 # Another sample, drawn from the position and the attempt only.
@@ -159,25 +124,20 @@ class SeededTrainingStream(IterableDataset):
             yield self.batch(iteration)
 
 
-class _seeded_rngs:
+@contextlib.contextmanager
+def _seeded_rngs(key: Sequence[int]):
     """Seed numpy's, Python's and torch's global RNGs from ``key``; restore them after."""
-
-    def __init__(self, key: Sequence[int]):
-        self.key = key
-
-    def __enter__(self):
-        self._states = (np.random.get_state(), random.getstate(), torch.random.get_rng_state())
-        words = np.random.SeedSequence(list(self.key)).generate_state(4)
-        np.random.seed(words)
-        random.seed(int(words[0]) << 32 | int(words[1]))
-        torch.manual_seed(int(words[2]) << 32 | int(words[3]))
-
-    def __exit__(self, *exc):
-        np_state, py_state, torch_state = self._states
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-        torch.random.set_rng_state(torch_state)
-        return False
+    states = (np.random.get_state(), random.getstate(), torch.random.get_rng_state())
+    words = np.random.SeedSequence(list(key)).generate_state(4)
+    np.random.seed(words)
+    random.seed(int(words[0]) << 32 | int(words[1]))
+    torch.manual_seed(int(words[2]) << 32 | int(words[3]))
+    try:
+        yield
+    finally:
+        np.random.set_state(states[0])
+        random.setstate(states[1])
+        torch.random.set_rng_state(states[2])
 
 
 def _identity(x):
@@ -186,12 +146,9 @@ def _identity(x):
 
 class SeededTrainLoader:
     """
-    Iterates over the batches of a :class:`SeededTrainingStream` with ``num_workers`` data
-    loader workers, starting at ``start_iter``. The workers start at the first ``next()``,
-    so ``start_iter`` may be set after ``iter()`` (the trainer sets it when it resumes).
-
-    ``num_skipped`` counts the images skipped so far because they could not be read; each is
-    logged with its file name.
+    The batches of a :class:`SeededTrainingStream`, built by ``num_workers`` data loader
+    workers. What SSDTrainer relies on: :meth:`start_at` and ``num_skipped`` (the images
+    skipped so far because they could not be read; each is logged with its file name).
     """
 
     def __init__(self, stream: SeededTrainingStream, num_workers: int = 0):
@@ -199,13 +156,10 @@ class SeededTrainLoader:
         self.num_workers = num_workers
         self.num_skipped = 0
 
-    @property
-    def start_iter(self) -> int:
-        return self.stream.start_iter
-
-    @start_iter.setter
-    def start_iter(self, value: int) -> None:
-        self.stream.start_iter = int(value)
+    def start_at(self, iteration: int) -> None:
+        """Make the batches start at ``iteration``. The workers start at the first ``next()``,
+        so this may follow ``iter()``, as it does when the trainer resumes."""
+        self.stream.start_iter = int(iteration)
 
     def __iter__(self):
         loader = DataLoader(
@@ -226,30 +180,14 @@ class SeededTrainLoader:
             yield batch
 
 
-def as_dataset(dataset_dicts: List[dict]):
-    """The dicts as Detectron2's serialised list, which data loader workers share unchanged."""
-    return DatasetFromList(dataset_dicts, copy=False, serialize=True)
-
-
 def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
     """
-    The SSD training loader: the data sets of ``cfg.DATASETS.TRAIN`` loaded and checked
-    (:func:`~ssd_d2.data.validation.check_dataset_dicts`, a report per data set in the log),
-    Pascal VOC's difficult objects dropped if ``INPUT.SSD.DROP_VOC_DIFFICULT``, images
-    without boxes dropped if ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``, then batches
-    seeded by ``cfg.SEED`` and the iteration (:class:`SeededTrainingStream`).
-
-    Batches are not grouped by aspect ratio (``DATALOADER.ASPECT_RATIO_GROUPING`` is not
-    read): every training image is resized to the same square, so grouping would save nothing,
-    and it would make a batch depend on the ones before it rather than on the iteration.
+    The data sets of ``cfg.DATASETS.TRAIN`` loaded and checked once (a report per data set in
+    the log), VOC's difficult objects dropped (``INPUT.SSD.DROP_VOC_DIFFICULT``), images
+    without boxes dropped (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``), then batches seeded by
+    ``cfg.SEED`` and the iteration. No aspect-ratio grouping: every image is resized to the
+    same square, and grouping would make a batch depend on the ones before it.
     """
-    from detectron2.data.build import print_instances_class_histogram
-    from detectron2.data.detection_utils import check_metadata_consistency
-
-    from .dataset_mapper import SSDDatasetMapper
-    from .datasets import drop_voc_difficult
-    from .validation import check_dataset_dicts, load_dataset_dicts
-
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ValueError(
             f"DATALOADER.SAMPLER_TRAIN = {cfg.DATALOADER.SAMPLER_TRAIN!r}: SSDTrainer's "
@@ -298,7 +236,8 @@ def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
         )
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
     stream = SeededTrainingStream(
-        as_dataset(dataset_dicts),
+        # Detectron2's serialised list, which the data loader workers share unchanged.
+        DatasetFromList(dataset_dicts, copy=False, serialize=True),
         mapper,
         batch_size=cfg.SOLVER.IMS_PER_BATCH // world_size,
         seed=seed,

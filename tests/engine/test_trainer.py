@@ -1,0 +1,78 @@
+"""SSDTrainer itself: the inner trainer and loader it builds, and model_final after a resume."""
+
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import SimpleTrainer
+from detectron2.structures import BoxMode
+
+from ssd_d2.data import SeededTrainLoader
+from ssd_d2.engine import SSDCheckpointer, SSDTrainer
+
+from ..conftest import load_config
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """``tiny_cfg(*opts)``: the demo config on four 64x48 images, no evaluation, on the CPU."""
+    name = f"trainer_{uuid.uuid4().hex[:8]}"
+    path = str(tmp_path / "image.jpg")
+    Image.fromarray(np.full((48, 64, 3), 100, np.uint8)).save(path)
+    box = {"bbox": [5, 5, 40, 40], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 1}
+    dicts = [{"file_name": path, "image_id": i, "width": 64, "height": 48, "annotations": [box]}
+             for i in range(4)]  # fmt: skip
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=["x"] * 5)
+    yield lambda *opts: load_config(
+        "ssd160_shapes_demo",
+        "DATASETS.TRAIN", (name,), "DATASETS.TEST", (), "SOLVER.IMS_PER_BATCH", 2,
+        "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", str(tmp_path / "out"), *opts,
+    )  # fmt: skip
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def test_the_trainer_drives_the_seeded_loader_it_built(tiny_cfg):
+    trainer = SSDTrainer(tiny_cfg())
+    assert isinstance(trainer.train_loader, SeededTrainLoader)
+    assert trainer._trainer.data_loader is trainer.train_loader
+    # One process on the CPU: no DDP wrapper; the checkpoints go through SSDCheckpointer.
+    assert type(trainer._trainer) is SimpleTrainer
+    assert type(trainer.checkpointer) is SSDCheckpointer
+    assert trainer.checkpointer.model is trainer._trainer.model
+
+
+def test_a_loader_without_the_seeded_interface_is_refused_naming_the_fix(tiny_cfg):
+    class ListLoaderTrainer(SSDTrainer):
+        @classmethod
+        def build_train_loader(cls, cfg):
+            return [[{}]]
+
+    with pytest.raises(TypeError, match=r"returned a list.*return build_ssd_train_loader\(cfg\)"):
+        ListLoaderTrainer(tiny_cfg())
+
+
+def test_a_run_killed_before_model_final_writes_it_when_resumed(tmp_path, tiny_cfg):
+    out = tmp_path / "out"
+    cfg = tiny_cfg(
+        "SOLVER.MAX_ITER", 3, "SOLVER.CHECKPOINT_PERIOD", 1, "SOLVER.WARMUP_ITERS", 1
+    )  # fmt: skip
+    trainer = SSDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    # As if killed after the last iteration's checkpoint, before model_final.
+    (out / "model_final.pth").unlink()
+    (out / "last_checkpoint").write_text("model_0000002.pth")
+    trainer = SSDTrainer(cfg)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 3
+    trainer.train()
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    last = torch.load(out / "model_0000002.pth", weights_only=True)
+    assert final["iteration"] == 2
+    assert all(torch.equal(final["model"][k], v) for k, v in last["model"].items())
