@@ -18,12 +18,8 @@ Everything after this module's own options is train_net.py's command line.
 
 import argparse
 import functools
-import json
-import logging
 import os
-import shutil
 import sys
-import tempfile
 from typing import Dict, Optional
 
 import cv2
@@ -37,9 +33,8 @@ from ssd_d2.data.datasets.shapes import (
     _SHIFT,
     _add_noise,
     _contrasting_color,
-    _is_complete,
-    _move_into_place,
-    write_coco_json,
+    ensure_split,
+    write_generated_dataset,
 )
 
 __all__ = [
@@ -52,7 +47,6 @@ __all__ = [
     "register_toy_signs",
 ]
 
-logger = logging.getLogger(__name__)
 
 # The thing classes, in category id order (COCO ids 1..4).
 TOY_SIGN_CLASSES = ("cross", "ring", "hexagon", "arrow")
@@ -62,8 +56,17 @@ _SPLIT_SEEDS = {TOY_SIGNS_TRAIN: 100, TOY_SIGNS_VAL: 101}
 
 # Bump when the drawing changes, so that a cache written by an older version is detected.
 _GENERATOR_VERSION = 1
-_ANNOTATIONS_FILE = "annotations.json"
 _IMAGES_DIRNAME = "images"
+# Image widths (the height is 3/4 of the width), objects per image and object diameters in
+# pixels (log-uniform); an object drawn as an outline with this probability; one covered by
+# later ones over more than this fraction of its pixels is not annotated (still drawn); the
+# smallest RGB distance between an object's colour and the mean colour of what it covers.
+_WIDTHS = (256, 384)
+_NUM_OBJECTS = (2, 12)
+_OBJECT_SIZES = (16, 96)
+_OUTLINE_FRACTION = 0.35
+_MAX_HIDDEN_FRACTION = 0.6
+_MIN_CONTRAST = 120.0
 
 
 def toy_signs_splits(train_images: int = 1500, val_images: int = 300) -> Dict[str, Dict]:
@@ -93,70 +96,12 @@ def toy_signs_root(root: Optional[str] = None) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(root)))
 
 
-def generate_toy_signs(
-    output_dir: str,
-    num_images: int,
-    seed: int,
-    *,
-    min_width: int = 256,
-    max_width: int = 384,
-    min_objects: int = 2,
-    max_objects: int = 12,
-    min_object_size: int = 16,
-    max_object_size: int = 96,
-    outline_fraction: float = 0.35,
-    max_hidden_fraction: float = 0.6,
-    min_contrast: float = 120.0,
-    jpeg_quality: int = 90,
-) -> str:
+def generate_toy_signs(output_dir: str, num_images: int, seed: int) -> str:
     """
     Draw ``num_images`` images into ``output_dir/images/*.jpg`` and write their boxes to
-    ``output_dir/annotations.json`` (COCO format, written last). The same arguments give
-    byte-identical files; image i depends on ``seed`` and i only.
-
-    Args:
-        min_width, max_width: range of the image width; the height is 3/4 of it.
-        min_objects, max_objects: range of the number of objects drawn in an image.
-        min_object_size, max_object_size: range of the object diameter, in pixels
-            (log-uniform).
-        outline_fraction: probability that an object is drawn as an outline, not filled.
-        max_hidden_fraction: an object covered by later ones over more than this fraction of
-            its pixels is not annotated (it is still drawn).
-        min_contrast: smallest RGB distance between an object's colour and the mean colour
-            of the pixels it covers.
-
-    Returns:
-        the path of the json file.
+    ``output_dir/annotations.json`` (COCO format, written last); returns its path. The same
+    arguments give byte-identical files; image i depends on ``seed`` and i only.
     """
-    image_dir = os.path.join(output_dir, _IMAGES_DIRNAME)
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for index, image_seed in enumerate(np.random.SeedSequence(seed).spawn(num_images)):
-        rng = np.random.default_rng(image_seed)
-        width = int(rng.integers(min_width, max_width + 1))
-        height = width * 3 // 4
-        image = _draw_background(rng, height, width)
-        objects = _draw_objects(
-            rng,
-            image,
-            int(rng.integers(min_objects, max_objects + 1)),
-            sizes=(min_object_size, max_object_size),
-            outline_fraction=outline_fraction,
-            max_hidden_fraction=max_hidden_fraction,
-            min_contrast=min_contrast,
-        )
-        image = _add_noise(rng, image)
-
-        image_id = index + 1
-        file_name = f"{image_id:06d}.jpg"
-        path = os.path.join(image_dir, file_name)
-        if not cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
-            raise IOError(f"Could not write {path}")
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for obj in objects:
-            obj.update(id=len(annotations) + 1, image_id=image_id, iscrowd=0)
-            annotations.append(obj)
-
     info = {
         "description": "toy_signs: synthetic signs drawn by ssd_d2's benchmarks",
         "version": _GENERATOR_VERSION,
@@ -167,7 +112,22 @@ def generate_toy_signs(
         {"id": i + 1, "name": name, "supercategory": "sign"}
         for i, name in enumerate(TOY_SIGN_CLASSES)
     ]
-    return write_coco_json(output_dir, info, images, annotations, categories)
+    return write_generated_dataset(output_dir, num_images, seed, _draw_sign_image, info, categories)
+
+
+def _draw_sign_image(rng: np.random.Generator):
+    width = int(rng.integers(_WIDTHS[0], _WIDTHS[1] + 1))
+    image = _draw_background(rng, width * 3 // 4, width)
+    objects = _draw_objects(
+        rng,
+        image,
+        int(rng.integers(_NUM_OBJECTS[0], _NUM_OBJECTS[1] + 1)),
+        sizes=_OBJECT_SIZES,
+        outline_fraction=_OUTLINE_FRACTION,
+        max_hidden_fraction=_MAX_HIDDEN_FRACTION,
+        min_contrast=_MIN_CONTRAST,
+    )
+    return _add_noise(rng, image), objects
 
 
 def _draw_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -304,34 +264,6 @@ def _saturated_color(
     return _contrasting_color(rng, background, min_contrast)
 
 
-def _ensure_split(split_dir: str, seed: int, num_images: int) -> str:
-    """
-    Generate a split into ``split_dir`` unless it is there already; return its json path.
-    Concurrent callers each draw into a temporary folder; the first rename wins.
-    """
-    json_file = os.path.join(split_dir, _ANNOTATIONS_FILE)
-    if not _is_complete(split_dir):
-        parent, dirname = os.path.split(split_dir)
-        os.makedirs(parent, exist_ok=True)
-        tmp_dir = tempfile.mkdtemp(prefix=f".{dirname}.tmp-", dir=parent)
-        try:
-            logger.info(f"Generating {num_images} toy_signs images into {split_dir} ...")
-            generate_toy_signs(tmp_dir, num_images, seed)
-            _move_into_place(tmp_dir, split_dir)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-    with open(json_file) as f:
-        info = json.load(f).get("info", {})
-    expected = {"version": _GENERATOR_VERSION, "seed": seed, "num_images": num_images}
-    found = {key: info.get(key) for key in expected}
-    if found != expected:
-        raise RuntimeError(
-            f"{json_file} holds a toy_signs split made with {found}, but {expected} is asked "
-            f"for. Delete {split_dir} to regenerate it, or use another root."
-        )
-    return json_file
-
-
 def register_toy_signs(root: Optional[str] = None, splits: Optional[Dict] = None) -> None:
     """
     Generate the splits under ``root`` (see :func:`toy_signs_root`) unless cached, and register
@@ -345,7 +277,14 @@ def register_toy_signs(root: Optional[str] = None, splits: Optional[Dict] = None
     root = toy_signs_root(root)
     for name, split in (toy_signs_splits() if splits is None else splits).items():
         split_dir = os.path.join(root, split["dirname"])
-        json_file = _ensure_split(split_dir, split["seed"], split["num_images"])
+        json_file = ensure_split(
+            split_dir,
+            split["seed"],
+            split["num_images"],
+            generate_toy_signs,
+            _GENERATOR_VERSION,
+            "toy_signs",
+        )
         if name not in DatasetCatalog.list():
             register_coco_instances(name, {}, json_file, os.path.join(split_dir, _IMAGES_DIRNAME))
 

@@ -27,7 +27,7 @@ __all__ = [
     "generate_shapes_dataset",
     "register_shapes_dataset",
     "shapes_dataset_root",
-    "write_coco_json",
+    "write_generated_dataset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,38 +78,6 @@ def generate_shapes_dataset(output_dir: str, num_images: int, seed: int) -> str:
     ``output_dir/annotations.json`` (COCO), the json last; returns its path. The same
     arguments give byte-identical files.
     """
-    image_dir = os.path.join(output_dir, _IMAGES_DIRNAME)
-    os.makedirs(image_dir, exist_ok=True)
-
-    images, annotations = [], []
-    # One random stream per image, so that image i does not depend on num_images.
-    image_seeds = np.random.SeedSequence(seed).spawn(num_images)
-    for index, image_seed in enumerate(image_seeds):
-        rng = np.random.default_rng(image_seed)
-        # Width and height drawn independently: both aspect ratio and scale vary.
-        width, height = (int(v) for v in rng.integers(_IMAGE_SIDES[0], _IMAGE_SIDES[1] + 1, 2))
-        empty = rng.random() < _EMPTY_FRACTION
-        num_shapes = 0 if empty else int(rng.integers(1, _MAX_SHAPES + 1))
-        image, objects = _draw_image(
-            rng,
-            height,
-            width,
-            num_shapes,
-            min_shape_size=_MIN_SHAPE_SIZE,
-            max_shape_size=_MAX_SHAPE_FRACTION * min(height, width),
-            max_hidden_fraction=_MAX_HIDDEN_FRACTION,
-            min_contrast=_MIN_CONTRAST,
-        )
-        image_id = index + 1
-        file_name = f"{image_id:06d}.jpg"
-        path = os.path.join(image_dir, file_name)
-        if not cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]):
-            raise IOError(f"Could not write {path}")
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for obj in objects:
-            obj.update(id=len(annotations) + 1, image_id=image_id, iscrowd=0)
-            annotations.append(obj)
-
     info = {
         "description": "ssd_shapes: synthetic shapes drawn by ssd_d2",
         "version": _GENERATOR_VERSION,
@@ -119,16 +87,51 @@ def generate_shapes_dataset(output_dir: str, num_images: int, seed: int) -> str:
     categories = [
         {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)
     ]
-    return write_coco_json(output_dir, info, images, annotations, categories)
+    return write_generated_dataset(
+        output_dir, num_images, seed, _draw_random_image, info, categories
+    )
 
 
-def write_coco_json(
-    output_dir: str, info: Dict, images: List, annotations: List, categories: List
+def _draw_random_image(rng: np.random.Generator):
+    # Width and height drawn independently: both aspect ratio and scale vary.
+    width, height = (int(v) for v in rng.integers(_IMAGE_SIDES[0], _IMAGE_SIDES[1] + 1, 2))
+    empty = rng.random() < _EMPTY_FRACTION
+    return _draw_image(
+        rng,
+        height,
+        width,
+        0 if empty else int(rng.integers(1, _MAX_SHAPES + 1)),
+        min_shape_size=_MIN_SHAPE_SIZE,
+        max_shape_size=_MAX_SHAPE_FRACTION * min(height, width),
+        max_hidden_fraction=_MAX_HIDDEN_FRACTION,
+        min_contrast=_MIN_CONTRAST,
+    )
+
+
+def write_generated_dataset(
+    output_dir: str, num_images: int, seed: int, draw_image, info: Dict, categories: List
 ) -> str:
     """
-    Write ``output_dir/annotations.json`` (COCO) and return its path; written beside and
-    renamed, so that a reader never sees half a json (its presence means the folder is complete).
+    Images drawn by ``draw_image(rng) -> (BGR image, COCO annotations)`` as
+    ``output_dir/images/*.jpg`` and ``output_dir/annotations.json`` (COCO); returns its path.
+    One random stream per image, so that image i does not depend on ``num_images``. The json
+    is written last, beside and renamed: its presence means the folder is complete.
     """
+    image_dir = os.path.join(output_dir, _IMAGES_DIRNAME)
+    os.makedirs(image_dir, exist_ok=True)
+    images, annotations = [], []
+    for index, image_seed in enumerate(np.random.SeedSequence(seed).spawn(num_images)):
+        image, objects = draw_image(np.random.default_rng(image_seed))
+        image_id = index + 1
+        file_name = f"{image_id:06d}.jpg"
+        path = os.path.join(image_dir, file_name)
+        if not cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]):
+            raise IOError(f"Could not write {path}")
+        height, width = image.shape[:2]
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for obj in objects:
+            obj.update(id=len(annotations) + 1, image_id=image_id, iscrowd=0)
+            annotations.append(obj)
     dataset = dict(info=info, licenses=[], images=images, annotations=annotations)
     dataset["categories"] = categories
     json_file = os.path.join(output_dir, _ANNOTATIONS_FILE)
