@@ -21,7 +21,7 @@ from detectron2.utils.events import EventStorage
 
 from ssd_d2.modeling import MobileNetV2SSDLite, MobileNetV3SSDLite, SSDDefaultBoxGenerator
 
-from .conftest import load_config
+from ..conftest import load_config
 
 V2 = "ssdlite320_mobilenet_v2_voc"
 V3 = "ssdlite320_mobilenet_v3_coco"

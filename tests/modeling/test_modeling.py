@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage
 from ssd_d2 import add_ssd_config
 from ssd_d2.modeling import VGG16SSD
 
-from .conftest import CONFIG_DIR, load_config
+from ..conftest import CONFIG_DIR, load_config
 
 VGG_CONFIGS = ["ssd300_voc", "ssd300_coco", "ssd512_voc", "ssd512_coco"]
 

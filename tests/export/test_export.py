@@ -24,19 +24,19 @@ from ssd_d2.export import (
     eager_detections,
     example_images,
     export_model,
-    export_onnx,
     load_exported,
     matched_differences,
 )
 from ssd_d2.tools import export as export_tool
 
-from . import conftest
-from .conftest import CONFIG_DIR
+from .. import conftest
+from ..conftest import CONFIG_DIR
 
 
 def load_config(name, *opts):
     # The exports run in float32, whatever inference precision the config file sets.
     return conftest.load_config(name, "TEST.PRECISION", "fp32", *opts)
+
 
 BOX_TOLERANCE = 1e-3  # pixels
 SCORE_TOLERANCE = 1e-4
@@ -258,7 +258,7 @@ def test_unsupported_exports_fail_clearly(tmp_path):
     with pytest.raises(ExportError, match="Unknown export format 'tflite'"):
         export_model(model, "tflite", str(tmp_path / "model.tflite"))
     with pytest.raises(ExportError, match="opset 10 is too old.*NonMaxSuppression"):
-        export_onnx(model, str(tmp_path / "model.onnx"), opset=10)
+        export_model(model, "onnx", str(tmp_path / "model.onnx"), opset=10)
     with pytest.raises(ExportError, match="Only ssd_d2's SSD models"):
         check_exportable(nn.Conv2d(3, 8, 3))
 
