@@ -6,15 +6,13 @@ __all__ = ["SSDPredictor"]
 
 
 class SSDPredictor(DefaultPredictor):
-    """DefaultPredictor whose MODEL.WEIGHTS come through ssd_d2's weights entrance
-    (:func:`load_weights`): no code runs from a file unless MODEL.ALLOW_UNSAFE_CHECKPOINTS."""
+    """DefaultPredictor whose MODEL.WEIGHTS come through ssd_d2's weights entrance."""
 
     def __init__(self, cfg):
         cfg = cfg.clone()
         cfg.defrost()
         weights, cfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS, ""
-        # Builds the model, and keeps its config (MODEL.DEVICE settled) as self.cfg.
-        super().__init__(cfg)
+        super().__init__(cfg)  # self.cfg: the config the model was built from
         self.cfg.defrost()
         self.cfg.MODEL.WEIGHTS = weights
         self.cfg.freeze()

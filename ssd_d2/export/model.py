@@ -1,8 +1,7 @@
 """
-The exportable SSD: one function of images (N, C, S, S), 0-255 in INPUT.FORMAT at S =
-MODEL.SSD.IMAGE_SIZE, to padded detections (``OUTPUT_NAMES``: boxes (N, D, 4), scores (N, D),
-classes (N, D), -1 in padding, num_detections (N,); D = TEST.DETECTIONS_PER_IMAGE), built
-from the model's public parts with each format's NMS. Not in the graph: the resize to S.
+The exportable SSD: images (N, C, S, S), 0-255 in INPUT.FORMAT, S = MODEL.SSD.IMAGE_SIZE, to
+padded detections: boxes (N, D, 4), scores (N, D), classes (N, D; -1 in padding) and
+num_detections (N,), D = TEST.DETECTIONS_PER_IMAGE. Not in the graph: the resize to S.
 """
 
 import warnings
@@ -67,10 +66,9 @@ class ExportableSSD(nn.Module):
         keep = Boxes(boxes).nonempty()
         boxes, scores, classes, image_idx = (t[keep] for t in (boxes,) + detections[1:])
 
-        num_images = images.shape[0]
-        slot = (image_idx, rank_within_images(image_idx, num_images))
-        size = (num_images, max_det)
-        in_image = image_idx[:, None] == torch.arange(num_images, device=image_idx.device)
+        size = (images.shape[0], max_det)
+        slot = (image_idx, rank_within_images(image_idx, size[0]))
+        in_image = image_idx[:, None] == torch.arange(size[0], device=image_idx.device)
         return (
             boxes.new_zeros(size + (4,)).index_put(slot, boxes),
             scores.new_zeros(size).index_put(slot, scores),
@@ -91,23 +89,17 @@ class ExportableSSD(nn.Module):
 def _scripted_nms(model: SSD, boxes: Tensor, scores: Tensor) -> Tuple[Tensor, Tensor]:
     """The model's NMS, scripted (TorchScript caches it): a trace would freeze its Python
     decisions (how many groups have candidates) at the example's values."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's deprecation notice
-        nms = torch.jit.script(grouped_nms)
-    return nms(boxes, scores, float(model.test_score_thresh), float(model.test_nms_thresh))
+    thresholds = float(model.test_score_thresh), float(model.test_nms_thresh)
+    return torch.jit.script(grouped_nms)(boxes, scores, *thresholds)
 
 
 class _NonMaxSuppression(torch.autograd.Function):
-    """
-    The per-class NMS as ONNX's NonMaxSuppression, one "batch" entry per group (an image's
-    class) as eager inference does. (torchvision's nms exports as one NonMaxSuppression over
-    all boxes, whose group-separating offsets cost IoU precision and can change decisions.)
-    """
+    """The per-class NMS as ONNX's NonMaxSuppression, a "batch" entry per group, as eager NMS
+    (torchvision's nms exports with group offsets that cost IoU precision: other decisions)."""
 
     @staticmethod
     def forward(ctx, boxes, scores, model):
-        # The trace's values: eager inference's, from the scripted NMS (in a trace, the
-        # plain one would take its GPU path).
+        # The trace's values: the scripted NMS's (traced, the plain one takes its GPU path).
         group_idx, rank_idx = _scripted_nms(model, boxes, scores)
         return torch.stack([group_idx, torch.zeros_like(group_idx), rank_idx], dim=1)
 
@@ -159,14 +151,7 @@ def export_model(model: SSD, format: str, path: str, example=None, opset=DEFAULT
             return
         # The TorchScript-based exporter takes the data-dependent sizes as dynamic shapes
         # and the NMS as its symbolic; torch.export would need each size declared.
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            path,
-            dynamo=False,
-            opset_version=opset,
-            input_names=["images"],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "batch"} for name in ("images",) + OUTPUT_NAMES},
-            autograd_inlining=False,
-        )
+        axes = {name: {0: "batch"} for name in ("images",) + OUTPUT_NAMES}
+        names = dict(input_names=["images"], output_names=list(OUTPUT_NAMES), dynamic_axes=axes)
+        options = dict(dynamo=False, opset_version=opset, autograd_inlining=False, **names)
+        torch.onnx.export(wrapper, (example,), path, **options)

@@ -17,18 +17,12 @@ BOX_TOLERANCE, SCORE_TOLERANCE = 1e-3, 1e-4  # pixels, score: what ``verify`` ac
 
 def load_exported(format: str, path: str, device: str = "cpu") -> Callable:
     """An exported model as a function of images to CPU tensors: TorchScript on ``device``
-    (the one it was exported on; torchvision, which ..modeling imports, has its NMS kernel),
-    ONNX in an onnxruntime CPU session."""
+    (the one it was exported on), ONNX in an onnxruntime CPU session."""
     if format == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
             module = torch.jit.load(path, map_location=device)
-
-        def run(images: Tensor) -> Tuple[Tensor, ...]:
-            with torch.no_grad():
-                return tuple(t.cpu() for t in module(images.to(device)))
-
-        return run
+        return torch.no_grad()(lambda images: tuple(t.cpu() for t in module(images.to(device))))
     if format == "onnx":
         import onnxruntime
 
@@ -36,7 +30,7 @@ def load_exported(format: str, path: str, device: str = "cpu") -> Callable:
 
         def run(images: Tensor) -> Tuple[Tensor, ...]:
             outputs = session.run(list(OUTPUT_NAMES), {"images": images.cpu().numpy()})
-            return tuple(torch.from_numpy(o) for o in outputs)
+            return tuple(map(torch.from_numpy, outputs))
 
         return run
     raise ExportError(f"Unknown export format {format!r}; choose one of {FORMATS}.")
@@ -45,17 +39,13 @@ def load_exported(format: str, path: str, device: str = "cpu") -> Callable:
 def eager_detections(model: SSD, images: Tensor) -> List[Tuple[Tensor, Tensor, Tensor]]:
     """Eager inference (eval mode) on images (N, C, S, S): CPU boxes, scores, classes each."""
     with torch.no_grad():
-        outputs = model([{"image": image} for image in images])
-    instances = [output["instances"].to("cpu") for output in outputs]
-    return [(x.pred_boxes.tensor, x.scores, x.pred_classes) for x in instances]
+        outputs = [o["instances"].to("cpu") for o in model([{"image": x} for x in images])]
+    return [(x.pred_boxes.tensor, x.scores, x.pred_classes) for x in outputs]
 
 
 def compare_with_eager(model: SSD, exported, images: Tensor, expected=None) -> Dict[str, object]:
-    """
-    Pair ``exported``'s detections on ``images`` with eager inference's (``expected``, or
-    computed): {"detections": per-image counts, "max_box_diff", "max_score_diff"}; raises
-    ExportError when they differ beyond pairing (count, classes, padding).
-    """
+    """``exported``'s detections on ``images`` paired with eager inference's (``expected``):
+    {"detections": per-image counts, "max_box_diff", "max_score_diff"}, or ExportError."""
     boxes, scores, classes, counts = exported(images)
     expected = eager_detections(model, images) if expected is None else expected
     max_box, max_score = 0.0, 0.0
@@ -71,13 +61,11 @@ def compare_with_eager(model: SSD, exported, images: Tensor, expected=None) -> D
                 f"from eager inference's: {e}"
             ) from None
         max_box, max_score = max(max_box, box), max(max_score, score)
-    counts = [int(c) for c in counts]
-    return {"detections": counts, "max_box_diff": max_box, "max_score_diff": max_score}
+    return {"detections": counts.tolist(), "max_box_diff": max_box, "max_score_diff": max_score}
 
 
 def verify(model: SSD, exported, batches, random_weights: bool) -> List[Dict[str, object]]:
-    """:func:`compare_with_eager` on each (name, images) batch, printed; ExportError past the
-    tolerances."""
+    """:func:`compare_with_eager` on each (name, images), printed; ExportError past tolerance."""
     checks = []
     for name, images in batches:
         try:
@@ -86,9 +74,8 @@ def verify(model: SSD, exported, batches, random_weights: bool) -> List[Dict[str
             if not random_weights:
                 raise
             raise ExportError(
-                f"{e} (MODEL.WEIGHTS is empty: the scores of a randomly initialised model can "
-                "be nearly equal, and which of them make the cut then depends on rounding; "
-                "check with trained weights, or pass --no-verify)"
+                f"{e} (MODEL.WEIGHTS is empty: a random model's nearly equal scores make the cut "
+                "by rounding; check with trained weights, or pass --no-verify)"
             ) from None
         print(
             f"Checked against eager inference on {name} image(s): detections "

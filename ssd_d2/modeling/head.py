@@ -14,15 +14,12 @@ from .layers import get_norm_layer, init_convs
 __all__ = ["SSD_HEAD_REGISTRY", "SSDConvHead", "SSDLiteHead", "build_ssd_head"]
 
 SSD_HEAD_REGISTRY = Registry("SSD_HEAD")
-SSD_HEAD_REGISTRY.__doc__ = """
-SSD heads: per-level feature maps -> per-level class logits (N, A_i * (K + 1), H_i, W_i) and
-box deltas (N, A_i * 4, H_i, W_i); built as ``head(cfg, input_shapes, num_anchors)``.
-"""
+SSD_HEAD_REGISTRY.__doc__ = """SSD heads, ``head(cfg, input_shapes, num_anchors)``: feature maps
+-> per level, class logits (N, A_i * (K + 1), H_i, W_i) and box deltas (N, A_i * 4, H_i, W_i)."""
 
 
 class _PerLevelHead(nn.Module):
-    """One class predictor (``cls_score``) and one box predictor (``bbox_pred``) per level,
-    with that level's number of default boxes per location."""
+    """A class predictor (``cls_score``) and a box predictor (``bbox_pred``) per level."""
 
     def __init__(self, in_channels: List[int], num_anchors: List[int], num_classes: int):
         super().__init__()

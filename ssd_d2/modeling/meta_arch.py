@@ -49,12 +49,10 @@ def resize_to_network_size(image: Tensor, size: int, boxes: Optional[Boxes] = No
 @META_ARCH_REGISTRY.register()
 class SSD(nn.Module):
     """
-    SSD: Single Shot MultiBox Detector (Liu et al., ECCV 2016), Detectron2's model contract.
-
-    The model resizes every image to ``image_size`` x ``image_size`` itself, so it takes
-    images of any size and returns boxes in each input's "height" x "width" (default: the
-    image's own size). Class logits have ``num_classes + 1`` channels per default box,
-    background first, as in the published weights; ``pred_classes`` count from 0.
+    SSD: Single Shot MultiBox Detector (Liu et al., ECCV 2016), with Detectron2's model
+    contract. It resizes images of any size to ``image_size`` squared itself and returns boxes
+    in each input's "height" x "width" (default: the image's). Class logits are background
+    first, as in the published weights; ``pred_classes`` count from 0.
     """
 
     @configurable
@@ -87,12 +85,9 @@ class SSD(nn.Module):
         Args:
             min_negatives_per_image: hard negatives kept even in an image without positives.
             test_topk_candidates: candidates per class and image before NMS.
-            clip_boxes_before_nms: clip decoded boxes to the image before NMS (torchvision)
-                rather than after it (lufficc/SSD, ssd.pytorch).
-            test_dtype: the network's inference arithmetic: float32, or bfloat16 / float16
-                with the weights cast once (:class:`LowPrecisionCopy`).
-            train_autocast_dtype: if set, the network trains under autocast to this dtype
-                (SSDTrainer sets bfloat16 for ``SOLVER.AMP.ENABLED`` on a CPU).
+            clip_boxes_before_nms: clip decoded boxes before NMS (torchvision), not after it.
+            test_dtype: inference arithmetic; bfloat16 / float16 cast the weights once.
+            train_autocast_dtype: if set, the network trains under autocast to this dtype.
         """
         super().__init__()
         if num_classes < 1:
@@ -206,8 +201,7 @@ class SSD(nn.Module):
         return torch.stack([self._at_network_size(x)[0] for x in batched_inputs])
 
     def _at_network_size(self, input_per_image) -> Tuple[Tensor, Optional[Instances]]:
-        """One input's normalised image at the network size and, in training, its ground
-        truth in the same coordinates, degenerate boxes dropped."""
+        """The normalised image at the network size, and in training its valid ground truth."""
         image = input_per_image["image"]
         if image.dim() != 3 or image.shape[0] != self.pixel_mean.shape[0]:
             raise ValueError(
@@ -226,10 +220,8 @@ class SSD(nn.Module):
         return image, Instances((size, size), gt_boxes=boxes[keep], gt_classes=gt.gt_classes[keep])
 
     def predict(self, images: Tensor) -> Tuple[Boxes, Tensor, Tensor]:
-        """
-        The backbone and the head on a normalised (N, C, S, S) batch: the R default boxes,
-        class logits (N, R, K + 1) and box deltas (N, R, 4), both float32.
-        """
+        """The R default boxes, float32 class logits (N, R, K + 1) and box deltas (N, R, 4) of
+        a normalised (N, C, S, S) batch."""
         images = images.contiguous(memory_format=torch.channels_last)
         backbone, head = self.backbone, self.head
         # No autocast context unless asked: a disabled one would also switch off the
@@ -259,10 +251,9 @@ class SSD(nn.Module):
     @torch.no_grad()
     def label_anchors(self, anchors: Boxes, gt_instances: List[Instances]) -> Tuple[Tensor, Tensor]:
         """
-        SSD's matching (paper, 2.2): a default box is positive for the ground truth it
-        overlaps most when that IoU >= the threshold, and each ground truth also takes the
-        default box it overlaps most, whatever the IoU. Returns (N, R) labels (0 background,
-        c + 1 class c) and (N, R, 4) matched ground-truth boxes.
+        SSD's matching (paper, 2.2): a default box is positive for the ground truth it overlaps
+        most when that IoU >= the threshold, and each ground truth also takes its best default
+        box. Returns (N, R) labels (0 background, c + 1 class c) and (N, R, 4) matched boxes.
         """
         gt_labels, matched_gt_boxes = [], []
         for instances in gt_instances:

@@ -20,11 +20,10 @@ def select_detections(
     max_per_image: int,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """
-    SSD's selection for a whole batch: the ``topk`` candidates of each class and image of
-    boxes (N, R, 4) and foreground scores (N, R, K), ``per_class_nms`` on each such group
-    ((G, k, 4) boxes, (G, k) scores -> group and rank indices of the kept ones, by score),
-    and each image's best ``max_per_image``. Returns boxes (M, 4), scores, classes and
-    image indices (M,) of the detections, in decreasing score.
+    SSD's selection for a batch of boxes (N, R, 4) and foreground scores (N, R, K): the
+    ``topk`` candidates of each image and class, ``per_class_nms`` on those groups (as
+    :func:`grouped_nms` takes and returns them), each image's best ``max_per_image``. Returns
+    boxes (M, 4), scores, classes and image indices (M,), in decreasing score.
     """
     num_images, num_boxes, num_classes = scores.shape
     k = min(topk, num_boxes)

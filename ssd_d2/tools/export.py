@@ -1,9 +1,8 @@
 """
-Export an SSD, whole (normalisation, network, decoding, NMS), to TorchScript or ONNX, and
-check it against eager inference (see ssd_d2.export for the exported model's inputs, outputs).
+Export an SSD (normalisation, network, decoding, NMS) to TorchScript or ONNX and check it
+against eager inference (ssd_d2.export describes the exported model):
 
-    python -m ssd_d2.tools.export --format onnx --config-file configs/ssd300_coco.yaml \\
-        --output ssd300_coco.onnx MODEL.WEIGHTS ssd300_coco.pth
+    python -m ssd_d2.tools.export --format onnx --config-file FILE --output FILE [KEY VALUE ...]
 """
 
 import argparse
@@ -13,7 +12,6 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 
 from detectron2.modeling import build_model
@@ -25,16 +23,10 @@ from ssd_d2.engine import load_weights
 from ssd_d2.modeling import resize_to_network_size
 from ssd_d2.tools.common import check_weights
 
-# Batch sizes other than the traced example's (2): the check shows the batch size is free.
-VERIFY_BATCH_SIZES = (1, 3)
-
 
 def build_argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        "python -m ssd_d2.tools.export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    prog, raw = "python -m ssd_d2.tools.export", argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog, description=__doc__, formatter_class=raw)
     add = parser.add_argument
     add("--format", required=True, choices=export.FORMATS, help="what to export to")
     add("--config-file", required=True, metavar="FILE", help="the model's config")
@@ -51,12 +43,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
 
 def read_images(paths: List[str], fmt: str, size: int, dtype: torch.dtype) -> torch.Tensor:
     """Image files in ``fmt`` at the network size (the model's resize rule): (N, C, S, S)."""
-    images = []
-    for path in paths:
-        image = torch.from_numpy(np.ascontiguousarray(read_image(path, fmt).transpose(2, 0, 1)))
-        image, _ = resize_to_network_size(image.float(), size)
-        images.append(image.round().clamp(0, 255).to(dtype))
-    return torch.stack(images)
+    images = [torch.from_numpy(read_image(p, fmt).copy()).permute(2, 0, 1).float() for p in paths]
+    images = [resize_to_network_size(image, size)[0] for image in images]
+    return torch.stack(images).round().clamp(0, 255).to(dtype)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
@@ -76,19 +65,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
                 f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}: this tool "
                 "exports ssd_d2's SSD models only."
             )
-        note = check_weights(cfg)  # FileNotFoundError for a missing file
-        model = build_model(cfg).eval()
-        try:
-            load_weights(model, cfg)
-        except (RuntimeError, ValueError, pickle.UnpicklingError) as e:
-            raise export.ExportError(str(e)) from None
-        if note:
+        if note := check_weights(cfg):  # FileNotFoundError for a missing file
             print(f"note: {note}")
+        model = build_model(cfg).eval()
+        load_weights(model, cfg)
         dtype = getattr(torch, args.input_dtype)
         example = export.example_images(model, 2, dtype=dtype)
-        batches = [
-            (f"{n} random", export.example_images(model, n, n, dtype)) for n in VERIFY_BATCH_SIZES
-        ]
+        # Batch sizes other than the example's: the check shows the batch size is free.
+        batches = [(f"{n} random", export.example_images(model, n, n, dtype)) for n in (1, 3)]
         if args.verify_images and not args.no_verify:
             images = read_images(args.verify_images, cfg.INPUT.FORMAT, model.image_size, dtype)
             batches.append((f"{len(images)} given", images.to(device)))
@@ -99,16 +83,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         (channels, size, _), mib = example.shape[1:], os.path.getsize(args.output) / 2**20
         print(
             f"Wrote {args.output} ({args.format}, {mib:.1f} MiB) in {seconds:.1f} s: input images "
-            f"(N, {channels}, {size}, {size}) {args.input_dtype} {cfg.INPUT.FORMAT} 0-255; "
-            f"outputs boxes (N, {cfg.TEST.DETECTIONS_PER_IMAGE}, 4), scores, classes, "
-            "num_detections"
+            f"(N, {channels}, {size}, {size}) {args.input_dtype} {cfg.INPUT.FORMAT} 0-255"
         )
         checks = []
         if not args.no_verify:
             exported = export.load_exported(args.format, args.output, device=device)
             checks = export.verify(model, exported, batches, random_weights=not cfg.MODEL.WEIGHTS)
         return {"path": args.output, "seconds": seconds, "checks": checks}
-    except (export.ExportError, FileNotFoundError) as e:
+    # ExportError is a ValueError; unreadable, unsafe or mismatched weights raise the others.
+    except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as e:
         sys.exit(f"error: {e}")
 
 

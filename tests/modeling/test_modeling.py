@@ -55,33 +55,37 @@ def test_vgg_output_shape_agrees_with_forward(image_size, sizes, channels):
     assert torch.allclose(norms[norms > 0], torch.tensor(20.0), rtol=1e-4)
 
 
-def _inputs(image_sizes, boxes_per_image):
+def _inputs(image_sizes, boxes_per_image, num_classes=20):
     inputs = []
     for (h, w), n in zip(image_sizes, boxes_per_image):
         xy = torch.rand(n, 2) * torch.tensor([w, h]) * 0.6
         wh = torch.rand(n, 2) * torch.tensor([w, h]) * 0.4 + 2
         instances = Instances((h, w))
         instances.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
-        instances.gt_classes = torch.randint(0, 20, (n,))
+        instances.gt_classes = torch.randint(0, num_classes, (n,))
         image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
         inputs.append({"image": image, "instances": instances, "height": h, "width": w})
     return inputs
 
 
-@pytest.mark.parametrize("config_name", VGG_CONFIGS)
-def test_train_and_eval_forward(config_name):
-    model = build_model(load_config(config_name))
+def check_train_and_eval_forward(model, odd_size, max_detections, num_classes=20):
+    """
+    Train forwards (an image without boxes, one not at the network size, a batch without any
+    box) with finite losses and gradients, then an eval forward at 240 x 320. Returns the
+    gradients and the detections.
+    """
     size = model.image_size
     model.train()
     with EventStorage():
         # The second image has no boxes, the third is not at the network size.
-        losses = model(_inputs([(size, size), (size, size), (200, 260)], [3, 0, 2]))
+        losses = model(_inputs([(size, size), (size, size), odd_size], [3, 0, 2], num_classes))
         assert set(losses) == {"loss_cls", "loss_box_reg"}
         assert all(torch.isfinite(v) for v in losses.values())
         sum(losses.values()).backward()
-        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert all(torch.isfinite(g).all() for g in grads)
         # A batch without any box trains too, with a zero box loss.
-        losses = model(_inputs([(size, size)] * 2, [0, 0]))
+        losses = model(_inputs([(size, size)] * 2, [0, 0], num_classes))
         assert all(torch.isfinite(v) for v in losses.values())
         assert losses["loss_box_reg"].item() == 0
 
@@ -90,10 +94,16 @@ def test_train_and_eval_forward(config_name):
         outputs = model([{"image": torch.randint(0, 256, (3, 240, 320), dtype=torch.uint8)}])
     instances = outputs[0]["instances"]
     assert instances.image_size == (240, 320)
-    assert 0 < len(instances) <= 100
+    assert 0 < len(instances) <= max_detections
     boxes = instances.pred_boxes.tensor
     assert (boxes[:, 0::2] <= 320).all() and (boxes[:, 1::2] <= 240).all() and (boxes >= 0).all()
     assert instances.pred_classes.max() < model.num_classes
+    return grads, instances
+
+
+@pytest.mark.parametrize("config_name", VGG_CONFIGS)
+def test_train_and_eval_forward(config_name):
+    check_train_and_eval_forward(build_model(load_config(config_name)), (200, 260), 100)
 
 
 def test_empty_images_with_min_negatives_learn_background():

@@ -1,5 +1,5 @@
 from functools import partial
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -17,29 +17,6 @@ __all__ = ["MobileNetV2SSDLite", "MobileNetV3SSDLite"]
 _OUT_FEATURES = ["c4", "c5", "extra1", "extra2", "extra3", "extra4"]
 
 
-def _extra_block(
-    in_channels: int,
-    hidden_channels: int,
-    out_channels: int,
-    norm_layer: Callable[[int], nn.Module],
-    project_activation: Optional[Callable[..., nn.Module]],
-) -> nn.Sequential:
-    """SSDLite extra layer (MobileNetV2 paper, 6.2): 1x1 -> depthwise 3x3 / 2 -> 1x1."""
-    conv = partial(Conv2dNormActivation, norm_layer=norm_layer)
-    return nn.Sequential(
-        conv(in_channels, hidden_channels, kernel_size=1, activation_layer=nn.ReLU6),
-        conv(
-            hidden_channels,
-            hidden_channels,
-            kernel_size=3,
-            stride=2,
-            groups=hidden_channels,
-            activation_layer=nn.ReLU6,
-        ),
-        conv(hidden_channels, out_channels, kernel_size=1, activation_layer=project_activation),
-    )
-
-
 class _SSDLiteBackbone(Backbone):
     """
     A MobileNet body in two stages ("c4" at stride 16, "c5" at 32), then the SSDLite extra
@@ -50,10 +27,16 @@ class _SSDLiteBackbone(Backbone):
     def __init__(self, stages, channels: List[int], extras, norm_layer, project_activation):
         super().__init__()
         self.features = nn.Sequential(*stages)
+        conv = partial(Conv2dNormActivation, norm_layer=norm_layer)
         self.extra = nn.ModuleList()
         for hidden, out in extras:
+            # SSDLite's extra layer (MobileNetV2 paper, 6.2): 1x1, depthwise 3x3 / 2, 1x1.
             self.extra.append(
-                _extra_block(channels[-1], hidden, out, norm_layer, project_activation)
+                nn.Sequential(
+                    conv(channels[-1], hidden, kernel_size=1, activation_layer=nn.ReLU6),
+                    conv(hidden, hidden, 3, stride=2, groups=hidden, activation_layer=nn.ReLU6),
+                    conv(hidden, out, kernel_size=1, activation_layer=project_activation),
+                )
             )
             channels = channels + [out]
         self._out_features = list(_OUT_FEATURES)
