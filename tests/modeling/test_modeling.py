@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -10,7 +11,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ssd_d2 import add_ssd_config
-from ssd_d2.modeling import VGG16SSD
+from ssd_d2.modeling import VGG16SSD, resize_to_network_size
 
 from ..conftest import CONFIG_DIR, load_config
 
@@ -183,3 +184,20 @@ def test_prior_prob_starts_the_classifier_at_that_foreground_probability(config_
 def test_prior_prob_out_of_range_fails_clearly():
     with pytest.raises(ValueError, match="MODEL.SSD.PRIOR_PROB must be in"):
         build_model(load_config("ssd160_shapes_demo", "MODEL.SSD.PRIOR_PROB", 1.5))
+
+
+def test_the_resize_rule_is_torchvisions_for_images_and_boxes():
+    # torchvision's SSD transform at a fixed size, as ssd300_vgg16 builds it.
+    theirs = GeneralizedRCNNTransform(12, 12, [0.0] * 3, [1.0] * 3, fixed_size=(12, 12)).eval()
+    image = torch.rand(3, 4, 6) * 255
+    boxes = Boxes(torch.tensor([[0.0, 0, 6, 4], [3, 1, 4, 2]]))
+    resized, scaled = resize_to_network_size(image, 12, boxes)
+    expected_image, expected = theirs.resize(image, {"boxes": boxes.tensor.clone()})
+    torch.testing.assert_close(resized, expected_image, rtol=0, atol=0)
+    torch.testing.assert_close(scaled.tensor, expected["boxes"], rtol=0, atol=0)
+    # x scaled by 12 / 6, y by 12 / 4; the given boxes are left as they were.
+    assert scaled.tensor.tolist() == [[0, 0, 12, 12], [6, 3, 8, 6]]
+    assert boxes.tensor.tolist() == [[0, 0, 6, 4], [3, 1, 4, 2]]
+    # At the network size already: nothing to do.
+    same, same_boxes = resize_to_network_size(resized, 12, scaled)
+    assert same is resized and same_boxes is scaled
