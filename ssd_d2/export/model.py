@@ -1,7 +1,9 @@
 """
 The exportable SSD: images (N, C, S, S), 0-255 in INPUT.FORMAT, S = MODEL.SSD.IMAGE_SIZE, to
 padded detections: boxes (N, D, 4), scores (N, D), classes (N, D; -1 in padding) and
-num_detections (N,), D = TEST.DETECTIONS_PER_IMAGE. Not in the graph: the resize to S.
+num_detections (N,), D = TEST.DETECTIONS_PER_IMAGE. Built from the model's public parts
+(normalize, predict, decode, clip, select_detections) and each format's NMS; resizing to S
+is the caller's (the tool uses ``resize_to_network_size``).
 """
 
 import warnings

@@ -70,6 +70,16 @@ def verify(model: SSD, exported, batches, random_weights: bool) -> List[Dict[str
     for name, images in batches:
         try:
             check = compare_with_eager(model, exported, images)
+            print(
+                f"Checked against eager inference on {name} image(s): detections "
+                f"{check['detections']}, max |box| diff {check['max_box_diff']:.2e} px, "
+                f"max |score| diff {check['max_score_diff']:.2e}"
+            )
+            if check["max_box_diff"] > BOX_TOLERANCE or check["max_score_diff"] > SCORE_TOLERANCE:
+                raise ExportError(
+                    f"The exported model's detections differ from eager inference's by more "
+                    f"than {BOX_TOLERANCE} px or {SCORE_TOLERANCE} in score."
+                )
         except ExportError as e:
             if not random_weights:
                 raise
@@ -77,16 +87,6 @@ def verify(model: SSD, exported, batches, random_weights: bool) -> List[Dict[str
                 f"{e} (MODEL.WEIGHTS is empty: a random model's nearly equal scores make the cut "
                 "by rounding; check with trained weights, or pass --no-verify)"
             ) from None
-        print(
-            f"Checked against eager inference on {name} image(s): detections "
-            f"{check['detections']}, max |box| diff {check['max_box_diff']:.2e} px, "
-            f"max |score| diff {check['max_score_diff']:.2e}"
-        )
-        if check["max_box_diff"] > BOX_TOLERANCE or check["max_score_diff"] > SCORE_TOLERANCE:
-            raise ExportError(
-                f"The exported model's detections differ from eager inference's by more than "
-                f"{BOX_TOLERANCE} px or {SCORE_TOLERANCE} in score."
-            )
         checks.append(check)
     return checks
 

@@ -27,6 +27,7 @@ from ssd_d2.export import (
     export_model,
     load_exported,
     matched_differences,
+    verify,
 )
 from ssd_d2.tools import export as export_tool
 
@@ -252,6 +253,22 @@ def test_matched_differences_pairs_tied_detections():
         matched_differences((boxes, scores, classes), (boxes, scores, torch.tensor([1, 1, 1])))
     with pytest.raises(ValueError, match="2 detections where 3"):
         matched_differences((boxes, scores, classes), (boxes[:2], scores[:2], classes[:2]))
+
+
+def test_verify_refuses_differences_past_the_tolerance(exported, capsys):
+    model, run, _ = exported("ssd160_shapes_demo", "torchscript")
+    images = example_images(model, 2, seed=6)
+
+    def shifted(images):
+        boxes, scores, classes, counts = run(images)
+        return boxes + 2e-3, scores, classes, counts
+
+    assert len(verify(model, run, [("2 random", images)], random_weights=False)) == 1
+    with pytest.raises(ExportError, match=r"more than 0.001 px or 0.0001 in score\.$"):
+        verify(model, shifted, [("2 random", images)], random_weights=False)
+    with pytest.raises(ExportError, match="in score. .MODEL.WEIGHTS is empty.*--no-verify"):
+        verify(model, shifted, [("2 random", images)], random_weights=True)
+    assert "max |box| diff 2.00e-03 px" in capsys.readouterr().out
 
 
 def test_unsupported_exports_fail_clearly(tmp_path):
