@@ -11,26 +11,21 @@ from detectron2.structures import Boxes
 
 __all__ = ["SSDDefaultBoxGenerator", "DEFAULT_BOX_CLAMPS"]
 
-# MODEL.SSD.DEFAULT_BOXES.CLAMP: how default boxes that reach past the image are limited.
-# Published weights were trained with one of these rules, and the boxes must match it.
+# MODEL.SSD.DEFAULT_BOXES.CLAMP: how default boxes that reach past the image are limited;
+# published weights need the rule they were trained with.
 DEFAULT_BOX_CLAMPS = (
-    # lufficc/SSD and ssd.pytorch: the centre and the size each clamped to [0, image size]
-    # (their priors are (cx, cy, w, h) clamped to [0, 1]); a centre past the image edge, e.g.
-    # at 304 px on SSD300's 10x10 level (step 32), moves to the edge.
+    # lufficc/SSD, ssd.pytorch: their (cx, cy, w, h) priors clamped to [0, 1]: a centre past
+    # the edge (304 px on SSD300's 10x10 level, step 32) moves to the edge.
     "center_and_size",
-    # torchvision (DefaultBoxGenerator(clip=True)): width and height capped at the image
-    # size, centres kept where the steps put them.
+    # torchvision (DefaultBoxGenerator(clip=True)): width and height capped, centres kept.
     "size",
-    # No limit.
     "none",
 )
 
 
 def _cell_box_sizes(min_size: float, max_size: float, aspect_ratios: Sequence[float]):
-    """
-    (width, height) of the default boxes of one location, in the SSD paper's order: the
-    min-size square, the sqrt(min * max) square, then an (r:1, 1:r) pair per aspect ratio.
-    """
+    """(width, height) of one location's default boxes, in the SSD paper's order: the min-size
+    square, the sqrt(min * max) square, then an (r:1, 1:r) pair per aspect ratio."""
     sizes = [(min_size, min_size)]
     side = math.sqrt(min_size * max_size)
     sizes.append((side, side))
@@ -50,8 +45,6 @@ class SSDDefaultBoxGenerator(nn.Module):
     Boxes are ordered by (row, column, box), which is the order of ``permute_to_N_HWA_K``.
     """
 
-    box_dim: int = 4
-
     @configurable
     def __init__(
         self,
@@ -64,14 +57,9 @@ class SSDDefaultBoxGenerator(nn.Module):
         clamp: str = "center_and_size",
     ):
         """
-        Args:
-            image_size: side of the square network input, in pixels.
-            steps: per level, the distance between neighbouring box centres.
-            min_sizes, max_sizes: per level, the sides of the two square boxes are
-                min_size and sqrt(min_size * max_size).
-            aspect_ratios: per level, ratios r > 1, each adding an r:1 and a 1:r box.
-            clamp: one of :data:`DEFAULT_BOX_CLAMPS`: "center_and_size" (lufficc/SSD and
-                ssd.pytorch), "size" (torchvision) or "none".
+        Per level: ``steps`` is the distance between box centres, the two squares have sides
+        min_size and sqrt(min_size * max_size), each aspect ratio r >= 1 adds an r:1 and a 1:r
+        box. ``clamp``: one of :data:`DEFAULT_BOX_CLAMPS`.
         """
         super().__init__()
         num_levels = len(steps)
@@ -116,13 +104,10 @@ class SSDDefaultBoxGenerator(nn.Module):
 
     @property
     def num_anchors(self) -> List[int]:
-        """Default boxes per location, for each level."""
+        """Default boxes per location, for each level (Detectron2's ``num_cell_anchors``)."""
         return [len(sizes) for sizes in self.cell_sizes]
 
-    @property
-    def num_cell_anchors(self) -> List[int]:
-        # Detectron2's name for the same thing.
-        return self.num_anchors
+    num_cell_anchors = num_anchors
 
     def _level_boxes(self, level: int, height: int, width: int) -> torch.Tensor:
         step = self.steps[level]
@@ -148,17 +133,7 @@ class SSDDefaultBoxGenerator(nn.Module):
 
     @torch.no_grad()
     def forward(self, features: List[torch.Tensor]) -> List[Boxes]:
-        """
-        Args:
-            features: the feature maps of the levels, each (N, C, Hi, Wi).
-        Returns:
-            per level, Boxes of the Hi * Wi * Ai default boxes.
-        """
-        if len(features) != len(self.cell_sizes):
-            raise ValueError(
-                f"The head gets {len(features)} feature levels (MODEL.SSD.IN_FEATURES) but "
-                f"MODEL.SSD.DEFAULT_BOXES describes {len(self.cell_sizes)}."
-            )
+        """Per level (feature map (N, C, Hi, Wi)), the Boxes of its Hi * Wi * Ai default boxes."""
         device = features[0].device
         shapes = tuple(tuple(f.shape[-2:]) for f in features)
         key = (shapes, str(device))

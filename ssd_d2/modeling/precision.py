@@ -1,8 +1,5 @@
-"""
-Lower precision for the SSD network (backbone and head): bfloat16 autocast when training on a
-CPU with ``SOLVER.AMP.ENABLED``, and weights cast once to ``TEST.PRECISION`` for inference.
-Decoding, the losses and NMS always run in float32.
-"""
+"""Lower precision for the SSD network (backbone and head): bfloat16 autocast in training
+(``SOLVER.AMP.ENABLED`` on a CPU), weights cast once for inference (``TEST.PRECISION``)."""
 
 import copy
 import itertools
@@ -32,10 +29,8 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(name: str, device: str, key: str) -> torch.dtype:
-    """
-    The dtype config key ``key`` (value ``name``: "fp32", "bf16" or "fp16") gives on
-    ``device``: float32, with one warning, where the device has no fast arithmetic in it.
-    """
+    """The dtype of config key ``key`` = ``name`` ("fp32", "bf16", "fp16") on ``device``:
+    float32, with one warning, where the device has no fast arithmetic in it."""
     if name not in PRECISIONS:
         raise ValueError(f"{key} = {name!r}: use one of {sorted(PRECISIONS)}.")
     dtype = PRECISIONS[name]
@@ -57,16 +52,13 @@ def resolve_precision(name: str, device: str, key: str) -> torch.dtype:
 
 class LowPrecisionCopy:
     """
-    Modules with their weights cast once to a dtype, for inference. Casting at each call (as
-    autocast does) costs a pass over every weight per batch; this copy is made again only
-    when a weight of the originals changes (an optimizer step, ``load_state_dict``, ``.to()``),
-    which each tensor's version counter and storage address show.
+    Modules with their weights cast once to a dtype, for inference: autocast would cast every
+    weight at each call. The copy is made again when a weight of the originals changes (an
+    optimizer step, ``load_state_dict``, ``.to()``): each tensor's version and address show it.
     """
 
     def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
-        self._key = None
-        self._modules = None
+        self.dtype, self._key, self._modules = dtype, None, None
 
     def __call__(self, *modules: nn.Module) -> Tuple[nn.Module, ...]:
         tensors = itertools.chain.from_iterable(

@@ -7,7 +7,9 @@ from torch import nn
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-__all__ = ["L2Norm", "VGG16SSD", "build_vgg16_ssd_backbone"]
+from ..layers import check_rgb, init_convs
+
+__all__ = ["L2Norm", "VGG16SSD"]
 
 # VGG16 conv1_1 ... conv5_3: output channels, "M" a 2x2/2 max pool, "C" the same with
 # ceil_mode (so that 75 -> 38 at 300, giving the paper's 38x38 conv4_3 map).
@@ -31,16 +33,6 @@ def _conv(in_channels, out_channels, norm: str, **kwargs) -> List[nn.Module]:
     if norm:
         layers.append(get_norm(norm, out_channels))
     return layers + [nn.ReLU(inplace=True)]
-
-
-def _xavier_init(modules: List[nn.Module]) -> None:
-    """Xavier-uniform weights and zero biases for every conv in ``modules``."""
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
 
 
 def _vgg16_layers(width_mult: float, norm: str) -> Tuple[nn.Sequential, int]:
@@ -67,15 +59,13 @@ def _vgg16_layers(width_mult: float, norm: str) -> Tuple[nn.Sequential, int]:
     # ImageNet VGG16 files give conv1-conv5 (torchvision's vgg16_features has no fc6/fc7):
     # fc6 and fc7 start from torchvision SSD's Xavier init (lufficc/SSD loads them from
     # vgg16_reducedfc.pth instead, which then overwrites this).
-    _xavier_init(fc)
+    init_convs(nn.Sequential(*fc), nn.init.xavier_uniform_)
     return nn.Sequential(*layers, *fc), conv4_3_index
 
 
 class L2Norm(nn.Module):
-    """
-    Channel-wise L2 normalisation with a learned per-channel scale (ParseNet), applied to
-    conv4_3 because its activations are larger than those of the later maps (SSD paper, 3.1).
-    """
+    """Channel-wise L2 normalisation with a learned scale (ParseNet), for conv4_3, whose
+    activations are larger than those of the later maps (SSD paper, 3.1)."""
 
     def __init__(self, channels: int, initial_scale: float = 20.0):
         super().__init__()
@@ -88,8 +78,8 @@ class L2Norm(nn.Module):
 class VGG16SSD(Backbone):
     """
     The VGG16 backbone of SSD300 / SSD512: conv4_3 (L2-normalised when there is no norm
-    layer), fc7 and the extra layers, one output per level. With the defaults, layer indices in ``vgg`` follow the
-    published SSD checkpoints' ``vgg.N`` numbering, which keeps weight conversion a renaming.
+    layer), fc7 and the extra layers, one output per level. Without a norm, the indices in
+    ``vgg`` are the published checkpoints' ``vgg.N``: weight conversion is a renaming.
     """
 
     def __init__(
@@ -101,14 +91,11 @@ class VGG16SSD(Backbone):
     ):
         """
         Args:
-            image_size: input side; from 512 up the SSD512 extra layers are used, below it
-                SSD300's.
-            width_mult: scales every layer's channels (1.0 is the published model; smaller
-                values give fast demo models).
-            norm: a Detectron2 norm ("BN", "SyncBN", "FrozenBN", ...) after every conv, or ""
-                for none, as in the published model.
-            out_features: the levels to output and build, by name; default all. Smaller
-                inputs need fewer levels (the last ones would shrink below 1x1).
+            image_size: from 512 up the SSD512 extra layers are used, below it SSD300's.
+            width_mult: scales every layer's channels (below 1: fast demo models).
+            norm: a Detectron2 norm after every conv, or "" (the published model).
+            out_features: the levels to build and output; default all. Smaller inputs need
+                fewer levels (the last ones would shrink below 1x1).
         """
         super().__init__()
         extras_layout = _EXTRAS[512] if image_size >= 512 else _EXTRAS[300]
@@ -146,7 +133,7 @@ class VGG16SSD(Backbone):
         self.extras = nn.ModuleList(extras)
         # The extra layers are in no ImageNet file: Xavier-uniform weights and zero biases,
         # as lufficc/SSD, ssd.pytorch and torchvision initialise them.
-        _xavier_init(extras)
+        init_convs(self.extras, nn.init.xavier_uniform_)
 
         self._out_features = out_features
         # Nominal strides (powers of two); the default-box steps of the config give the
@@ -155,8 +142,7 @@ class VGG16SSD(Backbone):
         self._out_feature_channels = dict(zip(all_names, channels))
 
     def forward(self, x) -> Dict[str, torch.Tensor]:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"VGG16SSD expects (N, 3, H, W) images, got {tuple(x.shape)}.")
+        check_rgb(x, "VGG16SSD")
         outputs = []
         for i, layer in enumerate(self.vgg):
             x = layer(x)
@@ -172,12 +158,7 @@ class VGG16SSD(Backbone):
 
 @BACKBONE_REGISTRY.register()
 def build_vgg16_ssd_backbone(cfg, input_shape: ShapeSpec) -> VGG16SSD:
-    """The VGG16 SSD backbone for ``MODEL.SSD.IMAGE_SIZE``, with the levels of IN_FEATURES."""
-    if input_shape.channels != 3:
-        raise ValueError(
-            f"build_vgg16_ssd_backbone takes 3-channel images; MODEL.PIXEL_MEAN has "
-            f"{input_shape.channels} values."
-        )
+    check_rgb(input_shape, "build_vgg16_ssd_backbone")
     return VGG16SSD(
         image_size=cfg.MODEL.SSD.IMAGE_SIZE,
         width_mult=cfg.MODEL.VGG.WIDTH_MULT,

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from detectron2.modeling import build_model
@@ -24,19 +25,20 @@ from ssd_d2.export import (
     eager_detections,
     example_images,
     export_model,
-    export_onnx,
     load_exported,
     matched_differences,
+    verify,
 )
 from ssd_d2.tools import export as export_tool
 
-from . import conftest
-from .conftest import CONFIG_DIR
+from .. import conftest
+from ..conftest import CONFIG_DIR
 
 
 def load_config(name, *opts):
     # The exports run in float32, whatever inference precision the config file sets.
     return conftest.load_config(name, "TEST.PRECISION", "fp32", *opts)
+
 
 BOX_TOLERANCE = 1e-3  # pixels
 SCORE_TOLERANCE = 1e-4
@@ -253,12 +255,28 @@ def test_matched_differences_pairs_tied_detections():
         matched_differences((boxes, scores, classes), (boxes[:2], scores[:2], classes[:2]))
 
 
+def test_verify_refuses_differences_past_the_tolerance(exported, capsys):
+    model, run, _ = exported("ssd160_shapes_demo", "torchscript")
+    images = example_images(model, 2, seed=6)
+
+    def shifted(images):
+        boxes, scores, classes, counts = run(images)
+        return boxes + 2e-3, scores, classes, counts
+
+    assert len(verify(model, run, [("2 random", images)], random_weights=False)) == 1
+    with pytest.raises(ExportError, match=r"more than 0.001 px or 0.0001 in score\.$"):
+        verify(model, shifted, [("2 random", images)], random_weights=False)
+    with pytest.raises(ExportError, match="in score. .MODEL.WEIGHTS is empty.*--no-verify"):
+        verify(model, shifted, [("2 random", images)], random_weights=True)
+    assert "max |box| diff 2.00e-03 px" in capsys.readouterr().out
+
+
 def test_unsupported_exports_fail_clearly(tmp_path):
     model = _model("ssd160_shapes_demo")
     with pytest.raises(ExportError, match="Unknown export format 'tflite'"):
         export_model(model, "tflite", str(tmp_path / "model.tflite"))
     with pytest.raises(ExportError, match="opset 10 is too old.*NonMaxSuppression"):
-        export_onnx(model, str(tmp_path / "model.onnx"), opset=10)
+        export_model(model, "onnx", str(tmp_path / "model.onnx"), opset=10)
     with pytest.raises(ExportError, match="Only ssd_d2's SSD models"):
         check_exportable(nn.Conv2d(3, 8, 3))
 
@@ -292,6 +310,31 @@ def test_cli_exports_the_checkpoint_and_checks_it(tmp_path, capsys):
     images = example_images(trained, 2, seed=4)
     result = compare_with_eager(trained, load_exported("torchscript", output), images)
     assert result["max_box_diff"] == 0.0 and result["max_score_diff"] == 0.0
+
+
+def test_cli_checks_given_images_read_by_the_one_reader(tmp_path, capsys):
+    config_file = os.path.join(CONFIG_DIR, "ssd160_shapes_demo.yaml")
+    torch.manual_seed(1)
+    weights = str(tmp_path / "model.pth")
+    torch.save({"model": build_model(load_config("ssd160_shapes_demo")).state_dict()}, weights)
+    # Scenes at other sizes, and a 16-bit grey image (the reader scales it to 8 bits).
+    scenes = _drawn_scenes(2, 200, seed=5).permute(0, 2, 3, 1).numpy()
+    Image.fromarray(scenes[0, 40:190]).save(tmp_path / "wide.png")
+    Image.fromarray(scenes[1, :, 30:170]).save(tmp_path / "tall.jpg")
+    grey = np.linspace(0, 65535, 120 * 90).reshape(90, 120).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    paths = [str(tmp_path / name) for name in ("wide.png", "tall.jpg", "grey16.png")]
+    images = export_tool.read_images(paths, "RGB", 160, torch.uint8)
+    assert images.shape == (3, 3, 160, 160) and images.dtype == torch.uint8
+    assert images[2].max() == 255 and (images[2][0] == images[2][2]).all()  # grey, not clipped
+    # fmt: off
+    result = export_tool.main([
+        "--format", "torchscript", "--config-file", config_file, "--output", str(tmp_path / "m.ts"),
+        "--verify-images", *paths[:2], "--opts", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights,
+    ])
+    # fmt: on
+    assert "Checked against eager inference on 2 given image(s)" in capsys.readouterr().out
+    assert [len(c["detections"]) for c in result["checks"]] == [1, 3, 2]
 
 
 def test_cli_refuses_what_it_cannot_export(tmp_path, capsys):

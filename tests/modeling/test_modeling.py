@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -10,9 +11,9 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ssd_d2 import add_ssd_config
-from ssd_d2.modeling import VGG16SSD
+from ssd_d2.modeling import VGG16SSD, resize_to_network_size
 
-from .conftest import CONFIG_DIR, load_config
+from ..conftest import CONFIG_DIR, load_config
 
 VGG_CONFIGS = ["ssd300_voc", "ssd300_coco", "ssd512_voc", "ssd512_coco"]
 
@@ -55,33 +56,37 @@ def test_vgg_output_shape_agrees_with_forward(image_size, sizes, channels):
     assert torch.allclose(norms[norms > 0], torch.tensor(20.0), rtol=1e-4)
 
 
-def _inputs(image_sizes, boxes_per_image):
+def _inputs(image_sizes, boxes_per_image, num_classes=20):
     inputs = []
     for (h, w), n in zip(image_sizes, boxes_per_image):
         xy = torch.rand(n, 2) * torch.tensor([w, h]) * 0.6
         wh = torch.rand(n, 2) * torch.tensor([w, h]) * 0.4 + 2
         instances = Instances((h, w))
         instances.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
-        instances.gt_classes = torch.randint(0, 20, (n,))
+        instances.gt_classes = torch.randint(0, num_classes, (n,))
         image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
         inputs.append({"image": image, "instances": instances, "height": h, "width": w})
     return inputs
 
 
-@pytest.mark.parametrize("config_name", VGG_CONFIGS)
-def test_train_and_eval_forward(config_name):
-    model = build_model(load_config(config_name))
+def check_train_and_eval_forward(model, odd_size, max_detections, num_classes=20):
+    """
+    Train forwards (an image without boxes, one not at the network size, a batch without any
+    box) with finite losses and gradients, then an eval forward at 240 x 320. Returns the
+    gradients and the detections.
+    """
     size = model.image_size
     model.train()
     with EventStorage():
         # The second image has no boxes, the third is not at the network size.
-        losses = model(_inputs([(size, size), (size, size), (200, 260)], [3, 0, 2]))
+        losses = model(_inputs([(size, size), (size, size), odd_size], [3, 0, 2], num_classes))
         assert set(losses) == {"loss_cls", "loss_box_reg"}
         assert all(torch.isfinite(v) for v in losses.values())
         sum(losses.values()).backward()
-        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert all(torch.isfinite(g).all() for g in grads)
         # A batch without any box trains too, with a zero box loss.
-        losses = model(_inputs([(size, size)] * 2, [0, 0]))
+        losses = model(_inputs([(size, size)] * 2, [0, 0], num_classes))
         assert all(torch.isfinite(v) for v in losses.values())
         assert losses["loss_box_reg"].item() == 0
 
@@ -90,10 +95,16 @@ def test_train_and_eval_forward(config_name):
         outputs = model([{"image": torch.randint(0, 256, (3, 240, 320), dtype=torch.uint8)}])
     instances = outputs[0]["instances"]
     assert instances.image_size == (240, 320)
-    assert 0 < len(instances) <= 100
+    assert 0 < len(instances) <= max_detections
     boxes = instances.pred_boxes.tensor
     assert (boxes[:, 0::2] <= 320).all() and (boxes[:, 1::2] <= 240).all() and (boxes >= 0).all()
     assert instances.pred_classes.max() < model.num_classes
+    return grads, instances
+
+
+@pytest.mark.parametrize("config_name", VGG_CONFIGS)
+def test_train_and_eval_forward(config_name):
+    check_train_and_eval_forward(build_model(load_config(config_name)), (200, 260), 100)
 
 
 def test_empty_images_with_min_negatives_learn_background():
@@ -173,3 +184,20 @@ def test_prior_prob_starts_the_classifier_at_that_foreground_probability(config_
 def test_prior_prob_out_of_range_fails_clearly():
     with pytest.raises(ValueError, match="MODEL.SSD.PRIOR_PROB must be in"):
         build_model(load_config("ssd160_shapes_demo", "MODEL.SSD.PRIOR_PROB", 1.5))
+
+
+def test_the_resize_rule_is_torchvisions_for_images_and_boxes():
+    # torchvision's SSD transform at a fixed size, as ssd300_vgg16 builds it.
+    theirs = GeneralizedRCNNTransform(12, 12, [0.0] * 3, [1.0] * 3, fixed_size=(12, 12)).eval()
+    image = torch.rand(3, 4, 6) * 255
+    boxes = Boxes(torch.tensor([[0.0, 0, 6, 4], [3, 1, 4, 2]]))
+    resized, scaled = resize_to_network_size(image, 12, boxes)
+    expected_image, expected = theirs.resize(image, {"boxes": boxes.tensor.clone()})
+    torch.testing.assert_close(resized, expected_image, rtol=0, atol=0)
+    torch.testing.assert_close(scaled.tensor, expected["boxes"], rtol=0, atol=0)
+    # x scaled by 12 / 6, y by 12 / 4; the given boxes are left as they were.
+    assert scaled.tensor.tolist() == [[0, 0, 12, 12], [6, 3, 8, 6]]
+    assert boxes.tensor.tolist() == [[0, 0, 6, 4], [3, 1, 4, 2]]
+    # At the network size already: nothing to do.
+    same, same_boxes = resize_to_network_size(resized, 12, scaled)
+    assert same is resized and same_boxes is scaled

@@ -8,7 +8,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from ssd_d2.modeling import SSDDefaultBoxGenerator
 
-from .conftest import CONFIG_DIR, load_config
+from ..conftest import CONFIG_DIR, load_config
 
 SSD300_MAPS = [38, 19, 10, 5, 3, 1]
 SSD512_MAPS = [64, 32, 16, 8, 4, 2, 1]

@@ -18,7 +18,7 @@ from detectron2.utils.events import EventStorage
 
 from ssd_d2.engine import SSDTrainer
 
-from .conftest import load_config
+from ..conftest import load_config
 
 SIZE = 160
 

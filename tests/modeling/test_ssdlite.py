@@ -21,7 +21,8 @@ from detectron2.utils.events import EventStorage
 
 from ssd_d2.modeling import MobileNetV2SSDLite, MobileNetV3SSDLite, SSDDefaultBoxGenerator
 
-from .conftest import load_config
+from ..conftest import load_config
+from .test_modeling import _inputs, check_train_and_eval_forward
 
 V2 = "ssdlite320_mobilenet_v2_voc"
 V3 = "ssdlite320_mobilenet_v3_coco"
@@ -211,48 +212,14 @@ def test_unknown_head_layout_fails_clearly():
         build_model(load_config(V2, "MODEL.SSD.HEAD_LAYOUT", "mmdet"))
 
 
-def _inputs(image_sizes, boxes_per_image, num_classes):
-    inputs = []
-    for (h, w), n in zip(image_sizes, boxes_per_image):
-        xy = torch.rand(n, 2) * torch.tensor([w, h]) * 0.6
-        wh = torch.rand(n, 2) * torch.tensor([w, h]) * 0.4 + 2
-        instances = Instances((h, w))
-        instances.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
-        instances.gt_classes = torch.randint(0, num_classes, (n,))
-        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
-        inputs.append({"image": image, "instances": instances, "height": h, "width": w})
-    return inputs
-
-
 @pytest.mark.parametrize("config_name", [V2, V3])
 def test_train_and_eval_forward(config_name):
     cfg = load_config(config_name)
     model = build_model(cfg)
-    num_classes = cfg.MODEL.SSD.NUM_CLASSES
-    model.train()
-    with EventStorage():
-        # The second image has no boxes, the third is not at the network size.
-        losses = model(_inputs([(320, 320), (320, 320), (240, 300)], [3, 0, 2], num_classes))
-        assert set(losses) == {"loss_cls", "loss_box_reg"}
-        assert all(torch.isfinite(v) for v in losses.values())
-        sum(losses.values()).backward()
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        assert len(grads) == len(list(model.parameters()))
-        assert all(torch.isfinite(g).all() for g in grads)
-        # A batch without any box trains too, with a zero box loss.
-        losses = model(_inputs([(320, 320)] * 2, [0, 0], num_classes))
-        assert all(torch.isfinite(v) for v in losses.values())
-        assert losses["loss_box_reg"].item() == 0
-
-    model.eval()
-    with torch.no_grad():
-        outputs = model([{"image": torch.randint(0, 256, (3, 240, 320), dtype=torch.uint8)}])
-    instances = outputs[0]["instances"]
-    assert instances.image_size == (240, 320)
-    assert 0 < len(instances) <= cfg.TEST.DETECTIONS_PER_IMAGE
-    boxes = instances.pred_boxes.tensor
-    assert (boxes[:, 0::2] <= 320).all() and (boxes[:, 1::2] <= 240).all() and (boxes >= 0).all()
-    assert instances.pred_classes.max() < num_classes
+    grads, instances = check_train_and_eval_forward(
+        model, (240, 300), cfg.TEST.DETECTIONS_PER_IMAGE, cfg.MODEL.SSD.NUM_CLASSES
+    )
+    assert len(grads) == len(list(model.parameters()))
     assert instances.scores.min() >= cfg.MODEL.SSD.SCORE_THRESH_TEST
 
 

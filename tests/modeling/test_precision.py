@@ -16,7 +16,7 @@ import ssd_d2.modeling.precision as precision
 from ssd_d2.engine import SSDTrainer
 from ssd_d2.modeling.precision import resolve_precision
 
-from .conftest import load_config
+from ..conftest import load_config
 
 
 def _images(n, size=(120, 160), seed=0):

@@ -8,7 +8,7 @@ from torch import nn
 
 from detectron2.engine import DefaultPredictor
 
-from .conftest import CONFIG_DIR, load_config
+from ..conftest import CONFIG_DIR, load_config
 
 # Every config that describes a whole model (the Base-*.yaml files are only inherited).
 MODEL_CONFIGS = sorted(
