@@ -17,27 +17,24 @@ import torch
 from detectron2.modeling import build_model
 
 from ssd_d2 import export
-from ssd_d2.config import load_config, resolve_device
+from ssd_d2.config import resolve_device
 from ssd_d2.data.dataset_mapper import read_image
 from ssd_d2.engine import load_weights
 from ssd_d2.modeling import resize_to_network_size
-from ssd_d2.tools.common import check_weights
+from ssd_d2.tools.common import add_trailing_options, argument_parser, check_weights, setup_config
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
-    prog, raw = "python -m ssd_d2.tools.export", argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog, description=__doc__, formatter_class=raw)
+    parser = argument_parser("export", __doc__, config_help="the model's config")
     add = parser.add_argument
     add("--format", required=True, choices=export.FORMATS, help="what to export to")
-    add("--config-file", required=True, metavar="FILE", help="the model's config")
     add("--output", required=True, metavar="FILE", help="the file to write")
     add("--input-dtype", choices=("uint8", "float32"), default="uint8", help="ONNX input type")
     add("--opset", type=int, default=export.DEFAULT_ONNX_OPSET, help="ONNX opset (at least 11)")
     add("--device", help="default MODEL.DEVICE (cpu without CUDA); TorchScript stays on it")
     add("--verify-images", nargs="+", default=[], metavar="IMAGE", help="check these too")
     add("--no-verify", action="store_true", help="skip the check against eager inference")
-    add("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config")
-    add("overrides", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config options")
+    add_trailing_options(parser)
     return parser
 
 
@@ -51,11 +48,9 @@ def read_images(paths: List[str], fmt: str, size: int, dtype: torch.dtype) -> to
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     """Returns {"path", "seconds": export time, "checks": compare_with_eager's, per batch}."""
     args = build_argument_parser().parse_args(argv)
-    # Options after the arguments may hold --opts and more: argparse leaves them all there.
-    opts = [o for o in args.overrides if o != "--opts"] + list(args.opts)
     try:
         # The exported graph runs in float32 whatever the config's inference precision.
-        cfg = load_config(args.config_file, opts + ["TEST.PRECISION", "fp32"])
+        cfg = setup_config(args, "TEST.PRECISION", "fp32")
         device = args.device or resolve_device(cfg.MODEL.DEVICE)
         if not args.device and device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"
@@ -65,8 +60,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
                 f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}: this tool "
                 "exports ssd_d2's SSD models only."
             )
-        if note := check_weights(cfg):  # FileNotFoundError for a missing file
-            print(f"note: {note}")
+        check_weights(cfg)  # warns on random weights; FileNotFoundError for a missing file
         model = build_model(cfg).eval()
         load_weights(model, cfg)
         dtype = getattr(torch, args.input_dtype)
