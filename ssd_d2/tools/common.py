@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from detectron2.data import DatasetCatalog
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import BoxMode
 
 from ssd_d2.config import load_config
@@ -20,11 +21,12 @@ from ssd_d2.model_zoo import IMAGENET_FILES
 DPI = 100
 
 
-def argument_parser(name, description, epilog=None, config_file="required", config_help=""):
+def argument_parser(
+    name, description, epilog=None, config_file="required", config_help="", picture=False
+):
     """
-    The parser of ``python -m ssd_d2.tools.<name>``. ``config_file`` "required" or "optional"
-    adds ``--config-file`` (``config_help``) and ``--opts KEY VALUE ...`` (last on the line); ""
-    adds neither. ``--output FILE.png`` for the picture tools: :func:`add_picture_output`.
+    The parser of ``python -m ssd_d2.tools.<name>``: ``--config-file`` ("required", "optional"
+    or "" for none) with ``--opts KEY VALUE ...``, and ``--output FILE.png`` for a ``picture``.
     """
     parser = argparse.ArgumentParser(
         prog=f"python -m ssd_d2.tools.{name}",
@@ -43,11 +45,9 @@ def argument_parser(name, description, epilog=None, config_file="required", conf
             metavar="KEY VALUE",
             help="config options, e.g. MODEL.WEIGHTS model.pth (last)",
         )
+    if picture:
+        parser.add_argument("--output", required=True, metavar="FILE.png", help="picture to write")
     return parser
-
-
-def add_picture_output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, metavar="FILE.png", help="picture to write")
 
 
 def add_trailing_options(parser: argparse.ArgumentParser) -> None:
@@ -62,10 +62,7 @@ def config_options(args: argparse.Namespace) -> List[str]:
 
 
 def setup_config(args: argparse.Namespace, *extra_opts):
-    """
-    ``--config-file`` with the command line's options, then ``extra_opts``, through the one
-    config assembly (:func:`ssd_d2.config.load_config`); not frozen. Warnings go to stderr.
-    """
+    """``--config-file`` with the command line's options, then ``extra_opts``; not frozen."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     return load_config(args.config_file, config_options(args) + list(extra_opts))
 
@@ -88,8 +85,8 @@ def usage_errors(parser: argparse.ArgumentParser, *errors):
 
 def check_weights(cfg) -> Optional[str]:
     """
-    A warning, printed to stderr too, when ``cfg.MODEL.WEIGHTS`` is empty or names an ImageNet
-    backbone (the head would be random); None for a checkpoint. Raises FileNotFoundError.
+    A warning, printed to stderr too, when ``cfg.MODEL.WEIGHTS`` is empty or an ImageNet backbone
+    (the head would be random); None for a checkpoint. Raises FileNotFoundError.
     """
     weights, warning = cfg.MODEL.WEIGHTS, None
     if not weights:
@@ -140,6 +137,14 @@ def coco_category_ids(metadata, num_classes: int) -> List[int]:
     return [contiguous_to_dataset[i] for i in range(num_classes)]
 
 
+def coco_results(instances, image_id: int, category_ids: Sequence[int]) -> List[dict]:
+    """COCO-format results of ``instances``, with the data set's ``category_ids``."""
+    results = instances_to_coco_json(instances, image_id)
+    for result in results:
+        result["category_id"] = category_ids[result["category_id"]]
+    return results
+
+
 def read_record(record: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A dataset dict's RGB image, XYXY boxes (float32, N x 4) and classes, crowds left out."""
     image = read_image(record["file_name"], format="RGB")
@@ -151,9 +156,9 @@ def read_record(record: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def panel_grid_figure(nrows, ncols, panel: float, title: float, top: float, bottom: float):
     """
-    A Figure of ``nrows`` x ``ncols`` square panels of ``panel`` inches, with margins fixed in
-    inches (``title`` above each panel, ``top`` for the figure title, ``bottom``, 0.15 between
-    panels): labels keep their size and never overlap, whatever the grid.
+    A Figure of ``nrows`` x ``ncols`` square panels of ``panel`` inches, margins in inches
+    (``title`` above each panel, ``top``, ``bottom``, 0.15 between panels): labels keep their
+    size and never overlap, whatever the grid.
     """
     from matplotlib.figure import Figure
 
@@ -198,8 +203,8 @@ def class_colors(num_classes: int) -> list:
     return [cmap(i % cmap.N)[:3] for i in range(max(num_classes, 1))]
 
 
-def save_figure(fig, path: str) -> str:
+def save_figure(fig, path: str) -> None:
     """Save ``fig`` as ``path``, folders created. The tools draw without pyplot: no display."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=DPI)
-    return path
+    print(f"wrote {path}")

@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 
@@ -37,8 +36,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 # The name the camera's frames and output take (it is OpenCV's camera 0).
 WEBCAM_NAME = "webcam"
-# Keys that close the window: Esc, q.
-_STOP_KEYS = (27, ord("q"))
 
 
 def build_argument_parser():
@@ -56,6 +53,10 @@ def build_argument_parser():
 
 def _has_extension(path: str, extensions: Sequence[str]) -> bool:
     return os.path.splitext(path)[1].lower() in extensions
+
+
+def _is_video(source: str) -> bool:
+    return source == WEBCAM_NAME or _has_extension(source, VIDEO_EXTENSIONS)
 
 
 def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -78,52 +79,6 @@ def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
             errors.append(f"{pattern}: {error}")
         files += [path for path in found if path not in files]
     return files, errors
-
-
-class _OutputNames:
-    """Output paths named after the inputs, made unique when two inputs share a name."""
-
-    def __init__(self, folder: str, inputs: Sequence[str]):
-        self.folder = folder
-        self.inputs = {os.path.realpath(p) for p in inputs}
-        self.used = set()
-
-    def __call__(self, input_path: str, extension: Optional[str] = None) -> str:
-        stem, ext = os.path.splitext(os.path.basename(input_path))
-        ext = extension or (ext.lower() if ext.lower() in IMAGE_EXTENSIONS else ".png")
-        candidate, n = stem + ext, 1
-        # Never overwrite an input (--output may be an input folder) or an earlier output.
-        while candidate in self.used or self._path(candidate) in self.inputs:
-            n += 1
-            candidate = f"{stem}_{n}{ext}"
-        self.used.add(candidate)
-        return os.path.join(self.folder, candidate)
-
-    def _path(self, name: str) -> str:
-        return os.path.realpath(os.path.join(self.folder, name))
-
-
-class _Progress:
-    """A tqdm progress bar over several inputs, or a plain "[i/n]" counter without tqdm."""
-
-    def __init__(self, total: int):
-        self.total, self.count, self.bar = total, 0, None
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return
-        if total > 1:
-            self.bar = tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True)
-
-    def print(self, message: str, file=None) -> None:
-        file = file or sys.stdout
-        self.count += 1
-        if self.bar is not None:
-            self.bar.write(message, file=file)
-            self.bar.update(1)
-        else:
-            prefix = f"[{self.count}/{self.total}] " if self.total > 1 else ""
-            print(prefix + message, file=file, flush=True)
 
 
 def gui_unavailable_reason(build_information=None, environ=None) -> Optional[str]:
@@ -155,7 +110,7 @@ class OpenCVWindow:
         cv2.imshow(self.title, bgr)
         key = cv2.waitKey(wait_ms) & 0xFF
         closed = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
-        return key not in _STOP_KEYS and not closed
+        return key not in (27, ord("q")) and not closed
 
     def close(self) -> None:
         cv2.destroyWindow(self.title)
@@ -163,9 +118,8 @@ class OpenCVWindow:
 
 class CocoDetections:
     """
-    COCO-format results (what ``COCO.loadRes`` reads) with image ids 1, 2, ... in processing
-    order, and the images as a COCO data set without annotations, so that
-    ``COCO(images_file).loadRes(results_file)`` works for unlabelled images.
+    COCO-format results with image ids 1, 2, ... in processing order, and the images as a COCO
+    data set without annotations: ``COCO(images_file).loadRes(results_file)`` works unlabelled.
     """
 
     def __init__(self, metadata, num_classes: int):
@@ -176,13 +130,10 @@ class CocoDetections:
         self.results: List[dict] = []
 
     def add(self, file_name: str, image: np.ndarray, instances, frame: Optional[int] = None):
-        image_id = len(self.images) + 1
-        height, width = image.shape[:2]
+        image_id, (height, width) = len(self.images) + 1, image.shape[:2]
         entry = {"id": image_id, "file_name": file_name, "height": height, "width": width}
         self.images.append(entry if frame is None else {**entry, "frame": frame})
-        for result in instances_to_coco_json(instances, image_id):
-            result["category_id"] = self.category_ids[result["category_id"]]
-            self.results.append(result)
+        self.results += common.coco_results(instances, image_id, self.category_ids)
 
     def save(self, path: str) -> str:
         """Write the results to ``path``, the images next to it (dets.images.json); returns it."""
@@ -206,10 +157,6 @@ def _video_writer(path: str, fps: float, first_frame: np.ndarray):
     return writer
 
 
-def _is_video(source: str) -> bool:
-    return source == WEBCAM_NAME or _has_extension(source, VIDEO_EXTENSIONS)
-
-
 class DemoRunner:
     """
     SSDPredictor (DefaultPredictor through ssd_d2's weights entrance) drawing with the class
@@ -224,46 +171,44 @@ class DemoRunner:
         self.predictor = SSDPredictor(cfg)
         name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(name)
-        self.num_classes = cfg.MODEL.SSD.NUM_CLASSES
         self.scale = scale
         self.output_name = output_name
         self.window = window
-        self.detections = CocoDetections(self.metadata, self.num_classes) if record else None
-
-    def predict(self, bgr: np.ndarray):
-        """The detections of a BGR image, on the CPU."""
-        return self.predictor(bgr)["instances"].to("cpu")
-
-    def draw(self, bgr: np.ndarray, instances) -> np.ndarray:
-        """The image with labelled boxes, BGR, ``scale`` times the input size."""
-        visualizer = Visualizer(bgr[:, :, ::-1], self.metadata, scale=self.scale)
-        drawn = visualizer.draw_instance_predictions(instances).get_image()
-        return np.ascontiguousarray(drawn[:, :, ::-1])
+        num_classes = cfg.MODEL.SSD.NUM_CLASSES
+        self.detections = CocoDetections(self.metadata, num_classes) if record else None
 
     def run(self, files: Sequence[str]) -> int:
         """Process ``files`` until the window asks to stop; the number that failed (skipped)."""
-        progress, failures = _Progress(len(files)), 0
+        failures = 0
         try:
-            for path in files:
-                stopped = False
+            for i, path in enumerate(files, 1):
+                counter = f"[{i}/{len(files)}] " if len(files) > 1 else ""
                 try:
                     process = self._process_video if _is_video(path) else self._process_image
                     message, stopped = process(path)
-                    progress.print(message)
                 except IOError as e:
                     failures += 1
-                    progress.print(f"error: {path}: {e}; skipped", file=sys.stderr)
+                    print(f"{counter}error: {path}: {e}; skipped", file=sys.stderr, flush=True)
+                    continue
+                print(counter + message, flush=True)
                 if stopped:
                     break
         except KeyboardInterrupt:
             # Ctrl-C ends a webcam run: keep what was recorded.
             print("interrupted", file=sys.stderr)
         finally:
-            if progress.bar is not None:
-                progress.bar.close()
             if self.window is not None:
                 self.window.close()
         return failures
+
+    def _predict(self, path: str, bgr: np.ndarray, frame: Optional[int] = None):
+        """The detections of a BGR image (recorded), on the CPU, and the seconds they took."""
+        start = time.perf_counter()
+        instances = self.predictor(bgr)["instances"].to("cpu")
+        seconds = time.perf_counter() - start
+        if self.detections is not None:
+            self.detections.add(path, bgr, instances, frame)
+        return instances, seconds
 
     def _process_image(self, path: str) -> Tuple[str, bool]:
         try:
@@ -273,14 +218,13 @@ class DemoRunner:
                 raise IOError("cannot read it as an image") from None
             # A file named with another extension: perhaps OpenCV reads it as a video.
             return self._process_video(path)
-        start = time.perf_counter()
-        instances = self.predict(image)
-        message = f"{path}: {len(instances)} objects in {time.perf_counter() - start:.3f} s"
-        if self.detections is not None:
-            self.detections.add(path, image, instances)
+        instances, seconds = self._predict(path, image)
+        message = f"{path}: {len(instances)} objects in {seconds:.3f} s"
         if self.output_name is None and self.window is None:
             return message, False
-        drawn = self.draw(image, instances)
+        visualizer = Visualizer(image[:, :, ::-1], self.metadata, scale=self.scale)
+        drawn = visualizer.draw_instance_predictions(instances).get_image()[:, :, ::-1]
+        drawn = np.ascontiguousarray(drawn)
         if self.output_name is not None:
             out = self.output_name(path)
             if not cv2.imwrite(out, drawn):
@@ -303,13 +247,10 @@ class DemoRunner:
                 ok, frame = capture.read()
                 if not ok:
                     break
-                start = time.perf_counter()
-                instances = self.predict(frame)
-                seconds += time.perf_counter() - start
-                if self.detections is not None:
-                    self.detections.add(path, frame, instances, frame=frames)
+                instances, spent = self._predict(path, frame, frame=frames)
                 frames += 1
                 objects += len(instances)
+                seconds += spent
                 if out is None and self.window is None:
                     continue
                 drawn = visualizer.draw_instance_predictions(frame[:, :, ::-1], instances)
@@ -329,14 +270,27 @@ class DemoRunner:
         return message + "/frame" + (f" -> {out}" if out else ""), stopped
 
 
-def _output_names(args, parser, sources: Sequence[str]):
-    """``--output`` as a function of the input path: a single file, or names in a folder."""
-    output = args.output
-    if not output:
-        return None
+def output_names(output: str, sources: Sequence[str], parser):
+    """
+    ``--output`` as a function of an input path (and extension): the file it names, or a name
+    in its folder after the input's, never an input's (it may be an input folder) or an earlier
+    output's.
+    """
     if os.path.isdir(output) or not _has_extension(output, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS):
         os.makedirs(output, exist_ok=True)
-        return _OutputNames(output, sources)
+        inputs, used = {os.path.realpath(p) for p in sources}, set()
+
+        def name(input_path: str, extension: Optional[str] = None) -> str:
+            stem, ext = os.path.splitext(os.path.basename(input_path))
+            ext = extension or (ext.lower() if ext.lower() in IMAGE_EXTENSIONS else ".png")
+            candidate, n = stem + ext, 1
+            while candidate in used or os.path.realpath(os.path.join(output, candidate)) in inputs:
+                n += 1
+                candidate = f"{stem}_{n}{ext}"
+            used.add(candidate)
+            return os.path.join(output, candidate)
+
+        return name
     # As in Detectron2's demo, an --output file takes a single input.
     if len(sources) > 1:
         parser.error(
@@ -386,7 +340,7 @@ def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -
     files, errors = ([WEBCAM_NAME], []) if args.webcam else expand_inputs(sources)
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
-    output_name = _output_names(args, parser, files)
+    output_name = output_names(args.output, files, parser) if args.output else None
     window = _window(args, parser, window)
     runner = DemoRunner(cfg, args.scale, output_name, window, record=bool(args.json))
     runner.open_capture = open_capture or runner.open_capture

@@ -15,7 +15,6 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
 from . import common
 
@@ -29,10 +28,7 @@ Series = Tuple[np.ndarray, np.ndarray]
 
 
 def load_metrics(path: str) -> Dict[str, Series]:
-    """
-    Every scalar of a metrics.json (``path``: the file or its folder) as ``{name: (iterations,
-    values)}``, by iteration. Raises FileNotFoundError without one, ValueError for bad lines.
-    """
+    """Every scalar of a metrics.json (or its folder) as ``{name: (iterations, values)}``."""
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.json")
     if not os.path.isfile(path):
@@ -62,10 +58,7 @@ def load_metrics(path: str) -> Dict[str, Series]:
 
 
 def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
-    """
-    Panels: losses (log scale), learning rate, overall AP and per-class AP (the last two only
-    when the run was evaluated), each line labelled with its metric's name.
-    """
+    """Panels: losses (log scale), learning rate, overall and per-class AP (if evaluated)."""
     losses = sorted(n for n in metrics if n.startswith("loss"))
     overall = [n for n in metrics if _OVERALL_AP.match(n)]
     overall.sort(key=lambda n: (_AP_SUFFIXES.index(n.rsplit("/AP", 1)[1]), n))
@@ -92,12 +85,6 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
             ax.plot(*metrics[key], marker=marker, markersize=4, linewidth=linewidth, label=label)
         if name == "loss":
             ax.set_yscale("log")
-            # Plain numbers (0.5, 2, 10), not powers of ten; within one decade every tick is
-            # labelled, else only the 2x and 5x ones.
-            low, high = ax.get_ylim()
-            minor = _plain_number if high / low < 10 else _minor_log_label
-            ax.yaxis.set_major_formatter(FuncFormatter(_plain_number))
-            ax.yaxis.set_minor_formatter(FuncFormatter(minor))
         if name == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         ax.set_title(name, fontsize=11)
@@ -112,19 +99,8 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
     return fig
 
 
-def _plain_number(value: float, _) -> str:
-    return f"{value:g}"
-
-
-def _minor_log_label(value: float, _) -> str:
-    # Label the 2x and 5x minor ticks of each decade; the others stay unlabelled.
-    mantissa = value / 10 ** np.floor(np.log10(value))
-    return f"{value:g}" if round(mantissa) in (2, 5) else ""
-
-
 def build_argument_parser():
-    parser = common.argument_parser("plot_metrics", __doc__, config_file="")
-    common.add_picture_output(parser)
+    parser = common.argument_parser("plot_metrics", __doc__, config_file="", picture=True)
     parser.add_argument("metrics", metavar="PATH", help="an output folder or its metrics.json")
     parser.add_argument("--title", default=None, help="figure title (default: the input path)")
     return parser
@@ -136,12 +112,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with common.usage_errors(parser, ValueError):
         metrics = load_metrics(args.metrics)
         fig = plot_metrics(metrics, title=args.metrics if args.title is None else args.title)
-    common.save_figure(fig, args.output)
     last = {name: values[-1] for name, (_, values) in metrics.items()}
     summary = ", ".join(f"{k} {last[k]:.4g}" for k in ["total_loss", "lr", "bbox/AP"] if k in last)
     last_iteration = max(int(iterations[-1]) for iterations, _ in metrics.values())
     print(f"up to iteration {last_iteration}; last: {summary}")
-    print(f"wrote {args.output}")
+    common.save_figure(fig, args.output)
     return 0
 
 
