@@ -24,10 +24,8 @@ DPI = 100
 def argument_parser(
     name, description, epilog=None, config_file="required", config_help="", picture=False
 ):
-    """
-    The parser of ``python -m ssd_d2.tools.<name>``: ``--config-file`` ("required", "optional"
-    or "" for none) with ``--opts KEY VALUE ...``, and ``--output FILE.png`` for a ``picture``.
-    """
+    """``python -m ssd_d2.tools.<name>``'s parser: ``--config-file`` ("required", "optional" or
+    "": none) with ``--opts KEY VALUE ...``, and ``--output FILE.png`` for a ``picture``."""
     parser = argparse.ArgumentParser(
         prog=f"python -m ssd_d2.tools.{name}",
         description=description,
@@ -36,8 +34,7 @@ def argument_parser(
     )
     parser.set_defaults(opts=[], trailing_opts=[])
     if config_file:
-        required = config_file == "required"
-        help_text = config_help or "config file"
+        required, help_text = config_file == "required", config_help or "config file"
         parser.add_argument("--config-file", required=required, metavar="FILE", help=help_text)
         parser.add_argument(
             "--opts",
@@ -61,17 +58,12 @@ def config_options(args: argparse.Namespace) -> List[str]:
     return [o for o in args.trailing_opts if o != "--opts"] + list(args.opts)
 
 
-def setup_config(args: argparse.Namespace, *extra_opts):
-    """``--config-file`` with the command line's options, then ``extra_opts``; not frozen."""
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    return load_config(args.config_file, config_options(args) + list(extra_opts))
-
-
-def parse_config(parser: argparse.ArgumentParser, argv, *extra_opts):
-    """``argv`` parsed by ``parser``, and the config it names (:func:`setup_config`)."""
+def parse_config(parser: argparse.ArgumentParser, argv):
+    """``argv`` parsed by ``parser``, and the config it names with its options (not frozen)."""
     args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # config warnings
     with usage_errors(parser):
-        return args, setup_config(args, *extra_opts)
+        return args, load_config(args.config_file, config_options(args))
 
 
 @contextlib.contextmanager
@@ -84,10 +76,7 @@ def usage_errors(parser: argparse.ArgumentParser, *errors):
 
 
 def check_weights(cfg) -> Optional[str]:
-    """
-    A warning, printed to stderr too, when ``cfg.MODEL.WEIGHTS`` is empty or an ImageNet backbone
-    (the head would be random); None for a checkpoint. Raises FileNotFoundError.
-    """
+    """A warning (to stderr too) for an empty or ImageNet-backbone MODEL.WEIGHTS, else None."""
     weights, warning = cfg.MODEL.WEIGHTS, None
     if not weights:
         warning = "MODEL.WEIGHTS is empty: the model has random weights."
@@ -106,10 +95,8 @@ def check_weights(cfg) -> Optional[str]:
 
 
 def dataset_dicts(name, cfg_names, key: str, indices: Sequence[int] = ()) -> Tuple[str, list]:
-    """
-    The name and dicts of the data set ``name``, by default the first of the config's
-    ``cfg_names`` (``key`` names them), checking ``indices``. Raises ValueError saying why.
-    """
+    """The name and dicts of data set ``name`` (default: the config's ``key``, ``cfg_names``[0]),
+    checking ``indices``; ValueError saying what is wrong."""
     name = name or (cfg_names[0] if len(cfg_names) else None)
     if name is None:
         raise ValueError(f"no --dataset given and the config has no {key}")
@@ -126,10 +113,7 @@ def dataset_dicts(name, cfg_names, key: str, indices: Sequence[int] = ()) -> Tup
 
 
 def coco_category_ids(metadata, num_classes: int) -> List[int]:
-    """
-    The COCO category id of each class index: the data set's own where its metadata maps them
-    (``thing_dataset_id_to_contiguous_id``), else the index, as Detectron2's COCOEvaluator does.
-    """
+    """Each class index's COCO category id, mapped back as Detectron2's COCOEvaluator does."""
     mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
     if not mapping:
         return list(range(num_classes))
@@ -155,11 +139,8 @@ def read_record(record: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def panel_grid_figure(nrows, ncols, panel: float, title: float, top: float, bottom: float):
-    """
-    A Figure of ``nrows`` x ``ncols`` square panels of ``panel`` inches, margins in inches
-    (``title`` above each panel, ``top``, ``bottom``, 0.15 between panels): labels keep their
-    size and never overlap, whatever the grid.
-    """
+    """A grid of square panels with margins in inches (``title`` above each panel, ``top``,
+    ``bottom``, 0.15 between): labels keep their size and never overlap, whatever the grid."""
     from matplotlib.figure import Figure
 
     gap = 0.15

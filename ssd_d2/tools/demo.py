@@ -82,18 +82,15 @@ def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 
 def gui_unavailable_reason(build_information=None, environ=None) -> Optional[str]:
-    """
-    Why OpenCV cannot open a window here (default: this OpenCV and ``os.environ``), or None. A
-    GUI build on Linux needs a display: some of its backends abort the process without one.
-    """
+    """Why this OpenCV cannot open a window here, or None. On Linux a GUI build needs a
+    display: some of its backends abort the process without one."""
     build_information = build_information or cv2.getBuildInformation()
     environ = os.environ if environ is None else environ
     match = re.search(r"^\s*GUI:\s*(\S+)", build_information, re.MULTILINE)
     if match is not None and match.group(1).upper() == "NONE":
         return "this OpenCV is a headless build, without a GUI (opencv-python has one)"
-    if sys.platform.startswith("linux") and not (
-        environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")
-    ):
+    display = environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")
+    if sys.platform.startswith("linux") and not display:
         return "no display to show a window on ($DISPLAY is not set)"
     return None
 
@@ -117,10 +114,8 @@ class OpenCVWindow:
 
 
 class CocoDetections:
-    """
-    COCO-format results with image ids 1, 2, ... in processing order, and the images as a COCO
-    data set without annotations: ``COCO(images_file).loadRes(results_file)`` works unlabelled.
-    """
+    """COCO-format results (image ids 1, 2, ...) and the images as a COCO data set without
+    annotations: ``COCO(images_file).loadRes(results_file)`` works on unlabelled images."""
 
     def __init__(self, metadata, num_classes: int):
         self.category_ids = common.coco_category_ids(metadata, num_classes)
@@ -158,11 +153,8 @@ def _video_writer(path: str, fps: float, first_frame: np.ndarray):
 
 
 class DemoRunner:
-    """
-    SSDPredictor (DefaultPredictor through ssd_d2's weights entrance) drawing with the class
-    names of ``cfg.DATASETS.TEST[0]``. Each input's results go to ``output_name`` (input path,
-    extension -> output path), ``window`` and, with ``record``, ``detections``.
-    """
+    """SSDPredictor drawing with the class names of ``cfg.DATASETS.TEST[0]``; results go to
+    ``output_name`` (input path, extension -> output path), ``window`` and ``detections``."""
 
     # Opens videos and the camera; tests and other cameras stand in here.
     open_capture = cv2.VideoCapture
@@ -241,9 +233,7 @@ class DemoRunner:
         visualizer = VideoVisualizer(self.metadata)
         writer, frames, objects, seconds, stopped = None, 0, 0, 0.0, False
         try:
-            if not capture.isOpened():
-                raise IOError("cannot open the camera" if webcam else unreadable)
-            while not stopped:
+            while capture.isOpened() and not stopped:
                 ok, frame = capture.read()
                 if not ok:
                     break
@@ -271,11 +261,8 @@ class DemoRunner:
 
 
 def output_names(output: str, sources: Sequence[str], parser):
-    """
-    ``--output`` as a function of an input path (and extension): the file it names, or a name
-    in its folder after the input's, never an input's (it may be an input folder) or an earlier
-    output's.
-    """
+    """``--output`` as a function of an input path (and extension): the file it names, or in
+    its folder the input's name, made unique, never an input's (it may be an input folder)."""
     if os.path.isdir(output) or not _has_extension(output, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS):
         os.makedirs(output, exist_ok=True)
         inputs, used = {os.path.realpath(p) for p in sources}, set()
@@ -306,34 +293,12 @@ def output_names(output: str, sources: Sequence[str], parser):
     return lambda input_path, extension=None: output
 
 
-def _window(args, parser, window):
-    """The window to show the pictures in: none for a run that writes, as in Detectron2's demo."""
-    if args.output or args.json:
-        return None
-    if window is not None:
-        return window
-    reason = gui_unavailable_reason()
-    if reason is None:
-        return OpenCVWindow()
-    if args.webcam:
-        parser.error(
-            f"--webcam shows the camera in a window, but {reason}: give --output FILE.mp4 "
-            "or --json FILE."
-        )
-    print(
-        f"note: no window to show the detections in: {reason}. They are only printed; "
-        "--output saves the pictures, --json the boxes.",
-        file=sys.stderr,
-    )
-    return None
-
-
 def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -> int:
     """The demo; ``window`` and ``open_capture`` replace :class:`OpenCVWindow` and the camera."""
     parser = build_argument_parser()
-    args = parser.parse_args(argv)
+    args, cfg = common.parse_config(parser, argv)
+    cfg.MODEL.SSD.SCORE_THRESH_TEST = args.confidence_threshold
     with common.usage_errors(parser):
-        cfg = common.setup_config(args, "MODEL.SSD.SCORE_THRESH_TEST", args.confidence_threshold)
         common.check_weights(cfg)
     # The camera is named WEBCAM_NAME; a --video-input is one more input.
     sources = [args.video_input] if args.video_input else args.input
@@ -341,7 +306,23 @@ def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
     output_name = output_names(args.output, files, parser) if args.output else None
-    window = _window(args, parser, window)
+    if args.output or args.json:
+        window = None  # as in Detectron2's demo, a run that writes shows nothing
+    elif window is None:
+        reason = gui_unavailable_reason()
+        if reason is None:
+            window = OpenCVWindow()
+        elif args.webcam:
+            parser.error(
+                f"--webcam shows the camera in a window, but {reason}: give --output FILE.mp4 "
+                "or --json FILE."
+            )
+        else:
+            print(
+                f"note: no window to show the detections in: {reason}. They are only printed; "
+                "--output saves the pictures, --json the boxes.",
+                file=sys.stderr,
+            )
     runner = DemoRunner(cfg, args.scale, output_name, window, record=bool(args.json))
     runner.open_capture = open_capture or runner.open_capture
     failures = len(errors) + runner.run(files)

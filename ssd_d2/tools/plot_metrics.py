@@ -18,16 +18,14 @@ from matplotlib.figure import Figure
 
 from . import common
 
-# The overall evaluation results, e.g. "bbox/AP", "bbox/AP50", "bbox/APs", in this order.
+# The overall evaluation results in this order, e.g. "bbox/AP", "bbox/AP50", "bbox/APs".
 _AP_SUFFIXES = ["", "50", "75", "s", "m", "l"]
 _OVERALL_AP = re.compile(r"^[^/]+/AP(50|75|s|m|l)?$")
 # Per-class results of COCOEvaluator, e.g. "bbox/AP-circle".
 _CLASS_AP = re.compile(r"^[^/]+/AP-(.+)$")
 
-Series = Tuple[np.ndarray, np.ndarray]
 
-
-def load_metrics(path: str) -> Dict[str, Series]:
+def load_metrics(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """Every scalar of a metrics.json (or its folder) as ``{name: (iterations, values)}``."""
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.json")
@@ -57,11 +55,11 @@ def load_metrics(path: str) -> Dict[str, Series]:
     return {name: tuple(np.array(c) for c in zip(*points)) for name, points in series.items()}
 
 
-def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
+def plot_metrics(metrics: Dict[str, Tuple[np.ndarray, np.ndarray]], title: str = "") -> Figure:
     """Panels: losses (log scale), learning rate, overall and per-class AP (if evaluated)."""
     losses = sorted(n for n in metrics if n.startswith("loss"))
     overall = [n for n in metrics if _OVERALL_AP.match(n)]
-    overall.sort(key=lambda n: (_AP_SUFFIXES.index(n.rsplit("/AP", 1)[1]), n))
+    overall.sort(key=lambda n: (_AP_SUFFIXES.index(_OVERALL_AP.match(n).group(1) or ""), n))
     panels = [
         ("loss", [n for n in ["total_loss"] if n in metrics] + losses),
         ("learning rate", [n for n in ["lr"] if n in metrics]),
@@ -71,12 +69,11 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
     panels = [(name, keys) for name, keys in panels if keys]
     if not panels:
         raise ValueError("no loss, learning rate or AP in these metrics")
-
-    ncols = 2 if len(panels) > 1 else 1
-    nrows = (len(panels) + 1) // 2
+    ncols, nrows = min(len(panels), 2), (len(panels) + 1) // 2
     fig = Figure(figsize=(6.0 * ncols, 3.6 * nrows + (0.4 if title else 0.0)), dpi=common.DPI)
     for i, (name, keys) in enumerate(panels):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax = fig.add_subplot(nrows, ncols, i + 1, xlabel="iteration")
+        ax.set_title(name, fontsize=11)
         evaluated = name in ("evaluation", "AP per class")
         for key in keys:
             label = _CLASS_AP.match(key).group(1) if name == "AP per class" else key
@@ -87,8 +84,6 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
             ax.set_yscale("log")
         if name == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-        ax.set_title(name, fontsize=11)
-        ax.set_xlabel("iteration")
         if evaluated:
             ax.set_ylabel("AP (%)")  # Detectron2's evaluators report percents
         ax.grid(True, alpha=0.3, which="both")
@@ -99,15 +94,10 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
     return fig
 
 
-def build_argument_parser():
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = common.argument_parser("plot_metrics", __doc__, config_file="", picture=True)
     parser.add_argument("metrics", metavar="PATH", help="an output folder or its metrics.json")
     parser.add_argument("--title", default=None, help="figure title (default: the input path)")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_argument_parser()
     args = parser.parse_args(argv)
     with common.usage_errors(parser, ValueError):
         metrics = load_metrics(args.metrics)

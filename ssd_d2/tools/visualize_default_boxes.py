@@ -1,7 +1,7 @@
 """
 Draw a config's default boxes (SSD's anchors) over an image resized to the network size, one
-panel per feature level: the grid of box centres, the boxes of the cells under ``--points`` and,
-for a data set image, the default boxes its ground truth matches in training (``label_anchors``).
+panel per feature level: the boxes of the cells under ``--points`` and, for a data set image,
+the default boxes its ground truth matches in training (``label_anchors``).
 
     python -m ssd_d2.tools.visualize_default_boxes --config-file configs/ssd160_shapes_demo.yaml \\
         --dataset ssd_shapes_val --index 3 --output default_boxes.png
@@ -52,10 +52,8 @@ class LevelDefaultBoxes:
 
 
 def default_boxes_by_level(cfg, points=((0.5, 0.5),), gt_boxes=None) -> List[LevelDefaultBoxes]:
-    """
-    The default boxes of each level of ``cfg``'s model: those of the cells under ``points``
-    ((x, y) fractions of the image) and those that ``gt_boxes`` ((G, 4) XYXY) match.
-    """
+    """Per level of ``cfg``'s model, the default boxes of the cells under ``points`` ((x, y)
+    fractions of the image) and those that ``gt_boxes`` ((G, 4) XYXY) match."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
@@ -99,9 +97,9 @@ def _shape_name(index: int, width: float, height: float) -> str:
 
 def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_boxes=None, title=""):
     """
-    One panel per level over ``image`` (RGB, network-input size): the grid of box centres, the
-    chosen cells' boxes coloured by shape, the ground truth (white) and the level's matched
-    default boxes (yellow, dashed). Patches carry gid "default_box", "matched_box" or "gt_box".
+    One panel per level over ``image`` (RGB, network-input size): the chosen cells' boxes
+    coloured by shape, the ground truth (white) and the level's matched default boxes (yellow,
+    dashed). Patches carry gid "cell", "default_box", "matched_box" or "gt_box".
     """
     size = image.shape[0]
     ncols = min(len(levels), 3 if len(levels) <= 6 else 4)
@@ -114,8 +112,6 @@ def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_bo
         ax = fig.add_subplot(nrows, ncols, i + 1)
         ax.imshow(background, cmap="gray", vmin=0, vmax=255, extent=(0, size, size, 0))
         (height, width), step = level.grid, level.step
-        cx, cy = np.meshgrid((np.arange(width) + 0.5) * step, (np.arange(height) + 0.5) * step)
-        ax.plot(cx.ravel(), cy.ravel(), ".", color="black", markersize=1.5, alpha=0.6)
         for box in level.matched_boxes.tolist():
             common.add_box(ax, box, "#ffe119", "matched_box", linewidth=1.2, linestyle="--")
         for box in [] if gt_boxes is None else torch.as_tensor(gt_boxes).tolist():
