@@ -36,12 +36,8 @@ def argument_parser(
     if config_file:
         required, help_text = config_file == "required", config_help or "config file"
         parser.add_argument("--config-file", required=required, metavar="FILE", help=help_text)
-        parser.add_argument(
-            "--opts",
-            nargs=argparse.REMAINDER,
-            metavar="KEY VALUE",
-            help="config options, e.g. MODEL.WEIGHTS model.pth (last)",
-        )
+        opts_help = "config options, e.g. MODEL.WEIGHTS model.pth (last)"
+        parser.add_argument("--opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help=opts_help)
     if picture:
         parser.add_argument("--output", required=True, metavar="FILE.png", help="picture to write")
     return parser

@@ -1,15 +1,12 @@
 """
-Run an SSD model on images, videos or a webcam and draw its detections, labelled with the class
-names of the config's first test data set, as Detectron2's ``demo/demo.py`` does.
+Run an SSD model on images, videos or a webcam and draw its detections with the class names of
+the config's first test data set, as Detectron2's ``demo/demo.py`` does. Inputs are files,
+folders and quoted globs; without --output or --json a window shows the pictures (Esc or q:
+stop). A missing or unreadable input is reported and skipped; the exit status is then 1.
 
     python -m ssd_d2.tools.demo --config-file configs/ssd160_shapes_demo.yaml \\
         --input photo.jpg images/ "more/*.png" clip.mp4 --output out/ --json out/dets.json \\
         --opts MODEL.WEIGHTS output/ssd160_shapes_demo/model_final.pth
-
-An input is a file, a folder (its images and videos) or a quoted glob pattern. ``--output`` is
-a file for a single input, else a folder; ``--json`` writes COCO-format results. Without either,
-a window shows the pictures (Esc or q: stop) where OpenCV has a GUI. A missing or unreadable
-input is reported and skipped; the exit status is then 1.
 """
 
 import glob
@@ -36,19 +33,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 # The name the camera's frames and output take (it is OpenCV's camera 0).
 WEBCAM_NAME = "webcam"
-
-
-def build_argument_parser():
-    parser = common.argument_parser("demo", __doc__)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", metavar="PATH", help="files, folders, globs")
-    source.add_argument("--video-input", metavar="FILE", help="a video file")
-    source.add_argument("--webcam", action="store_true", help="the first camera (Esc: stop)")
-    parser.add_argument("--output", metavar="FILE_OR_DIR", help="a file (single input) or folder")
-    parser.add_argument("--json", metavar="FILE", help="the detections as COCO-format results")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score")
-    parser.add_argument("--scale", type=float, default=1.0, help="drawn size / input size")
-    return parser
 
 
 def _has_extension(path: str, extensions: Sequence[str]) -> bool:
@@ -130,8 +114,8 @@ class CocoDetections:
         self.images.append(entry if frame is None else {**entry, "frame": frame})
         self.results += common.coco_results(instances, image_id, self.category_ids)
 
-    def save(self, path: str) -> str:
-        """Write the results to ``path``, the images next to it (dets.images.json); returns it."""
+    def save(self, path: str) -> None:
+        """Write the results to ``path`` and the images next to it (dets.images.json)."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         stem, ext = os.path.splitext(path)
         images_path = f"{stem}.images{ext or '.json'}"
@@ -139,7 +123,8 @@ class CocoDetections:
             json.dump(self.results, f)
         with open(images_path, "w") as f:
             json.dump({"images": self.images, "categories": self.categories, "annotations": []}, f)
-        return images_path
+        detections = f"{len(self.results)} detections on {len(self.images)} images"
+        print(f"{detections} -> {path} (image ids: {images_path})")
 
 
 def _video_writer(path: str, fps: float, first_frame: np.ndarray):
@@ -295,7 +280,15 @@ def output_names(output: str, sources: Sequence[str], parser):
 
 def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -> int:
     """The demo; ``window`` and ``open_capture`` replace :class:`OpenCVWindow` and the camera."""
-    parser = build_argument_parser()
+    parser = common.argument_parser("demo", __doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="PATH", help="files, folders, globs")
+    source.add_argument("--video-input", metavar="FILE", help="a video file")
+    source.add_argument("--webcam", action="store_true", help="the first camera (Esc: stop)")
+    parser.add_argument("--output", metavar="FILE_OR_DIR", help="a file (single input) or folder")
+    parser.add_argument("--json", metavar="FILE", help="the detections as COCO-format results")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score")
+    parser.add_argument("--scale", type=float, default=1.0, help="drawn size / input size")
     args, cfg = common.parse_config(parser, argv)
     cfg.MODEL.SSD.SCORE_THRESH_TEST = args.confidence_threshold
     with common.usage_errors(parser):
@@ -327,11 +320,7 @@ def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -
     runner.open_capture = open_capture or runner.open_capture
     failures = len(errors) + runner.run(files)
     if args.json:
-        images_path = runner.detections.save(args.json)
-        print(
-            f"{len(runner.detections.results)} detections on {len(runner.detections.images)} "
-            f"images -> {args.json} (image ids: {images_path})"
-        )
+        runner.detections.save(args.json)
     if failures:
         print(f"{failures} input(s) failed", file=sys.stderr)
     return 1 if failures else 0

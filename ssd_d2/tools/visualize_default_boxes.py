@@ -18,7 +18,6 @@ import cv2
 import numpy as np
 import torch
 from matplotlib import patheffects
-from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from detectron2.data import transforms as T
@@ -47,7 +46,6 @@ class LevelDefaultBoxes:
     boxes_per_cell: int
     cells: List[Tuple[int, int]]  # (row, column) of the cells shown
     cell_boxes: torch.Tensor  # (len(cells) * boxes_per_cell, 4), cell by cell
-    cell_box_sizes: List[Tuple[float, float]]  # (width, height) of each box of a cell
     matched_boxes: torch.Tensor  # (M, 4) default boxes of this level matched to ground truth
 
 
@@ -76,23 +74,14 @@ def default_boxes_by_level(cfg, points=((0.5, 0.5),), gt_boxes=None) -> List[Lev
         rows = [min(int(y * height), height - 1) for _, y in points]
         cols = [min(int(x * width), width - 1) for x, _ in points]
         cells = list(dict.fromkeys(zip(rows, cols)))  # each cell once, in order
-        sizes, step = list(generator.cell_sizes[i]), generator.steps[i]
-        grid = anchors[i].tensor.view(height, width, len(sizes), 4)
+        per_cell, step = generator.num_anchors[i], generator.steps[i]
+        grid = anchors[i].tensor.view(height, width, per_cell, 4)
         boxes = torch.cat([grid[r, c] for r, c in cells])
         matched_boxes = anchors[i].tensor[matched[i]]
         levels.append(
-            LevelDefaultBoxes(
-                name, (height, width), step, len(sizes), cells, boxes, sizes, matched_boxes
-            )
+            LevelDefaultBoxes(name, (height, width), step, per_cell, cells, boxes, matched_boxes)
         )
     return levels
-
-
-def _shape_name(index: int, width: float, height: float) -> str:
-    if index < 2:
-        return ["min size", "sqrt(min*max)"][index]
-    ratio = width / height
-    return f"{ratio:.3g}:1" if ratio >= 1 else f"1:{1 / ratio:.3g}"
 
 
 def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_boxes=None, title=""):
@@ -104,8 +93,8 @@ def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_bo
     size = image.shape[0]
     ncols = min(len(levels), 3 if len(levels) <= 6 else 4)
     nrows = math.ceil(len(levels) / ncols)
-    # Two title lines above each panel, the figure title at the top, the legend at the bottom.
-    fig = common.panel_grid_figure(nrows, ncols, 3.6, 0.45, 0.45, 0.4)
+    # Two title lines above each panel, the figure title at the top.
+    fig = common.panel_grid_figure(nrows, ncols, 3.6, 0.45, 0.45, 0.15)
     # The image in grey mid-tones: coloured, white and yellow boxes all stand out on it.
     background = (0.5 * cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) + 50).astype(np.uint8)
     for i, level in enumerate(levels):
@@ -129,12 +118,6 @@ def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_bo
             fontsize=10,
         )
         ax.set(xlim=(-0.5, size + 0.5), ylim=(size + 0.5, -0.5), xticks=[], yticks=[])
-    longest = max(levels, key=lambda level: level.boxes_per_cell)
-    handles = [
-        Line2D([], [], color=_SHAPE_COLORS[j], linewidth=2, label=_shape_name(j, *wh))
-        for j, wh in enumerate(longest.cell_box_sizes)
-    ]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     common.add_title(fig, title, inches=0.12)
     return fig
 
