@@ -110,11 +110,9 @@ def dataset_dicts(name, cfg_names, key: str, indices: Sequence[int] = ()) -> Tup
 
 def coco_category_ids(metadata, num_classes: int) -> List[int]:
     """Each class index's COCO category id, mapped back as Detectron2's COCOEvaluator does."""
-    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
-    if not mapping:
-        return list(range(num_classes))
-    contiguous_to_dataset = {c: d for d, c in mapping.items()}
-    return [contiguous_to_dataset[i] for i in range(num_classes)]
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None) or {}
+    dataset_ids = {c: d for d, c in mapping.items()}
+    return [dataset_ids.get(i, i) for i in range(num_classes)]
 
 
 def coco_results(instances, image_id: int, category_ids: Sequence[int]) -> List[dict]:
@@ -144,9 +142,7 @@ def panel_grid_figure(nrows, ncols, panel: float, title: float, top: float, bott
     height = nrows * (panel + title) + top + bottom
     # Whole pixels plus a quarter: matplotlib releases that truncate the size in pixels and
     # those that round it then draw the same picture size.
-    fig = Figure(
-        figsize=[(round(inches * DPI) + 0.25) / DPI for inches in (width, height)], dpi=DPI
-    )
+    fig = Figure(figsize=[(round(x * DPI) + 0.25) / DPI for x in (width, height)], dpi=DPI)
     fig.subplots_adjust(
         left=gap / width,
         right=1 - gap / width,

@@ -31,6 +31,7 @@ from . import common
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 # The name the camera's frames and output take (it is OpenCV's camera 0).
 WEBCAM_NAME = "webcam"
 
@@ -49,8 +50,7 @@ def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
     for pattern in patterns:
         if os.path.isdir(pattern):
             paths = [os.path.join(pattern, name) for name in sorted(os.listdir(pattern))]
-            media = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
-            found = [p for p in paths if _has_extension(p, media) and os.path.isfile(p)]
+            found = [p for p in paths if _has_extension(p, MEDIA_EXTENSIONS) and os.path.isfile(p)]
             error = "no image or video file in this folder"
         elif os.path.isfile(pattern):
             found = [pattern]
@@ -105,8 +105,7 @@ class CocoDetections:
         self.category_ids = common.coco_category_ids(metadata, num_classes)
         names = metadata.get("thing_classes", None) or [str(i) for i in range(num_classes)]
         self.categories = [{"id": i, "name": n} for i, n in zip(self.category_ids, names)]
-        self.images: List[dict] = []
-        self.results: List[dict] = []
+        self.images, self.results = [], []
 
     def add(self, file_name: str, image: np.ndarray, instances, frame: Optional[int] = None):
         image_id, (height, width) = len(self.images) + 1, image.shape[:2]
@@ -148,9 +147,7 @@ class DemoRunner:
         self.predictor = SSDPredictor(cfg)
         name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(name)
-        self.scale = scale
-        self.output_name = output_name
-        self.window = window
+        self.scale, self.output_name, self.window = scale, output_name, window
         num_classes = cfg.MODEL.SSD.NUM_CLASSES
         self.detections = CocoDetections(self.metadata, num_classes) if record else None
 
@@ -248,7 +245,7 @@ class DemoRunner:
 def output_names(output: str, sources: Sequence[str], parser):
     """``--output`` as a function of an input path (and extension): the file it names, or in
     its folder the input's name, made unique, never an input's (it may be an input folder)."""
-    if os.path.isdir(output) or not _has_extension(output, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS):
+    if os.path.isdir(output) or not _has_extension(output, MEDIA_EXTENSIONS):
         os.makedirs(output, exist_ok=True)
         inputs, used = {os.path.realpath(p) for p in sources}, set()
 

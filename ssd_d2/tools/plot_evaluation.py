@@ -1,7 +1,6 @@
 """
-Evaluate a model on a data set with COCO's metrics and draw the per-class AP and the
-precision-recall curves. The model runs on ``--dataset`` (default: DATASETS.TEST[0]), or its
-first ``--max-images``; ``--results`` reads saved detections instead (the
+Evaluate a model on a data set (default: DATASETS.TEST[0]) with COCO's metrics and draw the
+per-class AP and precision-recall curves; ``--results`` reads saved detections instead (the
 ``coco_instances_results.json`` of ``train_net.py --eval-only``). Any data set with
 ``thing_classes`` works, VOC included: its ground truth is converted to COCO's format.
 
@@ -96,8 +95,7 @@ def plot_evaluation(curves: ClassCurves, title: str = "") -> Figure:
     """AP and AP50 per class (gid "ap_bar", "ap50_bar") and precision-recall curves per class
     at IoU 0.5 (solid, gid "pr_curve") and 0.75 (dashed)."""
     num_classes = len(curves.class_names)
-    height = max(4.0, 0.32 * num_classes + 1.5)
-    fig = Figure(figsize=(13.0, height + 0.4), dpi=common.DPI)
+    fig = Figure(figsize=(13.0, max(4.0, 0.32 * num_classes + 1.5) + 0.4), dpi=common.DPI)
     colors = common.class_colors(num_classes)
     grid = fig.add_gridspec(1, 2, width_ratios=(1.0, 1.15))
     ax = fig.add_subplot(grid[0])

@@ -1,8 +1,7 @@
 """
-Draw training samples as the model receives them: each row is one image of a data set, first as
-annotated, then after SSDDatasetMapper's augmentations (photometric distortion, zoom out, min-IoU
-crop, flip, resize), several times, with the boxes that survive them. Use it to check a data
-set's annotations and the augmentation settings (INPUT.SSD.*).
+Draw training samples as the model receives them: a row per image of a data set, as annotated,
+then after SSDDatasetMapper's augmentations several times, with the boxes that survive. Use it
+to check a data set's annotations and the augmentation settings (INPUT.SSD.*).
 
     python -m ssd_d2.tools.visualize_data --config-file configs/ssd160_shapes_demo.yaml \\
         --dataset ssd_shapes_train --num-images 3 --samples 4 --output samples.png
@@ -37,10 +36,8 @@ class Sample:
 
 
 def augmented_samples(cfg, dataset_name: str, indices, samples_per_image: int, seed=0):
-    """
-    For each index of ``dataset_name``: the image as annotated, then ``samples_per_image``
-    outputs of ``SSDDatasetMapper(cfg, is_train=True)``. The same seed gives the same samples.
-    """
+    """Per index of ``dataset_name``, the image as annotated, then ``samples_per_image`` outputs
+    of ``SSDDatasetMapper(cfg, is_train=True)``; the same seed gives the same samples."""
     dicts = DatasetCatalog.get(dataset_name)
     mapper = SSDDatasetMapper(cfg, is_train=True)
     # The augmentations draw from numpy's and Python's global generators, as in a data loader.
@@ -65,8 +62,7 @@ def draw_samples(rows: List[List[Sample]], class_names: Sequence[str], title: st
     """A grid of one row per image; boxes (patches of gid "gt_box") labelled with class names."""
     nrows, ncols = len(rows), max(len(row) for row in rows)
     # Two title lines above each panel, the figure title on top.
-    top = 0.4 if title else 0.0
-    fig = common.panel_grid_figure(nrows, ncols, 2.6, 0.45, top, 0.15)
+    fig = common.panel_grid_figure(nrows, ncols, 2.6, 0.45, 0.4 if title else 0.0, 0.15)
     colors = common.class_colors(len(class_names))
     outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
     for i, sample in enumerate(sample for row in rows for sample in row):
@@ -108,7 +104,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         count = min(args.num_images, len(dicts))
         rng = np.random.default_rng(args.seed)
         indices = sorted(rng.choice(len(dicts), size=count, replace=False).tolist())
-
     rows = augmented_samples(cfg, name, indices, args.samples, seed=args.seed)
     for index, row in zip(indices, rows):
         counts = ", ".join(str(len(s.boxes)) for s in row[1:])

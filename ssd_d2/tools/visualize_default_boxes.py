@@ -112,11 +112,8 @@ def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_bo
             color = _SHAPE_COLORS[(j % level.boxes_per_cell) % len(_SHAPE_COLORS)]
             common.add_box(ax, box, color, "default_box", linewidth=1.8)
         matches = "" if gt_boxes is None else f", {len(level.matched_boxes)} matched"
-        ax.set_title(
-            f"{level.name}: {height}x{width}, step {step:g}\n"
-            f"{level.boxes_per_cell} boxes per cell{matches}",
-            fontsize=10,
-        )
+        boxes = f"{level.boxes_per_cell} boxes per cell{matches}"
+        ax.set_title(f"{level.name}: {height}x{width}, step {step:g}\n{boxes}", fontsize=10)
         ax.set(xlim=(-0.5, size + 0.5), ylim=(size + 0.5, -0.5), xticks=[], yticks=[])
     common.add_title(fig, title, inches=0.12)
     return fig
@@ -157,13 +154,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     source.add_argument("--input", metavar="IMAGE", help="an image file (default: a blank one)")
     source.add_argument("--dataset", metavar="NAME", help="a data set: its image --index, matched")
     parser.add_argument("--index", type=int, default=0, help="image index in --dataset")
+    points_help = "show the boxes of the cell under each point (fractions; default: the centre)"
     parser.add_argument(
-        "--points",
-        nargs="+",
-        type=_point,
-        default=[(0.5, 0.5)],
-        metavar="X,Y",
-        help="show the boxes of the cell under each point (fractions; default: the centre)",
+        "--points", nargs="+", type=_point, default=[(0.5, 0.5)], metavar="X,Y", help=points_help
     )
     args, cfg = common.parse_config(parser, argv)
     with common.usage_errors(parser, ValueError):
