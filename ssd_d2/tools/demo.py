@@ -68,10 +68,10 @@ def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
 def gui_unavailable_reason(build_information=None, environ=None) -> Optional[str]:
     """Why this OpenCV cannot open a window here, or None. On Linux a GUI build needs a
     display: some of its backends abort the process without one."""
-    build_information = build_information or cv2.getBuildInformation()
     environ = os.environ if environ is None else environ
+    build_information = build_information or cv2.getBuildInformation()
     match = re.search(r"^\s*GUI:\s*(\S+)", build_information, re.MULTILINE)
-    if match is not None and match.group(1).upper() == "NONE":
+    if match and match.group(1).upper() == "NONE":
         return "this OpenCV is a headless build, without a GUI (opencv-python has one)"
     display = environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")
     if sys.platform.startswith("linux") and not display:

@@ -29,8 +29,6 @@ def load_metrics(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """Every scalar of a metrics.json (or its folder) as ``{name: (iterations, values)}``."""
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No metrics file: {path}")
     with open(path) as f:
         lines = f.read().splitlines()
     by_iteration: Dict[int, Dict[str, float]] = {}

@@ -129,25 +129,6 @@ def _point(text: str) -> Tuple[float, float]:
     return x, y
 
 
-def _network_input(cfg, args) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
-    """The RGB image at the network size, its ground truth (or None) and where it comes from."""
-    size = cfg.MODEL.SSD.IMAGE_SIZE
-    image, gt_boxes, source = np.full((size, size, 3), 200, dtype=np.uint8), None, "blank image"
-    if args.dataset:
-        record = common.dataset_dicts(args.dataset, [], "", indices=[args.index])[1][args.index]
-        image, gt_boxes, _ = common.read_record(record)
-        source = f"{args.dataset} #{args.index} ({os.path.basename(record['file_name'])})"
-    elif args.input:
-        try:
-            image, source = read_image(args.input, format="RGB"), os.path.basename(args.input)
-        except OSError as e:
-            raise ValueError(f"cannot read --input {args.input}: {e}") from e
-    # The data mapper's resize to the network size, the boxes with it.
-    aug_input = T.AugInput(image, boxes=gt_boxes)
-    SquareResize(size)(aug_input)
-    return aug_input.image, None if gt_boxes is None else torch.as_tensor(aug_input.boxes), source
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = common.argument_parser("visualize_default_boxes", __doc__, picture=True)
     source = parser.add_mutually_exclusive_group()
@@ -159,17 +140,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--points", nargs="+", type=_point, default=[(0.5, 0.5)], metavar="X,Y", help=points_help
     )
     args, cfg = common.parse_config(parser, argv)
-    with common.usage_errors(parser, ValueError):
-        image, gt_boxes, source = _network_input(cfg, args)
+    size = cfg.MODEL.SSD.IMAGE_SIZE
+    image, gt_boxes, source = np.full((size, size, 3), 200, dtype=np.uint8), None, "blank image"
+    with common.usage_errors(parser, ValueError, OSError):  # OSError: an unreadable --input
+        if args.dataset:
+            record = common.dataset_dicts(args.dataset, [], "", indices=[args.index])[1][args.index]
+            image, gt_boxes, _ = common.read_record(record)
+            source = f"{args.dataset} #{args.index} ({os.path.basename(record['file_name'])})"
+        elif args.input:
+            image, source = read_image(args.input, format="RGB"), os.path.basename(args.input)
+    # The data mapper's resize to the network size, the boxes with it.
+    resized = T.AugInput(image, boxes=gt_boxes)
+    SquareResize(size)(resized)
+    gt_boxes = None if gt_boxes is None else torch.as_tensor(resized.boxes)
     levels = default_boxes_by_level(cfg, args.points, gt_boxes)
     for level in levels:
         print(
             f"{level.name}: {level.grid[0]}x{level.grid[1]} cells, {level.boxes_per_cell} "
             f"boxes per cell, {len(level.matched_boxes)} matched"
         )
-    size = cfg.MODEL.SSD.IMAGE_SIZE
     title = f"{os.path.basename(args.config_file)}: default boxes at {size}x{size}, {source}"
-    common.save_figure(draw_default_boxes(levels, image, gt_boxes, title=title), args.output)
+    common.save_figure(
+        draw_default_boxes(levels, resized.image, gt_boxes, title=title), args.output
+    )
     return 0
 
 
