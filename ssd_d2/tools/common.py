@@ -21,15 +21,12 @@ from ssd_d2.model_zoo import IMAGENET_FILES
 DPI = 100
 
 
-def argument_parser(
-    name, description, epilog=None, config_file="required", config_help="", picture=False
-):
+def argument_parser(name, description, config_file="required", config_help="", picture=False):
     """``python -m ssd_d2.tools.<name>``'s parser: ``--config-file`` ("required", "optional" or
     "": none) with ``--opts KEY VALUE ...``, and ``--output FILE.png`` for a ``picture``."""
     parser = argparse.ArgumentParser(
         prog=f"python -m ssd_d2.tools.{name}",
         description=description,
-        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(opts=[], trailing_opts=[])
@@ -143,14 +140,8 @@ def panel_grid_figure(nrows, ncols, panel: float, title: float, top: float, bott
     # Whole pixels plus a quarter: matplotlib releases that truncate the size in pixels and
     # those that round it then draw the same picture size.
     fig = Figure(figsize=[(round(x * DPI) + 0.25) / DPI for x in (width, height)], dpi=DPI)
-    fig.subplots_adjust(
-        left=gap / width,
-        right=1 - gap / width,
-        bottom=bottom / height,
-        top=1 - (top + title) / height,
-        wspace=gap / panel,
-        hspace=title / panel,
-    )
+    fig.subplots_adjust(left=gap / width, right=1 - gap / width, bottom=bottom / height)
+    fig.subplots_adjust(top=1 - (top + title) / height, wspace=gap / panel, hspace=title / panel)
     return fig
 
 

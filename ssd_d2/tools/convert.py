@@ -26,10 +26,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "convert",
         "Convert published SSD weights into a Detectron2 checkpoint that an ssd_d2 config\n"
         "loads with MODEL.WEIGHTS, with no missing or unexpected keys.",
-        epilog=_EXAMPLES,
         config_file="optional",
         config_help="the config to convert to (a path or a model zoo name; default: from the head)",
     )
+    parser.epilog = _EXAMPLES
     parser.add_argument(
         "--source",
         choices=SOURCES,

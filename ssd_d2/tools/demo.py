@@ -140,11 +140,9 @@ class DemoRunner:
     """SSDPredictor drawing with the class names of ``cfg.DATASETS.TEST[0]``; results go to
     ``output_name`` (input path, extension -> output path), ``window`` and ``detections``."""
 
-    # Opens videos and the camera; tests and other cameras stand in here.
-    open_capture = cv2.VideoCapture
-
     def __init__(self, cfg, scale: float = 1.0, output_name=None, window=None, record=False):
         self.predictor = SSDPredictor(cfg)
+        self.open_capture = cv2.VideoCapture  # opens videos and the camera; tests replace it
         name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(name)
         self.scale, self.output_name, self.window = scale, output_name, window

@@ -99,11 +99,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         name, dicts = common.dataset_dicts(
             args.dataset, train, "DATASETS.TRAIN", args.indices or []
         )
-    indices = args.indices
-    if not indices:
-        count = min(args.num_images, len(dicts))
-        rng = np.random.default_rng(args.seed)
-        indices = sorted(rng.choice(len(dicts), size=count, replace=False).tolist())
+    rng, count = np.random.default_rng(args.seed), min(args.num_images, len(dicts))
+    indices = args.indices or sorted(rng.choice(len(dicts), size=count, replace=False).tolist())
     rows = augmented_samples(cfg, name, indices, args.samples, seed=args.seed)
     for index, row in zip(indices, rows):
         counts = ", ".join(str(len(s.boxes)) for s in row[1:])

@@ -160,9 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"boxes per cell, {len(level.matched_boxes)} matched"
         )
     title = f"{os.path.basename(args.config_file)}: default boxes at {size}x{size}, {source}"
-    common.save_figure(
-        draw_default_boxes(levels, resized.image, gt_boxes, title=title), args.output
-    )
+    fig = draw_default_boxes(levels, resized.image, gt_boxes, title=title)
+    common.save_figure(fig, args.output)
     return 0
 
 
