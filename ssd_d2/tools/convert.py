@@ -1,7 +1,6 @@
 """Convert published SSD weights into a Detectron2 checkpoint once, and say which config it fits
 (MODEL.WEIGHTS takes the published files too, converted as they load by the same rules)."""
 
-import argparse
 import sys
 from typing import Optional, Sequence
 
@@ -21,7 +20,7 @@ _EXAMPLES = """examples:
 """
 
 
-def build_argument_parser() -> argparse.ArgumentParser:
+def build_argument_parser():
     parser = argument_parser(
         "convert",
         "Convert published SSD weights into a Detectron2 checkpoint that an ssd_d2 config\n"

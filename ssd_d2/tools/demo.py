@@ -69,8 +69,7 @@ def gui_unavailable_reason(build_information=None, environ=None) -> Optional[str
     """Why this OpenCV cannot open a window here, or None. On Linux a GUI build needs a
     display: some of its backends abort the process without one."""
     environ = os.environ if environ is None else environ
-    build_information = build_information or cv2.getBuildInformation()
-    match = re.search(r"^\s*GUI:\s*(\S+)", build_information, re.MULTILINE)
+    match = re.search(r"^\s*GUI:\s*(\S+)", build_information or cv2.getBuildInformation(), re.M)
     if match and match.group(1).upper() == "NONE":
         return "this OpenCV is a headless build, without a GUI (opencv-python has one)"
     display = environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")
@@ -165,8 +164,7 @@ class DemoRunner:
                 print(counter + message, flush=True)
                 if stopped:
                     break
-        except KeyboardInterrupt:
-            # Ctrl-C ends a webcam run: keep what was recorded.
+        except KeyboardInterrupt:  # Ctrl-C ends a webcam run: keep what was recorded
             print("interrupted", file=sys.stderr)
         finally:
             if self.window is not None:
@@ -209,8 +207,7 @@ class DemoRunner:
         unreadable = "no frame read from the camera" if webcam else "cannot read it as a video"
         capture = self.open_capture(0 if webcam else path)
         out = self.output_name(path, ".mp4") if self.output_name is not None else None
-        # Keeps an object's colour from frame to frame.
-        visualizer = VideoVisualizer(self.metadata)
+        visualizer = VideoVisualizer(self.metadata)  # keeps an object's colour from frame to frame
         writer, frames, objects, seconds, stopped = None, 0, 0, 0.0, False
         try:
             while capture.isOpened() and not stopped:

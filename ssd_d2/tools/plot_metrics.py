@@ -78,8 +78,7 @@ def plot_metrics(metrics: Dict[str, Tuple[np.ndarray, np.ndarray]], title: str =
             linewidth = 1.8 if key in ("total_loss", "lr") else 1.4
             marker = "o" if evaluated else None
             ax.plot(*metrics[key], marker=marker, markersize=4, linewidth=linewidth, label=label)
-        if name == "loss":
-            ax.set_yscale("log")
+        ax.set_yscale("log" if name == "loss" else "linear")
         if name == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         if evaluated:

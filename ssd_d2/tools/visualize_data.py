@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
-import torch
 from matplotlib import patheffects
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -43,7 +42,6 @@ def augmented_samples(cfg, dataset_name: str, indices, samples_per_image: int, s
     # The augmentations draw from numpy's and Python's global generators, as in a data loader.
     np.random.seed(seed)
     random.seed(seed)
-    torch.manual_seed(seed)
     rows = []
     for index in indices:
         name = os.path.basename(dicts[index]["file_name"])

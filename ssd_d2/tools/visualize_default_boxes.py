@@ -155,10 +155,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gt_boxes = None if gt_boxes is None else torch.as_tensor(resized.boxes)
     levels = default_boxes_by_level(cfg, args.points, gt_boxes)
     for level in levels:
-        print(
-            f"{level.name}: {level.grid[0]}x{level.grid[1]} cells, {level.boxes_per_cell} "
-            f"boxes per cell, {len(level.matched_boxes)} matched"
-        )
+        counts = f"{level.boxes_per_cell} boxes per cell, {len(level.matched_boxes)} matched"
+        print(f"{level.name}: {level.grid[0]}x{level.grid[1]} cells, {counts}")
     title = f"{os.path.basename(args.config_file)}: default boxes at {size}x{size}, {source}"
     fig = draw_default_boxes(levels, resized.image, gt_boxes, title=title)
     common.save_figure(fig, args.output)
