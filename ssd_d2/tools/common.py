@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from detectron2.data import DatasetCatalog
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import BoxMode
 
 from ssd_d2.config import load_config
@@ -20,34 +21,23 @@ from ssd_d2.model_zoo import IMAGENET_FILES
 DPI = 100
 
 
-def argument_parser(name, description, epilog=None, config_file="required", config_help=""):
-    """
-    The parser of ``python -m ssd_d2.tools.<name>``. ``config_file`` "required" or "optional"
-    adds ``--config-file`` (``config_help``) and ``--opts KEY VALUE ...`` (last on the line); ""
-    adds neither. ``--output FILE.png`` for the picture tools: :func:`add_picture_output`.
-    """
+def argument_parser(name, description, config_file="required", config_help="", picture=False):
+    """``python -m ssd_d2.tools.<name>``'s parser: ``--config-file`` ("required", "optional" or
+    "": none) with ``--opts KEY VALUE ...``, and ``--output FILE.png`` for a ``picture``."""
     parser = argparse.ArgumentParser(
         prog=f"python -m ssd_d2.tools.{name}",
         description=description,
-        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(opts=[], trailing_opts=[])
     if config_file:
-        required = config_file == "required"
-        help_text = config_help or "config file"
+        required, help_text = config_file == "required", config_help or "config file"
         parser.add_argument("--config-file", required=required, metavar="FILE", help=help_text)
-        parser.add_argument(
-            "--opts",
-            nargs=argparse.REMAINDER,
-            metavar="KEY VALUE",
-            help="config options, e.g. MODEL.WEIGHTS model.pth (last)",
-        )
+        opts_help = "config options, e.g. MODEL.WEIGHTS model.pth (last)"
+        parser.add_argument("--opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help=opts_help)
+    if picture:
+        parser.add_argument("--output", required=True, metavar="FILE.png", help="picture to write")
     return parser
-
-
-def add_picture_output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, metavar="FILE.png", help="picture to write")
 
 
 def add_trailing_options(parser: argparse.ArgumentParser) -> None:
@@ -61,20 +51,12 @@ def config_options(args: argparse.Namespace) -> List[str]:
     return [o for o in args.trailing_opts if o != "--opts"] + list(args.opts)
 
 
-def setup_config(args: argparse.Namespace, *extra_opts):
-    """
-    ``--config-file`` with the command line's options, then ``extra_opts``, through the one
-    config assembly (:func:`ssd_d2.config.load_config`); not frozen. Warnings go to stderr.
-    """
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    return load_config(args.config_file, config_options(args) + list(extra_opts))
-
-
-def parse_config(parser: argparse.ArgumentParser, argv, *extra_opts):
-    """``argv`` parsed by ``parser``, and the config it names (:func:`setup_config`)."""
+def parse_config(parser: argparse.ArgumentParser, argv):
+    """``argv`` parsed by ``parser``, and the config it names with its options (not frozen)."""
     args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # config warnings
     with usage_errors(parser):
-        return args, setup_config(args, *extra_opts)
+        return args, load_config(args.config_file, config_options(args))
 
 
 @contextlib.contextmanager
@@ -87,10 +69,7 @@ def usage_errors(parser: argparse.ArgumentParser, *errors):
 
 
 def check_weights(cfg) -> Optional[str]:
-    """
-    A warning, printed to stderr too, when ``cfg.MODEL.WEIGHTS`` is empty or names an ImageNet
-    backbone (the head would be random); None for a checkpoint. Raises FileNotFoundError.
-    """
+    """A warning (to stderr too) for an empty or ImageNet-backbone MODEL.WEIGHTS, else None."""
     weights, warning = cfg.MODEL.WEIGHTS, None
     if not weights:
         warning = "MODEL.WEIGHTS is empty: the model has random weights."
@@ -109,10 +88,8 @@ def check_weights(cfg) -> Optional[str]:
 
 
 def dataset_dicts(name, cfg_names, key: str, indices: Sequence[int] = ()) -> Tuple[str, list]:
-    """
-    The name and dicts of the data set ``name``, by default the first of the config's
-    ``cfg_names`` (``key`` names them), checking ``indices``. Raises ValueError saying why.
-    """
+    """The name and dicts of data set ``name`` (default: the config's ``key``, ``cfg_names``[0]),
+    checking ``indices``; ValueError saying what is wrong."""
     name = name or (cfg_names[0] if len(cfg_names) else None)
     if name is None:
         raise ValueError(f"no --dataset given and the config has no {key}")
@@ -129,15 +106,18 @@ def dataset_dicts(name, cfg_names, key: str, indices: Sequence[int] = ()) -> Tup
 
 
 def coco_category_ids(metadata, num_classes: int) -> List[int]:
-    """
-    The COCO category id of each class index: the data set's own where its metadata maps them
-    (``thing_dataset_id_to_contiguous_id``), else the index, as Detectron2's COCOEvaluator does.
-    """
-    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
-    if not mapping:
-        return list(range(num_classes))
-    contiguous_to_dataset = {c: d for d, c in mapping.items()}
-    return [contiguous_to_dataset[i] for i in range(num_classes)]
+    """Each class index's COCO category id, mapped back as Detectron2's COCOEvaluator does."""
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None) or {}
+    dataset_ids = {c: d for d, c in mapping.items()}
+    return [dataset_ids.get(i, i) for i in range(num_classes)]
+
+
+def coco_results(instances, image_id: int, category_ids: Sequence[int]) -> List[dict]:
+    """COCO-format results of ``instances``, with the data set's ``category_ids``."""
+    results = instances_to_coco_json(instances, image_id)
+    for result in results:
+        result["category_id"] = category_ids[result["category_id"]]
+    return results
 
 
 def read_record(record: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -150,11 +130,8 @@ def read_record(record: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def panel_grid_figure(nrows, ncols, panel: float, title: float, top: float, bottom: float):
-    """
-    A Figure of ``nrows`` x ``ncols`` square panels of ``panel`` inches, with margins fixed in
-    inches (``title`` above each panel, ``top`` for the figure title, ``bottom``, 0.15 between
-    panels): labels keep their size and never overlap, whatever the grid.
-    """
+    """A grid of square panels with margins in inches (``title`` above each panel, ``top``,
+    ``bottom``, 0.15 between): labels keep their size and never overlap, whatever the grid."""
     from matplotlib.figure import Figure
 
     gap = 0.15
@@ -162,17 +139,9 @@ def panel_grid_figure(nrows, ncols, panel: float, title: float, top: float, bott
     height = nrows * (panel + title) + top + bottom
     # Whole pixels plus a quarter: matplotlib releases that truncate the size in pixels and
     # those that round it then draw the same picture size.
-    fig = Figure(
-        figsize=[(round(inches * DPI) + 0.25) / DPI for inches in (width, height)], dpi=DPI
-    )
-    fig.subplots_adjust(
-        left=gap / width,
-        right=1 - gap / width,
-        bottom=bottom / height,
-        top=1 - (top + title) / height,
-        wspace=gap / panel,
-        hspace=title / panel,
-    )
+    fig = Figure(figsize=[(round(x * DPI) + 0.25) / DPI for x in (width, height)], dpi=DPI)
+    fig.subplots_adjust(left=gap / width, right=1 - gap / width, bottom=bottom / height)
+    fig.subplots_adjust(top=1 - (top + title) / height, wspace=gap / panel, hspace=title / panel)
     return fig
 
 
@@ -198,8 +167,8 @@ def class_colors(num_classes: int) -> list:
     return [cmap(i % cmap.N)[:3] for i in range(max(num_classes, 1))]
 
 
-def save_figure(fig, path: str) -> str:
+def save_figure(fig, path: str) -> None:
     """Save ``fig`` as ``path``, folders created. The tools draw without pyplot: no display."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=DPI)
-    return path
+    print(f"wrote {path}")

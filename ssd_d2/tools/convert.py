@@ -1,9 +1,8 @@
 """Convert published SSD weights into a Detectron2 checkpoint once, and say which config it fits
 (MODEL.WEIGHTS takes the published files too, converted as they load by the same rules)."""
 
-import argparse
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from ssd_d2.convert import SOURCES, SPECS, Conversion, ConversionError
 from ssd_d2.engine.checkpoint import convert_file
@@ -21,15 +20,15 @@ _EXAMPLES = """examples:
 """
 
 
-def build_argument_parser() -> argparse.ArgumentParser:
+def build_argument_parser():
     parser = argument_parser(
         "convert",
         "Convert published SSD weights into a Detectron2 checkpoint that an ssd_d2 config\n"
         "loads with MODEL.WEIGHTS, with no missing or unexpected keys.",
-        epilog=_EXAMPLES,
         config_file="optional",
         config_help="the config to convert to (a path or a model zoo name; default: from the head)",
     )
+    parser.epilog = _EXAMPLES
     parser.add_argument(
         "--source",
         choices=SOURCES,
@@ -48,34 +47,24 @@ def build_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def summarize(conversion: Conversion) -> List[str]:
-    """Lines that say what was converted: tensors and values per module, and notes."""
+def main(argv: Optional[Sequence[str]] = None) -> Conversion:
+    args = build_argument_parser().parse_args(argv)
+    what = (args.source, args.input, args.output, args.config_file, config_options(args))
+    try:
+        conversion = convert_file(*what, args.allow_unsafe_checkpoint)
+    except (ConversionError, FileNotFoundError) as e:
+        sys.exit(f"error: {args.input}: {e}")
+    # Tensors and values per module, e.g. "backbone.vgg".
     groups = {}
     for key, value in conversion.state_dict.items():
         groups.setdefault(".".join(key.split(".")[:2]), []).append(value.numel())
     total = sum(map(sum, groups.values()))
-    source, n = SPECS[conversion.source].title, len(conversion.state_dict)
-    lines = [
-        f"Converted {n} tensors ({total:,} values) from {source} for {conversion.config_file}:"
-    ]
-    lines += [f"  {k:<18} {len(v):>3} tensors {sum(v):>12,} values" for k, v in groups.items()]
-    return lines + [f"  note: {note}" for note in conversion.notes]
-
-
-def main(argv: Optional[Sequence[str]] = None) -> Conversion:
-    args = build_argument_parser().parse_args(argv)
-    try:
-        conversion = convert_file(
-            args.source,
-            args.input,
-            args.output,
-            args.config_file,
-            config_options(args),
-            args.allow_unsafe_checkpoint,
-        )
-    except (ConversionError, FileNotFoundError) as e:
-        sys.exit(f"error: {args.input}: {e}")
-    print("\n".join(summarize(conversion)))
+    n, title = len(conversion.state_dict), SPECS[conversion.source].title
+    print(f"Converted {n} tensors ({total:,} values) from {title} for {conversion.config_file}:")
+    for group, sizes in groups.items():
+        print(f"  {group:<18} {len(sizes):>3} tensors {sum(sizes):>12,} values")
+    for note in conversion.notes:
+        print(f"  note: {note}")
     use = " ".join([conversion.config_file, *conversion.config_opts, "MODEL.WEIGHTS", args.output])
     print(f"Wrote {args.output}; use it with --config-file {use}")
     return conversion

@@ -1,15 +1,12 @@
 """
-Run an SSD model on images, videos or a webcam and draw its detections, labelled with the class
-names of the config's first test data set, as Detectron2's ``demo/demo.py`` does.
+Run an SSD model on images, videos or a webcam and draw its detections with the class names of
+the config's first test data set, as Detectron2's ``demo/demo.py`` does. Inputs are files,
+folders and quoted globs; without --output or --json a window shows the pictures (Esc or q:
+stop). A missing or unreadable input is reported and skipped; the exit status is then 1.
 
     python -m ssd_d2.tools.demo --config-file configs/ssd160_shapes_demo.yaml \\
         --input photo.jpg images/ "more/*.png" clip.mp4 --output out/ --json out/dets.json \\
         --opts MODEL.WEIGHTS output/ssd160_shapes_demo/model_final.pth
-
-An input is a file, a folder (its images and videos) or a quoted glob pattern. ``--output`` is
-a file for a single input, else a folder; ``--json`` writes COCO-format results. Without either,
-a window shows the pictures (Esc or q: stop) where OpenCV has a GUI. A missing or unreadable
-input is reported and skipped; the exit status is then 1.
 """
 
 import glob
@@ -24,7 +21,6 @@ import cv2
 import numpy as np
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 
@@ -35,27 +31,17 @@ from . import common
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 # The name the camera's frames and output take (it is OpenCV's camera 0).
 WEBCAM_NAME = "webcam"
-# Keys that close the window: Esc, q.
-_STOP_KEYS = (27, ord("q"))
-
-
-def build_argument_parser():
-    parser = common.argument_parser("demo", __doc__)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", metavar="PATH", help="files, folders, globs")
-    source.add_argument("--video-input", metavar="FILE", help="a video file")
-    source.add_argument("--webcam", action="store_true", help="the first camera (Esc: stop)")
-    parser.add_argument("--output", metavar="FILE_OR_DIR", help="a file (single input) or folder")
-    parser.add_argument("--json", metavar="FILE", help="the detections as COCO-format results")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score")
-    parser.add_argument("--scale", type=float, default=1.0, help="drawn size / input size")
-    return parser
 
 
 def _has_extension(path: str, extensions: Sequence[str]) -> bool:
     return os.path.splitext(path)[1].lower() in extensions
+
+
+def _is_video(source: str) -> bool:
+    return source == WEBCAM_NAME or _has_extension(source, VIDEO_EXTENSIONS)
 
 
 def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -64,8 +50,7 @@ def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
     for pattern in patterns:
         if os.path.isdir(pattern):
             paths = [os.path.join(pattern, name) for name in sorted(os.listdir(pattern))]
-            media = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
-            found = [p for p in paths if _has_extension(p, media) and os.path.isfile(p)]
+            found = [p for p in paths if _has_extension(p, MEDIA_EXTENSIONS) and os.path.isfile(p)]
             error = "no image or video file in this folder"
         elif os.path.isfile(pattern):
             found = [pattern]
@@ -80,65 +65,15 @@ def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
     return files, errors
 
 
-class _OutputNames:
-    """Output paths named after the inputs, made unique when two inputs share a name."""
-
-    def __init__(self, folder: str, inputs: Sequence[str]):
-        self.folder = folder
-        self.inputs = {os.path.realpath(p) for p in inputs}
-        self.used = set()
-
-    def __call__(self, input_path: str, extension: Optional[str] = None) -> str:
-        stem, ext = os.path.splitext(os.path.basename(input_path))
-        ext = extension or (ext.lower() if ext.lower() in IMAGE_EXTENSIONS else ".png")
-        candidate, n = stem + ext, 1
-        # Never overwrite an input (--output may be an input folder) or an earlier output.
-        while candidate in self.used or self._path(candidate) in self.inputs:
-            n += 1
-            candidate = f"{stem}_{n}{ext}"
-        self.used.add(candidate)
-        return os.path.join(self.folder, candidate)
-
-    def _path(self, name: str) -> str:
-        return os.path.realpath(os.path.join(self.folder, name))
-
-
-class _Progress:
-    """A tqdm progress bar over several inputs, or a plain "[i/n]" counter without tqdm."""
-
-    def __init__(self, total: int):
-        self.total, self.count, self.bar = total, 0, None
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return
-        if total > 1:
-            self.bar = tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True)
-
-    def print(self, message: str, file=None) -> None:
-        file = file or sys.stdout
-        self.count += 1
-        if self.bar is not None:
-            self.bar.write(message, file=file)
-            self.bar.update(1)
-        else:
-            prefix = f"[{self.count}/{self.total}] " if self.total > 1 else ""
-            print(prefix + message, file=file, flush=True)
-
-
 def gui_unavailable_reason(build_information=None, environ=None) -> Optional[str]:
-    """
-    Why OpenCV cannot open a window here (default: this OpenCV and ``os.environ``), or None. A
-    GUI build on Linux needs a display: some of its backends abort the process without one.
-    """
-    build_information = build_information or cv2.getBuildInformation()
+    """Why this OpenCV cannot open a window here, or None. On Linux a GUI build needs a
+    display: some of its backends abort the process without one."""
     environ = os.environ if environ is None else environ
-    match = re.search(r"^\s*GUI:\s*(\S+)", build_information, re.MULTILINE)
-    if match is not None and match.group(1).upper() == "NONE":
+    match = re.search(r"^\s*GUI:\s*(\S+)", build_information or cv2.getBuildInformation(), re.M)
+    if match and match.group(1).upper() == "NONE":
         return "this OpenCV is a headless build, without a GUI (opencv-python has one)"
-    if sys.platform.startswith("linux") and not (
-        environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")
-    ):
+    display = environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")
+    if sys.platform.startswith("linux") and not display:
         return "no display to show a window on ($DISPLAY is not set)"
     return None
 
@@ -155,37 +90,30 @@ class OpenCVWindow:
         cv2.imshow(self.title, bgr)
         key = cv2.waitKey(wait_ms) & 0xFF
         closed = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
-        return key not in _STOP_KEYS and not closed
+        return key not in (27, ord("q")) and not closed
 
     def close(self) -> None:
         cv2.destroyWindow(self.title)
 
 
 class CocoDetections:
-    """
-    COCO-format results (what ``COCO.loadRes`` reads) with image ids 1, 2, ... in processing
-    order, and the images as a COCO data set without annotations, so that
-    ``COCO(images_file).loadRes(results_file)`` works for unlabelled images.
-    """
+    """COCO-format results (image ids 1, 2, ...) and the images as a COCO data set without
+    annotations: ``COCO(images_file).loadRes(results_file)`` works on unlabelled images."""
 
     def __init__(self, metadata, num_classes: int):
         self.category_ids = common.coco_category_ids(metadata, num_classes)
         names = metadata.get("thing_classes", None) or [str(i) for i in range(num_classes)]
         self.categories = [{"id": i, "name": n} for i, n in zip(self.category_ids, names)]
-        self.images: List[dict] = []
-        self.results: List[dict] = []
+        self.images, self.results = [], []
 
     def add(self, file_name: str, image: np.ndarray, instances, frame: Optional[int] = None):
-        image_id = len(self.images) + 1
-        height, width = image.shape[:2]
+        image_id, (height, width) = len(self.images) + 1, image.shape[:2]
         entry = {"id": image_id, "file_name": file_name, "height": height, "width": width}
         self.images.append(entry if frame is None else {**entry, "frame": frame})
-        for result in instances_to_coco_json(instances, image_id):
-            result["category_id"] = self.category_ids[result["category_id"]]
-            self.results.append(result)
+        self.results += common.coco_results(instances, image_id, self.category_ids)
 
-    def save(self, path: str) -> str:
-        """Write the results to ``path``, the images next to it (dets.images.json); returns it."""
+    def save(self, path: str) -> None:
+        """Write the results to ``path`` and the images next to it (dets.images.json)."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         stem, ext = os.path.splitext(path)
         images_path = f"{stem}.images{ext or '.json'}"
@@ -193,7 +121,8 @@ class CocoDetections:
             json.dump(self.results, f)
         with open(images_path, "w") as f:
             json.dump({"images": self.images, "categories": self.categories, "annotations": []}, f)
-        return images_path
+        detections = f"{len(self.results)} detections on {len(self.images)} images"
+        print(f"{detections} -> {path} (image ids: {images_path})")
 
 
 def _video_writer(path: str, fps: float, first_frame: np.ndarray):
@@ -206,64 +135,50 @@ def _video_writer(path: str, fps: float, first_frame: np.ndarray):
     return writer
 
 
-def _is_video(source: str) -> bool:
-    return source == WEBCAM_NAME or _has_extension(source, VIDEO_EXTENSIONS)
-
-
 class DemoRunner:
-    """
-    SSDPredictor (DefaultPredictor through ssd_d2's weights entrance) drawing with the class
-    names of ``cfg.DATASETS.TEST[0]``. Each input's results go to ``output_name`` (input path,
-    extension -> output path), ``window`` and, with ``record``, ``detections``.
-    """
-
-    # Opens videos and the camera; tests and other cameras stand in here.
-    open_capture = cv2.VideoCapture
+    """SSDPredictor drawing with the class names of ``cfg.DATASETS.TEST[0]``; results go to
+    ``output_name`` (input path, extension -> output path), ``window`` and ``detections``."""
 
     def __init__(self, cfg, scale: float = 1.0, output_name=None, window=None, record=False):
         self.predictor = SSDPredictor(cfg)
+        self.open_capture = cv2.VideoCapture  # opens videos and the camera; tests replace it
         name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(name)
-        self.num_classes = cfg.MODEL.SSD.NUM_CLASSES
-        self.scale = scale
-        self.output_name = output_name
-        self.window = window
-        self.detections = CocoDetections(self.metadata, self.num_classes) if record else None
-
-    def predict(self, bgr: np.ndarray):
-        """The detections of a BGR image, on the CPU."""
-        return self.predictor(bgr)["instances"].to("cpu")
-
-    def draw(self, bgr: np.ndarray, instances) -> np.ndarray:
-        """The image with labelled boxes, BGR, ``scale`` times the input size."""
-        visualizer = Visualizer(bgr[:, :, ::-1], self.metadata, scale=self.scale)
-        drawn = visualizer.draw_instance_predictions(instances).get_image()
-        return np.ascontiguousarray(drawn[:, :, ::-1])
+        self.scale, self.output_name, self.window = scale, output_name, window
+        num_classes = cfg.MODEL.SSD.NUM_CLASSES
+        self.detections = CocoDetections(self.metadata, num_classes) if record else None
 
     def run(self, files: Sequence[str]) -> int:
         """Process ``files`` until the window asks to stop; the number that failed (skipped)."""
-        progress, failures = _Progress(len(files)), 0
+        failures = 0
         try:
-            for path in files:
-                stopped = False
+            for i, path in enumerate(files, 1):
+                counter = f"[{i}/{len(files)}] " if len(files) > 1 else ""
                 try:
                     process = self._process_video if _is_video(path) else self._process_image
                     message, stopped = process(path)
-                    progress.print(message)
                 except IOError as e:
                     failures += 1
-                    progress.print(f"error: {path}: {e}; skipped", file=sys.stderr)
+                    print(f"{counter}error: {path}: {e}; skipped", file=sys.stderr, flush=True)
+                    continue
+                print(counter + message, flush=True)
                 if stopped:
                     break
-        except KeyboardInterrupt:
-            # Ctrl-C ends a webcam run: keep what was recorded.
+        except KeyboardInterrupt:  # Ctrl-C ends a webcam run: keep what was recorded
             print("interrupted", file=sys.stderr)
         finally:
-            if progress.bar is not None:
-                progress.bar.close()
             if self.window is not None:
                 self.window.close()
         return failures
+
+    def _predict(self, path: str, bgr: np.ndarray, frame: Optional[int] = None):
+        """The detections of a BGR image (recorded), on the CPU, and the seconds they took."""
+        start = time.perf_counter()
+        instances = self.predictor(bgr)["instances"].to("cpu")
+        seconds = time.perf_counter() - start
+        if self.detections is not None:
+            self.detections.add(path, bgr, instances, frame)
+        return instances, seconds
 
     def _process_image(self, path: str) -> Tuple[str, bool]:
         try:
@@ -273,14 +188,13 @@ class DemoRunner:
                 raise IOError("cannot read it as an image") from None
             # A file named with another extension: perhaps OpenCV reads it as a video.
             return self._process_video(path)
-        start = time.perf_counter()
-        instances = self.predict(image)
-        message = f"{path}: {len(instances)} objects in {time.perf_counter() - start:.3f} s"
-        if self.detections is not None:
-            self.detections.add(path, image, instances)
+        instances, seconds = self._predict(path, image)
+        message = f"{path}: {len(instances)} objects in {seconds:.3f} s"
         if self.output_name is None and self.window is None:
             return message, False
-        drawn = self.draw(image, instances)
+        visualizer = Visualizer(image[:, :, ::-1], self.metadata, scale=self.scale)
+        drawn = visualizer.draw_instance_predictions(instances).get_image()[:, :, ::-1]
+        drawn = np.ascontiguousarray(drawn)
         if self.output_name is not None:
             out = self.output_name(path)
             if not cv2.imwrite(out, drawn):
@@ -293,23 +207,17 @@ class DemoRunner:
         unreadable = "no frame read from the camera" if webcam else "cannot read it as a video"
         capture = self.open_capture(0 if webcam else path)
         out = self.output_name(path, ".mp4") if self.output_name is not None else None
-        # Keeps an object's colour from frame to frame.
-        visualizer = VideoVisualizer(self.metadata)
+        visualizer = VideoVisualizer(self.metadata)  # keeps an object's colour from frame to frame
         writer, frames, objects, seconds, stopped = None, 0, 0, 0.0, False
         try:
-            if not capture.isOpened():
-                raise IOError("cannot open the camera" if webcam else unreadable)
-            while not stopped:
+            while capture.isOpened() and not stopped:
                 ok, frame = capture.read()
                 if not ok:
                     break
-                start = time.perf_counter()
-                instances = self.predict(frame)
-                seconds += time.perf_counter() - start
-                if self.detections is not None:
-                    self.detections.add(path, frame, instances, frame=frames)
+                instances, spent = self._predict(path, frame, frame=frames)
                 frames += 1
                 objects += len(instances)
+                seconds += spent
                 if out is None and self.window is None:
                     continue
                 drawn = visualizer.draw_instance_predictions(frame[:, :, ::-1], instances)
@@ -329,14 +237,24 @@ class DemoRunner:
         return message + "/frame" + (f" -> {out}" if out else ""), stopped
 
 
-def _output_names(args, parser, sources: Sequence[str]):
-    """``--output`` as a function of the input path: a single file, or names in a folder."""
-    output = args.output
-    if not output:
-        return None
-    if os.path.isdir(output) or not _has_extension(output, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS):
+def output_names(output: str, sources: Sequence[str], parser):
+    """``--output`` as a function of an input path (and extension): the file it names, or in
+    its folder the input's name, made unique, never an input's (it may be an input folder)."""
+    if os.path.isdir(output) or not _has_extension(output, MEDIA_EXTENSIONS):
         os.makedirs(output, exist_ok=True)
-        return _OutputNames(output, sources)
+        inputs, used = {os.path.realpath(p) for p in sources}, set()
+
+        def name(input_path: str, extension: Optional[str] = None) -> str:
+            stem, ext = os.path.splitext(os.path.basename(input_path))
+            ext = extension or (ext.lower() if ext.lower() in IMAGE_EXTENSIONS else ".png")
+            candidate, n = stem + ext, 1
+            while candidate in used or os.path.realpath(os.path.join(output, candidate)) in inputs:
+                n += 1
+                candidate = f"{stem}_{n}{ext}"
+            used.add(candidate)
+            return os.path.join(output, candidate)
+
+        return name
     # As in Detectron2's demo, an --output file takes a single input.
     if len(sources) > 1:
         parser.error(
@@ -352,51 +270,49 @@ def _output_names(args, parser, sources: Sequence[str]):
     return lambda input_path, extension=None: output
 
 
-def _window(args, parser, window):
-    """The window to show the pictures in: none for a run that writes, as in Detectron2's demo."""
-    if args.output or args.json:
-        return None
-    if window is not None:
-        return window
-    reason = gui_unavailable_reason()
-    if reason is None:
-        return OpenCVWindow()
-    if args.webcam:
-        parser.error(
-            f"--webcam shows the camera in a window, but {reason}: give --output FILE.mp4 "
-            "or --json FILE."
-        )
-    print(
-        f"note: no window to show the detections in: {reason}. They are only printed; "
-        "--output saves the pictures, --json the boxes.",
-        file=sys.stderr,
-    )
-    return None
-
-
 def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -> int:
     """The demo; ``window`` and ``open_capture`` replace :class:`OpenCVWindow` and the camera."""
-    parser = build_argument_parser()
-    args = parser.parse_args(argv)
+    parser = common.argument_parser("demo", __doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="PATH", help="files, folders, globs")
+    source.add_argument("--video-input", metavar="FILE", help="a video file")
+    source.add_argument("--webcam", action="store_true", help="the first camera (Esc: stop)")
+    parser.add_argument("--output", metavar="FILE_OR_DIR", help="a file (single input) or folder")
+    parser.add_argument("--json", metavar="FILE", help="the detections as COCO-format results")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score")
+    parser.add_argument("--scale", type=float, default=1.0, help="drawn size / input size")
+    args, cfg = common.parse_config(parser, argv)
+    cfg.MODEL.SSD.SCORE_THRESH_TEST = args.confidence_threshold
     with common.usage_errors(parser):
-        cfg = common.setup_config(args, "MODEL.SSD.SCORE_THRESH_TEST", args.confidence_threshold)
         common.check_weights(cfg)
     # The camera is named WEBCAM_NAME; a --video-input is one more input.
     sources = [args.video_input] if args.video_input else args.input
     files, errors = ([WEBCAM_NAME], []) if args.webcam else expand_inputs(sources)
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
-    output_name = _output_names(args, parser, files)
-    window = _window(args, parser, window)
+    output_name = output_names(args.output, files, parser) if args.output else None
+    if args.output or args.json:
+        window = None  # as in Detectron2's demo, a run that writes shows nothing
+    elif window is None:
+        reason = gui_unavailable_reason()
+        if reason is None:
+            window = OpenCVWindow()
+        elif args.webcam:
+            parser.error(
+                f"--webcam shows the camera in a window, but {reason}: give --output FILE.mp4 "
+                "or --json FILE."
+            )
+        else:
+            print(
+                f"note: no window to show the detections in: {reason}. They are only printed; "
+                "--output saves the pictures, --json the boxes.",
+                file=sys.stderr,
+            )
     runner = DemoRunner(cfg, args.scale, output_name, window, record=bool(args.json))
     runner.open_capture = open_capture or runner.open_capture
     failures = len(errors) + runner.run(files)
     if args.json:
-        images_path = runner.detections.save(args.json)
-        print(
-            f"{len(runner.detections.results)} detections on {len(runner.detections.images)} "
-            f"images -> {args.json} (image ids: {images_path})"
-        )
+        runner.detections.save(args.json)
     if failures:
         print(f"{failures} input(s) failed", file=sys.stderr)
     return 1 if failures else 0

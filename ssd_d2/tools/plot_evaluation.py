@@ -1,7 +1,6 @@
 """
-Evaluate a model on a data set with COCO's metrics and draw the per-class AP and the
-precision-recall curves. The model runs on ``--dataset`` (default: DATASETS.TEST[0]), or its
-first ``--max-images``; ``--results`` reads saved detections instead (the
+Evaluate a model on a data set (default: DATASETS.TEST[0]) with COCO's metrics and draw the
+per-class AP and precision-recall curves; ``--results`` reads saved detections instead (the
 ``coco_instances_results.json`` of ``train_net.py --eval-only``). Any data set with
 ``thing_classes`` works, VOC included: its ground truth is converted to COCO's format.
 
@@ -27,7 +26,6 @@ from tqdm import tqdm
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 
 from ssd_d2.data import SSDDatasetMapper
@@ -63,9 +61,7 @@ def coco_ground_truth(dataset_name: str) -> dict:
     return convert_to_coco_dict(dataset_name)
 
 
-def evaluate_detections(
-    ground_truth: dict, detections: List[dict], image_ids: Optional[Sequence[int]] = None
-) -> ClassCurves:
+def evaluate_detections(ground_truth: dict, detections: List[dict], image_ids=None) -> ClassCurves:
     """COCOeval of COCO results (XYWH) against a COCO dict, on ``image_ids`` (default: all)."""
     coco_gt = COCO()
     coco_gt.dataset = ground_truth
@@ -89,28 +85,19 @@ def evaluate_detections(
         ap = np.nanmean(precision, axis=(0, 1))
         ap50 = np.nanmean(precision[t50], axis=0)
     names = {c["id"]: c["name"] for c in ground_truth["categories"]}
-    return ClassCurves(
-        class_names=[names[c] for c in evaluator.params.catIds],
-        ap=ap,
-        ap50=ap50,
-        recall=np.asarray(evaluator.params.recThrs),
-        precision50=precision[t50].T,
-        precision75=precision[t75].T,
-        stats=dict(zip(_STAT_NAMES, (float(s) for s in evaluator.stats))),
-    )
+    class_names = [names[c] for c in evaluator.params.catIds]
+    recall = np.asarray(evaluator.params.recThrs)
+    stats = dict(zip(_STAT_NAMES, (float(s) for s in evaluator.stats)))
+    return ClassCurves(class_names, ap, ap50, recall, precision[t50].T, precision[t75].T, stats)
 
 
 def plot_evaluation(curves: ClassCurves, title: str = "") -> Figure:
-    """
-    Left: AP and AP50 per class (bars carry gid "ap_bar" / "ap50_bar"). Right: the
-    precision-recall curve of each class at IoU 0.5 (solid, gid "pr_curve") and 0.75 (dashed).
-    """
+    """AP and AP50 per class (gid "ap_bar", "ap50_bar") and precision-recall curves per class
+    at IoU 0.5 (solid, gid "pr_curve") and 0.75 (dashed)."""
     num_classes = len(curves.class_names)
-    height = max(4.0, 0.32 * num_classes + 1.5)
-    fig = Figure(figsize=(13.0, height + 0.4), dpi=common.DPI)
+    fig = Figure(figsize=(13.0, max(4.0, 0.32 * num_classes + 1.5) + 0.4), dpi=common.DPI)
     colors = common.class_colors(num_classes)
     grid = fig.add_gridspec(1, 2, width_ratios=(1.0, 1.15))
-
     ax = fig.add_subplot(grid[0])
     y, half = np.arange(num_classes)[::-1], 0.2
     ap, ap50 = np.nan_to_num(curves.ap * 100), np.nan_to_num(curves.ap50 * 100)
@@ -122,14 +109,12 @@ def plot_evaluation(curves: ClassCurves, title: str = "") -> Figure:
             continue
         ax.text(ap[k] + 1, y[k] - half, f"{ap[k]:.1f}", va="center", fontsize=8)
         ax.text(ap50[k] + 1, y[k] + half, f"{ap50[k]:.1f}", va="center", fontsize=8)
-    ax.set_yticks(y)
-    ax.set_yticklabels(curves.class_names, fontsize=9)
+    ax.set_yticks(y, curves.class_names, fontsize=9)
     ax.set(xlim=(0, 110), xlabel="AP (%)")
     all_ap = f"AP {100 * curves.stats['AP']:.1f}, AP50 {100 * curves.stats['AP50']:.1f}"
     ax.set_title(f"AP per class (all: {all_ap})", fontsize=11)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(True, axis="x", alpha=0.3)
-
     ax = fig.add_subplot(grid[1])
     for k, name in enumerate(curves.class_names):
         if not np.isnan(curves.ap50[k]):
@@ -157,30 +142,21 @@ def predict_coco_results(cfg, dataset_dicts: List[dict], metadata) -> List[dict]
     mapper = SSDDatasetMapper(cfg, is_train=False)
     category_ids = common.coco_category_ids(metadata, cfg.MODEL.SSD.NUM_CLASSES)
     results = []
-    batch_size = 8
-    batches = range(0, len(dataset_dicts), batch_size)
-    for start in tqdm(batches, desc="inference", unit="batch", file=sys.stderr):
-        inputs = [mapper(d) for d in dataset_dicts[start : start + batch_size]]
+    for start in tqdm(range(0, len(dataset_dicts), 8), desc="inference", file=sys.stderr):
+        inputs = [mapper(d) for d in dataset_dicts[start : start + 8]]  # batches of 8
         with torch.no_grad():
             outputs = model(inputs)
         for record, output in zip(inputs, outputs):
-            for result in instances_to_coco_json(output["instances"].to("cpu"), record["image_id"]):
-                result["category_id"] = category_ids[result["category_id"]]
-                results.append(result)
+            instances = output["instances"].to("cpu")
+            results += common.coco_results(instances, record["image_id"], category_ids)
     return results
 
 
-def build_argument_parser():
-    parser = common.argument_parser("plot_evaluation", __doc__)
-    common.add_picture_output(parser)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = common.argument_parser("plot_evaluation", __doc__, picture=True)
     parser.add_argument("--dataset", metavar="NAME", help="data set (default: DATASETS.TEST[0])")
     parser.add_argument("--max-images", type=int, metavar="N", help="only the first N images")
     parser.add_argument("--results", metavar="JSON", help="saved COCO-format detections to read")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_argument_parser()
     args, cfg = common.parse_config(parser, argv)
     with common.usage_errors(parser, ValueError):
         if not args.results:
@@ -200,14 +176,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         detections = predict_coco_results(cfg, dicts, MetadataCatalog.get(name))
         source = os.path.basename(cfg.MODEL.WEIGHTS) or "random weights"
-
     curves = evaluate_detections(coco_ground_truth(name), detections, image_ids)
-    title = f"{name} ({len(image_ids)} images), {os.path.basename(args.config_file)}, {source}"
-    common.save_figure(plot_evaluation(curves, title=title), args.output)
     print(" ".join(f"{k} {100 * v:.1f}" for k, v in list(curves.stats.items())[:6]))
     for k, class_name in enumerate(curves.class_names):
         print(f"  {class_name}: AP {100 * curves.ap[k]:.1f}, AP50 {100 * curves.ap50[k]:.1f}")
-    print(f"wrote {args.output}")
+    title = f"{name} ({len(image_ids)} images), {os.path.basename(args.config_file)}, {source}"
+    common.save_figure(plot_evaluation(curves, title=title), args.output)
     return 0
 
 

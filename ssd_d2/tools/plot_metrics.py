@@ -15,28 +15,20 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
 from . import common
 
-# The overall evaluation results, e.g. "bbox/AP", "bbox/AP50", "bbox/APs", in this order.
+# The overall evaluation results in this order, e.g. "bbox/AP", "bbox/AP50", "bbox/APs".
 _AP_SUFFIXES = ["", "50", "75", "s", "m", "l"]
 _OVERALL_AP = re.compile(r"^[^/]+/AP(50|75|s|m|l)?$")
 # Per-class results of COCOEvaluator, e.g. "bbox/AP-circle".
 _CLASS_AP = re.compile(r"^[^/]+/AP-(.+)$")
 
-Series = Tuple[np.ndarray, np.ndarray]
 
-
-def load_metrics(path: str) -> Dict[str, Series]:
-    """
-    Every scalar of a metrics.json (``path``: the file or its folder) as ``{name: (iterations,
-    values)}``, by iteration. Raises FileNotFoundError without one, ValueError for bad lines.
-    """
+def load_metrics(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """Every scalar of a metrics.json (or its folder) as ``{name: (iterations, values)}``."""
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No metrics file: {path}")
     with open(path) as f:
         lines = f.read().splitlines()
     by_iteration: Dict[int, Dict[str, float]] = {}
@@ -61,14 +53,11 @@ def load_metrics(path: str) -> Dict[str, Series]:
     return {name: tuple(np.array(c) for c in zip(*points)) for name, points in series.items()}
 
 
-def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
-    """
-    Panels: losses (log scale), learning rate, overall AP and per-class AP (the last two only
-    when the run was evaluated), each line labelled with its metric's name.
-    """
+def plot_metrics(metrics: Dict[str, Tuple[np.ndarray, np.ndarray]], title: str = "") -> Figure:
+    """Panels: losses (log scale), learning rate, overall and per-class AP (if evaluated)."""
     losses = sorted(n for n in metrics if n.startswith("loss"))
     overall = [n for n in metrics if _OVERALL_AP.match(n)]
-    overall.sort(key=lambda n: (_AP_SUFFIXES.index(n.rsplit("/AP", 1)[1]), n))
+    overall.sort(key=lambda n: (_AP_SUFFIXES.index(_OVERALL_AP.match(n).group(1) or ""), n))
     panels = [
         ("loss", [n for n in ["total_loss"] if n in metrics] + losses),
         ("learning rate", [n for n in ["lr"] if n in metrics]),
@@ -78,30 +67,20 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
     panels = [(name, keys) for name, keys in panels if keys]
     if not panels:
         raise ValueError("no loss, learning rate or AP in these metrics")
-
-    ncols = 2 if len(panels) > 1 else 1
-    nrows = (len(panels) + 1) // 2
+    ncols, nrows = min(len(panels), 2), (len(panels) + 1) // 2
     fig = Figure(figsize=(6.0 * ncols, 3.6 * nrows + (0.4 if title else 0.0)), dpi=common.DPI)
     for i, (name, keys) in enumerate(panels):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax = fig.add_subplot(nrows, ncols, i + 1, xlabel="iteration")
+        ax.set_title(name, fontsize=11)
         evaluated = name in ("evaluation", "AP per class")
         for key in keys:
             label = _CLASS_AP.match(key).group(1) if name == "AP per class" else key
             linewidth = 1.8 if key in ("total_loss", "lr") else 1.4
             marker = "o" if evaluated else None
             ax.plot(*metrics[key], marker=marker, markersize=4, linewidth=linewidth, label=label)
-        if name == "loss":
-            ax.set_yscale("log")
-            # Plain numbers (0.5, 2, 10), not powers of ten; within one decade every tick is
-            # labelled, else only the 2x and 5x ones.
-            low, high = ax.get_ylim()
-            minor = _plain_number if high / low < 10 else _minor_log_label
-            ax.yaxis.set_major_formatter(FuncFormatter(_plain_number))
-            ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+        ax.set_yscale("log" if name == "loss" else "linear")
         if name == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-        ax.set_title(name, fontsize=11)
-        ax.set_xlabel("iteration")
         if evaluated:
             ax.set_ylabel("AP (%)")  # Detectron2's evaluators report percents
         ax.grid(True, alpha=0.3, which="both")
@@ -112,36 +91,19 @@ def plot_metrics(metrics: Dict[str, Series], title: str = "") -> Figure:
     return fig
 
 
-def _plain_number(value: float, _) -> str:
-    return f"{value:g}"
-
-
-def _minor_log_label(value: float, _) -> str:
-    # Label the 2x and 5x minor ticks of each decade; the others stay unlabelled.
-    mantissa = value / 10 ** np.floor(np.log10(value))
-    return f"{value:g}" if round(mantissa) in (2, 5) else ""
-
-
-def build_argument_parser():
-    parser = common.argument_parser("plot_metrics", __doc__, config_file="")
-    common.add_picture_output(parser)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = common.argument_parser("plot_metrics", __doc__, config_file="", picture=True)
     parser.add_argument("metrics", metavar="PATH", help="an output folder or its metrics.json")
     parser.add_argument("--title", default=None, help="figure title (default: the input path)")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_argument_parser()
     args = parser.parse_args(argv)
     with common.usage_errors(parser, ValueError):
         metrics = load_metrics(args.metrics)
         fig = plot_metrics(metrics, title=args.metrics if args.title is None else args.title)
-    common.save_figure(fig, args.output)
     last = {name: values[-1] for name, (_, values) in metrics.items()}
     summary = ", ".join(f"{k} {last[k]:.4g}" for k in ["total_loss", "lr", "bbox/AP"] if k in last)
     last_iteration = max(int(iterations[-1]) for iterations, _ in metrics.values())
     print(f"up to iteration {last_iteration}; last: {summary}")
-    print(f"wrote {args.output}")
+    common.save_figure(fig, args.output)
     return 0
 
 

@@ -1,8 +1,7 @@
 """
-Draw training samples as the model receives them: each row is one image of a data set, first as
-annotated, then after SSDDatasetMapper's augmentations (photometric distortion, zoom out, min-IoU
-crop, flip, resize), several times, with the boxes that survive them. Use it to check a data
-set's annotations and the augmentation settings (INPUT.SSD.*).
+Draw training samples as the model receives them: a row per image of a data set, as annotated,
+then after SSDDatasetMapper's augmentations several times, with the boxes that survive. Use it
+to check a data set's annotations and the augmentation settings (INPUT.SSD.*).
 
     python -m ssd_d2.tools.visualize_data --config-file configs/ssd160_shapes_demo.yaml \\
         --dataset ssd_shapes_train --num-images 3 --samples 4 --output samples.png
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
-import torch
 from matplotlib import patheffects
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -24,8 +22,6 @@ from detectron2.data.detection_utils import convert_image_to_rgb
 from ssd_d2.data import SSDDatasetMapper
 
 from . import common
-
-_PANEL_INCHES = 2.6
 
 
 @dataclass
@@ -39,16 +35,13 @@ class Sample:
 
 
 def augmented_samples(cfg, dataset_name: str, indices, samples_per_image: int, seed=0):
-    """
-    For each index of ``dataset_name``: the image as annotated, then ``samples_per_image``
-    outputs of ``SSDDatasetMapper(cfg, is_train=True)``. The same seed gives the same samples.
-    """
+    """Per index of ``dataset_name``, the image as annotated, then ``samples_per_image`` outputs
+    of ``SSDDatasetMapper(cfg, is_train=True)``; the same seed gives the same samples."""
     dicts = DatasetCatalog.get(dataset_name)
     mapper = SSDDatasetMapper(cfg, is_train=True)
     # The augmentations draw from numpy's and Python's global generators, as in a data loader.
     np.random.seed(seed)
     random.seed(seed)
-    torch.manual_seed(seed)
     rows = []
     for index in indices:
         name = os.path.basename(dicts[index]["file_name"])
@@ -64,14 +57,10 @@ def augmented_samples(cfg, dataset_name: str, indices, samples_per_image: int, s
 
 
 def draw_samples(rows: List[List[Sample]], class_names: Sequence[str], title: str = ""):
-    """
-    A grid with one row per image. Box patches carry gid "gt_box"; each box is labelled with
-    its class name, and each panel's title gives its size and number of boxes.
-    """
+    """A grid of one row per image; boxes (patches of gid "gt_box") labelled with class names."""
     nrows, ncols = len(rows), max(len(row) for row in rows)
     # Two title lines above each panel, the figure title on top.
-    top = 0.4 if title else 0.0
-    fig = common.panel_grid_figure(nrows, ncols, _PANEL_INCHES, 0.45, top, 0.15)
+    fig = common.panel_grid_figure(nrows, ncols, 2.6, 0.45, 0.4 if title else 0.0, 0.15)
     colors = common.class_colors(len(class_names))
     outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
     for i, sample in enumerate(sample for row in rows for sample in row):
@@ -93,19 +82,13 @@ def draw_samples(rows: List[List[Sample]], class_names: Sequence[str], title: st
     return fig
 
 
-def build_argument_parser():
-    parser = common.argument_parser("visualize_data", __doc__)
-    common.add_picture_output(parser)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = common.argument_parser("visualize_data", __doc__, picture=True)
     parser.add_argument("--dataset", metavar="NAME", help="data set (default: DATASETS.TRAIN[0])")
     parser.add_argument("--indices", nargs="+", type=int, metavar="N", help="image indices")
     parser.add_argument("--num-images", type=int, default=3, help="else this many random images")
     parser.add_argument("--samples", type=int, default=4, help="augmented samples per image")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image choice and samples")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_argument_parser()
     args, cfg = common.parse_config(parser, argv)
     with common.usage_errors(parser, ValueError):
         if args.samples < 0 or args.num_images < 1:
@@ -114,20 +97,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         name, dicts = common.dataset_dicts(
             args.dataset, train, "DATASETS.TRAIN", args.indices or []
         )
-    indices = args.indices
-    if not indices:
-        count = min(args.num_images, len(dicts))
-        rng = np.random.default_rng(args.seed)
-        indices = sorted(rng.choice(len(dicts), size=count, replace=False).tolist())
-
+    rng, count = np.random.default_rng(args.seed), min(args.num_images, len(dicts))
+    indices = args.indices or sorted(rng.choice(len(dicts), size=count, replace=False).tolist())
     rows = augmented_samples(cfg, name, indices, args.samples, seed=args.seed)
-    class_names = MetadataCatalog.get(name).get("thing_classes", [])
-    title = f"{name}: images {indices} as annotated, then after SSDDatasetMapper (training)"
-    common.save_figure(draw_samples(rows, class_names, title=title), args.output)
     for index, row in zip(indices, rows):
         counts = ", ".join(str(len(s.boxes)) for s in row[1:])
         print(f"image {index}: {len(row[0].boxes)} boxes; augmented: {counts}")
-    print(f"wrote {args.output}")
+    class_names = MetadataCatalog.get(name).get("thing_classes", [])
+    title = f"{name}: images {indices} as annotated, then after SSDDatasetMapper (training)"
+    common.save_figure(draw_samples(rows, class_names, title=title), args.output)
     return 0
 
 

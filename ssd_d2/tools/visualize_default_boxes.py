@@ -1,7 +1,7 @@
 """
 Draw a config's default boxes (SSD's anchors) over an image resized to the network size, one
-panel per feature level: the grid of box centres, the boxes of the cells under ``--points`` and,
-for a data set image, the default boxes its ground truth matches in training (``label_anchors``).
+panel per feature level: the boxes of the cells under ``--points`` and, for a data set image,
+the default boxes its ground truth matches in training (``label_anchors``).
 
     python -m ssd_d2.tools.visualize_default_boxes --config-file configs/ssd160_shapes_demo.yaml \\
         --dataset ssd_shapes_val --index 3 --output default_boxes.png
@@ -18,7 +18,6 @@ import cv2
 import numpy as np
 import torch
 from matplotlib import patheffects
-from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from detectron2.data import transforms as T
@@ -33,10 +32,8 @@ from . import common
 # One colour per box shape of a cell, in the generator's order: the min-size square, the
 # sqrt(min * max) square, then r:1 and 1:r for each aspect ratio.
 _SHAPE_COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4"]
-_MATCH_COLOR = "#ffe119"
 # A dark edge around white lines, which then show on light and dark pixels alike.
 _OUTLINE = [patheffects.Stroke(linewidth=3.5, foreground="black"), patheffects.Normal()]
-_PANEL_INCHES = 3.6
 
 
 @dataclass
@@ -49,21 +46,16 @@ class LevelDefaultBoxes:
     boxes_per_cell: int
     cells: List[Tuple[int, int]]  # (row, column) of the cells shown
     cell_boxes: torch.Tensor  # (len(cells) * boxes_per_cell, 4), cell by cell
-    cell_box_sizes: List[Tuple[float, float]]  # (width, height) of each box of a cell
     matched_boxes: torch.Tensor  # (M, 4) default boxes of this level matched to ground truth
 
 
 def default_boxes_by_level(cfg, points=((0.5, 0.5),), gt_boxes=None) -> List[LevelDefaultBoxes]:
-    """
-    The default boxes of each level of ``cfg``'s model: those of the cells under ``points``
-    ((x, y) fractions of the image) and those that ``gt_boxes`` ((G, 4) XYXY in network-input
-    pixels) match.
-    """
+    """Per level of ``cfg``'s model, the default boxes of the cells under ``points`` ((x, y)
+    fractions of the image) and those that ``gt_boxes`` ((G, 4) XYXY) match."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg).eval()
-    size = cfg.MODEL.SSD.IMAGE_SIZE
+    model, size = build_model(cfg).eval(), cfg.MODEL.SSD.IMAGE_SIZE
     with torch.no_grad():
         features = model.backbone(torch.zeros(1, 3, size, size))
     features = [features[f] for f in cfg.MODEL.SSD.IN_FEATURES]
@@ -79,90 +71,55 @@ def default_boxes_by_level(cfg, points=((0.5, 0.5),), gt_boxes=None) -> List[Lev
     levels, generator = [], model.anchor_generator
     for i, name in enumerate(cfg.MODEL.SSD.IN_FEATURES):
         height, width = features[i].shape[-2:]
-        per_cell = len(anchors[i]) // (height * width)
-        cells = [
-            (min(int(y * height), height - 1), min(int(x * width), width - 1)) for x, y in points
-        ]
-        cells = list(dict.fromkeys(cells))  # each cell once, in order
+        rows = [min(int(y * height), height - 1) for _, y in points]
+        cols = [min(int(x * width), width - 1) for x, _ in points]
+        cells = list(dict.fromkeys(zip(rows, cols)))  # each cell once, in order
+        per_cell, step = generator.num_anchors[i], generator.steps[i]
         grid = anchors[i].tensor.view(height, width, per_cell, 4)
-        cell_boxes = torch.cat([grid[r, c] for r, c in cells])
-        sizes, boxes = list(generator.cell_sizes[i]), anchors[i].tensor[matched[i]]
-        step = generator.steps[i]
+        boxes = torch.cat([grid[r, c] for r, c in cells])
+        matched_boxes = anchors[i].tensor[matched[i]]
         levels.append(
-            LevelDefaultBoxes(
-                name, (height, width), step, per_cell, cells, cell_boxes, sizes, boxes
-            )
+            LevelDefaultBoxes(name, (height, width), step, per_cell, cells, boxes, matched_boxes)
         )
     return levels
 
 
-def _shape_name(width: float, height: float, index: int) -> str:
-    if index < 2:
-        return ["min size", "sqrt(min*max)"][index]
-    ratio = width / height
-    return f"{ratio:.3g}:1" if ratio >= 1 else f"1:{1 / ratio:.3g}"
-
-
 def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_boxes=None, title=""):
     """
-    One panel per level over ``image`` (RGB, network-input size): the grid of box centres, the
-    chosen cells' boxes coloured by shape, the ground truth (white) and the level's matched
-    default boxes (yellow, dashed). Patches carry gid "default_box", "matched_box" or "gt_box".
+    One panel per level over ``image`` (RGB, network-input size): the chosen cells' boxes
+    coloured by shape, the ground truth (white) and the level's matched default boxes (yellow,
+    dashed). Patches carry gid "cell", "default_box", "matched_box" or "gt_box".
     """
     size = image.shape[0]
     ncols = min(len(levels), 3 if len(levels) <= 6 else 4)
     nrows = math.ceil(len(levels) / ncols)
-    # Two title lines above each panel, the figure title at the top, the legend at the bottom.
-    fig = common.panel_grid_figure(nrows, ncols, _PANEL_INCHES, 0.45, 0.45, 0.4)
-    # The image in grey, squeezed into mid-tones: coloured, white and yellow boxes all stand
-    # out on any picture.
+    # Two title lines above each panel, the figure title at the top.
+    fig = common.panel_grid_figure(nrows, ncols, 3.6, 0.45, 0.45, 0.15)
+    # The image in grey mid-tones: coloured, white and yellow boxes all stand out on it.
     background = (0.5 * cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) + 50).astype(np.uint8)
-    has_gt = gt_boxes is not None
-    gt_boxes = torch.as_tensor(gt_boxes).tolist() if has_gt else []
     for i, level in enumerate(levels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         ax.imshow(background, cmap="gray", vmin=0, vmax=255, extent=(0, size, size, 0))
         (height, width), step = level.grid, level.step
-        # Grid lines between cells, unless they would be under 4 pixels apart.
-        if step / size * _PANEL_INCHES * common.DPI >= 4:
-            ax.vlines(np.arange(1, width) * step, 0, size, color="k", linewidth=0.4, alpha=0.35)
-            ax.hlines(np.arange(1, height) * step, 0, size, color="k", linewidth=0.4, alpha=0.35)
-        cx, cy = np.meshgrid((np.arange(width) + 0.5) * step, (np.arange(height) + 0.5) * step)
-        ax.plot(cx.ravel(), cy.ravel(), ".", color="black", markersize=1.5, alpha=0.6)
         for box in level.matched_boxes.tolist():
-            common.add_box(ax, box, _MATCH_COLOR, "matched_box", linewidth=1.2, linestyle="--")
-        for box in gt_boxes:
+            common.add_box(ax, box, "#ffe119", "matched_box", linewidth=1.2, linestyle="--")
+        for box in [] if gt_boxes is None else torch.as_tensor(gt_boxes).tolist():
             common.add_box(ax, box, "white", "gt_box", linewidth=2.0, path_effects=_OUTLINE)
         for row, col in level.cells:
-            ax.add_patch(
-                Rectangle((col * step, row * step), step, step, fc="k", alpha=0.35, gid="cell")
-            )
+            cell = Rectangle((col * step, row * step), step, step, fc="k", alpha=0.35, gid="cell")
+            ax.add_patch(cell)
         for j, box in enumerate(level.cell_boxes.tolist()):
             color = _SHAPE_COLORS[(j % level.boxes_per_cell) % len(_SHAPE_COLORS)]
             common.add_box(ax, box, color, "default_box", linewidth=1.8)
-        matches = f", {len(level.matched_boxes)} matched" if has_gt else ""
-        ax.set_title(
-            f"{level.name}: {height}x{width}, step {step:g}\n"
-            f"{level.boxes_per_cell} boxes per cell{matches}",
-            fontsize=10,
-        )
+        matches = "" if gt_boxes is None else f", {len(level.matched_boxes)} matched"
+        boxes = f"{level.boxes_per_cell} boxes per cell{matches}"
+        ax.set_title(f"{level.name}: {height}x{width}, step {step:g}\n{boxes}", fontsize=10)
         ax.set(xlim=(-0.5, size + 0.5), ylim=(size + 0.5, -0.5), xticks=[], yticks=[])
-
-    longest = max(levels, key=lambda level: level.boxes_per_cell)
-    handles = [
-        Line2D([], [], color=_SHAPE_COLORS[j], linewidth=2, label=_shape_name(w, h, j))
-        for j, (w, h) in enumerate(longest.cell_box_sizes[: longest.boxes_per_cell])
-    ]
-    if has_gt:
-        white = dict(color="white", path_effects=_OUTLINE)
-        handles.append(Line2D([], [], linewidth=2, label="ground truth", **white))
-        handles.append(Line2D([], [], color=_MATCH_COLOR, linestyle="--", label="matched"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     common.add_title(fig, title, inches=0.12)
     return fig
 
 
-def _parse_point(text: str) -> Tuple[float, float]:
+def _point(text: str) -> Tuple[float, float]:
     try:
         x, y = (float(v) for v in text.split(","))
     except ValueError:
@@ -172,59 +129,37 @@ def _parse_point(text: str) -> Tuple[float, float]:
     return x, y
 
 
-def build_argument_parser() -> argparse.ArgumentParser:
-    parser = common.argument_parser("visualize_default_boxes", __doc__)
-    common.add_picture_output(parser)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = common.argument_parser("visualize_default_boxes", __doc__, picture=True)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", metavar="IMAGE", help="an image file (default: a blank one)")
     source.add_argument("--dataset", metavar="NAME", help="a data set: its image --index, matched")
     parser.add_argument("--index", type=int, default=0, help="image index in --dataset")
+    points_help = "show the boxes of the cell under each point (fractions; default: the centre)"
     parser.add_argument(
-        "--points",
-        nargs="+",
-        type=_parse_point,
-        default=[(0.5, 0.5)],
-        metavar="X,Y",
-        help="show the boxes of the cell under each point (fractions; default: the centre)",
+        "--points", nargs="+", type=_point, default=[(0.5, 0.5)], metavar="X,Y", help=points_help
     )
-    return parser
-
-
-def _network_input(cfg, args) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
-    """The RGB image at the network size, its ground truth (or None) and where it comes from."""
+    args, cfg = common.parse_config(parser, argv)
     size = cfg.MODEL.SSD.IMAGE_SIZE
     image, gt_boxes, source = np.full((size, size, 3), 200, dtype=np.uint8), None, "blank image"
-    if args.dataset:
-        record = common.dataset_dicts(args.dataset, [], "", indices=[args.index])[1][args.index]
-        image, gt_boxes, _ = common.read_record(record)
-        source = f"{args.dataset} #{args.index} ({os.path.basename(record['file_name'])})"
-    elif args.input:
-        try:
+    with common.usage_errors(parser, ValueError, OSError):  # OSError: an unreadable --input
+        if args.dataset:
+            record = common.dataset_dicts(args.dataset, [], "", indices=[args.index])[1][args.index]
+            image, gt_boxes, _ = common.read_record(record)
+            source = f"{args.dataset} #{args.index} ({os.path.basename(record['file_name'])})"
+        elif args.input:
             image, source = read_image(args.input, format="RGB"), os.path.basename(args.input)
-        except OSError as e:
-            raise ValueError(f"cannot read --input {args.input}: {e}") from e
     # The data mapper's resize to the network size, the boxes with it.
-    aug_input = T.AugInput(image, boxes=gt_boxes)
-    SquareResize(size)(aug_input)
-    boxes = None if gt_boxes is None else torch.as_tensor(aug_input.boxes)
-    return aug_input.image, boxes, source
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_argument_parser()
-    args, cfg = common.parse_config(parser, argv)
-    with common.usage_errors(parser, ValueError):
-        image, gt_boxes, source = _network_input(cfg, args)
+    resized = T.AugInput(image, boxes=gt_boxes)
+    SquareResize(size)(resized)
+    gt_boxes = None if gt_boxes is None else torch.as_tensor(resized.boxes)
     levels = default_boxes_by_level(cfg, args.points, gt_boxes)
-    size = cfg.MODEL.SSD.IMAGE_SIZE
-    title = f"{os.path.basename(args.config_file)}: default boxes at {size}x{size}, {source}"
-    common.save_figure(draw_default_boxes(levels, image, gt_boxes, title=title), args.output)
     for level in levels:
-        print(
-            f"{level.name}: {level.grid[0]}x{level.grid[1]} cells, {level.boxes_per_cell} "
-            f"boxes per cell, {len(level.matched_boxes)} matched"
-        )
-    print(f"wrote {args.output}")
+        counts = f"{level.boxes_per_cell} boxes per cell, {len(level.matched_boxes)} matched"
+        print(f"{level.name}: {level.grid[0]}x{level.grid[1]} cells, {counts}")
+    title = f"{os.path.basename(args.config_file)}: default boxes at {size}x{size}, {source}"
+    fig = draw_default_boxes(levels, resized.image, gt_boxes, title=title)
+    common.save_figure(fig, args.output)
     return 0
 
 

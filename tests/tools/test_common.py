@@ -30,17 +30,15 @@ def test_config_options_before_and_after_opts():
     assert common.config_options(parser.parse_args([])) == []
 
 
-def test_setup_config_merges_the_options_then_the_tools_own():
+def test_parse_config_merges_the_options():
     parser = common.argument_parser("x", "a tool")
     opts = ["MODEL.SSD.SCORE_THRESH_TEST", "0.3", "TEST.DETECTIONS_PER_IMAGE", "7"]
-    args = parser.parse_args(["--config-file", DEMO_CONFIG, "--opts", *opts])
-    cfg = common.setup_config(args, "MODEL.SSD.SCORE_THRESH_TEST", 0.6)
-    assert cfg.MODEL.SSD.SCORE_THRESH_TEST == 0.6 and cfg.TEST.DETECTIONS_PER_IMAGE == 7
+    args, cfg = common.parse_config(parser, ["--config-file", DEMO_CONFIG, "--opts", *opts])
+    assert cfg.MODEL.SSD.SCORE_THRESH_TEST == 0.3 and cfg.TEST.DETECTIONS_PER_IMAGE == 7
     assert not cfg.is_frozen()
 
-    args = parser.parse_args(["--config-file", "missing.yaml"])
-    with pytest.raises(SystemExit) as e, common.usage_errors(parser):
-        common.setup_config(args)
+    with pytest.raises(SystemExit) as e:
+        common.parse_config(parser, ["--config-file", "missing.yaml"])
     assert e.value.code == 2
 
 

@@ -125,7 +125,7 @@ def test_visualize_default_boxes_command(dataset, tmp_path, capsys):
     output = tmp_path / "boxes.png"
     args = ["--config-file", DEMO_CONFIG, "--output", str(output)]
     assert visualize_default_boxes.main([*args, "--dataset", dataset, "--index", "1"]) == 0
-    _check_png(output, (1140, 895))  # 3 x 2 panels of 3.6 inches, titles, legend, at 100 dpi
+    _check_png(output, (1140, 870))  # 3 x 2 panels of 3.6 inches and titles, at 100 dpi
     assert "conv4_3: 20x20 cells, 4 boxes per cell" in capsys.readouterr().out
 
     for bad in (["--input", str(tmp_path / "missing.jpg")], ["--dataset", dataset, "--index", "9"]):
