@@ -21,7 +21,7 @@ from ssd_d2.config import resolve_device
 from ssd_d2.data.dataset_mapper import read_image
 from ssd_d2.engine import load_weights
 from ssd_d2.modeling import resize_to_network_size
-from ssd_d2.tools.common import add_trailing_options, argument_parser, check_weights, setup_config
+from ssd_d2.tools.common import add_trailing_options, argument_parser, check_weights, parse_config
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -47,10 +47,9 @@ def read_images(paths: List[str], fmt: str, size: int, dtype: torch.dtype) -> to
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     """Returns {"path", "seconds": export time, "checks": compare_with_eager's, per batch}."""
-    args = build_argument_parser().parse_args(argv)
     try:
-        # The exported graph runs in float32 whatever the config's inference precision.
-        cfg = setup_config(args, "TEST.PRECISION", "fp32")
+        args, cfg = parse_config(build_argument_parser(), argv)
+        cfg.TEST.PRECISION = "fp32"  # the exported graph runs in float32 whatever the config says
         device = args.device or resolve_device(cfg.MODEL.DEVICE)
         if not args.device and device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"
