@@ -10,6 +10,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+import ssd_d2.config
 from ssd_d2 import add_ssd_config
 from ssd_d2.modeling import VGG16SSD, resize_to_network_size
 
@@ -20,9 +21,7 @@ VGG_CONFIGS = ["ssd300_voc", "ssd300_coco", "ssd512_voc", "ssd512_coco"]
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))))
 def test_every_config_loads(path):
-    cfg = get_cfg()
-    add_ssd_config(cfg)
-    cfg.merge_from_file(path)
+    cfg = ssd_d2.config.load_config(path)
     assert cfg.MODEL.META_ARCHITECTURE == "SSD"
 
 
