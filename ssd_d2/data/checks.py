@@ -1,9 +1,7 @@
 """
-Checks of the training data sets, on the dicts Detectron2's loaders produced, once per run.
-What a user must fix (a wrong path or class count, corrupt values) stops training with a
-:class:`DatasetError` naming the file, the annotation and the fix; what real data sets have a
-few of (degenerate or out-of-image boxes, unreadable images) is repaired or skipped, logged
-and counted. The README's "Bad data" table lists every case.
+Checks of the training data sets, on the dicts Detectron2's loaders produced, once per run: what
+a user must fix raises a :class:`DatasetError` naming the file, the annotation and the fix; what
+real data sets have a few of is repaired or skipped and counted (docs/data.md, "Bad data").
 """
 
 import json
@@ -14,7 +12,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from PIL import Image
+from PIL import ExifTags, Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
@@ -26,6 +24,7 @@ __all__ = [
     "DatasetReport",
     "check_dataset_dicts",
     "check_dataset_files",
+    "check_images_exist",
     "load_dataset_dicts",
     "map_across_processes",
 ]
@@ -34,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 # EXIF orientations that rotate by 90 or 270 degrees, swapping width and height.
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
-_EXIF_ORIENTATION = 0x0112
 _LOGGED_EXAMPLES = 5  # of each kind of repaired or skipped problem
 _VOC_BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -79,7 +77,7 @@ class DatasetReport:
 
 
 def _expected_paths(dataset_name: str) -> List[str]:
-    """What a Detectron2 built-in VOC or COCO data set reads; empty for other data sets."""
+    # What a Detectron2 built-in VOC or COCO data set reads; empty for other data sets.
     metadata = MetadataCatalog.get(dataset_name)
     if dataset_name.startswith("voc_") and metadata.get("dirname", None):
         split_file = os.path.join(metadata.dirname, "ImageSets", "Main", metadata.split + ".txt")
@@ -91,7 +89,7 @@ def _expected_paths(dataset_name: str) -> List[str]:
 
 def check_dataset_files(dataset_names: Iterable[str]) -> None:
     """Fail early, naming the path and the fix, when a built-in VOC or COCO data set is not
-    where Detectron2 looks for it (``$DETECTRON2_DATASETS``, default ``./datasets``)."""
+    where Detectron2 looks for it."""
     for name in dataset_names:
         missing = [p for p in _expected_paths(name) if not os.path.exists(p)]
         if missing:
@@ -105,7 +103,6 @@ def check_dataset_files(dataset_names: Iterable[str]) -> None:
 
 
 def _annotation_source(dataset_name: str, dataset_dict: dict) -> str:
-    """The file the annotations of ``dataset_dict`` come from, as well as can be told."""
     metadata = MetadataCatalog.get(dataset_name) if dataset_name else None
     if metadata is not None and metadata.get("json_file", None):
         return metadata.json_file
@@ -115,7 +112,6 @@ def _annotation_source(dataset_name: str, dataset_dict: dict) -> str:
 
 
 def _describe(dataset_dict: dict, index: int, annotation: dict, dataset_name: str = "") -> str:
-    """ "annotation <index> (id <id>) of image <file>"."""
     annotation_id = annotation.get("id")
     if annotation_id is None and dataset_name:
         annotation_id = _coco_annotation_id(dataset_name, dataset_dict.get("image_id"), index)
@@ -140,21 +136,17 @@ def _coco_annotation_id(dataset_name: str, image_id, index: int):
 
 def _image_header(file_name: str) -> Tuple[int, int, int]:
     """(width, height, EXIF orientation) from the file's header, without decoding pixels."""
-    with PathManager.open(file_name, "rb") as f:
-        with Image.open(f) as image:
-            width, height = image.size
-            try:
-                orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
-            except Exception:  # a malformed EXIF block: PIL's reader ignores it too
-                orientation = 1
-    return width, height, orientation
+    with PathManager.open(file_name, "rb") as f, Image.open(f) as image:
+        try:
+            orientation = int(image.getexif().get(ExifTags.Base.Orientation, 1))
+        except Exception:  # a malformed EXIF block: PIL's reader ignores it too
+            orientation = 1
+        return (*image.size, orientation)
 
 
 def _check_image(dataset_dict: dict, dataset_name: str) -> Tuple[str, object]:
-    """
-    ("ok", (width, height)) of the image as the mapper reads it (EXIF orientation applied),
-    or ("missing", None), ("unreadable", reason), ("wrong size", message).
-    """
+    """("ok", (width, height)) as the mapper reads the image (EXIF orientation applied), or
+    ("missing", None), ("unreadable", reason), ("wrong size", message)."""
     file_name = dataset_dict["file_name"]
     if not PathManager.exists(file_name):
         return "missing", None
@@ -182,9 +174,26 @@ def _check_image(dataset_dict: dict, dataset_name: str) -> Tuple[str, object]:
     )
 
 
+def check_images_exist(dataset_dicts: Sequence[dict], dataset_name: str) -> None:
+    """Raise DatasetError naming the missing images (a test set's all count in the metrics)."""
+    missing = [d["file_name"] for d in dataset_dicts if not PathManager.exists(d["file_name"])]
+    _raise_if_missing(missing, len(dataset_dicts), dataset_name)
+
+
+def _raise_if_missing(missing: List[str], num_images: int, dataset_name: str) -> None:
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} of the {num_images} images of data set {dataset_name!r} "
+            f"do not exist, e.g. {', '.join(missing[:3])}. If none exist, the data set's image "
+            "folder is wrong: check the image root it is registered with (for the built-in "
+            "data sets, $DETECTRON2_DATASETS). Otherwise restore the files or remove those "
+            f"images from {_annotation_source(dataset_name, {'image_id': '<image id>'})}."
+        )
+
+
 def map_across_processes(func: Callable[[int], object], num_items: int) -> List[object]:
-    """``[func(0), ..., func(num_items - 1)]``, each process computing every n-th item and all
-    gathering the results: a run reads each file once, not once per process."""
+    """``[func(0), ..., func(num_items - 1)]``, each process computing every n-th item: a run
+    reads each file once, not once per process."""
     rank, world_size = comm.get_rank(), comm.get_world_size()
     results = {index: func(index) for index in range(rank, num_items, world_size)}
     if world_size > 1:
@@ -196,14 +205,8 @@ def map_across_processes(func: Callable[[int], object], num_items: int) -> List[
 def check_dataset_dicts(
     dataset_dicts: Sequence[dict], *, num_classes: int, dataset_name: str = ""
 ) -> Tuple[List[dict], DatasetReport]:
-    """
-    Repaired copies of the training dicts of one data set, and the report. DatasetError: a
-    missing image, an image of another size than the dict's (EXIF rotation included), a box
-    with a NaN or infinite coordinate, not 4 numbers or not absolute, a category id outside
-    [0, num_classes). Dropped and counted: an image whose header cannot be read, a box with
-    zero or negative size or wholly outside its image. Clipped and counted: a box partly
-    outside. Kept and counted: images without boxes. Crowd annotations are left as they are.
-    """
+    """Repaired copies of the training dicts of one data set, and the report; the cases are
+    docs/data.md's "Bad data" table."""
     report = DatasetReport(dataset_name=dataset_name, num_images=len(dataset_dicts))
     image_checks = map_across_processes(  # the same outcomes in every process
         lambda i: _check_image(dataset_dicts[i], dataset_name), len(dataset_dicts)
@@ -222,14 +225,7 @@ def check_dataset_dicts(
             checked.append(
                 _check_annotations(dataset_dict, detail, num_classes, dataset_name, report)
             )
-    if missing:
-        raise DatasetError(
-            f"{len(missing)} of the {len(dataset_dicts)} images of data set {dataset_name!r} "
-            f"do not exist, e.g. {', '.join(missing[:3])}. If none exist, the data set's image "
-            "folder is wrong: check the image root it is registered with (for the built-in "
-            "data sets, $DETECTRON2_DATASETS). Otherwise restore the files or remove those "
-            f"images from {_annotation_source(dataset_name, {'image_id': '<image id>'})}."
-        )
+    _raise_if_missing(missing, len(dataset_dicts), dataset_name)
     if report.unreadable_images:
         logger.warning(
             f"Dropped {len(report.unreadable_images)} unreadable images of {dataset_name!r}, "
@@ -276,8 +272,6 @@ def _check_annotations(
         kept.append(annotation)
     if had_boxes and not any(not a.get("iscrowd", 0) for a in kept):
         report.images_left_without_boxes += 1
-    if len(kept) == len(annotations) and all(a is b for a, b in zip(kept, annotations)):
-        return dataset_dict
     return dict(dataset_dict, annotations=kept)
 
 
@@ -286,7 +280,7 @@ def _checked_box(
 ) -> List[float]:
     """The annotation's box as XYXY_ABS floats, after the checks that raise DatasetError."""
 
-    def where():  # for error messages only: the annotation id lookup may read the json
+    def where():  # for errors only: the annotation id lookup may read the json
         return (
             f"{_describe(dataset_dict, index, annotation, dataset_name)} in "
             f"{_annotation_source(dataset_name, dataset_dict)}"
@@ -334,9 +328,8 @@ def _checked_box(
 
 
 def load_dataset_dicts(dataset_name: str) -> List[dict]:
-    """``DatasetCatalog.get(dataset_name)``; when Detectron2's COCO or VOC loader fails on a
-    bad annotation without naming the file, the error says which file and annotation, and the fix.
-    """
+    """``DatasetCatalog.get(dataset_name)``, with the file, annotation and fix named when
+    Detectron2's COCO or VOC loader fails on a bad annotation."""
     try:
         dicts = DatasetCatalog.get(dataset_name)
     except Exception as e:

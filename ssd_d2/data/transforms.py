@@ -1,16 +1,8 @@
 """
-The SSD training augmentations (Liu et al., ECCV 2016, section 2.2 "Data augmentation") as
-Detectron2 :class:`~detectron2.data.transforms.Augmentation` objects:
-
-1. photometric distortion (:class:`RandomPhotometricDistortion`), then a random channel
-   permutation (:class:`RandomChannelSwap`),
-2. zoom out on a canvas filled with the pixel mean (:class:`RandomExpand`),
-3. the min-IoU random crop (:class:`MinIoURandomCrop`),
-4. horizontal flip (Detectron2's ``RandomFlip``) and 5. a fixed square resize
-   (:class:`SquareResize`, with OpenCV).
-
-All randomness is drawn from numpy's global RNG in ``get_transform`` (which the training
-loader seeds per sample), and each returned Transform is deterministic.
+The SSD training augmentations (Liu et al., ECCV 2016, 2.2) as Detectron2 Augmentations:
+photometric distortion and channel swap, zoom out, min-IoU crop, flip, square resize. All
+randomness comes from numpy's global RNG in ``get_transform`` (the training loader seeds it per
+sample); each returned Transform is deterministic.
 """
 
 import itertools
@@ -41,13 +33,8 @@ __all__ = [
 
 
 class SeededColorAugSSDTransform(ColorAugSSDTransform):
-    """
-    Detectron2's SSD colour distortion with its random choices fixed by ``seed``: the parent
-    draws them from Python's global ``random`` while it transforms the image; under a seed
-    drawn from numpy's RNG the transform is deterministic. Python's random state is restored.
-    ``hue_delta`` is in OpenCV's 8-bit hue units (2 degrees each), as in the parent; the
-    other keyword arguments are the parent's.
-    """
+    """Detectron2's SSD colour distortion with its random choices (the parent draws them from
+    Python's ``random`` while transforming) fixed by ``seed``. ``hue_delta``: OpenCV units."""
 
     def __init__(self, img_format: str, seed: int, hue_delta: int = 9, **kwargs):
         super().__init__(img_format, hue_delta=hue_delta, **kwargs)
@@ -84,11 +71,8 @@ class SeededColorAugSSDTransform(ColorAugSSDTransform):
 
 
 class RandomPhotometricDistortion(T.Augmentation):
-    """
-    SSD's photometric distortion: random brightness, then contrast, saturation and hue (contrast
-    first or last), each with probability 0.5. ``brightness_delta`` is in pixel values,
-    ``hue_delta`` in degrees (as in ssd.pytorch and lufficc/SSD), both +-. Boxes are unchanged.
-    """
+    """SSD's photometric distortion: brightness, then contrast, saturation and hue (contrast
+    first or last), each with probability 0.5; ``hue_delta`` in degrees, as lufficc/SSD."""
 
     def __init__(
         self,
@@ -138,11 +122,8 @@ class ChannelSwapTransform(T.Transform):
 
 
 class RandomChannelSwap(T.Augmentation):
-    """
-    With probability ``prob``, permute the colour channels by one of the six permutations
-    (the identity included), drawn uniformly: the last step of lufficc/SSD's and ssd.pytorch's
-    photometric distortion ("RandomLightingNoise"), which the SSD paper does not describe.
-    """
+    """With probability ``prob``, one of the six channel permutations (the identity included):
+    lufficc/SSD's "RandomLightingNoise", which the SSD paper does not describe."""
 
     _ORDERS = tuple(itertools.permutations(range(3)))
 
@@ -160,11 +141,7 @@ class RandomChannelSwap(T.Augmentation):
 
 
 class ExpandTransform(T.PadTransform):
-    """
-    Place the image at (x0, y0) on a larger canvas filled with a per-channel value, e.g. the
-    pixel mean, so that the filled area is zero after the model's mean subtraction.
-    ``pad_value``: a number, or one value per channel in the images' channel order.
-    """
+    """Pad with a per-channel ``pad_value`` (the pixel mean: zero after mean subtraction)."""
 
     def apply_image(self, img):
         h, w = img.shape[:2]
@@ -182,13 +159,12 @@ class ExpandTransform(T.PadTransform):
 
 class RandomExpand(T.Augmentation):
     """
-    SSD's zoom-out: with probability ``prob``, put the image at a random position on a canvas
-    ``ratio`` times its size, ``ratio`` uniform in [1, max_ratio]. Together with the crop it
-    creates the small objects SSD otherwise sees too rarely (SSD paper, 3.6: +2-3% mAP).
+    SSD's zoom-out: with probability ``prob``, the image at a random place on a ``fill`` canvas
+    ``ratio`` (uniform in [1, max_ratio]) times its size: the small objects SSD otherwise sees
+    too rarely (SSD paper, 3.6: +2-3% mAP).
     """
 
     def __init__(self, max_ratio: float = 4.0, fill: Sequence[float] = (0, 0, 0), prob=0.5):
-        """``fill``: the canvas colour, one value per channel in the images' channel order."""
         super().__init__()
         assert max_ratio >= 1.0, max_ratio
         fill = tuple(float(v) for v in fill)
@@ -209,13 +185,8 @@ class RandomExpand(T.Augmentation):
 
 
 class SSDCropTransform(T.CropTransform):
-    """
-    A crop that keeps a box only if its centre lies strictly inside the crop (SSD paper, 2.2).
-
-    A Detectron2 transform must return one box per input box (the caller pairs classes with
-    boxes by index), so :meth:`apply_box` clips the kept boxes to the crop and turns the others
-    into zero-area boxes at the origin, for the dataset mapper to drop.
-    """
+    """A crop that keeps a box only if its centre lies strictly inside (SSD paper, 2.2). One box
+    out per box in: the others become zero-area boxes, for the dataset mapper to drop."""
 
     def apply_box(self, box: np.ndarray) -> np.ndarray:
         box = np.asarray(box)
@@ -229,11 +200,8 @@ class SSDCropTransform(T.CropTransform):
 
 
 def _centers_inside(boxes: np.ndarray, rects: np.ndarray) -> np.ndarray:
-    """
-    Whether each box centre lies strictly inside each XYXY rect: an array of shape
-    ``rects.shape[:-1] + (len(boxes),)``. Computed in float64 so that the crop's sampling and
-    its :meth:`SSDCropTransform.apply_box` agree exactly.
-    """
+    """Whether each box centre is strictly inside each XYXY rect, shape ``rects.shape[:-1] +
+    (len(boxes),)``; float64, so that crop sampling and ``apply_box`` agree exactly."""
     boxes = boxes.astype(np.float64).reshape(-1, 4)
     rects = rects.astype(np.float64)[..., None, :]
     centers = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -242,17 +210,11 @@ def _centers_inside(boxes: np.ndarray, rects: np.ndarray) -> np.ndarray:
 
 class MinIoURandomCrop(T.Augmentation):
     """
-    SSD's random crop. Each call samples one mode uniformly among "whole image", each of
-    ``min_ious`` and "any crop" (min IoU -inf), then up to ``max_trials`` crops of width and
-    height uniform in [min_crop_size, 1] x the image's, aspect ratio h/w in
-    ``aspect_ratio_range``, at a uniform position. The first crop that is accepted is used.
-
-    A crop is accepted when its IoU with *at least one* ground-truth box is >= the mode's min IoU
-    and at least one box centre lies inside it: the rule of Caffe SSD and lufficc/SSD, whose VOC
-    numbers this project reproduces (mmdetection requires every box). When no crop of the mode
-    is accepted another mode is drawn (as in ssd.pytorch), at most ``max_mode_draws`` times
-    before keeping the whole image. An image without boxes is never cropped (as lufficc/SSD).
-    Crops have integer corners, so that boxes move exactly as pixels do.
+    SSD's random crop: a mode drawn among "whole image", each of ``min_ious`` and "any crop",
+    then the first of ``max_trials`` crops (sides in [min_crop_size, 1] of the image's, aspect
+    ratio in range, integer corners) whose IoU with *some* box is >= the mode's and that holds a
+    box centre: Caffe SSD's and lufficc/SSD's rule (mmdetection requires every box). No crop
+    accepted: another mode (ssd.pytorch). An image without boxes is never cropped.
     """
 
     def __init__(
@@ -311,11 +273,8 @@ class MinIoURandomCrop(T.Augmentation):
 
 
 class OpenCVResizeTransform(T.ResizeTransform):
-    """
-    Detectron2's ResizeTransform with OpenCV's bilinear resize for images: tens of times
-    faster than PIL's on the large, strided arrays that zoom out and crop leave, and the
-    resize that lufficc/SSD and ssd.pytorch train with. Boxes are scaled as by the parent.
-    """
+    """Detectron2's ResizeTransform with OpenCV's bilinear resize for images (lufficc/SSD's):
+    tens of times faster than PIL's on the large, strided arrays zoom out and crop leave."""
 
     def __init__(self, h: int, w: int, new_h: int, new_w: int):
         super().__init__(h, w, new_h, new_w, interp=None)
@@ -347,10 +306,8 @@ class SquareResize(T.Augmentation):
 
 
 def build_ssd_train_augmentations(cfg) -> list:
-    """
-    The SSD training augmentations of ``cfg.INPUT.SSD``, ending with the resize to
-    ``MODEL.SSD.IMAGE_SIZE`` squared. None at test time: the model resizes any input itself.
-    """
+    """The SSD training augmentations of ``cfg.INPUT.SSD``, ending with the square resize to
+    ``MODEL.SSD.IMAGE_SIZE`` (none at test time: the model resizes any input itself)."""
     ssd = cfg.INPUT.SSD
     augmentations = []
     if ssd.PHOTOMETRIC.ENABLED:
@@ -381,6 +338,5 @@ def build_ssd_train_augmentations(cfg) -> list:
         )
     if ssd.FLIP_PROB > 0:
         augmentations.append(T.RandomFlip(prob=ssd.FLIP_PROB))
-    size = cfg.MODEL.SSD.IMAGE_SIZE
-    augmentations.append(SquareResize(size))
+    augmentations.append(SquareResize(cfg.MODEL.SSD.IMAGE_SIZE))
     return augmentations

@@ -16,11 +16,11 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import resolve_device
 from ..data import (
-    DatasetError,
     SeededTrainLoader,
     SSDDatasetMapper,
     build_ssd_train_loader,
     check_dataset_files,
+    check_images_exist,
     load_dataset_dicts,
 )
 from ..modeling.precision import resolve_precision
@@ -141,14 +141,7 @@ class SSDTrainer(TrainerWithState):
     def build_test_loader(cls, cfg, dataset_name):
         check_dataset_files([dataset_name])
         dataset_dicts = load_dataset_dicts(dataset_name)
-        # Every test image counts in the metrics: a missing one stops here, before inference.
-        missing = [d["file_name"] for d in dataset_dicts if not os.path.isfile(d["file_name"])]
-        if missing:
-            raise DatasetError(
-                f"{len(missing)} of the {len(dataset_dicts)} images of test data set "
-                f"{dataset_name!r} do not exist, e.g. {', '.join(missing[:3])}. Check the image "
-                "root it is registered with (for the built-in data sets, $DETECTRON2_DATASETS)."
-            )
+        check_images_exist(dataset_dicts, dataset_name)  # before inference, not during it
         return build_detection_test_loader(
             dataset_dicts,
             mapper=SSDDatasetMapper(cfg, is_train=False),

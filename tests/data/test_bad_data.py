@@ -24,10 +24,10 @@ from ssd_d2.data import (
     SSDDatasetMapper,
     UnreadableImageError,
     build_ssd_train_loader,
-    check_dataset_dicts,
     load_dataset_dicts,
     read_image,
 )
+from ssd_d2.data.checks import check_dataset_dicts
 from ssd_d2.engine import SSDTrainer
 
 from ..conftest import load_config

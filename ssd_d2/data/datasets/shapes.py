@@ -1,8 +1,7 @@
 """
-``ssd_shapes``: a synthetic detection data set drawn with OpenCV (filled shapes of five classes
-on cluttered, noisy backgrounds), so that SSD trains and evaluates end to end without a
-download. Written as JPEG files and a COCO json, read back with Detectron2's
-``load_coco_json``: the same loading and evaluation path as COCO itself.
+``ssd_shapes``: filled shapes of five classes on cluttered, noisy backgrounds, drawn with OpenCV
+so that SSD trains and evaluates without a download; JPEGs and a COCO json, read back with
+Detectron2's ``load_coco_json`` (COCO's own loading and evaluation path).
 """
 
 import functools
@@ -63,21 +62,15 @@ def shapes_dataset_root(root: Optional[str] = None) -> str:
     """The absolute cache folder: ``root``, else ``$SSD_D2_DATASETS``, else
     ``$DETECTRON2_DATASETS/ssd_shapes``, else ``./datasets/ssd_shapes``."""
     if root is None:
-        root = os.environ.get("SSD_D2_DATASETS")
-    if root is None and "DETECTRON2_DATASETS" in os.environ:
-        root = os.path.join(os.environ["DETECTRON2_DATASETS"], "ssd_shapes")
-    if root is None:
-        root = os.path.join("datasets", "ssd_shapes")
+        default = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "ssd_shapes")
+        root = os.environ.get("SSD_D2_DATASETS", default)
     # Absolute, so that the paths put in the metadata survive a later chdir.
     return os.path.abspath(os.path.expanduser(os.fspath(root)))
 
 
 def generate_shapes_dataset(output_dir: str, num_images: int, seed: int) -> str:
-    """
-    Draw ``num_images`` images into ``output_dir/images/*.jpg`` and write their boxes to
-    ``output_dir/annotations.json`` (COCO), the json last; returns its path. The same
-    arguments give byte-identical files.
-    """
+    """Draw ``num_images`` ssd_shapes images into ``output_dir`` (see write_generated_dataset);
+    the same arguments give byte-identical files."""
     info = {
         "description": "ssd_shapes: synthetic shapes drawn by ssd_d2",
         "version": _GENERATOR_VERSION,
@@ -95,12 +88,12 @@ def generate_shapes_dataset(output_dir: str, num_images: int, seed: int) -> str:
 def _draw_random_image(rng: np.random.Generator):
     # Width and height drawn independently: both aspect ratio and scale vary.
     width, height = (int(v) for v in rng.integers(_IMAGE_SIDES[0], _IMAGE_SIDES[1] + 1, 2))
-    empty = rng.random() < _EMPTY_FRACTION
+    num_shapes = 0 if rng.random() < _EMPTY_FRACTION else int(rng.integers(1, _MAX_SHAPES + 1))
     return _draw_image(
         rng,
         height,
         width,
-        0 if empty else int(rng.integers(1, _MAX_SHAPES + 1)),
+        num_shapes,
         min_shape_size=_MIN_SHAPE_SIZE,
         max_shape_size=_MAX_SHAPE_FRACTION * min(height, width),
         max_hidden_fraction=_MAX_HIDDEN_FRACTION,
@@ -112,10 +105,9 @@ def write_generated_dataset(
     output_dir: str, num_images: int, seed: int, draw_image, info: Dict, categories: List
 ) -> str:
     """
-    Images drawn by ``draw_image(rng) -> (BGR image, COCO annotations)`` as
-    ``output_dir/images/*.jpg`` and ``output_dir/annotations.json`` (COCO); returns its path.
-    One random stream per image, so that image i does not depend on ``num_images``. The json
-    is written last, beside and renamed: its presence means the folder is complete.
+    ``draw_image(rng) -> (BGR image, COCO annotations)`` as ``output_dir/images/*.jpg`` and
+    ``output_dir/annotations.json``; returns its path. One random stream per image (image i does
+    not depend on ``num_images``); the json comes last, so its presence means completeness.
     """
     image_dir = os.path.join(output_dir, _IMAGES_DIRNAME)
     os.makedirs(image_dir, exist_ok=True)
@@ -155,8 +147,8 @@ def _draw_image(
     """A BGR uint8 image and the COCO annotations (without ids) of its visible shapes."""
     image = _draw_background(rng, height, width)
 
-    # owner[y, x] is 1 + the index of the shape seen at that pixel (0: background). Counting
-    # each shape's pixels in it at the end gives how much of the shape later ones left visible.
+    # owner[y, x]: 1 + the index of the shape seen at that pixel (0: background), for how much
+    # of each shape later ones left visible.
     owner = np.zeros((height, width), dtype=np.uint16)
     mask = np.empty((height, width), dtype=np.uint8)
     shapes = []
@@ -289,11 +281,10 @@ def _is_complete(split_dir: str) -> bool:
 
 def ensure_split(split_dir, seed, num_images, generate=None, version=None, name="ssd_shapes"):
     """
-    Generate a split with ``generate(output_dir, num_images, seed)`` (default: ssd_shapes')
-    into ``split_dir`` unless it is there; return its json path. Concurrent callers (the ranks
-    of a run) each draw into a temporary folder and rename it into place: the first rename
-    wins, the others drop their identical copy. A split whose json ``info`` was made with
-    another ``version``, seed or size is an error.
+    Generate a split with ``generate(output_dir, num_images, seed)`` into ``split_dir`` unless
+    it is there; return its json path. Concurrent callers (the ranks of a run) each draw into a
+    temporary folder and rename it into place: the first wins. A split made with another
+    ``version``, seed or size is an error.
     """
     generate = generate or generate_shapes_dataset
     version = _GENERATOR_VERSION if version is None else version
@@ -328,9 +319,8 @@ def _move_into_place(tmp_dir: str, split_dir: str) -> None:
         except OSError:
             if _is_complete(split_dir):
                 return  # another process finished first
-        # A folder without the json was left by an interrupted copy or a manual edit: it must
-        # not pass for a split. Set it aside and try again. (Should another process complete
-        # the split meanwhile, that copy is set aside too, and ours, identical, replaces it.)
+        # A folder without the json (an interrupted copy, a manual edit) is no split: set it
+        # aside and try again (a copy completed meanwhile is identical to ours).
         stale_dir = f"{split_dir}.stale-{uuid.uuid4().hex}"
         try:
             os.rename(split_dir, stale_dir)
@@ -347,12 +337,8 @@ def _load_shapes_split(name: str, split_dir: str, seed: int, num_images: int) ->
 
 
 def register_shapes_dataset(root: Optional[str] = None, splits: Optional[Dict] = None) -> None:
-    """
-    Register the ``ssd_shapes`` splits (``splits``: name -> {"dirname", "seed", "num_images"},
-    default ``SHAPES_SPLITS``) under ``shapes_dataset_root(root)``. Nothing is drawn here: a
-    split is generated on its first ``DatasetCatalog.get`` and reused after that. Names
-    already registered are left as they are.
-    """
+    """Register ``splits`` (default ``SHAPES_SPLITS``) under ``shapes_dataset_root(root)``, each
+    generated on its first ``DatasetCatalog.get``; names already registered are left alone."""
     root = shapes_dataset_root(root)
     splits = SHAPES_SPLITS if splits is None else splits
     for name, split in splits.items():
@@ -363,15 +349,12 @@ def register_shapes_dataset(root: Optional[str] = None, splits: Optional[Dict] =
             _load_shapes_split, name, split_dir, split["seed"], split["num_images"]
         )
         DatasetCatalog.register(name, load)
-        # COCOEvaluator opens json_file when it is built: that is the path the first
-        # DatasetCatalog.get writes, and DefaultTrainer.test builds the test loader (which
-        # calls it) before the evaluator.
+        # COCOEvaluator opens json_file when built, after DefaultTrainer.test's loader wrote it.
         MetadataCatalog.get(name).set(
             json_file=os.path.join(split_dir, _ANNOTATIONS_FILE),
             image_root=os.path.join(split_dir, _IMAGES_DIRNAME),
             evaluator_type="coco",
             thing_classes=list(SHAPE_CLASSES),
-            # Known before the annotations are read (load_coco_json sets the same), so that
-            # detections name the data set's category ids however they were made.
+            # Set before load_coco_json sets the same, for detections made without loading.
             thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPE_CLASSES))},
         )
