@@ -242,7 +242,7 @@ def _check_annotations(
     annotations = dataset_dict.get("annotations")
     if not annotations:
         report.images_without_annotations += 1
-        return dataset_dict
+        return dict(dataset_dict, annotations=[])
     width, height = size
     kept, had_boxes = [], False
     for index, annotation in enumerate(annotations):

@@ -1,16 +1,10 @@
 """
-A training loader whose batches depend only on the seed and the iteration.
-
-Detectron2's loader draws the sample order from one endless random stream and seeds each
-worker's augmentations once, so a run resumed at iteration k would see the batches of
-iteration 0 again, augmented differently. Here batch ``i`` of process ``r`` of ``W`` is a
-function of ``(seed, i, r)``: the global stream is one permutation of the data set per epoch,
-seeded by ``(seed, epoch)``; process ``r`` takes positions ``r, r + W, ...`` (as Detectron2's
-``TrainingSampler``), so ``W`` processes of batch ``B`` see the samples of one of batch
-``W * B``; each sample is mapped under numpy, ``random`` and torch RNGs seeded by
-``(seed, position)``; worker ``w`` of ``K`` builds the batches ``i % K == w``, the order in
-which PyTorch's loader collects them. A resumed run thus continues with exactly the batches an
-uninterrupted run sees, for any number of workers.
+A training loader whose batches depend only on the seed and the iteration, so that a resumed run
+continues with exactly the batches an uninterrupted one sees (Detectron2's would start the sample
+order and the augmentations over). One permutation of the data set per epoch, seeded by
+``(seed, epoch)``; process ``r`` of ``W`` takes positions ``r, r + W, ...`` (as Detectron2's
+``TrainingSampler``); each sample is mapped under RNGs seeded by ``(seed, position)``; worker
+``w`` of ``K`` builds the batches ``i % K == w``, the order PyTorch's loader collects them in.
 """
 
 import contextlib
@@ -24,7 +18,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from detectron2.data import MetadataCatalog
-from detectron2.data.build import print_instances_class_histogram
+from detectron2.data.build import (
+    filter_images_with_only_crowd_annotations,
+    print_instances_class_histogram,
+    trivial_batch_collator,
+)
 from detectron2.data.common import DatasetFromList
 from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.utils import comm
@@ -42,13 +40,9 @@ _ORDER_STREAM, _AUGMENTATION_STREAM, _SUBSTITUTE_STREAM = 0, 1, 2
 
 
 class SeededTrainingStream(IterableDataset):
-    """
-    The endless training batches of one process, as ``(batch, skipped)`` pairs: the mapped
-    dicts, and (file name, reason) of each image that could not be read (the mapper raised
-    :class:`UnreadableImageError` or returned None), replaced by a sample drawn from the seed
-    and the position; after ``max_substitutions`` in a row, an error. ``rank`` and
-    ``world_size`` default to Detectron2's ``comm``.
-    """
+    """The endless training batches of one process, as ``(batch, skipped)`` pairs: the mapped
+    dicts, and (file name, reason) of each unreadable image, replaced by a sample drawn from the
+    seed and the position (after ``max_substitutions`` in a row, an error)."""
 
     def __init__(
         self,
@@ -78,7 +72,7 @@ class SeededTrainingStream(IterableDataset):
     def _index_at(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.dataset))
         if epoch not in self._epoch_cache:
-            # Batches of two neighbouring epochs at most are in flight at a time.
+            # At most two neighbouring epochs are in flight at a time.
             if len(self._epoch_cache) >= 2:
                 self._epoch_cache.pop(min(self._epoch_cache))
             rng = np.random.default_rng([_ORDER_STREAM, self.seed, epoch])
@@ -140,16 +134,9 @@ def _seeded_rngs(key: Sequence[int]):
         torch.random.set_rng_state(states[2])
 
 
-def _identity(x):
-    return x
-
-
 class SeededTrainLoader:
-    """
-    The batches of a :class:`SeededTrainingStream`, built by ``num_workers`` data loader
-    workers. What SSDTrainer relies on: :meth:`start_at` and ``num_skipped`` (the images
-    skipped so far because they could not be read; each is logged with its file name).
-    """
+    """The batches of a :class:`SeededTrainingStream`, built by ``num_workers`` workers; SSDTrainer
+    uses :meth:`start_at` and ``num_skipped`` (the unreadable images skipped so far)."""
 
     def __init__(self, stream: SeededTrainingStream, num_workers: int = 0):
         self.stream = stream
@@ -157,18 +144,16 @@ class SeededTrainLoader:
         self.num_skipped = 0
 
     def start_at(self, iteration: int) -> None:
-        """Make the batches start at ``iteration``. The workers start at the first ``next()``,
-        so this may follow ``iter()``, as it does when the trainer resumes."""
+        """Start the batches at ``iteration`` (the workers start at the first ``next()``)."""
         self.stream.start_iter = int(iteration)
 
     def __iter__(self):
+        # No worker_init_fn seeding, as Detectron2's: every sample seeds its own RNGs.
         loader = DataLoader(
             self.stream,
             batch_size=None,
             num_workers=self.num_workers,
-            collate_fn=_identity,
-            # Fresh seeds per worker would not matter: every sample seeds its own RNGs.
-            worker_init_fn=None,
+            collate_fn=trivial_batch_collator,
         )
         for batch, skipped in loader:
             for file_name, reason in skipped:
@@ -182,11 +167,9 @@ class SeededTrainLoader:
 
 def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
     """
-    The data sets of ``cfg.DATASETS.TRAIN`` loaded and checked once (a report per data set in
-    the log), VOC's difficult objects dropped (``INPUT.SSD.DROP_VOC_DIFFICULT``), images
-    without boxes dropped (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``), then batches seeded by
-    ``cfg.SEED`` and the iteration. No aspect-ratio grouping: every image is resized to the
-    same square, and grouping would make a batch depend on the ones before it.
+    The data sets of ``cfg.DATASETS.TRAIN`` loaded and checked once, VOC's difficult objects and
+    (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``) images without boxes dropped, in batches seeded by
+    ``cfg.SEED`` and the iteration. No aspect-ratio grouping: every image ends up square.
     """
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ValueError(
@@ -209,16 +192,7 @@ def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
         logger.info(report.summary())
         dataset_dicts.extend(dicts)
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-        before = len(dataset_dicts)
-        dataset_dicts = [
-            d
-            for d in dataset_dicts
-            if any(a.get("iscrowd", 0) == 0 for a in d.get("annotations") or [])
-        ]
-        logger.info(
-            f"Dropped {before - len(dataset_dicts)} images without boxes "
-            "(DATALOADER.FILTER_EMPTY_ANNOTATIONS)."
-        )
+        dataset_dicts = filter_images_with_only_crowd_annotations(dataset_dicts)
     try:
         check_metadata_consistency("thing_classes", cfg.DATASETS.TRAIN)
         thing_classes = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes

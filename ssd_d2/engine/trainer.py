@@ -32,18 +32,15 @@ __all__ = ["SSDTrainer"]
 
 class SSDTrainer(TrainerWithState):
     """
-    DefaultTrainer with SSD's data pipeline, evaluators chosen by each data set's
-    ``evaluator_type``, atomic checkpoints with the optimizer state, and CPU data-parallel
-    training (bfloat16 autocast under SOLVER.AMP.ENABLED); the rest is Detectron2's. The
-    training loader is a :class:`~ssd_d2.data.SeededTrainLoader`: a resumed run continues with
-    the batches the uninterrupted run would have seen, and images that cannot be decoded are
-    skipped and counted in ``metrics.json`` as ``data/skipped_images``.
+    DefaultTrainer with SSD's data pipeline (a :class:`~ssd_d2.data.SeededTrainLoader`: exact
+    resume, unreadable images skipped and counted as ``data/skipped_images``), evaluators by
+    ``evaluator_type``, checkpoints with the optimizer state and CPU data-parallel training
+    (bfloat16 autocast under SOLVER.AMP.ENABLED).
     """
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__ with three changes, made here rather than by patching it:
-        # the DDP wrapper that also runs on the CPU, the CPU's AMP (bfloat16 autocast, no
-        # gradient scaling, so Detectron2's SimpleTrainer), and SSDCheckpointer.
+        # DefaultTrainer.__init__ with a DDP wrapper that also runs on the CPU, the CPU's AMP
+        # (bfloat16 autocast without gradient scaling: SimpleTrainer) and SSDCheckpointer.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -79,8 +76,7 @@ class SSDTrainer(TrainerWithState):
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
         if self.start_iter == 0:
-            # A run that starts (not one resumed) from a randomly initialised backbone
-            # cannot reach the published results: say so, with the fix.
+            # A new run from a random backbone cannot reach the published results: say so.
             warn_if_backbone_uninitialized(self.cfg, self.checkpointer.loaded_model_keys)
 
     def train(self):
@@ -150,8 +146,7 @@ class SSDTrainer(TrainerWithState):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """The data set's evaluator, writing into ``OUTPUT_DIR/inference`` under the file names
-        Detectron2's train_net.py uses, so that tools made for it find them."""
+        """The data set's evaluator, writing where Detectron2's train_net.py does."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
