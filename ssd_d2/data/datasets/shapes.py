@@ -233,18 +233,15 @@ def _draw_shape_mask(
         cv2.ellipse(mask, center, axes, np.degrees(rotation), 0, 360, 1, -1, cv2.LINE_8, _SHIFT)
         return
 
+    radii = radius
     if name == "square":
         angles = rotation + np.arange(4) * np.pi / 2
-        radii = np.full(4, radius)
     elif name == "triangle":
         # Roughly equilateral: vertex angles jittered so that triangles are not all alike.
         angles = rotation + np.arange(3) * 2 * np.pi / 3 + rng.uniform(-0.25, 0.25, 3)
-        radii = np.full(3, radius)
     elif name == "star":
         angles = rotation + np.arange(10) * np.pi / 5
         radii = np.tile([radius, radius * rng.uniform(0.38, 0.5)], 5)
-    else:
-        raise ValueError(f"Unknown shape {name!r}")
     points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
     cv2.fillPoly(mask, [np.round(points * scale).astype(np.int32)], 1, cv2.LINE_8, _SHIFT)
 
