@@ -328,8 +328,9 @@ def _checked_box(
 
 
 def load_dataset_dicts(dataset_name: str) -> List[dict]:
-    """``DatasetCatalog.get(dataset_name)``, with the file, annotation and fix named when
-    Detectron2's COCO or VOC loader fails on a bad annotation."""
+    """``DatasetCatalog.get(dataset_name)``, with the path, annotation and fix named when a
+    built-in data set is missing or Detectron2's COCO or VOC loader fails on an annotation."""
+    check_dataset_files([dataset_name])
     try:
         dicts = DatasetCatalog.get(dataset_name)
     except Exception as e:

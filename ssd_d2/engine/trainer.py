@@ -19,7 +19,6 @@ from ..data import (
     SeededTrainLoader,
     SSDDatasetMapper,
     build_ssd_train_loader,
-    check_dataset_files,
     check_images_exist,
     load_dataset_dicts,
 )
@@ -130,12 +129,10 @@ class SSDTrainer(TrainerWithState):
 
     @classmethod
     def build_train_loader(cls, cfg) -> SeededTrainLoader:
-        check_dataset_files(cfg.DATASETS.TRAIN)
         return build_ssd_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        check_dataset_files([dataset_name])
         dataset_dicts = load_dataset_dicts(dataset_name)
         check_images_exist(dataset_dicts, dataset_name)  # before inference, not during it
         return build_detection_test_loader(
