@@ -4,11 +4,11 @@ Detectron2 user's first reflex (``INPUT.MIN_SIZE_TRAIN``, ``MODEL.ROI_HEADS.NUM_
 would otherwise change nothing, silently.
 """
 
-import functools
 import logging
 from typing import List, NamedTuple, Optional
 
 from detectron2.config import CfgNode, get_cfg
+from detectron2.evaluation.testing import flatten_results_dict
 
 from .config import add_ssd_config
 
@@ -73,13 +73,9 @@ class IgnoredKey(NamedTuple):
         return f"{self.key} = {self.value!r}: use {self.instead}"
 
 
-def _leaves(node: CfgNode, prefix: str = ""):
-    for name, value in node.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, CfgNode):
-            yield from _leaves(value, key + ".")
-        else:
-            yield key, value
+def _flat(cfg: CfgNode) -> dict:
+    """{"MODEL.SSD.NUM_CLASSES": 20, ...}"""
+    return {key.replace("/", "."): v for key, v in flatten_results_dict(cfg).items()}
 
 
 def _normalized(value):
@@ -87,10 +83,6 @@ def _normalized(value):
     if isinstance(value, (list, tuple)):
         return tuple(_normalized(v) for v in value)
     return value
-
-
-def _value(cfg: CfgNode, key: str):
-    return functools.reduce(lambda node, name: node[name], key.split("."), cfg)
 
 
 def _rule_for(key: str) -> Optional[str]:
@@ -104,16 +96,15 @@ def find_ignored_keys(cfg: CfgNode) -> List[IgnoredKey]:
     with the SSD key to use instead. Empty for every config ssd_d2 ships."""
     defaults = get_cfg()
     add_ssd_config(defaults)
-    ignored = []
-    for key, default in _leaves(defaults):
+    values, ignored = _flat(cfg), []
+    for key, default in _flat(defaults).items():
         rule = _rule_for(key)
         subtree = key.rsplit(".", 1)[0]
         names = _SSD_NAMES.get(subtree)
-        if rule is None or (names and _value(cfg, subtree + ".NAME") not in names):
+        if rule is None or (names and values[subtree + ".NAME"] not in names):
             continue
-        value = _value(cfg, key)
-        if _normalized(value) != _normalized(_EXPECTED.get(key, default)):
-            ignored.append(IgnoredKey(key, value, _INSTEAD[rule]))
+        if _normalized(values[key]) != _normalized(_EXPECTED.get(key, default)):
+            ignored.append(IgnoredKey(key, values[key], _INSTEAD[rule]))
     return ignored
 
 

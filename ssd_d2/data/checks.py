@@ -120,17 +120,14 @@ def _describe(dataset_dict: dict, index: int, annotation: dict, dataset_name: st
 
 
 def _coco_annotation_id(dataset_name: str, image_id, index: int):
-    # Detectron2's COCO loader drops the annotation ids, which a user needs to find the
-    # annotation in the json: an error message (never a check) reads it back from the json.
-    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
-    if not json_file:
-        return None
+    # Detectron2's COCO loader drops the annotation ids a user needs: an error message (never
+    # a check) reads them back from the json.
     try:
-        with PathManager.open(json_file) as f:
+        with PathManager.open(MetadataCatalog.get(dataset_name).json_file) as f:
             annotations = json.load(f).get("annotations", [])
         # load_coco_json keeps each image's annotations in the json's order.
         return [a for a in annotations if a.get("image_id") == image_id][index].get("id")
-    except Exception:
+    except Exception:  # not a COCO json data set
         return None
 
 
