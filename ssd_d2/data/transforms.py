@@ -1,9 +1,5 @@
-"""
-The SSD training augmentations (Liu et al., ECCV 2016, 2.2) as Detectron2 Augmentations:
-photometric distortion and channel swap, zoom out, min-IoU crop, flip, square resize. All
-randomness comes from numpy's global RNG in ``get_transform`` (the training loader seeds it per
-sample); each returned Transform is deterministic.
-"""
+"""The SSD training augmentations (SSD paper, 2.2) as Detectron2 Augmentations, drawing from
+numpy's global RNG (seeded per sample by the training loader) in ``get_transform`` only."""
 
 import itertools
 import random
@@ -49,8 +45,7 @@ class SeededColorAugSSDTransform(ColorAugSSDTransform):
         finally:
             random.setstate(state)
 
-    # The parent's per-value maps, tabulated for the 256 values of uint8 images and applied
-    # with one lookup per pixel: the same results, several times faster.
+    # The parent's per-value maps as 256-entry tables, one lookup per pixel: same, faster.
 
     def convert(self, img, alpha=1, beta=0):
         if img.dtype != np.uint8:
@@ -107,8 +102,7 @@ class ChannelSwapTransform(T.Transform):
         self._set_attributes(locals())
 
     def apply_image(self, img):
-        # OpenCV copies the channels in one pass, about 10 times faster than numpy's
-        # fancy indexing on the last axis.
+        # One OpenCV pass: about 10 times faster than numpy's fancy indexing.
         out = np.empty(img.shape, dtype=img.dtype)
         pairs = [v for i, source in enumerate(self.order) for v in (int(source), i)]
         cv2.mixChannels([np.ascontiguousarray(img)], [out], pairs)
@@ -158,11 +152,8 @@ class ExpandTransform(T.PadTransform):
 
 
 class RandomExpand(T.Augmentation):
-    """
-    SSD's zoom-out: with probability ``prob``, the image at a random place on a ``fill`` canvas
-    ``ratio`` (uniform in [1, max_ratio]) times its size: the small objects SSD otherwise sees
-    too rarely (SSD paper, 3.6: +2-3% mAP).
-    """
+    """SSD's zoom-out onto a ``fill`` canvas up to ``max_ratio`` times larger: the small objects
+    SSD otherwise sees too rarely (SSD paper, 3.6: +2-3% mAP)."""
 
     def __init__(self, max_ratio: float = 4.0, fill: Sequence[float] = (0, 0, 0), prob=0.5):
         super().__init__()
@@ -210,11 +201,9 @@ def _centers_inside(boxes: np.ndarray, rects: np.ndarray) -> np.ndarray:
 
 class MinIoURandomCrop(T.Augmentation):
     """
-    SSD's random crop: a mode drawn among "whole image", each of ``min_ious`` and "any crop",
-    then the first of ``max_trials`` crops (sides in [min_crop_size, 1] of the image's, aspect
-    ratio in range, integer corners) whose IoU with *some* box is >= the mode's and that holds a
-    box centre: Caffe SSD's and lufficc/SSD's rule (mmdetection requires every box). No crop
-    accepted: another mode (ssd.pytorch). An image without boxes is never cropped.
+    SSD's random crop: a mode ("whole image", a min IoU, "any crop"), then the first of
+    ``max_trials`` integer crops whose IoU with *some* box (Caffe SSD, lufficc/SSD; mmdetection:
+    every box) reaches it and that holds a box centre; none: another mode (ssd.pytorch).
     """
 
     def __init__(
@@ -257,19 +246,16 @@ class MinIoURandomCrop(T.Augmentation):
         # The constraints are checked on the integer crop that is actually cut.
         rects = np.floor(np.stack([left, top, left + crop_w, top + crop_h], axis=1))
 
-        aspect_ratio = crop_h / crop_w
-        accepted = (aspect_ratio >= self.aspect_ratio_range[0]) & (
-            aspect_ratio <= self.aspect_ratio_range[1]
-        )
+        low, high = self.aspect_ratio_range
+        accepted = (crop_h / crop_w >= low) & (crop_h / crop_w <= high)
         accepted &= (rects[:, 2] > rects[:, 0]) & (rects[:, 3] > rects[:, 1])
         accepted &= _centers_inside(boxes, rects).any(axis=1)
         if min_iou > -float("inf"):
             iou = pairwise_iou(Boxes(torch.from_numpy(rects)), Boxes(torch.from_numpy(boxes)))
             accepted &= iou.numpy().max(axis=1) >= min_iou
-        index = np.flatnonzero(accepted)
-        if len(index) == 0:
+        if not accepted.any():
             return None
-        return tuple(int(v) for v in rects[index[0]])
+        return tuple(int(v) for v in rects[accepted.argmax()])
 
 
 class OpenCVResizeTransform(T.ResizeTransform):
@@ -282,9 +268,8 @@ class OpenCVResizeTransform(T.ResizeTransform):
     def apply_image(self, img, interp=None):
         if img.shape[:2] != (self.h, self.w):
             raise ValueError(f"Expected an image of {self.h}x{self.w}, got {img.shape[:2]}.")
-        # A horizontally flipped view (negative strides) would make OpenCV copy the whole,
-        # often large, image first: resize the unflipped pixels and flip the small result
-        # (the same resize up to one level of rounding, about 15 times faster).
+        # OpenCV would copy a flipped view (negative strides) first: resize the unflipped pixels
+        # and flip the small result (equal up to one rounding level, about 15 times faster).
         mirrored = img.strides[1] < 0
         if mirrored:
             img = img[:, ::-1]
@@ -323,7 +308,7 @@ def build_ssd_train_augmentations(cfg) -> list:
         if ssd.PHOTOMETRIC.CHANNEL_SWAP_PROB > 0:
             augmentations.append(RandomChannelSwap(ssd.PHOTOMETRIC.CHANNEL_SWAP_PROB))
     if ssd.EXPAND.ENABLED:
-        # PIXEL_MEAN is in INPUT.FORMAT order, the order the mapper reads images in.
+        # PIXEL_MEAN is in INPUT.FORMAT order, as the mapper reads images.
         augmentations.append(
             RandomExpand(ssd.EXPAND.MAX_RATIO, fill=cfg.MODEL.PIXEL_MEAN, prob=ssd.EXPAND.PROB)
         )

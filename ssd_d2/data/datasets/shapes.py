@@ -1,8 +1,5 @@
-"""
-``ssd_shapes``: filled shapes of five classes on cluttered, noisy backgrounds, drawn with OpenCV
-so that SSD trains and evaluates without a download; JPEGs and a COCO json, read back with
-Detectron2's ``load_coco_json`` (COCO's own loading and evaluation path).
-"""
+"""``ssd_shapes``: shapes of five classes on cluttered backgrounds, drawn so that SSD trains and
+evaluates without a download; JPEGs and a COCO json, read with Detectron2's ``load_coco_json``."""
 
 import functools
 import json
@@ -34,21 +31,20 @@ logger = logging.getLogger(__name__)
 # The thing classes, in category id order (COCO ids 1..5).
 SHAPE_CLASSES = ("circle", "square", "triangle", "star", "ellipse")
 
-# The registered splits: data set name -> sub-folder of the cache root, seed, image count.
+# Data set name -> sub-folder of the cache root, seed, image count.
 SHAPES_SPLITS = {
     "ssd_shapes_train": {"dirname": "train", "seed": 0, "num_images": 2000},
     "ssd_shapes_val": {"dirname": "val", "seed": 1, "num_images": 300},
 }
 
-# Bump when the drawing changes, so that a cache written by an older version is detected.
+# Bump when the drawing changes, so that an older cache is detected.
 _GENERATOR_VERSION = 2
 _ANNOTATIONS_FILE = "annotations.json"
 _IMAGES_DIRNAME = "images"
 # Shape vertices go to OpenCV in fixed point with this many fractional bits (sub-pixel shapes).
 _SHIFT = 4
-# The drawing: image sides, shapes per image, the share of images without shapes, shape
-# diameters (pixels; fraction of the shorter side), how much of a shape later ones may hide
-# before it is not annotated, the least RGB distance of a shape from what it covers.
+# Image sides, shapes per image, share of empty images, shape diameters (pixels; fraction of the
+# shorter side), the share of a shape hidden before it is not annotated, least RGB contrast.
 _IMAGE_SIDES = (240, 400)
 _MAX_SHAPES = 6
 _EMPTY_FRACTION = 0.08
@@ -154,8 +150,7 @@ def _draw_image(
     shapes = []
     for index in range(num_shapes):
         category = int(rng.integers(len(SHAPE_CLASSES)))
-        # Log-uniform size: every scale octave equally common, so small objects (SSD's weak
-        # spot) are frequent.
+        # Log-uniform size: small objects (SSD's weak spot) as common as large ones.
         size = float(np.exp(rng.uniform(np.log(min_shape_size), np.log(max_shape_size))))
         # Up to 30% of a shape may lie outside the image (a truncated object, still annotated).
         cx = rng.uniform(0.2 * size, width - 0.2 * size)
@@ -166,7 +161,6 @@ def _draw_image(
         x, y, w, h = cv2.boundingRect(mask)
         if w == 0 or h == 0:
             continue
-        # Work inside the box only: most shapes are small.
         inside = mask[y : y + h, x : x + w].astype(bool)
         image_box = image[y : y + h, x : x + w]
         image_box[inside] = _contrasting_color(rng, image_box[inside].mean(axis=0), min_contrast)
@@ -188,8 +182,7 @@ def _draw_image(
 
 def _draw_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A colour gradient with smooth blobs, random lines and curves: clutter, no shapes."""
-    # A coarse grid holding a linear colour ramp plus random blobs, upsampled to the image:
-    # one small resize instead of per-pixel arithmetic.
+    # A coarse grid (colour ramp plus blobs) upsampled: no per-pixel arithmetic.
     grid_h, grid_w = (int(v) for v in rng.integers(2, 8, 2))
     angle = rng.uniform(0, 2 * np.pi)
     ramp = np.cos(angle) * np.linspace(-0.5, 0.5, grid_w)[None, :]
@@ -260,8 +253,7 @@ def _contrasting_color(
 
 def _add_noise(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     """Gaussian noise over everything, and sometimes a slight blur."""
-    # One noise value per pixel, shared by the channels (luminance noise): a third of the
-    # random numbers of per-channel noise, the largest cost of drawing an image.
+    # Luminance noise: a third of the random numbers (the largest cost) of per-channel noise.
     noise = rng.standard_normal(image.shape[:2] + (1,), dtype=np.float32)
     noise *= rng.uniform(0, 6)
     noisy = image.astype(np.float32)
