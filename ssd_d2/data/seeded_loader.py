@@ -1,10 +1,8 @@
 """
 A training loader whose batches depend only on the seed and the iteration, so that a resumed run
-continues with exactly the batches an uninterrupted one sees (Detectron2's would start the sample
-order and the augmentations over). One permutation of the data set per epoch, seeded by
-``(seed, epoch)``; process ``r`` of ``W`` takes positions ``r, r + W, ...`` (as Detectron2's
-``TrainingSampler``); each sample is mapped under RNGs seeded by ``(seed, position)``; worker
-``w`` of ``K`` builds the batches ``i % K == w``, the order PyTorch's loader collects them in.
+sees exactly the batches of an uninterrupted one: a permutation per epoch seeded by ``(seed,
+epoch)``, process ``r`` of ``W`` at positions ``r, r + W, ...`` (as ``TrainingSampler``), each
+sample mapped under RNGs seeded by ``(seed, position)``, worker ``w`` of ``K`` at ``i % K == w``.
 """
 
 import contextlib
@@ -35,7 +33,7 @@ __all__ = ["SeededTrainingStream", "SeededTrainLoader", "build_ssd_train_loader"
 
 logger = logging.getLogger(__name__)
 
-# Distinct first words of the seeds of the sample order, the augmentations and substitutes.
+# First words of the seeds of the sample order, the augmentations and substitutes.
 _ORDER_STREAM, _AUGMENTATION_STREAM, _SUBSTITUTE_STREAM = 0, 1, 2
 
 

@@ -320,8 +320,8 @@ def _move_into_place(tmp_dir: str, split_dir: str) -> None:
     raise RuntimeError(f"Could not move {tmp_dir} into place at {split_dir}")
 
 
-def _load_shapes_split(name: str, split_dir: str, seed: int, num_images: int) -> List[Dict]:
-    json_file = ensure_split(split_dir, seed, num_images)
+def _load_shapes_split(name: str, split_dir: str, split: Dict) -> List[Dict]:
+    json_file = ensure_split(split_dir, split["seed"], split["num_images"])
     return load_coco_json(json_file, os.path.join(split_dir, _IMAGES_DIRNAME), name)
 
 
@@ -334,10 +334,7 @@ def register_shapes_dataset(root: Optional[str] = None, splits: Optional[Dict] =
         if name in DatasetCatalog.list():
             continue
         split_dir = os.path.join(root, split["dirname"])
-        load = functools.partial(
-            _load_shapes_split, name, split_dir, split["seed"], split["num_images"]
-        )
-        DatasetCatalog.register(name, load)
+        DatasetCatalog.register(name, functools.partial(_load_shapes_split, name, split_dir, split))
         # COCOEvaluator opens json_file when built, after DefaultTrainer.test's loader wrote it.
         MetadataCatalog.get(name).set(
             json_file=os.path.join(split_dir, _ANNOTATIONS_FILE),

@@ -20,12 +20,8 @@ def voc_difficult_flags(dirname: str, image_id: str) -> List[bool]:
 
 
 def drop_voc_difficult(dataset_name: str, dataset_dicts: List[dict]) -> Tuple[List[dict], int]:
-    """
-    The dicts of a data set registered as Detectron2 registers VOC (metadata ``dirname`` and
-    ``split``; one annotation per ``<object>``, in file order) without the objects VOC marks
-    difficult, as lufficc/SSD and ssd.pytorch train; any other data set's unchanged. Also
-    returns the number of annotations dropped.
-    """
+    """The dicts of a data set registered as Detectron2 registers VOC without the objects marked
+    difficult (as lufficc/SSD trains; other data sets unchanged), and how many were dropped."""
     metadata = MetadataCatalog.get(dataset_name)
     dirname = metadata.get("dirname", None)
     if not dirname or not metadata.get("split", None):
