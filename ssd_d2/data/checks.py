@@ -143,10 +143,8 @@ def _image_header(file_name: str) -> Tuple[int, int, int]:
 
 def _check_image(dataset_dict: dict, dataset_name: str) -> Tuple[str, object]:
     """("ok", (width, height)) as the mapper reads the image (EXIF orientation applied), or
-    ("missing", None), ("unreadable", reason), ("wrong size", message)."""
+    ("unreadable", reason), ("wrong size", message)."""
     file_name = dataset_dict["file_name"]
-    if not PathManager.exists(file_name):
-        return "missing", None
     try:
         raw_w, raw_h, orientation = _image_header(file_name)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -172,15 +170,11 @@ def _check_image(dataset_dict: dict, dataset_name: str) -> Tuple[str, object]:
 
 
 def check_images_exist(dataset_dicts: Sequence[dict], dataset_name: str) -> None:
-    """Raise DatasetError naming the missing images (a test set's all count in the metrics)."""
+    """Raise DatasetError naming the images that do not exist."""
     missing = [d["file_name"] for d in dataset_dicts if not PathManager.exists(d["file_name"])]
-    _raise_if_missing(missing, len(dataset_dicts), dataset_name)
-
-
-def _raise_if_missing(missing: List[str], num_images: int, dataset_name: str) -> None:
     if missing:
         raise DatasetError(
-            f"{len(missing)} of the {num_images} images of data set {dataset_name!r} "
+            f"{len(missing)} of the {len(dataset_dicts)} images of data set {dataset_name!r} "
             f"do not exist, e.g. {', '.join(missing[:3])}. If none exist, the data set's image "
             "folder is wrong: check the image root it is registered with (for the built-in "
             "data sets, $DETECTRON2_DATASETS). Otherwise restore the files or remove those "
@@ -204,15 +198,14 @@ def check_dataset_dicts(
 ) -> Tuple[List[dict], DatasetReport]:
     """Repaired copies of the training dicts of one data set, and the report; the cases are
     docs/data.md's "Bad data" table."""
+    check_images_exist(dataset_dicts, dataset_name)
     report = DatasetReport(dataset_name=dataset_name, num_images=len(dataset_dicts))
     image_checks = map_across_processes(  # the same outcomes in every process
         lambda i: _check_image(dataset_dicts[i], dataset_name), len(dataset_dicts)
     )
-    checked, missing = [], []
+    checked = []
     for dataset_dict, (outcome, detail) in zip(dataset_dicts, image_checks):
-        if outcome == "missing":
-            missing.append(dataset_dict["file_name"])
-        elif outcome == "wrong size":
+        if outcome == "wrong size":
             raise DatasetError(detail)
         elif outcome == "unreadable":
             unreadable = (dataset_dict["file_name"], detail)
@@ -222,7 +215,6 @@ def check_dataset_dicts(
             checked.append(
                 _check_annotations(dataset_dict, detail, num_classes, dataset_name, report)
             )
-    _raise_if_missing(missing, len(dataset_dicts), dataset_name)
     if report.unreadable_images:
         logger.warning(
             f"Dropped {len(report.unreadable_images)} unreadable images of {dataset_name!r}, "

@@ -13,7 +13,6 @@ from detectron2.utils import comm
 __all__ = [
     "TrainerWithState",
     "create_ddp_model",
-    "create_local_process_group",
     "has_compiled_coco_eval",
     "launch_on_cpu",
 ]
@@ -45,7 +44,7 @@ else:
                 self._trainer.load_state_dict(state_dict["_trainer"])
 
 
-def create_local_process_group(num_processes_per_machine: int) -> None:
+def _create_local_process_group(num_processes_per_machine: int) -> None:
     """The group of this machine's processes, for ``comm.get_local_rank()``; v0.6 has no
     ``comm.create_local_process_group`` (its launch makes the group)."""
     if hasattr(comm, "create_local_process_group"):
@@ -88,7 +87,7 @@ def _cpu_worker(
         rank=machine_rank * num_per_machine + local_rank,
         timeout=timeout,
     )
-    create_local_process_group(num_per_machine)
+    _create_local_process_group(num_per_machine)
     dist.barrier()
     main_func(*args)
     # Tear the groups down together: destroying them while another process is still in a

@@ -82,14 +82,10 @@ class SSDTrainer(TrainerWithState):
         # The loader's workers start at the first batch, at the iteration resumed from.
         self.train_loader.start_at(self.start_iter)
         results = super().train()
-        # A run killed between its last periodic checkpoint and model_final resumes with no
-        # iteration left, so Detectron2's checkpoint hook never writes model_final: write it.
-        final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
-        if (
-            self.start_iter >= self.max_iter
-            and comm.is_main_process()
-            and not os.path.exists(final)
-        ):
+        # A run killed after its last periodic checkpoint resumes with no iteration left, and
+        # Detectron2's checkpoint hook never writes model_final: write it.
+        done = self.start_iter >= self.max_iter and comm.is_main_process()
+        if done and not os.path.exists(os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")):
             self.checkpointer.save("model_final", iteration=self.max_iter - 1)
         return results
 
@@ -98,8 +94,7 @@ class SSDTrainer(TrainerWithState):
             super().run_step()
         except FloatingPointError as e:
             last = self.checkpointer.get_checkpoint_file() or "none yet"
-            # Detectron2 prints the losses as numpy scalars, which numpy 2 shows as
-            # "np.float64(nan)": show the numbers.
+            # Numpy 2 shows Detectron2's numpy scalars as "np.float64(nan)": show the numbers.
             losses = re.sub(r"np\.\w+\(([^()]*)\)", r"\1", str(e))
             raise FloatingPointError(
                 f"{losses}\nTraining stopped at iteration {self.iter}. Last checkpoint: {last}. "
