@@ -1,8 +1,6 @@
-"""
-Detectron2 config keys that SSD models do not read, and the SSD keys that do their job: a
+"""Detectron2 config keys that SSD models do not read, and the SSD keys that do their job: a
 Detectron2 user's first reflex (``INPUT.MIN_SIZE_TRAIN``, ``MODEL.ROI_HEADS.NUM_CLASSES`` ...)
-would otherwise change nothing, silently.
-"""
+would otherwise change nothing, silently."""
 
 import logging
 from typing import List, NamedTuple, Optional

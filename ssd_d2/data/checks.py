@@ -1,8 +1,6 @@
-"""
-Checks of the training data sets, on the dicts Detectron2's loaders produced, once per run: what
+"""Checks of the training data sets, on the dicts Detectron2's loaders produced, once per run: what
 a user must fix raises a :class:`DatasetError` naming the file, the annotation and the fix; what
-real data sets have a few of is repaired or skipped and counted (docs/data.md, "Bad data").
-"""
+real data sets have a few of is repaired or skipped and counted (docs/data.md, "Bad data")."""
 
 import json
 import logging

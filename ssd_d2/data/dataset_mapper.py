@@ -29,11 +29,9 @@ class UnreadableImageError(OSError):
 
 
 def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
-    """
-    The image reader of ssd_d2 (training, evaluation, tools, export): Detectron2's, but 16-bit
+    """The image reader of ssd_d2 (training, evaluation, tools, export): Detectron2's, but 16-bit
     images are scaled to 8 bits instead of saturating, and a file that cannot be wholly decoded
-    (truncated data fails now, not as a partly grey image) raises UnreadableImageError.
-    """
+    (truncated data fails now, not as a partly grey image) raises UnreadableImageError."""
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)
@@ -54,11 +52,9 @@ def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
 
 
 class SSDDatasetMapper:
-    """
-    Detectron2's ``DatasetMapper`` for SSD: the image (CHW uint8) read with :func:`read_image`,
+    """Detectron2's ``DatasetMapper`` for SSD: the image (CHW uint8) read with :func:`read_image`,
     in training scaled down to ``max_input_size`` if larger and augmented with its non-crowd
-    boxes into ``instances`` (possibly empty); at test time the model resizes it.
-    """
+    boxes into ``instances`` (possibly empty); at test time the model resizes it."""
 
     @configurable
     def __init__(

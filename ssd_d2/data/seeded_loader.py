@@ -1,9 +1,7 @@
-"""
-A training loader whose batches depend only on the seed and the iteration, so that a resumed run
+"""A training loader whose batches depend only on the seed and the iteration, so that a resumed run
 sees exactly the batches of an uninterrupted one: a permutation per epoch seeded by ``(seed,
 epoch)``, process ``r`` of ``W`` at positions ``r, r + W, ...`` (as ``TrainingSampler``), each
-sample mapped under RNGs seeded by ``(seed, position)``, worker ``w`` of ``K`` at ``i % K == w``.
-"""
+sample mapped under RNGs seeded by ``(seed, position)``, worker ``w`` of ``K`` at ``i % K == w``."""
 
 import contextlib
 import itertools
@@ -164,11 +162,9 @@ class SeededTrainLoader:
 
 
 def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
-    """
-    The data sets of ``cfg.DATASETS.TRAIN`` loaded and checked once, VOC's difficult objects and
+    """The data sets of ``cfg.DATASETS.TRAIN`` loaded and checked once, VOC's difficult objects and
     (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``) images without boxes dropped, in batches seeded by
-    ``cfg.SEED`` and the iteration. No aspect-ratio grouping: every image ends up square.
-    """
+    ``cfg.SEED`` and the iteration. No aspect-ratio grouping: every image ends up square."""
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ValueError(
             f"DATALOADER.SAMPLER_TRAIN = {cfg.DATALOADER.SAMPLER_TRAIN!r}: SSDTrainer's "

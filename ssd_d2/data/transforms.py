@@ -200,11 +200,9 @@ def _centers_inside(boxes: np.ndarray, rects: np.ndarray) -> np.ndarray:
 
 
 class MinIoURandomCrop(T.Augmentation):
-    """
-    SSD's random crop: a mode ("whole image", a min IoU, "any crop"), then the first of
+    """SSD's random crop: a mode ("whole image", a min IoU, "any crop"), then the first of
     ``max_trials`` integer crops whose IoU with *some* box (Caffe SSD, lufficc/SSD; mmdetection:
-    every box) reaches it and that holds a box centre; none: another mode (ssd.pytorch).
-    """
+    every box) reaches it and that holds a box centre; none: another mode (ssd.pytorch)."""
 
     def __init__(
         self,

@@ -30,11 +30,9 @@ def launch(
     args=(),
     timeout: Optional[timedelta] = None,
 ):
-    """
-    Detectron2's ``launch``, or without GPUs that many gloo processes sharing the CPU's cores.
+    """Detectron2's ``launch``, or without GPUs that many gloo processes sharing the CPU's cores.
     A process of this machine that dies stops the others, with a RuntimeError naming it and the
-    cause; a hung process, or a remote one that dies, fails the others' next collective.
-    """
+    cause; a hung process, or a remote one that dies, fails the others' next collective."""
     timeout = timeout or default_timeout()
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:

@@ -30,12 +30,10 @@ __all__ = ["SSDTrainer"]
 
 
 class SSDTrainer(TrainerWithState):
-    """
-    DefaultTrainer with SSD's data pipeline (a :class:`~ssd_d2.data.SeededTrainLoader`: exact
+    """DefaultTrainer with SSD's data pipeline (a :class:`~ssd_d2.data.SeededTrainLoader`: exact
     resume, unreadable images skipped and counted as ``data/skipped_images``), evaluators by
     ``evaluator_type``, checkpoints with the optimizer state and CPU data-parallel training
-    (bfloat16 autocast under SOLVER.AMP.ENABLED).
-    """
+    (bfloat16 autocast under SOLVER.AMP.ENABLED)."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__ with a DDP wrapper that also runs on the CPU, the CPU's AMP

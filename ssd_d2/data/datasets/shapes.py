@@ -100,11 +100,9 @@ def _draw_random_image(rng: np.random.Generator):
 def write_generated_dataset(
     output_dir: str, num_images: int, seed: int, draw_image, info: Dict, categories: List
 ) -> str:
-    """
-    ``draw_image(rng) -> (BGR image, COCO annotations)`` as ``output_dir/images/*.jpg`` and
+    """``draw_image(rng) -> (BGR image, COCO annotations)`` as ``output_dir/images/*.jpg`` and
     ``output_dir/annotations.json``; returns its path. One random stream per image (image i does
-    not depend on ``num_images``); the json comes last, so its presence means completeness.
-    """
+    not depend on ``num_images``); the json comes last, so its presence means completeness."""
     image_dir = os.path.join(output_dir, _IMAGES_DIRNAME)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
@@ -269,12 +267,10 @@ def _is_complete(split_dir: str) -> bool:
 
 
 def ensure_split(split_dir, seed, num_images, generate=None, version=None, name="ssd_shapes"):
-    """
-    Generate a split with ``generate(output_dir, num_images, seed)`` into ``split_dir`` unless
+    """Generate a split with ``generate(output_dir, num_images, seed)`` into ``split_dir`` unless
     it is there; return its json path. Concurrent callers (the ranks of a run) each draw into a
     temporary folder and rename it into place: the first wins. A split made with another
-    ``version``, seed or size is an error.
-    """
+    ``version``, seed or size is an error."""
     generate = generate or generate_shapes_dataset
     version = _GENERATOR_VERSION if version is None else version
     json_file = os.path.join(split_dir, _ANNOTATIONS_FILE)
