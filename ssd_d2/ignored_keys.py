@@ -25,12 +25,10 @@ _INSTEAD = {
     "INPUT.MAX_SIZE_TEST": _RESIZE,
     "INPUT.RANDOM_FLIP": "INPUT.SSD.FLIP_PROB",
     "INPUT.CROP": "INPUT.SSD.MIN_IOU_CROP.*",
-    "DATALOADER.ASPECT_RATIO_GROUPING": "nothing: every image has the same square size, "
-    "MODEL.SSD.IMAGE_SIZE",
+    "DATALOADER.ASPECT_RATIO_GROUPING": "nothing: every image is resized to one square size",
     "MODEL.ANCHOR_GENERATOR.SIZES": "MODEL.SSD.DEFAULT_BOXES.MIN_SIZES and MAX_SIZES",
     "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": "MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS",
-    "MODEL.ANCHOR_GENERATOR.OFFSET": "MODEL.SSD.DEFAULT_BOXES.STEPS (box centres at "
-    "(i + 0.5) * step)",
+    "MODEL.ANCHOR_GENERATOR.OFFSET": "MODEL.SSD.DEFAULT_BOXES.STEPS (centres at (i + 0.5) * step)",
     "MODEL.BACKBONE.FREEZE_AT": "nothing: every layer of SSD's backbones trains "
     "(MODEL.MOBILENET.NORM FrozenBN freezes the MobileNet norms)",
     "MODEL.ROI_HEADS.NUM_CLASSES": "MODEL.SSD.NUM_CLASSES",

@@ -206,9 +206,8 @@ def check_dataset_dicts(
         if outcome == "wrong size":
             raise DatasetError(detail)
         elif outcome == "unreadable":
-            unreadable = (dataset_dict["file_name"], detail)
-            report.unreadable_images.append(unreadable)
-            report._example("unreadable image", lambda: "{} ({})".format(*unreadable))
+            report.unreadable_images.append((dataset_dict["file_name"], detail))
+            report._example("unreadable image", lambda: f"{dataset_dict['file_name']} ({detail})")
         else:
             checked.append(
                 _check_annotations(dataset_dict, detail, num_classes, dataset_name, report)

@@ -3,6 +3,7 @@ themselves "0.6"); each entry names the releases that need it."""
 
 import socket
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -88,6 +89,8 @@ def _cpu_worker(
         timeout=timeout,
     )
     _create_local_process_group(num_per_machine)
+    # Each process takes its share of the cores instead of oversubscribing them.
+    torch.set_num_threads(max(1, torch.get_num_threads() // num_per_machine))
     dist.barrier()
     main_func(*args)
     # Tear the groups down together: destroying them while another process is still in a

@@ -1,4 +1,3 @@
-import functools
 import logging
 from datetime import timedelta
 from typing import Optional
@@ -44,7 +43,6 @@ def launch(
             f"No GPU: {num_gpus_per_machine} gloo processes on this machine's CPU (collective "
             f"timeout {timeout})."
         )
-        main_func = functools.partial(_share_cores, main_func, num_gpus_per_machine)
         launcher = launch_on_cpu
     try:
         launcher(
@@ -65,9 +63,3 @@ def launch(
             f"Training process {rank} of {world_size} failed; the other processes were "
             f"stopped. Its error:\n{e.msg}"
         ) from e
-
-
-def _share_cores(main_func, num_processes_per_machine, *args):
-    # Each process takes its share of the cores instead of oversubscribing them.
-    torch.set_num_threads(max(1, torch.get_num_threads() // num_processes_per_machine))
-    main_func(*args)
