@@ -15,8 +15,7 @@ __all__ = ["IgnoredKey", "find_ignored_keys", "warn_ignored_keys"]
 logger = logging.getLogger(__name__)
 
 _RESIZE = "MODEL.SSD.IMAGE_SIZE (every image is resized to this square side)"
-# A key, or a subtree that covers every key under it -> what to set instead, or why nothing is
-# needed. The most specific key wins (MODEL.RETINANET.NUM_CLASSES before MODEL.RETINANET).
+# A key or subtree -> what to set instead, or why nothing is needed; the most specific key wins.
 _INSTEAD = {
     "INPUT.MIN_SIZE_TRAIN": _RESIZE,
     "INPUT.MIN_SIZE_TRAIN_SAMPLING": _RESIZE,
@@ -46,8 +45,7 @@ _INSTEAD = {
     "MODEL.RETINANET": "MODEL.SSD.* (SSD's loss is softmax cross-entropy with hard negative "
     "mining, MODEL.SSD.NEG_POS_RATIO)",
 }
-# The "not set" value where it is not the default: the SSD base configs set 0, so that
-# DefaultPredictor, which reads it, leaves the resize to the model.
+# "Not set" values that are not the default (0 makes DefaultPredictor leave resizing to SSD).
 _EXPECTED = {"INPUT.MIN_SIZE_TEST": 0}
 # Subtrees whose keys are ignored only when their NAME is SSD's default boxes or backbone.
 _SSD_NAMES = {

@@ -118,8 +118,7 @@ def _describe(dataset_dict: dict, index: int, annotation: dict, dataset_name: st
 
 
 def _coco_annotation_id(dataset_name: str, image_id, index: int):
-    # Detectron2's COCO loader drops the annotation ids a user needs: an error message (never
-    # a check) reads them back from the json.
+    # Detectron2's COCO loader drops the ids a user needs: error messages read the json again.
     try:
         with PathManager.open(MetadataCatalog.get(dataset_name).json_file) as f:
             annotations = json.load(f).get("annotations", [])

@@ -77,8 +77,7 @@ class SSDDatasetMapper:
             "is_train": is_train,
             "augmentations": augmentations,
             "image_format": cfg.INPUT.FORMAT,
-            # The crop keeps >= 0.3 of a side before the resize to IMAGE_SIZE: 4x IMAGE_SIZE
-            # loses nothing the network sees; zooming out an 8000x8000 photo takes gigabytes.
+            # Crops keep >= 0.3 of a side: 4x loses nothing, and 8000x8000 photos take gigabytes.
             "max_input_size": 4 * cfg.MODEL.SSD.IMAGE_SIZE,
         }
 

@@ -174,12 +174,7 @@ def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
     for name in cfg.DATASETS.TRAIN:
         dicts = load_dataset_dicts(name)
         if cfg.INPUT.SSD.DROP_VOC_DIFFICULT:
-            dicts, dropped = drop_voc_difficult(name, dicts)
-            if dropped:
-                logger.info(
-                    f"{name}: dropped {dropped} objects marked difficult "
-                    "(INPUT.SSD.DROP_VOC_DIFFICULT)."
-                )
+            dicts, _ = drop_voc_difficult(name, dicts)
         dicts, report = check_dataset_dicts(
             dicts, num_classes=cfg.MODEL.SSD.NUM_CLASSES, dataset_name=name
         )

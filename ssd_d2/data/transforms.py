@@ -232,9 +232,7 @@ class MinIoURandomCrop(T.Augmentation):
                 return SSDCropTransform(x0, y0, x1 - x0, y1 - y0, orig_w=w, orig_h=h)
         return T.NoOpTransform()
 
-    def _sample_crop(
-        self, h: int, w: int, boxes: np.ndarray, min_iou: float
-    ) -> Optional[Tuple[int, int, int, int]]:
+    def _sample_crop(self, h: int, w: int, boxes: np.ndarray, min_iou: float) -> Optional[tuple]:
         """The first accepted of ``max_trials`` crops sampled at once (integer XYXY), or None."""
         n = self.max_trials
         crop_w = np.random.uniform(self.min_crop_size * w, w, size=n)
@@ -284,8 +282,7 @@ class SquareResize(T.Augmentation):
         self.size = size
 
     def get_transform(self, image):
-        height, width = image.shape[:2]
-        return OpenCVResizeTransform(height, width, self.size, self.size)
+        return OpenCVResizeTransform(*image.shape[:2], self.size, self.size)
 
 
 def build_ssd_train_augmentations(cfg) -> list:

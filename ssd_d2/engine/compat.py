@@ -11,12 +11,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.utils import comm
 
-__all__ = [
-    "TrainerWithState",
-    "create_ddp_model",
-    "has_compiled_coco_eval",
-    "launch_on_cpu",
-]
+__all__ = ["TrainerWithState", "create_ddp_model", "has_compiled_coco_eval", "launch_on_cpu"]
 
 
 def create_ddp_model(model, **kwargs):
@@ -27,8 +22,7 @@ def create_ddp_model(model, **kwargs):
     return d2_create_ddp_model(model, **kwargs)
 
 
-# v0.6: DefaultTrainer's checkpoints hold no optimizer state (main saves the inner trainer's
-# state, the optimizer and AMP's grad scaler, under "_trainer"); --resume needs it.
+# v0.6: checkpoints lack the optimizer and grad scaler state (main's "_trainer"); --resume needs it.
 if "state_dict" in vars(DefaultTrainer):
     TrainerWithState = DefaultTrainer
 else:
@@ -93,8 +87,7 @@ def _cpu_worker(
     torch.set_num_threads(max(1, torch.get_num_threads() // num_per_machine))
     dist.barrier()
     main_func(*args)
-    # Tear the groups down together: destroying them while another process is still in a
-    # collective aborts it (a failed process skips this; the launcher stops the others).
+    # Together: destroying the groups while another process is in a collective aborts it.
     dist.barrier()
     dist.destroy_process_group()
 

@@ -36,8 +36,7 @@ class SSDTrainer(TrainerWithState):
     (bfloat16 autocast under SOLVER.AMP.ENABLED)."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__ with a DDP wrapper that also runs on the CPU, the CPU's AMP
-        # (bfloat16 autocast without gradient scaling: SimpleTrainer) and SSDCheckpointer.
+        # DefaultTrainer.__init__ with CPU DDP, CPU AMP (bf16, no grad scaler) and SSDCheckpointer.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -80,8 +79,7 @@ class SSDTrainer(TrainerWithState):
         # The loader's workers start at the first batch, at the iteration resumed from.
         self.train_loader.start_at(self.start_iter)
         results = super().train()
-        # A run killed after its last periodic checkpoint resumes with no iteration left, and
-        # Detectron2's checkpoint hook never writes model_final: write it.
+        # A run killed after its last periodic checkpoint resumes with nothing left: save it.
         done = self.start_iter >= self.max_iter and comm.is_main_process()
         if done and not os.path.exists(os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")):
             self.checkpointer.save("model_final", iteration=self.max_iter - 1)
@@ -143,7 +141,6 @@ class SSDTrainer(TrainerWithState):
         if evaluator_type == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)
         if evaluator_type == "coco":
-            # Without detectron2's compiled COCOeval, pycocotools' own gives the same numbers.
             return COCOEvaluator(
                 dataset_name,
                 tasks=("bbox",),

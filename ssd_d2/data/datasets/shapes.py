@@ -141,8 +141,7 @@ def _draw_image(
     """A BGR uint8 image and the COCO annotations (without ids) of its visible shapes."""
     image = _draw_background(rng, height, width)
 
-    # owner[y, x]: 1 + the index of the shape seen at that pixel (0: background), for how much
-    # of each shape later ones left visible.
+    # owner[y, x]: 1 + the index of the shape seen at that pixel (0: background).
     owner = np.zeros((height, width), dtype=np.uint16)
     mask = np.empty((height, width), dtype=np.uint8)
     shapes = []
@@ -304,8 +303,7 @@ def _move_into_place(tmp_dir: str, split_dir: str) -> None:
         except OSError:
             if _is_complete(split_dir):
                 return  # another process finished first
-        # A folder without the json (an interrupted copy, a manual edit) is no split: set it
-        # aside and try again (a copy completed meanwhile is identical to ours).
+        # A folder without the json is no split: set it aside (a complete one equals ours).
         stale_dir = f"{split_dir}.stale-{uuid.uuid4().hex}"
         try:
             os.rename(split_dir, stale_dir)

@@ -1,5 +1,6 @@
 """Pascal VOC's "difficult" flags, which Detectron2's VOC loader reads past (so the XML is read)."""
 
+import logging
 import os
 import xml.etree.ElementTree as ET
 from typing import List, Tuple
@@ -10,6 +11,8 @@ from detectron2.utils.file_io import PathManager
 from ..checks import map_across_processes
 
 __all__ = ["voc_difficult_flags", "drop_voc_difficult"]
+
+logger = logging.getLogger(__name__)
 
 
 def voc_difficult_flags(dirname: str, image_id: str) -> List[bool]:
@@ -43,4 +46,7 @@ def drop_voc_difficult(dataset_name: str, dataset_dicts: List[dict]) -> Tuple[Li
         kept = [a for a, difficult in zip(annotations, flags) if not difficult]
         dropped += len(annotations) - len(kept)
         kept_dicts.append({**record, "annotations": kept})
+    logger.info(
+        f"{dataset_name}: dropped {dropped} difficult objects (INPUT.SSD.DROP_VOC_DIFFICULT)."
+    )
     return kept_dicts, dropped
