@@ -139,12 +139,9 @@ def resolve_device(device: str) -> str:
 def settle_device(cfg) -> None:
     """Replace an "auto" MODEL.DEVICE in ``cfg`` (frozen or not) by the device it means here:
     Detectron2's ``build_model`` does not know "auto"."""
-    device = resolve_device(cfg.MODEL.DEVICE)
-    if device == cfg.MODEL.DEVICE:
-        return
     frozen = cfg.is_frozen()
     cfg.defrost()
-    cfg.MODEL.DEVICE = device
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
     if frozen:
         cfg.freeze()
 

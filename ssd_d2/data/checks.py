@@ -74,22 +74,20 @@ class DatasetReport:
         return "\n".join(lines)
 
 
-def _expected_paths(dataset_name: str) -> List[str]:
-    # What a Detectron2 built-in VOC or COCO data set reads; empty for other data sets.
-    metadata = MetadataCatalog.get(dataset_name)
-    if dataset_name.startswith("voc_") and metadata.get("dirname", None):
-        split_file = os.path.join(metadata.dirname, "ImageSets", "Main", metadata.split + ".txt")
-        return [split_file, os.path.join(metadata.dirname, "JPEGImages")]
-    if dataset_name.startswith("coco_") and metadata.get("evaluator_type", None) == "coco":
-        return [metadata.json_file, metadata.image_root]
-    return []
-
-
 def check_dataset_files(dataset_names: Iterable[str]) -> None:
     """Fail early, naming the path and the fix, when a built-in VOC or COCO data set is not
     where Detectron2 looks for it."""
     for name in dataset_names:
-        missing = [p for p in _expected_paths(name) if not os.path.exists(p)]
+        metadata = MetadataCatalog.get(name)
+        paths = []  # what a Detectron2 built-in VOC or COCO data set reads
+        if name.startswith("voc_") and metadata.get("dirname", None):
+            split_file = os.path.join(
+                metadata.dirname, "ImageSets", "Main", metadata.split + ".txt"
+            )
+            paths = [split_file, os.path.join(metadata.dirname, "JPEGImages")]
+        elif name.startswith("coco_") and metadata.get("evaluator_type", None) == "coco":
+            paths = [metadata.json_file, metadata.image_root]
+        missing = [p for p in paths if not os.path.exists(p)]
         if missing:
             root = os.getenv("DETECTRON2_DATASETS", "datasets")
             raise FileNotFoundError(
@@ -228,7 +226,6 @@ def _check_annotations(
     if not annotations:
         report.images_without_annotations += 1
         return dict(dataset_dict, annotations=[])
-    width, height = size
     kept, had_boxes = [], False
     for index, annotation in enumerate(annotations):
         if annotation.get("iscrowd", 0):
@@ -241,7 +238,7 @@ def _check_annotations(
         def example():
             return f"{_describe(dataset_dict, index, annotation)}: {annotation['bbox']}"
 
-        clipped = [min(max(v, 0.0), limit) for v, limit in zip(box, (width, height) * 2)]
+        clipped = [min(max(v, 0.0), limit) for v, limit in zip(box, size * 2)]
         if box[2] <= box[0] or box[3] <= box[1]:
             report.degenerate_boxes += 1
             report._example("zero or negative size", example)

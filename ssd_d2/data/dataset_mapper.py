@@ -1,3 +1,4 @@
+import contextlib
 import copy
 from typing import List, Optional, Union
 
@@ -40,10 +41,8 @@ def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(file_name, f"{type(e).__name__}: {e}") from e
-    try:
+    with contextlib.suppress(Exception):  # a malformed EXIF block: ignored, as by Detectron2
         image = ImageOps.exif_transpose(image)
-    except Exception:  # a malformed EXIF block: ignored, as Detectron2's reader does
-        pass
     if image.mode in _HIGH_BIT_DEPTH_MODES:
         # PIL's convert() would clip 16-bit values at 255: scale 0..65535 to 0..255 instead.
         pixels = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
@@ -72,10 +71,9 @@ class SSDDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        augmentations = build_ssd_train_augmentations(cfg) if is_train else []
         return {
             "is_train": is_train,
-            "augmentations": augmentations,
+            "augmentations": build_ssd_train_augmentations(cfg) if is_train else [],
             "image_format": cfg.INPUT.FORMAT,
             # Crops keep >= 0.3 of a side: 4x loses nothing, and 8000x8000 photos take gigabytes.
             "max_input_size": 4 * cfg.MODEL.SSD.IMAGE_SIZE,

@@ -33,12 +33,13 @@ logger = logging.getLogger(__name__)
 
 # First words of the seeds of the sample order, the augmentations and substitutes.
 _ORDER_STREAM, _AUGMENTATION_STREAM, _SUBSTITUTE_STREAM = 0, 1, 2
+_MAX_SUBSTITUTIONS = 100  # unreadable images in a row before an error
 
 
 class SeededTrainingStream(IterableDataset):
     """The endless training batches of one process, as ``(batch, skipped)`` pairs: the mapped
     dicts, and (file name, reason) of each unreadable image, replaced by a sample drawn from the
-    seed and the position (after ``max_substitutions`` in a row, an error)."""
+    seed and the position."""
 
     def __init__(
         self,
@@ -50,7 +51,6 @@ class SeededTrainingStream(IterableDataset):
         start_iter: int = 0,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
-        max_substitutions: int = 100,
     ):
         if len(dataset) == 0:
             raise ValueError("The training data set is empty.")
@@ -61,7 +61,6 @@ class SeededTrainingStream(IterableDataset):
         self.start_iter = int(start_iter)
         self.rank = comm.get_rank() if rank is None else rank
         self.world_size = comm.get_world_size() if world_size is None else world_size
-        self.max_substitutions = max_substitutions
         self._epoch_cache = {}
         self._unreadable = {}  # dataset index -> reason, so that a bad file is read once
 
@@ -84,7 +83,7 @@ class SeededTrainingStream(IterableDataset):
 
     def _map_position(self, position: int, skipped: List[Tuple[str, str]]) -> dict:
         index = self._index_at(position)
-        for attempt in range(self.max_substitutions + 1):
+        for attempt in range(_MAX_SUBSTITUTIONS + 1):
             if attempt > 0:
                 # Another sample, drawn from the position and the attempt only.
                 rng = np.random.default_rng([_SUBSTITUTE_STREAM, self.seed, position, attempt])
@@ -103,7 +102,7 @@ class SeededTrainingStream(IterableDataset):
                 self._unreadable[index] = reason
             skipped.append((dataset_dict.get("file_name", f"index {index}"), reason))
         raise RuntimeError(
-            f"{self.max_substitutions + 1} training images in a row could not be read; the "
+            f"{_MAX_SUBSTITUTIONS + 1} training images in a row could not be read; the "
             f"last: {skipped[-1][0]} ({skipped[-1][1]}). Check the image files of the data set."
         )
 
@@ -182,12 +181,10 @@ def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
         dataset_dicts.extend(dicts)
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
         dataset_dicts = filter_images_with_only_crowd_annotations(dataset_dicts)
-    try:
+    with contextlib.suppress(AttributeError):  # data sets without class names
         check_metadata_consistency("thing_classes", cfg.DATASETS.TRAIN)
         thing_classes = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes
         print_instances_class_histogram(dataset_dicts, thing_classes)
-    except AttributeError:  # data sets without class names
-        pass
 
     if mapper is None:
         mapper = SSDDatasetMapper(cfg, is_train=True)

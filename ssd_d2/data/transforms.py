@@ -129,9 +129,7 @@ class RandomChannelSwap(T.Augmentation):
         if self._rand_range() >= self.prob:
             return T.NoOpTransform()
         order = self._ORDERS[np.random.randint(len(self._ORDERS))]
-        if order == (0, 1, 2):
-            return T.NoOpTransform()
-        return ChannelSwapTransform(order)
+        return T.NoOpTransform() if order == (0, 1, 2) else ChannelSwapTransform(order)
 
 
 class ExpandTransform(T.PadTransform):

@@ -40,8 +40,7 @@ def launch(
     launcher = d2_launch
     if not torch.cuda.is_available():
         logger.info(
-            f"No GPU: {num_gpus_per_machine} gloo processes on this machine's CPU (collective "
-            f"timeout {timeout})."
+            f"No GPU: {num_gpus_per_machine} gloo processes on the CPU (timeout {timeout})."
         )
         launcher = launch_on_cpu
     try:

@@ -135,8 +135,7 @@ class SSDTrainer(TrainerWithState):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         """The data set's evaluator, writing where Detectron2's train_net.py does."""
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)
@@ -144,7 +143,6 @@ class SSDTrainer(TrainerWithState):
             return COCOEvaluator(
                 dataset_name,
                 tasks=("bbox",),
-                distributed=True,
                 output_dir=output_folder,
                 use_fast_impl=has_compiled_coco_eval(),
             )
