@@ -55,12 +55,11 @@ _JPEG_QUALITY = 90
 
 
 def shapes_dataset_root(root: Optional[str] = None) -> str:
-    """The absolute cache folder: ``root``, else ``$SSD_D2_DATASETS``, else
-    ``$DETECTRON2_DATASETS/ssd_shapes``, else ``./datasets/ssd_shapes``."""
+    """The absolute cache folder (metadata paths survive a chdir): ``root``, else
+    ``$SSD_D2_DATASETS``, else ``$DETECTRON2_DATASETS/ssd_shapes``, else ``datasets/ssd_shapes``."""
     if root is None:
         default = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "ssd_shapes")
         root = os.environ.get("SSD_D2_DATASETS", default)
-    # Absolute, so that the paths put in the metadata survive a later chdir.
     return os.path.abspath(os.path.expanduser(os.fspath(root)))
 
 
@@ -173,8 +172,7 @@ def _draw_image(
         # COCO's "area" is the visible object area; it sets the small/medium/large buckets.
         objects.append({"category_id": category + 1, "bbox": box, "area": visible})
 
-    image = _add_noise(rng, image)
-    return image, objects
+    return _add_noise(rng, image), objects
 
 
 def _draw_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
