@@ -163,7 +163,7 @@ class SeededTrainLoader:
 def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
     """The data sets of ``cfg.DATASETS.TRAIN`` loaded and checked once, VOC's difficult objects and
     (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``) images without boxes dropped, in batches seeded by
-    ``cfg.SEED`` and the iteration. No aspect-ratio grouping: every image ends up square."""
+    ``cfg.SEED`` and the iteration (no aspect-ratio grouping, which would chain the batches)."""
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ValueError(
             f"DATALOADER.SAMPLER_TRAIN = {cfg.DATALOADER.SAMPLER_TRAIN!r}: SSDTrainer's "
