@@ -7,34 +7,19 @@ import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-__all__ = [
-    "add_ssd_config",
-    "load_config",
-    "merge_from_file_safely",
-    "resolve_device",
-    "settle_device",
-]
-
-# MODEL.DEVICE values that leave the choice to the machine that builds the model.
-AUTO_DEVICES = ("auto", "")
+__all__ = ["add_ssd_config", "load_config", "merge_from_file_safely", "resolve_device"]
 
 
 def add_ssd_config(cfg):
-    """
-    Add ssd_d2's keys to a Detectron2 config, in place, with the SSD300 VOC model's defaults
-    (lufficc/SSD vgg_ssd300_voc0712); the Detectron2 keys SSD sets differently are in
-    ``configs/Base-SSD300.yaml``.
-    """
+    """Add ssd_d2's keys to a Detectron2 config, in place, with the SSD300 VOC model's defaults
+    (lufficc/SSD vgg_ssd300_voc0712); Detectron2 keys SSD sets differently are in Base-SSD300."""
     _C = cfg
 
-    # "auto": CUDA when the machine that builds the model has it, else the CPU (settle_device),
-    # so that a config.yaml made on a CPU login node still trains on GPU nodes. "cpu", "cuda",
-    # "cuda:1" ... are used as given.
+    # "auto": CUDA if the machine that builds the model has it, else CPU; or "cpu", "cuda:1" ...
     _C.MODEL.DEVICE = "auto"
 
     _C.MODEL.SSD = CN()
-    # Number of foreground classes. The classifier has NUM_CLASSES + 1 outputs per default
-    # box, background first (index 0), as in the published SSD weights.
+    # Foreground classes; the classifier has NUM_CLASSES + 1 outputs, background first.
     _C.MODEL.SSD.NUM_CLASSES = 20
     # Side of the square image the network runs on; every input is resized to it.
     _C.MODEL.SSD.IMAGE_SIZE = 300
@@ -44,21 +29,17 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.HEAD_NAME = "SSDConvHead"
     # SSDLiteHead only: the norm after each predictor's depthwise conv ("BN", "SyncBN", ...).
     _C.MODEL.SSD.HEAD_NORM = "BN"
-    # SSDLiteHead only: the layout of that peer's SSDLite checkpoints, "torchvision" (separable
-    # predictors, N(0, 0.03) init) or "lufficc" (biased depthwise, last level 1x1, Xavier).
+    # SSDLiteHead only: the checkpoint layout to match, "torchvision" or "lufficc".
     _C.MODEL.SSD.HEAD_LAYOUT = "torchvision"
-    # Initial probability of foreground of the class logits (init_class_prior), for training
-    # from scratch; 0 keeps the published initialisation (Xavier or normal, zero bias).
+    # Initial foreground probability of the class logits; 0 keeps the published init.
     _C.MODEL.SSD.PRIOR_PROB = 0.0
-    # A default box is positive when its IoU with a ground truth is >= this, and each ground
-    # truth also takes its best default box (SSD paper, section 2.2).
+    # Positive default box: IoU >= this, or a ground truth's best box (SSD paper, 2.2).
     _C.MODEL.SSD.IOU_THRESHOLD = 0.5
     # Box encoding weights (dx, dy, dw, dh): the paper's variances (0.1, 0.2) inverted.
     _C.MODEL.SSD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
     # Hard negative mining: negatives kept per positive in each image.
     _C.MODEL.SSD.NEG_POS_RATIO = 3
-    # Hard negatives kept in an image with no positive default box: 0 (the peers') lets images
-    # without objects add nothing to the loss; more teaches the classifier background.
+    # Hard negatives kept in an image without positives (0, the peers': such images add nothing).
     _C.MODEL.SSD.MIN_NEGATIVES_PER_IMAGE = 0
     # Smooth L1 transition point of the box regression loss.
     _C.MODEL.SSD.SMOOTH_L1_BETA = 1.0
@@ -68,8 +49,7 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.NMS_THRESH_TEST = 0.45
     # Inference: candidates kept per class (highest scores) before NMS.
     _C.MODEL.SSD.TOPK_CANDIDATES_TEST = 200
-    # Inference: clip decoded boxes to the image before NMS (torchvision) instead of after it
-    # (lufficc/SSD, ssd.pytorch); boxes past the image overlap differently once clipped.
+    # Inference: clip boxes to the image before NMS (torchvision), not after (lufficc/SSD).
     _C.MODEL.SSD.CLIP_BOXES_BEFORE_NMS = False
 
     # Default boxes (priors), one entry per level of IN_FEATURES, in input pixels.
@@ -82,8 +62,7 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.DEFAULT_BOXES.MAX_SIZES = [60, 111, 162, 213, 264, 315]
     # Aspect ratios r > 1 of each level; each adds two boxes, r:1 and 1:r.
     _C.MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
-    # Boxes past the image, as the weights' source did: "center_and_size" (lufficc/SSD,
-    # ssd.pytorch: both clamped), "size" (torchvision: width, height capped) or "none".
+    # Boxes past the image: "center_and_size" (lufficc/SSD), "size" (torchvision) or "none".
     _C.MODEL.SSD.DEFAULT_BOXES.CLAMP = "center_and_size"
     _C.register_renamed_key(
         "MODEL.SSD.DEFAULT_BOXES.CLIP",
@@ -103,24 +82,19 @@ def add_ssd_config(cfg):
     _C.MODEL.MOBILENET = CN()
     # Norm of every layer: "BN", "SyncBN" (multi-GPU training) or "FrozenBN" (fine-tuning).
     _C.MODEL.MOBILENET.NORM = "BN"
-    # MobileNetV3: halve the channels after stride 16 (its paper, table 6; torchvision's
-    # SSDLite COCO model); ImageNet-pretrained MobileNetV3 weights need False.
+    # MobileNetV3: halve the channels after stride 16 (torchvision's SSDLite; not ImageNet's).
     _C.MODEL.MOBILENET.REDUCED_TAIL = True
 
-    # Whether the published results start from ImageNet backbone weights: training from a
-    # random backbone then logs a WARNING. False in configs that train from scratch on purpose.
+    # Warn when training starts from a random backbone; False in configs trained from scratch.
     _C.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE = True
 
-    # Inference arithmetic of backbone and head: "fp32", "bf16" (AVX512-BF16/AMX CPUs, recent
-    # GPUs) or "fp16" (GPUs); decoding and NMS stay fp32; fp32 with a warning where the device
-    # lacks it. (Training: SOLVER.AMP.ENABLED, bf16 autocast on a CPU, fp16 on a GPU.)
+    # Inference arithmetic of backbone and head: "fp32", "bf16" or "fp16" (fp32 where unsupported).
     _C.TEST.PRECISION = "fp32"
 
     # "SGD" (Detectron2's, with SOLVER.MOMENTUM; the published SSD recipes) or "ADAMW".
     _C.SOLVER.OPTIMIZER = "SGD"
 
-    # Checkpoints are read as tensors and plain containers only; True accepts any pickled
-    # object, which can run arbitrary code: only for files from a source you trust.
+    # True also loads pickled objects from checkpoints, which can run code: trusted files only.
     _C.MODEL.ALLOW_UNSAFE_CHECKPOINTS = False
 
     # SSD training augmentations (SSDDatasetMapper), applied in this order.
@@ -140,8 +114,7 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.EXPAND = CN({"ENABLED": True})
     _C.INPUT.SSD.EXPAND.MAX_RATIO = 4.0
     _C.INPUT.SSD.EXPAND.PROB = 0.5
-    # SSD crop: IoU with some box >= one of MIN_IOUS (or "whole image", "any crop"); the peers'
-    # set, which their published models trained with (the SSD paper adds 0.5).
+    # SSD crop: IoU with some box >= one of MIN_IOUS (the peers' set; the paper adds 0.5).
     _C.INPUT.SSD.MIN_IOU_CROP = CN({"ENABLED": True})
     _C.INPUT.SSD.MIN_IOU_CROP.MIN_IOUS = (0.1, 0.3, 0.7, 0.9)
     # Crop side as a fraction of the image side.
@@ -152,41 +125,30 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD.MIN_IOU_CROP.MAX_TRIALS = 50
     # Horizontal flip probability (0 disables).
     _C.INPUT.SSD.FLIP_PROB = 0.5
-    # Train without the objects Pascal VOC marks difficult (Detectron2's VOC sets), as
-    # lufficc/SSD and ssd.pytorch do; False trains on them too, as Detectron2 does.
+    # Drop the objects VOC marks difficult, as lufficc/SSD does (Detectron2 trains on them).
     _C.INPUT.SSD.DROP_VOC_DIFFICULT = True
 
 
 def resolve_device(device: str) -> str:
-    """The torch device MODEL.DEVICE ``device`` names here: "auto" (or "") is "cuda" when
-    CUDA is available, else "cpu"; any other value as given."""
-    if device.strip().lower() in AUTO_DEVICES:
+    """MODEL.DEVICE as a torch device here: "auto" (or "") is "cuda" if available, else "cpu"."""
+    if device.strip().lower() in ("auto", ""):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
 def settle_device(cfg) -> None:
-    """
-    Replace an "auto" MODEL.DEVICE in ``cfg`` (frozen or not) by the device it stands for
-    here. Detectron2's ``build_model`` moves the model to ``torch.device(cfg.MODEL.DEVICE)``,
-    which does not know "auto": the SSD meta-architecture calls this while it is built.
-    """
-    device = resolve_device(cfg.MODEL.DEVICE)
-    if device == cfg.MODEL.DEVICE:
-        return
+    """Replace an "auto" MODEL.DEVICE in ``cfg`` (frozen or not) by the device it means here:
+    Detectron2's ``build_model`` does not know "auto"."""
     frozen = cfg.is_frozen()
     cfg.defrost()
-    cfg.MODEL.DEVICE = device
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
     if frozen:
         cfg.freeze()
 
 
 def merge_from_file_safely(cfg, filename: str) -> None:
-    """
-    ``cfg.merge_from_file(filename)`` with YAML's safe loader only, for the file and its
-    ``_BASE_`` files: Detectron2's falls back to ``yaml.unsafe_load``, which runs the code a
-    ``!!python/...`` tag names; here such a tag is an error naming the file.
-    """
+    """``cfg.merge_from_file`` with YAML's safe loader only (Detectron2's falls back to
+    ``yaml.unsafe_load``, which runs the code a ``!!python/...`` tag names)."""
     try:
         cfg.merge_from_file(filename, allow_unsafe=False)
     except yaml.constructor.ConstructorError as e:
@@ -199,11 +161,8 @@ def merge_from_file_safely(cfg, filename: str) -> None:
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
-    """
-    The one config assembly of ssd_d2 (train_net.py, the tools, the benchmarks, the tests):
-    ``config_file`` merged onto Detectron2's and ssd_d2's defaults with YAML's safe loader,
-    then ``opts`` (KEY VALUE pairs, as train_net.py takes them). Not frozen.
-    """
+    """The one config assembly of ssd_d2: ``config_file`` (safe YAML) merged onto Detectron2's
+    and ssd_d2's defaults, then ``opts`` (KEY VALUE pairs). Not frozen."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file not found: {config_file}")
     cfg = get_cfg()

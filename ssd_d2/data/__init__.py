@@ -1,5 +1,5 @@
 # Importing the datasets module registers the embedded ssd_shapes data set.
-from .checks import DatasetError, check_dataset_dicts, check_dataset_files, load_dataset_dicts
+from .checks import DatasetError, check_dataset_files, check_images_exist, load_dataset_dicts
 from .dataset_mapper import SSDDatasetMapper, UnreadableImageError, read_image
 from .datasets import register_shapes_dataset
 from .seeded_loader import SeededTrainingStream, SeededTrainLoader, build_ssd_train_loader

@@ -1,10 +1,6 @@
-"""
-Checks of the training data sets, on the dicts Detectron2's loaders produced, once per run.
-What a user must fix (a wrong path or class count, corrupt values) stops training with a
-:class:`DatasetError` naming the file, the annotation and the fix; what real data sets have a
-few of (degenerate or out-of-image boxes, unreadable images) is repaired or skipped, logged
-and counted. The README's "Bad data" table lists every case.
-"""
+"""Checks of the training data sets, on the dicts Detectron2's loaders produced, once per run: what
+a user must fix raises a :class:`DatasetError` naming the file, the annotation and the fix; what
+real data sets have a few of is repaired or skipped and counted (docs/data.md, "Bad data")."""
 
 import json
 import logging
@@ -14,7 +10,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from PIL import Image
+from PIL import ExifTags, Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
@@ -26,6 +22,7 @@ __all__ = [
     "DatasetReport",
     "check_dataset_dicts",
     "check_dataset_files",
+    "check_images_exist",
     "load_dataset_dicts",
     "map_across_processes",
 ]
@@ -34,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 # EXIF orientations that rotate by 90 or 270 degrees, swapping width and height.
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
-_EXIF_ORIENTATION = 0x0112
 _LOGGED_EXAMPLES = 5  # of each kind of repaired or skipped problem
 _VOC_BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -78,22 +74,20 @@ class DatasetReport:
         return "\n".join(lines)
 
 
-def _expected_paths(dataset_name: str) -> List[str]:
-    """What a Detectron2 built-in VOC or COCO data set reads; empty for other data sets."""
-    metadata = MetadataCatalog.get(dataset_name)
-    if dataset_name.startswith("voc_") and metadata.get("dirname", None):
-        split_file = os.path.join(metadata.dirname, "ImageSets", "Main", metadata.split + ".txt")
-        return [split_file, os.path.join(metadata.dirname, "JPEGImages")]
-    if dataset_name.startswith("coco_") and metadata.get("evaluator_type", None) == "coco":
-        return [metadata.json_file, metadata.image_root]
-    return []
-
-
 def check_dataset_files(dataset_names: Iterable[str]) -> None:
     """Fail early, naming the path and the fix, when a built-in VOC or COCO data set is not
-    where Detectron2 looks for it (``$DETECTRON2_DATASETS``, default ``./datasets``)."""
+    where Detectron2 looks for it."""
     for name in dataset_names:
-        missing = [p for p in _expected_paths(name) if not os.path.exists(p)]
+        metadata = MetadataCatalog.get(name)
+        paths = []  # what a Detectron2 built-in VOC or COCO data set reads
+        if name.startswith("voc_") and metadata.get("dirname", None):
+            split_file = os.path.join(
+                metadata.dirname, "ImageSets", "Main", metadata.split + ".txt"
+            )
+            paths = [split_file, os.path.join(metadata.dirname, "JPEGImages")]
+        elif name.startswith("coco_") and metadata.get("evaluator_type", None) == "coco":
+            paths = [metadata.json_file, metadata.image_root]
+        missing = [p for p in paths if not os.path.exists(p)]
         if missing:
             root = os.getenv("DETECTRON2_DATASETS", "datasets")
             raise FileNotFoundError(
@@ -105,7 +99,6 @@ def check_dataset_files(dataset_names: Iterable[str]) -> None:
 
 
 def _annotation_source(dataset_name: str, dataset_dict: dict) -> str:
-    """The file the annotations of ``dataset_dict`` come from, as well as can be told."""
     metadata = MetadataCatalog.get(dataset_name) if dataset_name else None
     if metadata is not None and metadata.get("json_file", None):
         return metadata.json_file
@@ -115,7 +108,6 @@ def _annotation_source(dataset_name: str, dataset_dict: dict) -> str:
 
 
 def _describe(dataset_dict: dict, index: int, annotation: dict, dataset_name: str = "") -> str:
-    """ "annotation <index> (id <id>) of image <file>"."""
     annotation_id = annotation.get("id")
     if annotation_id is None and dataset_name:
         annotation_id = _coco_annotation_id(dataset_name, dataset_dict.get("image_id"), index)
@@ -124,40 +116,30 @@ def _describe(dataset_dict: dict, index: int, annotation: dict, dataset_name: st
 
 
 def _coco_annotation_id(dataset_name: str, image_id, index: int):
-    # Detectron2's COCO loader drops the annotation ids, which a user needs to find the
-    # annotation in the json: an error message (never a check) reads it back from the json.
-    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
-    if not json_file:
-        return None
+    # Detectron2's COCO loader drops the ids a user needs: error messages read the json again.
     try:
-        with PathManager.open(json_file) as f:
+        with PathManager.open(MetadataCatalog.get(dataset_name).json_file) as f:
             annotations = json.load(f).get("annotations", [])
         # load_coco_json keeps each image's annotations in the json's order.
         return [a for a in annotations if a.get("image_id") == image_id][index].get("id")
-    except Exception:
+    except Exception:  # not a COCO json data set
         return None
 
 
 def _image_header(file_name: str) -> Tuple[int, int, int]:
     """(width, height, EXIF orientation) from the file's header, without decoding pixels."""
-    with PathManager.open(file_name, "rb") as f:
-        with Image.open(f) as image:
-            width, height = image.size
-            try:
-                orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
-            except Exception:  # a malformed EXIF block: PIL's reader ignores it too
-                orientation = 1
-    return width, height, orientation
+    with PathManager.open(file_name, "rb") as f, Image.open(f) as image:
+        try:
+            orientation = int(image.getexif().get(ExifTags.Base.Orientation, 1))
+        except Exception:  # a malformed EXIF block: PIL's reader ignores it too
+            orientation = 1
+        return (*image.size, orientation)
 
 
 def _check_image(dataset_dict: dict, dataset_name: str) -> Tuple[str, object]:
-    """
-    ("ok", (width, height)) of the image as the mapper reads it (EXIF orientation applied),
-    or ("missing", None), ("unreadable", reason), ("wrong size", message).
-    """
+    """("ok", (width, height)) as the mapper reads the image (EXIF orientation applied), or
+    ("unreadable", reason), ("wrong size", message)."""
     file_name = dataset_dict["file_name"]
-    if not PathManager.exists(file_name):
-        return "missing", None
     try:
         raw_w, raw_h, orientation = _image_header(file_name)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -182,9 +164,22 @@ def _check_image(dataset_dict: dict, dataset_name: str) -> Tuple[str, object]:
     )
 
 
+def check_images_exist(dataset_dicts: Sequence[dict], dataset_name: str) -> None:
+    """Raise DatasetError naming the images that do not exist."""
+    missing = [d["file_name"] for d in dataset_dicts if not PathManager.exists(d["file_name"])]
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} of the {len(dataset_dicts)} images of data set {dataset_name!r} "
+            f"do not exist, e.g. {', '.join(missing[:3])}. If none exist, the data set's image "
+            "folder is wrong: check the image root it is registered with (for the built-in "
+            "data sets, $DETECTRON2_DATASETS). Otherwise restore the files or remove those "
+            f"images from {_annotation_source(dataset_name, {'image_id': '<image id>'})}."
+        )
+
+
 def map_across_processes(func: Callable[[int], object], num_items: int) -> List[object]:
-    """``[func(0), ..., func(num_items - 1)]``, each process computing every n-th item and all
-    gathering the results: a run reads each file once, not once per process."""
+    """``[func(0), ..., func(num_items - 1)]``, each process computing every n-th item: a run
+    reads each file once, not once per process."""
     rank, world_size = comm.get_rank(), comm.get_world_size()
     results = {index: func(index) for index in range(rank, num_items, world_size)}
     if world_size > 1:
@@ -196,40 +191,24 @@ def map_across_processes(func: Callable[[int], object], num_items: int) -> List[
 def check_dataset_dicts(
     dataset_dicts: Sequence[dict], *, num_classes: int, dataset_name: str = ""
 ) -> Tuple[List[dict], DatasetReport]:
-    """
-    Repaired copies of the training dicts of one data set, and the report. DatasetError: a
-    missing image, an image of another size than the dict's (EXIF rotation included), a box
-    with a NaN or infinite coordinate, not 4 numbers or not absolute, a category id outside
-    [0, num_classes). Dropped and counted: an image whose header cannot be read, a box with
-    zero or negative size or wholly outside its image. Clipped and counted: a box partly
-    outside. Kept and counted: images without boxes. Crowd annotations are left as they are.
-    """
+    """Repaired copies of the training dicts of one data set, and the report; the cases are
+    docs/data.md's "Bad data" table."""
+    check_images_exist(dataset_dicts, dataset_name)
     report = DatasetReport(dataset_name=dataset_name, num_images=len(dataset_dicts))
     image_checks = map_across_processes(  # the same outcomes in every process
         lambda i: _check_image(dataset_dicts[i], dataset_name), len(dataset_dicts)
     )
-    checked, missing = [], []
+    checked = []
     for dataset_dict, (outcome, detail) in zip(dataset_dicts, image_checks):
-        if outcome == "missing":
-            missing.append(dataset_dict["file_name"])
-        elif outcome == "wrong size":
+        if outcome == "wrong size":
             raise DatasetError(detail)
         elif outcome == "unreadable":
-            unreadable = (dataset_dict["file_name"], detail)
-            report.unreadable_images.append(unreadable)
-            report._example("unreadable image", lambda: "{} ({})".format(*unreadable))
+            report.unreadable_images.append((dataset_dict["file_name"], detail))
+            report._example("unreadable image", lambda: f"{dataset_dict['file_name']} ({detail})")
         else:
             checked.append(
                 _check_annotations(dataset_dict, detail, num_classes, dataset_name, report)
             )
-    if missing:
-        raise DatasetError(
-            f"{len(missing)} of the {len(dataset_dicts)} images of data set {dataset_name!r} "
-            f"do not exist, e.g. {', '.join(missing[:3])}. If none exist, the data set's image "
-            "folder is wrong: check the image root it is registered with (for the built-in "
-            "data sets, $DETECTRON2_DATASETS). Otherwise restore the files or remove those "
-            f"images from {_annotation_source(dataset_name, {'image_id': '<image id>'})}."
-        )
     if report.unreadable_images:
         logger.warning(
             f"Dropped {len(report.unreadable_images)} unreadable images of {dataset_name!r}, "
@@ -246,8 +225,7 @@ def _check_annotations(
     annotations = dataset_dict.get("annotations")
     if not annotations:
         report.images_without_annotations += 1
-        return dataset_dict
-    width, height = size
+        return dict(dataset_dict, annotations=[])
     kept, had_boxes = [], False
     for index, annotation in enumerate(annotations):
         if annotation.get("iscrowd", 0):
@@ -260,7 +238,7 @@ def _check_annotations(
         def example():
             return f"{_describe(dataset_dict, index, annotation)}: {annotation['bbox']}"
 
-        clipped = [min(max(v, 0.0), limit) for v, limit in zip(box, (width, height) * 2)]
+        clipped = [min(max(v, 0.0), limit) for v, limit in zip(box, size * 2)]
         if box[2] <= box[0] or box[3] <= box[1]:
             report.degenerate_boxes += 1
             report._example("zero or negative size", example)
@@ -276,8 +254,6 @@ def _check_annotations(
         kept.append(annotation)
     if had_boxes and not any(not a.get("iscrowd", 0) for a in kept):
         report.images_left_without_boxes += 1
-    if len(kept) == len(annotations) and all(a is b for a, b in zip(kept, annotations)):
-        return dataset_dict
     return dict(dataset_dict, annotations=kept)
 
 
@@ -286,7 +262,7 @@ def _checked_box(
 ) -> List[float]:
     """The annotation's box as XYXY_ABS floats, after the checks that raise DatasetError."""
 
-    def where():  # for error messages only: the annotation id lookup may read the json
+    def where():  # for errors only: the annotation id lookup may read the json
         return (
             f"{_describe(dataset_dict, index, annotation, dataset_name)} in "
             f"{_annotation_source(dataset_name, dataset_dict)}"
@@ -334,9 +310,9 @@ def _checked_box(
 
 
 def load_dataset_dicts(dataset_name: str) -> List[dict]:
-    """``DatasetCatalog.get(dataset_name)``; when Detectron2's COCO or VOC loader fails on a
-    bad annotation without naming the file, the error says which file and annotation, and the fix.
-    """
+    """``DatasetCatalog.get(dataset_name)``, with the path, annotation and fix named when a
+    built-in data set is missing or Detectron2's COCO or VOC loader fails on an annotation."""
+    check_dataset_files([dataset_name])
     try:
         dicts = DatasetCatalog.get(dataset_name)
     except Exception as e:

@@ -1,3 +1,4 @@
+import contextlib
 import copy
 from typing import List, Optional, Union
 
@@ -29,13 +30,9 @@ class UnreadableImageError(OSError):
 
 
 def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
-    """
-    The image reader of ssd_d2 (training, evaluation, the tools, export): Detectron2's
-    ``read_image`` (EXIF orientation applied, converted to ``format``), but 16-bit images are
-    scaled to 8 bits instead of saturating, and a file that cannot be decoded (the whole file
-    is decoded here: truncated data fails now, not as a partly grey image) raises
-    :class:`UnreadableImageError` naming it.
-    """
+    """The image reader of ssd_d2 (training, evaluation, tools, export): Detectron2's, but 16-bit
+    images are scaled to 8 bits instead of saturating, and a file that cannot be wholly decoded
+    (truncated data fails now, not as a partly grey image) raises UnreadableImageError."""
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)
@@ -44,10 +41,8 @@ def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(file_name, f"{type(e).__name__}: {e}") from e
-    try:
+    with contextlib.suppress(Exception):  # a malformed EXIF block: ignored, as by Detectron2
         image = ImageOps.exif_transpose(image)
-    except Exception:  # a malformed EXIF block: ignored, as Detectron2's reader does
-        pass
     if image.mode in _HIGH_BIT_DEPTH_MODES:
         # PIL's convert() would clip 16-bit values at 255: scale 0..65535 to 0..255 instead.
         pixels = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
@@ -56,15 +51,9 @@ def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
 
 
 class SSDDatasetMapper:
-    """
-    Detectron2's ``DatasetMapper`` for SSD: the image read with :func:`read_image` (an
-    undecodable file raises :class:`UnreadableImageError`: the training loader skips and
-    counts it, evaluation stops), then in training scaled down to ``max_input_size`` if larger
-    and augmented with its boxes (crowd annotations skipped, boxes the crop removed dropped)
-    into ``instances`` (an image left without boxes is a valid negative); at test time the
-    augmentations (none by default) apply to the image only, and the model resizes it.
-    ``image`` is a CHW uint8 tensor.
-    """
+    """Detectron2's ``DatasetMapper`` for SSD: the image (CHW uint8) read with :func:`read_image`,
+    in training scaled down to ``max_input_size`` if larger and augmented with its non-crowd
+    boxes into ``instances`` (possibly empty); at test time the model resizes it."""
 
     @configurable
     def __init__(
@@ -82,14 +71,11 @@ class SSDDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        augmentations = build_ssd_train_augmentations(cfg) if is_train else []
         return {
             "is_train": is_train,
-            "augmentations": augmentations,
+            "augmentations": build_ssd_train_augmentations(cfg) if is_train else [],
             "image_format": cfg.INPUT.FORMAT,
-            # The min-IoU crop keeps at least MIN_CROP_SIZE (0.3) of a side and the result is
-            # resized to IMAGE_SIZE: 4x IMAGE_SIZE loses no resolution that reaches the network,
-            # while zooming out an 8000x8000 photo 4x would allocate gigabytes.
+            # Crops keep >= 0.3 of a side: 4x loses nothing, and 8000x8000 photos take gigabytes.
             "max_input_size": 4 * cfg.MODEL.SSD.IMAGE_SIZE,
         }
 
@@ -98,37 +84,29 @@ class SSDDatasetMapper:
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
-        annotations = dataset_dict.pop("annotations", None)
+        annotations = dataset_dict.pop("annotations", None) or []
+        annotations = [a for a in annotations if a.get("iscrowd", 0) == 0] if self.is_train else []
 
-        if not self.is_train:
-            aug_input = T.AugInput(image)
-            self.augmentations(aug_input)
-            dataset_dict["image"] = _to_chw_tensor(aug_input.image)
-            return dataset_dict
-
-        annotations = [a for a in annotations or [] if a.get("iscrowd", 0) == 0]
-        boxes = _boxes_xyxy_abs(annotations)
-        classes = np.array([a["category_id"] for a in annotations], dtype=np.int64)
-
-        aug_input = T.AugInput(image, boxes=boxes)
+        aug_input = T.AugInput(image, boxes=_boxes_xyxy_abs(annotations) if self.is_train else None)
         height, width = image.shape[:2]
-        if self.max_input_size and max(height, width) > self.max_input_size:
+        if self.is_train and self.max_input_size and max(height, width) > self.max_input_size:
             scale = self.max_input_size / max(height, width)
             new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
             aug_input.transform(T.ResizeTransform(height, width, new_h, new_w, Image.BILINEAR))
         self.augmentations(aug_input)
-        image = aug_input.image
-        image_size = image.shape[:2]
+        dataset_dict["image"] = _to_chw_tensor(aug_input.image)
+        if not self.is_train:
+            return dataset_dict
 
+        image_size = aug_input.image.shape[:2]
         gt_boxes = Boxes(torch.as_tensor(aug_input.boxes, dtype=torch.float32).reshape(-1, 4))
         gt_boxes.clip(image_size)
         # The SSD crop marks the boxes whose centre it removed as zero-area boxes.
         keep = gt_boxes.nonempty(threshold=1e-5)
         instances = Instances(image_size)
         instances.gt_boxes = gt_boxes[keep]
-        instances.gt_classes = torch.as_tensor(classes)[keep]
-
-        dataset_dict["image"] = _to_chw_tensor(image)
+        classes = torch.as_tensor([a["category_id"] for a in annotations], dtype=torch.int64)
+        instances.gt_classes = classes[keep]
         dataset_dict["instances"] = instances
         return dataset_dict
 

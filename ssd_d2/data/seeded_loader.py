@@ -1,17 +1,7 @@
-"""
-A training loader whose batches depend only on the seed and the iteration.
-
-Detectron2's loader draws the sample order from one endless random stream and seeds each
-worker's augmentations once, so a run resumed at iteration k would see the batches of
-iteration 0 again, augmented differently. Here batch ``i`` of process ``r`` of ``W`` is a
-function of ``(seed, i, r)``: the global stream is one permutation of the data set per epoch,
-seeded by ``(seed, epoch)``; process ``r`` takes positions ``r, r + W, ...`` (as Detectron2's
-``TrainingSampler``), so ``W`` processes of batch ``B`` see the samples of one of batch
-``W * B``; each sample is mapped under numpy, ``random`` and torch RNGs seeded by
-``(seed, position)``; worker ``w`` of ``K`` builds the batches ``i % K == w``, the order in
-which PyTorch's loader collects them. A resumed run thus continues with exactly the batches an
-uninterrupted run sees, for any number of workers.
-"""
+"""A training loader whose batches depend only on the seed and the iteration, so that a resumed run
+sees exactly the batches of an uninterrupted one: a permutation per epoch seeded by ``(seed,
+epoch)``, process ``r`` of ``W`` at positions ``r, r + W, ...`` (as ``TrainingSampler``), each
+sample mapped under RNGs seeded by ``(seed, position)``, worker ``w`` of ``K`` at ``i % K == w``."""
 
 import contextlib
 import itertools
@@ -24,7 +14,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from detectron2.data import MetadataCatalog
-from detectron2.data.build import print_instances_class_histogram
+from detectron2.data.build import (
+    filter_images_with_only_crowd_annotations,
+    print_instances_class_histogram,
+    trivial_batch_collator,
+)
 from detectron2.data.common import DatasetFromList
 from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.utils import comm
@@ -37,18 +31,15 @@ __all__ = ["SeededTrainingStream", "SeededTrainLoader", "build_ssd_train_loader"
 
 logger = logging.getLogger(__name__)
 
-# Distinct first words of the seeds of the sample order, the augmentations and substitutes.
+# First words of the seeds of the sample order, the augmentations and substitutes.
 _ORDER_STREAM, _AUGMENTATION_STREAM, _SUBSTITUTE_STREAM = 0, 1, 2
+_MAX_SUBSTITUTIONS = 100  # unreadable images in a row before an error
 
 
 class SeededTrainingStream(IterableDataset):
-    """
-    The endless training batches of one process, as ``(batch, skipped)`` pairs: the mapped
-    dicts, and (file name, reason) of each image that could not be read (the mapper raised
-    :class:`UnreadableImageError` or returned None), replaced by a sample drawn from the seed
-    and the position; after ``max_substitutions`` in a row, an error. ``rank`` and
-    ``world_size`` default to Detectron2's ``comm``.
-    """
+    """The endless training batches of one process, as ``(batch, skipped)`` pairs: the mapped
+    dicts, and (file name, reason) of each unreadable image, replaced by a sample drawn from the
+    seed and the position."""
 
     def __init__(
         self,
@@ -60,7 +51,6 @@ class SeededTrainingStream(IterableDataset):
         start_iter: int = 0,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
-        max_substitutions: int = 100,
     ):
         if len(dataset) == 0:
             raise ValueError("The training data set is empty.")
@@ -71,14 +61,13 @@ class SeededTrainingStream(IterableDataset):
         self.start_iter = int(start_iter)
         self.rank = comm.get_rank() if rank is None else rank
         self.world_size = comm.get_world_size() if world_size is None else world_size
-        self.max_substitutions = max_substitutions
         self._epoch_cache = {}
         self._unreadable = {}  # dataset index -> reason, so that a bad file is read once
 
     def _index_at(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.dataset))
         if epoch not in self._epoch_cache:
-            # Batches of two neighbouring epochs at most are in flight at a time.
+            # At most two neighbouring epochs are in flight at a time.
             if len(self._epoch_cache) >= 2:
                 self._epoch_cache.pop(min(self._epoch_cache))
             rng = np.random.default_rng([_ORDER_STREAM, self.seed, epoch])
@@ -94,7 +83,7 @@ class SeededTrainingStream(IterableDataset):
 
     def _map_position(self, position: int, skipped: List[Tuple[str, str]]) -> dict:
         index = self._index_at(position)
-        for attempt in range(self.max_substitutions + 1):
+        for attempt in range(_MAX_SUBSTITUTIONS + 1):
             if attempt > 0:
                 # Another sample, drawn from the position and the attempt only.
                 rng = np.random.default_rng([_SUBSTITUTE_STREAM, self.seed, position, attempt])
@@ -113,7 +102,7 @@ class SeededTrainingStream(IterableDataset):
                 self._unreadable[index] = reason
             skipped.append((dataset_dict.get("file_name", f"index {index}"), reason))
         raise RuntimeError(
-            f"{self.max_substitutions + 1} training images in a row could not be read; the "
+            f"{_MAX_SUBSTITUTIONS + 1} training images in a row could not be read; the "
             f"last: {skipped[-1][0]} ({skipped[-1][1]}). Check the image files of the data set."
         )
 
@@ -140,16 +129,9 @@ def _seeded_rngs(key: Sequence[int]):
         torch.random.set_rng_state(states[2])
 
 
-def _identity(x):
-    return x
-
-
 class SeededTrainLoader:
-    """
-    The batches of a :class:`SeededTrainingStream`, built by ``num_workers`` data loader
-    workers. What SSDTrainer relies on: :meth:`start_at` and ``num_skipped`` (the images
-    skipped so far because they could not be read; each is logged with its file name).
-    """
+    """The batches of a :class:`SeededTrainingStream`, built by ``num_workers`` workers; SSDTrainer
+    uses :meth:`start_at` and ``num_skipped`` (the unreadable images skipped so far)."""
 
     def __init__(self, stream: SeededTrainingStream, num_workers: int = 0):
         self.stream = stream
@@ -157,18 +139,16 @@ class SeededTrainLoader:
         self.num_skipped = 0
 
     def start_at(self, iteration: int) -> None:
-        """Make the batches start at ``iteration``. The workers start at the first ``next()``,
-        so this may follow ``iter()``, as it does when the trainer resumes."""
+        """Start the batches at ``iteration`` (the workers start at the first ``next()``)."""
         self.stream.start_iter = int(iteration)
 
     def __iter__(self):
+        # No worker_init_fn seeding, as Detectron2's: every sample seeds its own RNGs.
         loader = DataLoader(
             self.stream,
             batch_size=None,
             num_workers=self.num_workers,
-            collate_fn=_identity,
-            # Fresh seeds per worker would not matter: every sample seeds its own RNGs.
-            worker_init_fn=None,
+            collate_fn=trivial_batch_collator,
         )
         for batch, skipped in loader:
             for file_name, reason in skipped:
@@ -181,13 +161,9 @@ class SeededTrainLoader:
 
 
 def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
-    """
-    The data sets of ``cfg.DATASETS.TRAIN`` loaded and checked once (a report per data set in
-    the log), VOC's difficult objects dropped (``INPUT.SSD.DROP_VOC_DIFFICULT``), images
-    without boxes dropped (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``), then batches seeded by
-    ``cfg.SEED`` and the iteration. No aspect-ratio grouping: every image is resized to the
-    same square, and grouping would make a batch depend on the ones before it.
-    """
+    """The data sets of ``cfg.DATASETS.TRAIN`` loaded and checked once, VOC's difficult objects and
+    (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``) images without boxes dropped, in batches seeded by
+    ``cfg.SEED`` and the iteration (no aspect-ratio grouping, which would chain the batches)."""
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ValueError(
             f"DATALOADER.SAMPLER_TRAIN = {cfg.DATALOADER.SAMPLER_TRAIN!r}: SSDTrainer's "
@@ -197,34 +173,18 @@ def build_ssd_train_loader(cfg, mapper=None) -> SeededTrainLoader:
     for name in cfg.DATASETS.TRAIN:
         dicts = load_dataset_dicts(name)
         if cfg.INPUT.SSD.DROP_VOC_DIFFICULT:
-            dicts, dropped = drop_voc_difficult(name, dicts)
-            if dropped:
-                logger.info(
-                    f"{name}: dropped {dropped} objects marked difficult "
-                    "(INPUT.SSD.DROP_VOC_DIFFICULT)."
-                )
+            dicts, _ = drop_voc_difficult(name, dicts)
         dicts, report = check_dataset_dicts(
             dicts, num_classes=cfg.MODEL.SSD.NUM_CLASSES, dataset_name=name
         )
         logger.info(report.summary())
         dataset_dicts.extend(dicts)
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-        before = len(dataset_dicts)
-        dataset_dicts = [
-            d
-            for d in dataset_dicts
-            if any(a.get("iscrowd", 0) == 0 for a in d.get("annotations") or [])
-        ]
-        logger.info(
-            f"Dropped {before - len(dataset_dicts)} images without boxes "
-            "(DATALOADER.FILTER_EMPTY_ANNOTATIONS)."
-        )
-    try:
+        dataset_dicts = filter_images_with_only_crowd_annotations(dataset_dicts)
+    with contextlib.suppress(AttributeError):  # data sets without class names
         check_metadata_consistency("thing_classes", cfg.DATASETS.TRAIN)
         thing_classes = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes
         print_instances_class_histogram(dataset_dicts, thing_classes)
-    except AttributeError:  # data sets without class names
-        pass
 
     if mapper is None:
         mapper = SSDDatasetMapper(cfg, is_train=True)

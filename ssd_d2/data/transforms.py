@@ -1,17 +1,5 @@
-"""
-The SSD training augmentations (Liu et al., ECCV 2016, section 2.2 "Data augmentation") as
-Detectron2 :class:`~detectron2.data.transforms.Augmentation` objects:
-
-1. photometric distortion (:class:`RandomPhotometricDistortion`), then a random channel
-   permutation (:class:`RandomChannelSwap`),
-2. zoom out on a canvas filled with the pixel mean (:class:`RandomExpand`),
-3. the min-IoU random crop (:class:`MinIoURandomCrop`),
-4. horizontal flip (Detectron2's ``RandomFlip``) and 5. a fixed square resize
-   (:class:`SquareResize`, with OpenCV).
-
-All randomness is drawn from numpy's global RNG in ``get_transform`` (which the training
-loader seeds per sample), and each returned Transform is deterministic.
-"""
+"""The SSD training augmentations (SSD paper, 2.2) as Detectron2 Augmentations, drawing from
+numpy's global RNG (seeded per sample by the training loader) in ``get_transform`` only."""
 
 import itertools
 import random
@@ -41,13 +29,8 @@ __all__ = [
 
 
 class SeededColorAugSSDTransform(ColorAugSSDTransform):
-    """
-    Detectron2's SSD colour distortion with its random choices fixed by ``seed``: the parent
-    draws them from Python's global ``random`` while it transforms the image; under a seed
-    drawn from numpy's RNG the transform is deterministic. Python's random state is restored.
-    ``hue_delta`` is in OpenCV's 8-bit hue units (2 degrees each), as in the parent; the
-    other keyword arguments are the parent's.
-    """
+    """Detectron2's SSD colour distortion with its random choices (the parent draws them from
+    Python's ``random`` while transforming) fixed by ``seed``. ``hue_delta``: OpenCV units."""
 
     def __init__(self, img_format: str, seed: int, hue_delta: int = 9, **kwargs):
         super().__init__(img_format, hue_delta=hue_delta, **kwargs)
@@ -62,8 +45,7 @@ class SeededColorAugSSDTransform(ColorAugSSDTransform):
         finally:
             random.setstate(state)
 
-    # The parent's per-value maps, tabulated for the 256 values of uint8 images and applied
-    # with one lookup per pixel: the same results, several times faster.
+    # The parent's per-value maps as 256-entry tables, one lookup per pixel: same, faster.
 
     def convert(self, img, alpha=1, beta=0):
         if img.dtype != np.uint8:
@@ -84,11 +66,8 @@ class SeededColorAugSSDTransform(ColorAugSSDTransform):
 
 
 class RandomPhotometricDistortion(T.Augmentation):
-    """
-    SSD's photometric distortion: random brightness, then contrast, saturation and hue (contrast
-    first or last), each with probability 0.5. ``brightness_delta`` is in pixel values,
-    ``hue_delta`` in degrees (as in ssd.pytorch and lufficc/SSD), both +-. Boxes are unchanged.
-    """
+    """SSD's photometric distortion: brightness, then contrast, saturation and hue (contrast
+    first or last), each with probability 0.5; ``hue_delta`` in degrees, as lufficc/SSD."""
 
     def __init__(
         self,
@@ -123,8 +102,7 @@ class ChannelSwapTransform(T.Transform):
         self._set_attributes(locals())
 
     def apply_image(self, img):
-        # OpenCV copies the channels in one pass, about 10 times faster than numpy's
-        # fancy indexing on the last axis.
+        # One OpenCV pass: about 10 times faster than numpy's fancy indexing.
         out = np.empty(img.shape, dtype=img.dtype)
         pairs = [v for i, source in enumerate(self.order) for v in (int(source), i)]
         cv2.mixChannels([np.ascontiguousarray(img)], [out], pairs)
@@ -138,11 +116,8 @@ class ChannelSwapTransform(T.Transform):
 
 
 class RandomChannelSwap(T.Augmentation):
-    """
-    With probability ``prob``, permute the colour channels by one of the six permutations
-    (the identity included), drawn uniformly: the last step of lufficc/SSD's and ssd.pytorch's
-    photometric distortion ("RandomLightingNoise"), which the SSD paper does not describe.
-    """
+    """With probability ``prob``, one of the six channel permutations (the identity included):
+    lufficc/SSD's "RandomLightingNoise", which the SSD paper does not describe."""
 
     _ORDERS = tuple(itertools.permutations(range(3)))
 
@@ -154,17 +129,11 @@ class RandomChannelSwap(T.Augmentation):
         if self._rand_range() >= self.prob:
             return T.NoOpTransform()
         order = self._ORDERS[np.random.randint(len(self._ORDERS))]
-        if order == (0, 1, 2):
-            return T.NoOpTransform()
-        return ChannelSwapTransform(order)
+        return T.NoOpTransform() if order == (0, 1, 2) else ChannelSwapTransform(order)
 
 
 class ExpandTransform(T.PadTransform):
-    """
-    Place the image at (x0, y0) on a larger canvas filled with a per-channel value, e.g. the
-    pixel mean, so that the filled area is zero after the model's mean subtraction.
-    ``pad_value``: a number, or one value per channel in the images' channel order.
-    """
+    """Pad with a per-channel ``pad_value`` (the pixel mean: zero after mean subtraction)."""
 
     def apply_image(self, img):
         h, w = img.shape[:2]
@@ -181,14 +150,10 @@ class ExpandTransform(T.PadTransform):
 
 
 class RandomExpand(T.Augmentation):
-    """
-    SSD's zoom-out: with probability ``prob``, put the image at a random position on a canvas
-    ``ratio`` times its size, ``ratio`` uniform in [1, max_ratio]. Together with the crop it
-    creates the small objects SSD otherwise sees too rarely (SSD paper, 3.6: +2-3% mAP).
-    """
+    """SSD's zoom-out onto a ``fill`` canvas up to ``max_ratio`` times larger: the small objects
+    SSD otherwise sees too rarely (SSD paper, 3.6: +2-3% mAP)."""
 
     def __init__(self, max_ratio: float = 4.0, fill: Sequence[float] = (0, 0, 0), prob=0.5):
-        """``fill``: the canvas colour, one value per channel in the images' channel order."""
         super().__init__()
         assert max_ratio >= 1.0, max_ratio
         fill = tuple(float(v) for v in fill)
@@ -209,13 +174,8 @@ class RandomExpand(T.Augmentation):
 
 
 class SSDCropTransform(T.CropTransform):
-    """
-    A crop that keeps a box only if its centre lies strictly inside the crop (SSD paper, 2.2).
-
-    A Detectron2 transform must return one box per input box (the caller pairs classes with
-    boxes by index), so :meth:`apply_box` clips the kept boxes to the crop and turns the others
-    into zero-area boxes at the origin, for the dataset mapper to drop.
-    """
+    """A crop that keeps a box only if its centre lies strictly inside (SSD paper, 2.2). One box
+    out per box in: the others become zero-area boxes, for the dataset mapper to drop."""
 
     def apply_box(self, box: np.ndarray) -> np.ndarray:
         box = np.asarray(box)
@@ -229,11 +189,8 @@ class SSDCropTransform(T.CropTransform):
 
 
 def _centers_inside(boxes: np.ndarray, rects: np.ndarray) -> np.ndarray:
-    """
-    Whether each box centre lies strictly inside each XYXY rect: an array of shape
-    ``rects.shape[:-1] + (len(boxes),)``. Computed in float64 so that the crop's sampling and
-    its :meth:`SSDCropTransform.apply_box` agree exactly.
-    """
+    """Whether each box centre is strictly inside each XYXY rect, shape ``rects.shape[:-1] +
+    (len(boxes),)``; float64, so that crop sampling and ``apply_box`` agree exactly."""
     boxes = boxes.astype(np.float64).reshape(-1, 4)
     rects = rects.astype(np.float64)[..., None, :]
     centers = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -241,19 +198,9 @@ def _centers_inside(boxes: np.ndarray, rects: np.ndarray) -> np.ndarray:
 
 
 class MinIoURandomCrop(T.Augmentation):
-    """
-    SSD's random crop. Each call samples one mode uniformly among "whole image", each of
-    ``min_ious`` and "any crop" (min IoU -inf), then up to ``max_trials`` crops of width and
-    height uniform in [min_crop_size, 1] x the image's, aspect ratio h/w in
-    ``aspect_ratio_range``, at a uniform position. The first crop that is accepted is used.
-
-    A crop is accepted when its IoU with *at least one* ground-truth box is >= the mode's min IoU
-    and at least one box centre lies inside it: the rule of Caffe SSD and lufficc/SSD, whose VOC
-    numbers this project reproduces (mmdetection requires every box). When no crop of the mode
-    is accepted another mode is drawn (as in ssd.pytorch), at most ``max_mode_draws`` times
-    before keeping the whole image. An image without boxes is never cropped (as lufficc/SSD).
-    Crops have integer corners, so that boxes move exactly as pixels do.
-    """
+    """SSD's random crop: a mode ("whole image", a min IoU, "any crop"), then the first of
+    ``max_trials`` integer crops whose IoU with *some* box (Caffe SSD, lufficc/SSD; mmdetection:
+    every box) reaches it and that holds a box centre; none: another mode (ssd.pytorch)."""
 
     def __init__(
         self,
@@ -283,9 +230,7 @@ class MinIoURandomCrop(T.Augmentation):
                 return SSDCropTransform(x0, y0, x1 - x0, y1 - y0, orig_w=w, orig_h=h)
         return T.NoOpTransform()
 
-    def _sample_crop(
-        self, h: int, w: int, boxes: np.ndarray, min_iou: float
-    ) -> Optional[Tuple[int, int, int, int]]:
+    def _sample_crop(self, h: int, w: int, boxes: np.ndarray, min_iou: float) -> Optional[tuple]:
         """The first accepted of ``max_trials`` crops sampled at once (integer XYXY), or None."""
         n = self.max_trials
         crop_w = np.random.uniform(self.min_crop_size * w, w, size=n)
@@ -295,27 +240,21 @@ class MinIoURandomCrop(T.Augmentation):
         # The constraints are checked on the integer crop that is actually cut.
         rects = np.floor(np.stack([left, top, left + crop_w, top + crop_h], axis=1))
 
-        aspect_ratio = crop_h / crop_w
-        accepted = (aspect_ratio >= self.aspect_ratio_range[0]) & (
-            aspect_ratio <= self.aspect_ratio_range[1]
-        )
+        low, high = self.aspect_ratio_range
+        accepted = (crop_h / crop_w >= low) & (crop_h / crop_w <= high)
         accepted &= (rects[:, 2] > rects[:, 0]) & (rects[:, 3] > rects[:, 1])
         accepted &= _centers_inside(boxes, rects).any(axis=1)
         if min_iou > -float("inf"):
             iou = pairwise_iou(Boxes(torch.from_numpy(rects)), Boxes(torch.from_numpy(boxes)))
             accepted &= iou.numpy().max(axis=1) >= min_iou
-        index = np.flatnonzero(accepted)
-        if len(index) == 0:
+        if not accepted.any():
             return None
-        return tuple(int(v) for v in rects[index[0]])
+        return tuple(int(v) for v in rects[accepted.argmax()])
 
 
 class OpenCVResizeTransform(T.ResizeTransform):
-    """
-    Detectron2's ResizeTransform with OpenCV's bilinear resize for images: tens of times
-    faster than PIL's on the large, strided arrays that zoom out and crop leave, and the
-    resize that lufficc/SSD and ssd.pytorch train with. Boxes are scaled as by the parent.
-    """
+    """Detectron2's ResizeTransform with OpenCV's bilinear resize for images (lufficc/SSD's):
+    tens of times faster than PIL's on the large, strided arrays zoom out and crop leave."""
 
     def __init__(self, h: int, w: int, new_h: int, new_w: int):
         super().__init__(h, w, new_h, new_w, interp=None)
@@ -323,9 +262,8 @@ class OpenCVResizeTransform(T.ResizeTransform):
     def apply_image(self, img, interp=None):
         if img.shape[:2] != (self.h, self.w):
             raise ValueError(f"Expected an image of {self.h}x{self.w}, got {img.shape[:2]}.")
-        # A horizontally flipped view (negative strides) would make OpenCV copy the whole,
-        # often large, image first: resize the unflipped pixels and flip the small result
-        # (the same resize up to one level of rounding, about 15 times faster).
+        # OpenCV would copy a flipped view (negative strides) first: resize the unflipped pixels
+        # and flip the small result (equal up to one rounding level, about 15 times faster).
         mirrored = img.strides[1] < 0
         if mirrored:
             img = img[:, ::-1]
@@ -342,15 +280,12 @@ class SquareResize(T.Augmentation):
         self.size = size
 
     def get_transform(self, image):
-        height, width = image.shape[:2]
-        return OpenCVResizeTransform(height, width, self.size, self.size)
+        return OpenCVResizeTransform(*image.shape[:2], self.size, self.size)
 
 
 def build_ssd_train_augmentations(cfg) -> list:
-    """
-    The SSD training augmentations of ``cfg.INPUT.SSD``, ending with the resize to
-    ``MODEL.SSD.IMAGE_SIZE`` squared. None at test time: the model resizes any input itself.
-    """
+    """The SSD training augmentations of ``cfg.INPUT.SSD``, ending with the square resize to
+    ``MODEL.SSD.IMAGE_SIZE`` (none at test time: the model resizes any input itself)."""
     ssd = cfg.INPUT.SSD
     augmentations = []
     if ssd.PHOTOMETRIC.ENABLED:
@@ -366,7 +301,7 @@ def build_ssd_train_augmentations(cfg) -> list:
         if ssd.PHOTOMETRIC.CHANNEL_SWAP_PROB > 0:
             augmentations.append(RandomChannelSwap(ssd.PHOTOMETRIC.CHANNEL_SWAP_PROB))
     if ssd.EXPAND.ENABLED:
-        # PIXEL_MEAN is in INPUT.FORMAT order, the order the mapper reads images in.
+        # PIXEL_MEAN is in INPUT.FORMAT order, as the mapper reads images.
         augmentations.append(
             RandomExpand(ssd.EXPAND.MAX_RATIO, fill=cfg.MODEL.PIXEL_MEAN, prob=ssd.EXPAND.PROB)
         )
@@ -381,6 +316,5 @@ def build_ssd_train_augmentations(cfg) -> list:
         )
     if ssd.FLIP_PROB > 0:
         augmentations.append(T.RandomFlip(prob=ssd.FLIP_PROB))
-    size = cfg.MODEL.SSD.IMAGE_SIZE
-    augmentations.append(SquareResize(size))
+    augmentations.append(SquareResize(cfg.MODEL.SSD.IMAGE_SIZE))
     return augmentations

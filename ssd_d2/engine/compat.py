@@ -1,11 +1,9 @@
-"""
-What the supported Detectron2 releases lack, detected by feature (v0.6 and main both call
-themselves "0.6"). Each entry names the releases that need it; where a release has the
-feature, Detectron2's own code runs.
-"""
+"""What the supported Detectron2 releases lack, detected by feature (v0.6 and main both call
+themselves "0.6"); each entry names the releases that need it."""
 
 import socket
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -13,27 +11,18 @@ from detectron2.engine import DefaultTrainer
 from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.utils import comm
 
-__all__ = [
-    "TrainerWithState",
-    "create_ddp_model",
-    "create_local_process_group",
-    "has_compiled_coco_eval",
-    "launch_on_cpu",
-]
+__all__ = ["TrainerWithState", "create_ddp_model", "has_compiled_coco_eval", "launch_on_cpu"]
 
 
 def create_ddp_model(model, **kwargs):
-    """
-    v0.6 and main (02b5c4e): ``create_ddp_model`` passes ``device_ids=[local_rank]`` even for
-    a model on the CPU, which DistributedDataParallel rejects; CPU models get none.
-    """
+    """v0.6 and main (02b5c4e) pass ``device_ids=[local_rank]`` even for a CPU model, which
+    DistributedDataParallel rejects."""
     if comm.get_world_size() > 1 and not next(model.parameters()).is_cuda:
         kwargs.setdefault("device_ids", None)
     return d2_create_ddp_model(model, **kwargs)
 
 
-# v0.6: DefaultTrainer's checkpoints hold no optimizer state (main saves the inner trainer's
-# state, the optimizer and AMP's grad scaler, under "_trainer"); --resume needs it.
+# v0.6: checkpoints lack the optimizer and grad scaler state (main's "_trainer"); --resume needs it.
 if "state_dict" in vars(DefaultTrainer):
     TrainerWithState = DefaultTrainer
 else:
@@ -50,11 +39,9 @@ else:
                 self._trainer.load_state_dict(state_dict["_trainer"])
 
 
-def create_local_process_group(num_processes_per_machine: int) -> None:
-    """
-    The process group of this machine's processes, which ``comm.get_local_rank()`` reads.
-    v0.6 has no ``comm.create_local_process_group`` and makes the group inside its launch only.
-    """
+def _create_local_process_group(num_processes_per_machine: int) -> None:
+    """The group of this machine's processes, for ``comm.get_local_rank()``; v0.6 has no
+    ``comm.create_local_process_group`` (its launch makes the group)."""
     if hasattr(comm, "create_local_process_group"):
         comm.create_local_process_group(num_processes_per_machine)
         return
@@ -67,10 +54,8 @@ def create_local_process_group(num_processes_per_machine: int) -> None:
 
 
 def launch_on_cpu(main_func, num_per_machine, num_machines, machine_rank, dist_url, args, timeout):
-    """
-    Detectron2's ``launch`` for gloo processes on the CPU. v0.6's asserts CUDA in every
-    process (main's runs gloo there); this one serves both, so that CPU runs take one path.
-    """
+    """Detectron2's ``launch`` for gloo processes on the CPU: v0.6's asserts CUDA in every
+    process (main's runs gloo); this one serves both, so CPU runs take one path."""
     if dist_url == "auto":
         if num_machines != 1:
             raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT.")
@@ -97,21 +82,19 @@ def _cpu_worker(
         rank=machine_rank * num_per_machine + local_rank,
         timeout=timeout,
     )
-    create_local_process_group(num_per_machine)
+    _create_local_process_group(num_per_machine)
+    # Each process takes its share of the cores instead of oversubscribing them.
+    torch.set_num_threads(max(1, torch.get_num_threads() // num_per_machine))
     dist.barrier()
     main_func(*args)
-    # Tear the process groups down together: a process that destroys them while another is
-    # still in a collective aborts. (A process that failed exits without this, and the
-    # launching process stops the others.)
+    # Together: destroying the groups while another process is in a collective aborts it.
     dist.barrier()
     dist.destroy_process_group()
 
 
 def has_compiled_coco_eval() -> bool:
-    """
-    PyPI's v0.6 source has no C++ sources (dev/install.sh installs a stand-in ``_C``):
-    COCOEvaluator then uses pycocotools' own COCOeval, which gives the same numbers.
-    """
+    """PyPI's v0.6 source has no C++ sources (dev/install.sh installs a stand-in ``_C``);
+    without it, pycocotools' own COCOeval gives the same numbers."""
     try:
         from detectron2 import _C
     except ImportError:

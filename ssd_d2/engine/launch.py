@@ -1,4 +1,3 @@
-import functools
 import logging
 from datetime import timedelta
 from typing import Optional
@@ -10,19 +9,15 @@ from detectron2.engine import launch as d2_launch
 
 from .compat import launch_on_cpu
 
-__all__ = ["CPU_TIMEOUT", "GPU_TIMEOUT", "default_timeout", "launch"]
+__all__ = ["default_timeout", "launch"]
 
 logger = logging.getLogger(__name__)
 
-# How long a collective waits for the other processes before it fails instead of hanging; more
-# than one process works alone (the main process's evaluation). GPUs (NCCL): Detectron2's 30
-# minutes; the CPU (gloo), with small configs: 10, so that a hung process is noticed sooner.
-GPU_TIMEOUT = timedelta(minutes=30)
-CPU_TIMEOUT = timedelta(minutes=10)
-
 
 def default_timeout() -> timedelta:
-    return GPU_TIMEOUT if torch.cuda.is_available() else CPU_TIMEOUT
+    """How long a collective waits for the other processes before it fails instead of hanging:
+    Detectron2's 30 minutes on GPUs; 10 on the CPU (small configs), to notice a hang sooner."""
+    return timedelta(minutes=30 if torch.cuda.is_available() else 10)
 
 
 def launch(
@@ -34,12 +29,9 @@ def launch(
     args=(),
     timeout: Optional[timedelta] = None,
 ):
-    """
-    Detectron2's ``launch``, or without GPUs that many gloo processes sharing the CPU's cores.
-    When a process of this machine dies, the others are stopped at once and a RuntimeError
-    names the process and the cause; a hung process, or one on another machine that dies,
-    makes the others' next collective fail after ``timeout`` (default: default_timeout()).
-    """
+    """Detectron2's ``launch``, or without GPUs that many gloo processes sharing the CPU's cores.
+    A process of this machine that dies stops the others, with a RuntimeError naming it and the
+    cause; a hung process, or a remote one that dies, fails the others' next collective."""
     timeout = timeout or default_timeout()
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
@@ -48,10 +40,8 @@ def launch(
     launcher = d2_launch
     if not torch.cuda.is_available():
         logger.info(
-            f"No GPU: {num_gpus_per_machine} gloo processes on this machine's CPU (collective "
-            f"timeout {timeout})."
+            f"No GPU: {num_gpus_per_machine} gloo processes on the CPU (timeout {timeout})."
         )
-        main_func = functools.partial(_share_cores, main_func, num_gpus_per_machine)
         launcher = launch_on_cpu
     try:
         launcher(
@@ -72,9 +62,3 @@ def launch(
             f"Training process {rank} of {world_size} failed; the other processes were "
             f"stopped. Its error:\n{e.msg}"
         ) from e
-
-
-def _share_cores(main_func, num_processes_per_machine, *args):
-    # Each process takes its share of the cores instead of oversubscribing them.
-    torch.set_num_threads(max(1, torch.get_num_threads() // num_processes_per_machine))
-    main_func(*args)

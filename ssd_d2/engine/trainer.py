@@ -16,11 +16,10 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import resolve_device
 from ..data import (
-    DatasetError,
     SeededTrainLoader,
     SSDDatasetMapper,
     build_ssd_train_loader,
-    check_dataset_files,
+    check_images_exist,
     load_dataset_dicts,
 )
 from ..modeling.precision import resolve_precision
@@ -31,19 +30,13 @@ __all__ = ["SSDTrainer"]
 
 
 class SSDTrainer(TrainerWithState):
-    """
-    DefaultTrainer with SSD's data pipeline, evaluators chosen by each data set's
-    ``evaluator_type``, atomic checkpoints with the optimizer state, and CPU data-parallel
-    training (bfloat16 autocast under SOLVER.AMP.ENABLED); the rest is Detectron2's. The
-    training loader is a :class:`~ssd_d2.data.SeededTrainLoader`: a resumed run continues with
-    the batches the uninterrupted run would have seen, and images that cannot be decoded are
-    skipped and counted in ``metrics.json`` as ``data/skipped_images``.
-    """
+    """DefaultTrainer with SSD's data pipeline (a :class:`~ssd_d2.data.SeededTrainLoader`: exact
+    resume, unreadable images skipped and counted as ``data/skipped_images``), evaluators by
+    ``evaluator_type``, checkpoints with the optimizer state and CPU data-parallel training
+    (bfloat16 autocast under SOLVER.AMP.ENABLED)."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__ with three changes, made here rather than by patching it:
-        # the DDP wrapper that also runs on the CPU, the CPU's AMP (bfloat16 autocast, no
-        # gradient scaling, so Detectron2's SimpleTrainer), and SSDCheckpointer.
+        # DefaultTrainer.__init__ with CPU DDP, CPU AMP (bf16, no grad scaler) and SSDCheckpointer.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -79,22 +72,16 @@ class SSDTrainer(TrainerWithState):
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
         if self.start_iter == 0:
-            # A run that starts (not one resumed) from a randomly initialised backbone
-            # cannot reach the published results: say so, with the fix.
+            # A new run from a random backbone cannot reach the published results: say so.
             warn_if_backbone_uninitialized(self.cfg, self.checkpointer.loaded_model_keys)
 
     def train(self):
         # The loader's workers start at the first batch, at the iteration resumed from.
         self.train_loader.start_at(self.start_iter)
         results = super().train()
-        # A run killed between its last periodic checkpoint and model_final resumes with no
-        # iteration left, so Detectron2's checkpoint hook never writes model_final: write it.
-        final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
-        if (
-            self.start_iter >= self.max_iter
-            and comm.is_main_process()
-            and not os.path.exists(final)
-        ):
+        # A run killed after its last periodic checkpoint resumes with nothing left: save it.
+        done = self.start_iter >= self.max_iter and comm.is_main_process()
+        if done and not os.path.exists(os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")):
             self.checkpointer.save("model_final", iteration=self.max_iter - 1)
         return results
 
@@ -103,8 +90,7 @@ class SSDTrainer(TrainerWithState):
             super().run_step()
         except FloatingPointError as e:
             last = self.checkpointer.get_checkpoint_file() or "none yet"
-            # Detectron2 prints the losses as numpy scalars, which numpy 2 shows as
-            # "np.float64(nan)": show the numbers.
+            # Numpy 2 shows Detectron2's numpy scalars as "np.float64(nan)": show the numbers.
             losses = re.sub(r"np\.\w+\(([^()]*)\)", r"\1", str(e))
             raise FloatingPointError(
                 f"{losses}\nTraining stopped at iteration {self.iter}. Last checkpoint: {last}. "
@@ -134,21 +120,12 @@ class SSDTrainer(TrainerWithState):
 
     @classmethod
     def build_train_loader(cls, cfg) -> SeededTrainLoader:
-        check_dataset_files(cfg.DATASETS.TRAIN)
         return build_ssd_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        check_dataset_files([dataset_name])
         dataset_dicts = load_dataset_dicts(dataset_name)
-        # Every test image counts in the metrics: a missing one stops here, before inference.
-        missing = [d["file_name"] for d in dataset_dicts if not os.path.isfile(d["file_name"])]
-        if missing:
-            raise DatasetError(
-                f"{len(missing)} of the {len(dataset_dicts)} images of test data set "
-                f"{dataset_name!r} do not exist, e.g. {', '.join(missing[:3])}. Check the image "
-                "root it is registered with (for the built-in data sets, $DETECTRON2_DATASETS)."
-            )
+        check_images_exist(dataset_dicts, dataset_name)  # before inference, not during it
         return build_detection_test_loader(
             dataset_dicts,
             mapper=SSDDatasetMapper(cfg, is_train=False),
@@ -157,19 +134,15 @@ class SSDTrainer(TrainerWithState):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """The data set's evaluator, writing into ``OUTPUT_DIR/inference`` under the file names
-        Detectron2's train_net.py uses, so that tools made for it find them."""
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        """The data set's evaluator, writing where Detectron2's train_net.py does."""
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)
         if evaluator_type == "coco":
-            # Without detectron2's compiled COCOeval, pycocotools' own gives the same numbers.
             return COCOEvaluator(
                 dataset_name,
                 tasks=("bbox",),
-                distributed=True,
                 output_dir=output_folder,
                 use_fast_impl=has_compiled_coco_eval(),
             )

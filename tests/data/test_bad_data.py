@@ -24,10 +24,10 @@ from ssd_d2.data import (
     SSDDatasetMapper,
     UnreadableImageError,
     build_ssd_train_loader,
-    check_dataset_dicts,
     load_dataset_dicts,
     read_image,
 )
+from ssd_d2.data.checks import check_dataset_dicts
 from ssd_d2.engine import SSDTrainer
 
 from ..conftest import load_config
@@ -393,6 +393,8 @@ def test_training_counts_skipped_images_in_the_log_and_metrics(tmp_path, registe
 
 def test_test_loader_fails_early_on_missing_images(tmp_path, registered):
     name = registered("dicts", [_dict(_image(tmp_path), []), _dict(str(tmp_path / "no.jpg"), [])])
-    with pytest.raises(DatasetError, match=r"1 of the 2 images of test data set .*/no.jpg"):
+    with pytest.raises(
+        DatasetError, match=r"1 of the 2 images of data set .* do not exist, e.g. .*/no.jpg"
+    ):
         SSDTrainer.build_test_loader(_mapper_cfg(), name)
     assert os.path.exists(tmp_path / "image.jpg")

@@ -9,7 +9,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from ssd_d2.data.datasets import (
+from ssd_d2.data.datasets.shapes import (
     SHAPE_CLASSES,
     SHAPES_SPLITS,
     generate_shapes_dataset,

@@ -14,7 +14,7 @@ from detectron2.modeling import build_model
 from ssd_d2 import SSDDatasetMapper
 from ssd_d2.config import load_config
 from ssd_d2.data.datasets import generate_shapes_dataset
-from ssd_d2.ignored_keys import _RULES, _leaves, find_ignored_keys
+from ssd_d2.ignored_keys import _flat, _rule_for, find_ignored_keys
 
 from ..conftest import CONFIG_DIR
 
@@ -87,8 +87,8 @@ def _with_every_ignored_key_changed(cfg):
     """A copy of ``cfg`` with every key the rules cover changed, and those keys."""
     changed = copy.deepcopy(cfg)
     keys = []
-    for key, value in _leaves(cfg):
-        if not any(key == r.key or key.startswith(r.key + ".") for r in _RULES):
+    for key, value in _flat(cfg).items():
+        if _rule_for(key) is None:
             continue
         new = _changed(value)
         if new is not None:

@@ -1,9 +1,5 @@
-"""
-``ssd_shapes``: a synthetic detection data set drawn with OpenCV (filled shapes of five classes
-on cluttered, noisy backgrounds), so that SSD trains and evaluates end to end without a
-download. Written as JPEG files and a COCO json, read back with Detectron2's
-``load_coco_json``: the same loading and evaluation path as COCO itself.
-"""
+"""``ssd_shapes``: shapes of five classes on cluttered backgrounds, drawn so that SSD trains and
+evaluates without a download; JPEGs and a COCO json, read with Detectron2's ``load_coco_json``."""
 
 import functools
 import json
@@ -35,21 +31,20 @@ logger = logging.getLogger(__name__)
 # The thing classes, in category id order (COCO ids 1..5).
 SHAPE_CLASSES = ("circle", "square", "triangle", "star", "ellipse")
 
-# The registered splits: data set name -> sub-folder of the cache root, seed, image count.
+# Data set name -> sub-folder of the cache root, seed, image count.
 SHAPES_SPLITS = {
     "ssd_shapes_train": {"dirname": "train", "seed": 0, "num_images": 2000},
     "ssd_shapes_val": {"dirname": "val", "seed": 1, "num_images": 300},
 }
 
-# Bump when the drawing changes, so that a cache written by an older version is detected.
+# Bump when the drawing changes, so that an older cache is detected.
 _GENERATOR_VERSION = 2
 _ANNOTATIONS_FILE = "annotations.json"
 _IMAGES_DIRNAME = "images"
 # Shape vertices go to OpenCV in fixed point with this many fractional bits (sub-pixel shapes).
 _SHIFT = 4
-# The drawing: image sides, shapes per image, the share of images without shapes, shape
-# diameters (pixels; fraction of the shorter side), how much of a shape later ones may hide
-# before it is not annotated, the least RGB distance of a shape from what it covers.
+# Image sides, shapes per image, share of empty images, shape diameters (pixels; fraction of the
+# shorter side), the share of a shape hidden before it is not annotated, least RGB contrast.
 _IMAGE_SIDES = (240, 400)
 _MAX_SHAPES = 6
 _EMPTY_FRACTION = 0.08
@@ -60,24 +55,17 @@ _JPEG_QUALITY = 90
 
 
 def shapes_dataset_root(root: Optional[str] = None) -> str:
-    """The absolute cache folder: ``root``, else ``$SSD_D2_DATASETS``, else
-    ``$DETECTRON2_DATASETS/ssd_shapes``, else ``./datasets/ssd_shapes``."""
+    """The absolute cache folder (metadata paths survive a chdir): ``root``, else
+    ``$SSD_D2_DATASETS``, else ``$DETECTRON2_DATASETS/ssd_shapes``, else ``datasets/ssd_shapes``."""
     if root is None:
-        root = os.environ.get("SSD_D2_DATASETS")
-    if root is None and "DETECTRON2_DATASETS" in os.environ:
-        root = os.path.join(os.environ["DETECTRON2_DATASETS"], "ssd_shapes")
-    if root is None:
-        root = os.path.join("datasets", "ssd_shapes")
-    # Absolute, so that the paths put in the metadata survive a later chdir.
+        default = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "ssd_shapes")
+        root = os.environ.get("SSD_D2_DATASETS", default)
     return os.path.abspath(os.path.expanduser(os.fspath(root)))
 
 
 def generate_shapes_dataset(output_dir: str, num_images: int, seed: int) -> str:
-    """
-    Draw ``num_images`` images into ``output_dir/images/*.jpg`` and write their boxes to
-    ``output_dir/annotations.json`` (COCO), the json last; returns its path. The same
-    arguments give byte-identical files.
-    """
+    """Draw ``num_images`` ssd_shapes images into ``output_dir`` (see write_generated_dataset);
+    the same arguments give byte-identical files."""
     info = {
         "description": "ssd_shapes: synthetic shapes drawn by ssd_d2",
         "version": _GENERATOR_VERSION,
@@ -95,12 +83,12 @@ def generate_shapes_dataset(output_dir: str, num_images: int, seed: int) -> str:
 def _draw_random_image(rng: np.random.Generator):
     # Width and height drawn independently: both aspect ratio and scale vary.
     width, height = (int(v) for v in rng.integers(_IMAGE_SIDES[0], _IMAGE_SIDES[1] + 1, 2))
-    empty = rng.random() < _EMPTY_FRACTION
+    num_shapes = 0 if rng.random() < _EMPTY_FRACTION else int(rng.integers(1, _MAX_SHAPES + 1))
     return _draw_image(
         rng,
         height,
         width,
-        0 if empty else int(rng.integers(1, _MAX_SHAPES + 1)),
+        num_shapes,
         min_shape_size=_MIN_SHAPE_SIZE,
         max_shape_size=_MAX_SHAPE_FRACTION * min(height, width),
         max_hidden_fraction=_MAX_HIDDEN_FRACTION,
@@ -111,12 +99,9 @@ def _draw_random_image(rng: np.random.Generator):
 def write_generated_dataset(
     output_dir: str, num_images: int, seed: int, draw_image, info: Dict, categories: List
 ) -> str:
-    """
-    Images drawn by ``draw_image(rng) -> (BGR image, COCO annotations)`` as
-    ``output_dir/images/*.jpg`` and ``output_dir/annotations.json`` (COCO); returns its path.
-    One random stream per image, so that image i does not depend on ``num_images``. The json
-    is written last, beside and renamed: its presence means the folder is complete.
-    """
+    """``draw_image(rng) -> (BGR image, COCO annotations)`` as ``output_dir/images/*.jpg`` and
+    ``output_dir/annotations.json``; returns its path. One random stream per image (image i does
+    not depend on ``num_images``); the json comes last, so its presence means completeness."""
     image_dir = os.path.join(output_dir, _IMAGES_DIRNAME)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
@@ -155,15 +140,13 @@ def _draw_image(
     """A BGR uint8 image and the COCO annotations (without ids) of its visible shapes."""
     image = _draw_background(rng, height, width)
 
-    # owner[y, x] is 1 + the index of the shape seen at that pixel (0: background). Counting
-    # each shape's pixels in it at the end gives how much of the shape later ones left visible.
+    # owner[y, x]: 1 + the index of the shape seen at that pixel (0: background).
     owner = np.zeros((height, width), dtype=np.uint16)
     mask = np.empty((height, width), dtype=np.uint8)
     shapes = []
     for index in range(num_shapes):
         category = int(rng.integers(len(SHAPE_CLASSES)))
-        # Log-uniform size: every scale octave equally common, so small objects (SSD's weak
-        # spot) are frequent.
+        # Log-uniform size: small objects (SSD's weak spot) as common as large ones.
         size = float(np.exp(rng.uniform(np.log(min_shape_size), np.log(max_shape_size))))
         # Up to 30% of a shape may lie outside the image (a truncated object, still annotated).
         cx = rng.uniform(0.2 * size, width - 0.2 * size)
@@ -174,7 +157,6 @@ def _draw_image(
         x, y, w, h = cv2.boundingRect(mask)
         if w == 0 or h == 0:
             continue
-        # Work inside the box only: most shapes are small.
         inside = mask[y : y + h, x : x + w].astype(bool)
         image_box = image[y : y + h, x : x + w]
         image_box[inside] = _contrasting_color(rng, image_box[inside].mean(axis=0), min_contrast)
@@ -190,14 +172,12 @@ def _draw_image(
         # COCO's "area" is the visible object area; it sets the small/medium/large buckets.
         objects.append({"category_id": category + 1, "bbox": box, "area": visible})
 
-    image = _add_noise(rng, image)
-    return image, objects
+    return _add_noise(rng, image), objects
 
 
 def _draw_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A colour gradient with smooth blobs, random lines and curves: clutter, no shapes."""
-    # A coarse grid holding a linear colour ramp plus random blobs, upsampled to the image:
-    # one small resize instead of per-pixel arithmetic.
+    # A coarse grid (colour ramp plus blobs) upsampled: no per-pixel arithmetic.
     grid_h, grid_w = (int(v) for v in rng.integers(2, 8, 2))
     angle = rng.uniform(0, 2 * np.pi)
     ramp = np.cos(angle) * np.linspace(-0.5, 0.5, grid_w)[None, :]
@@ -241,18 +221,15 @@ def _draw_shape_mask(
         cv2.ellipse(mask, center, axes, np.degrees(rotation), 0, 360, 1, -1, cv2.LINE_8, _SHIFT)
         return
 
+    radii = radius
     if name == "square":
         angles = rotation + np.arange(4) * np.pi / 2
-        radii = np.full(4, radius)
     elif name == "triangle":
         # Roughly equilateral: vertex angles jittered so that triangles are not all alike.
         angles = rotation + np.arange(3) * 2 * np.pi / 3 + rng.uniform(-0.25, 0.25, 3)
-        radii = np.full(3, radius)
     elif name == "star":
         angles = rotation + np.arange(10) * np.pi / 5
         radii = np.tile([radius, radius * rng.uniform(0.38, 0.5)], 5)
-    else:
-        raise ValueError(f"Unknown shape {name!r}")
     points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
     cv2.fillPoly(mask, [np.round(points * scale).astype(np.int32)], 1, cv2.LINE_8, _SHIFT)
 
@@ -271,8 +248,7 @@ def _contrasting_color(
 
 def _add_noise(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     """Gaussian noise over everything, and sometimes a slight blur."""
-    # One noise value per pixel, shared by the channels (luminance noise): a third of the
-    # random numbers of per-channel noise, the largest cost of drawing an image.
+    # Luminance noise: a third of the random numbers (the largest cost) of per-channel noise.
     noise = rng.standard_normal(image.shape[:2] + (1,), dtype=np.float32)
     noise *= rng.uniform(0, 6)
     noisy = image.astype(np.float32)
@@ -288,13 +264,10 @@ def _is_complete(split_dir: str) -> bool:
 
 
 def ensure_split(split_dir, seed, num_images, generate=None, version=None, name="ssd_shapes"):
-    """
-    Generate a split with ``generate(output_dir, num_images, seed)`` (default: ssd_shapes')
-    into ``split_dir`` unless it is there; return its json path. Concurrent callers (the ranks
-    of a run) each draw into a temporary folder and rename it into place: the first rename
-    wins, the others drop their identical copy. A split whose json ``info`` was made with
-    another ``version``, seed or size is an error.
-    """
+    """Generate a split with ``generate(output_dir, num_images, seed)`` into ``split_dir`` unless
+    it is there; return its json path. Concurrent callers (the ranks of a run) each draw into a
+    temporary folder and rename it into place: the first wins. A split made with another
+    ``version``, seed or size is an error."""
     generate = generate or generate_shapes_dataset
     version = _GENERATOR_VERSION if version is None else version
     json_file = os.path.join(split_dir, _ANNOTATIONS_FILE)
@@ -328,9 +301,7 @@ def _move_into_place(tmp_dir: str, split_dir: str) -> None:
         except OSError:
             if _is_complete(split_dir):
                 return  # another process finished first
-        # A folder without the json was left by an interrupted copy or a manual edit: it must
-        # not pass for a split. Set it aside and try again. (Should another process complete
-        # the split meanwhile, that copy is set aside too, and ours, identical, replaces it.)
+        # A folder without the json is no split: set it aside (a complete one equals ours).
         stale_dir = f"{split_dir}.stale-{uuid.uuid4().hex}"
         try:
             os.rename(split_dir, stale_dir)
@@ -341,37 +312,27 @@ def _move_into_place(tmp_dir: str, split_dir: str) -> None:
     raise RuntimeError(f"Could not move {tmp_dir} into place at {split_dir}")
 
 
-def _load_shapes_split(name: str, split_dir: str, seed: int, num_images: int) -> List[Dict]:
-    json_file = ensure_split(split_dir, seed, num_images)
+def _load_shapes_split(name: str, split_dir: str, split: Dict) -> List[Dict]:
+    json_file = ensure_split(split_dir, split["seed"], split["num_images"])
     return load_coco_json(json_file, os.path.join(split_dir, _IMAGES_DIRNAME), name)
 
 
 def register_shapes_dataset(root: Optional[str] = None, splits: Optional[Dict] = None) -> None:
-    """
-    Register the ``ssd_shapes`` splits (``splits``: name -> {"dirname", "seed", "num_images"},
-    default ``SHAPES_SPLITS``) under ``shapes_dataset_root(root)``. Nothing is drawn here: a
-    split is generated on its first ``DatasetCatalog.get`` and reused after that. Names
-    already registered are left as they are.
-    """
+    """Register ``splits`` (default ``SHAPES_SPLITS``) under ``shapes_dataset_root(root)``, each
+    generated on its first ``DatasetCatalog.get``; names already registered are left alone."""
     root = shapes_dataset_root(root)
     splits = SHAPES_SPLITS if splits is None else splits
     for name, split in splits.items():
         if name in DatasetCatalog.list():
             continue
         split_dir = os.path.join(root, split["dirname"])
-        load = functools.partial(
-            _load_shapes_split, name, split_dir, split["seed"], split["num_images"]
-        )
-        DatasetCatalog.register(name, load)
-        # COCOEvaluator opens json_file when it is built: that is the path the first
-        # DatasetCatalog.get writes, and DefaultTrainer.test builds the test loader (which
-        # calls it) before the evaluator.
+        DatasetCatalog.register(name, functools.partial(_load_shapes_split, name, split_dir, split))
+        # COCOEvaluator opens json_file when built, after DefaultTrainer.test's loader wrote it.
         MetadataCatalog.get(name).set(
             json_file=os.path.join(split_dir, _ANNOTATIONS_FILE),
             image_root=os.path.join(split_dir, _IMAGES_DIRNAME),
             evaluator_type="coco",
             thing_classes=list(SHAPE_CLASSES),
-            # Known before the annotations are read (load_coco_json sets the same), so that
-            # detections name the data set's category ids however they were made.
+            # Set before load_coco_json sets the same, for detections made without loading.
             thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPE_CLASSES))},
         )

@@ -1,5 +1,6 @@
 """Pascal VOC's "difficult" flags, which Detectron2's VOC loader reads past (so the XML is read)."""
 
+import logging
 import os
 import xml.etree.ElementTree as ET
 from typing import List, Tuple
@@ -11,6 +12,8 @@ from ..checks import map_across_processes
 
 __all__ = ["voc_difficult_flags", "drop_voc_difficult"]
 
+logger = logging.getLogger(__name__)
+
 
 def voc_difficult_flags(dirname: str, image_id: str) -> List[bool]:
     """Whether each ``<object>`` of ``Annotations/<image_id>.xml``, in file order, is difficult."""
@@ -20,12 +23,8 @@ def voc_difficult_flags(dirname: str, image_id: str) -> List[bool]:
 
 
 def drop_voc_difficult(dataset_name: str, dataset_dicts: List[dict]) -> Tuple[List[dict], int]:
-    """
-    The dicts of a data set registered as Detectron2 registers VOC (metadata ``dirname`` and
-    ``split``; one annotation per ``<object>``, in file order) without the objects VOC marks
-    difficult, as lufficc/SSD and ssd.pytorch train; any other data set's unchanged. Also
-    returns the number of annotations dropped.
-    """
+    """The dicts of a data set registered as Detectron2 registers VOC without the objects marked
+    difficult (as lufficc/SSD trains; other data sets unchanged), and how many were dropped."""
     metadata = MetadataCatalog.get(dataset_name)
     dirname = metadata.get("dirname", None)
     if not dirname or not metadata.get("split", None):
@@ -47,4 +46,7 @@ def drop_voc_difficult(dataset_name: str, dataset_dicts: List[dict]) -> Tuple[Li
         kept = [a for a, difficult in zip(annotations, flags) if not difficult]
         dropped += len(annotations) - len(kept)
         kept_dicts.append({**record, "annotations": kept})
+    logger.info(
+        f"{dataset_name}: dropped {dropped} difficult objects (INPUT.SSD.DROP_VOC_DIFFICULT)."
+    )
     return kept_dicts, dropped
