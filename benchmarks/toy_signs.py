@@ -34,6 +34,7 @@ from ssd_d2.data.datasets.shapes import (
     _add_noise,
     _contrasting_color,
     ensure_split,
+    paint_objects,
     write_generated_dataset,
 )
 
@@ -118,15 +119,9 @@ def generate_toy_signs(output_dir: str, num_images: int, seed: int) -> str:
 def _draw_sign_image(rng: np.random.Generator):
     width = int(rng.integers(_WIDTHS[0], _WIDTHS[1] + 1))
     image = _draw_background(rng, width * 3 // 4, width)
-    objects = _draw_objects(
-        rng,
-        image,
-        int(rng.integers(_NUM_OBJECTS[0], _NUM_OBJECTS[1] + 1)),
-        sizes=_OBJECT_SIZES,
-        outline_fraction=_OUTLINE_FRACTION,
-        max_hidden_fraction=_MAX_HIDDEN_FRACTION,
-        min_contrast=_MIN_CONTRAST,
-    )
+    num_objects = int(rng.integers(_NUM_OBJECTS[0], _NUM_OBJECTS[1] + 1))
+    color = functools.partial(_saturated_color, min_contrast=_MIN_CONTRAST)
+    objects = paint_objects(rng, image, num_objects, _draw_random_sign, color, _MAX_HIDDEN_FRACTION)
     return _add_noise(rng, image), objects
 
 
@@ -163,47 +158,17 @@ def _draw_background(rng: np.random.Generator, height: int, width: int) -> np.nd
     return image
 
 
-def _draw_objects(
-    rng: np.random.Generator,
-    image: np.ndarray,
-    num_objects: int,
-    *,
-    sizes,
-    outline_fraction: float,
-    max_hidden_fraction: float,
-    min_contrast: float,
-):
-    """Draw the objects into ``image`` (BGR, in place); their COCO annotations without ids."""
-    height, width = image.shape[:2]
-    # owner[y, x]: 1 + the index of the object seen at that pixel (0: background).
-    owner = np.zeros((height, width), dtype=np.uint16)
-    mask = np.empty((height, width), dtype=np.uint8)
-    drawn = []
-    for index in range(num_objects):
-        category = int(rng.integers(len(TOY_SIGN_CLASSES)))
-        size = float(np.exp(rng.uniform(np.log(sizes[0]), np.log(sizes[1]))))
-        # Whole objects only: the margin keeps outlines and antialiasing inside too.
-        cx = rng.uniform(size / 2 + 2, width - size / 2 - 2)
-        cy = rng.uniform(size / 2 + 2, height - size / 2 - 2)
-        # Thin outlines (a tenth of the size, at least 2 pixels) or filled.
-        thickness = max(2, int(round(size / 10))) if rng.random() < outline_fraction else -1
-        mask.fill(0)
-        _draw_sign_mask(rng, mask, TOY_SIGN_CLASSES[category], cx, cy, size, thickness)
-        x, y, w, h = cv2.boundingRect(mask)
-        if w == 0 or h == 0:
-            continue
-        inside = mask[y : y + h, x : x + w].astype(bool)
-        image_box = image[y : y + h, x : x + w]
-        image_box[inside] = _saturated_color(rng, image_box[inside].mean(axis=0), min_contrast)
-        owner[y : y + h, x : x + w][inside] = index + 1
-        drawn.append((index + 1, category, int(inside.sum()), [x, y, w, h]))
-
-    visible_area = np.bincount(owner.ravel(), minlength=num_objects + 1)
-    return [
-        {"category_id": category + 1, "bbox": box, "area": int(visible_area[owner_id])}
-        for owner_id, category, area, box in drawn
-        if visible_area[owner_id] >= (1.0 - max_hidden_fraction) * area
-    ]
+def _draw_random_sign(rng: np.random.Generator, mask: np.ndarray) -> int:
+    height, width = mask.shape
+    category = int(rng.integers(len(TOY_SIGN_CLASSES)))
+    size = float(np.exp(rng.uniform(np.log(_OBJECT_SIZES[0]), np.log(_OBJECT_SIZES[1]))))
+    # Whole objects only: the margin keeps outlines and antialiasing inside too.
+    cx = rng.uniform(size / 2 + 2, width - size / 2 - 2)
+    cy = rng.uniform(size / 2 + 2, height - size / 2 - 2)
+    # Thin outlines (a tenth of the size, at least 2 pixels) or filled.
+    thickness = max(2, int(round(size / 10))) if rng.random() < _OUTLINE_FRACTION else -1
+    _draw_sign_mask(rng, mask, TOY_SIGN_CLASSES[category], cx, cy, size, thickness)
+    return category
 
 
 def _draw_sign_mask(

@@ -23,6 +23,7 @@ __all__ = [
     "generate_shapes_dataset",
     "register_shapes_dataset",
     "shapes_dataset_root",
+    "paint_objects",
     "write_generated_dataset",
 ]
 
@@ -139,40 +140,52 @@ def _draw_image(
 ):
     """A BGR uint8 image and the COCO annotations (without ids) of its visible shapes."""
     image = _draw_background(rng, height, width)
+    draw = functools.partial(_draw_random_shape, sizes=(min_shape_size, max_shape_size))
+    color = functools.partial(_contrasting_color, min_contrast=min_contrast)
+    objects = paint_objects(rng, image, num_shapes, draw, color, max_hidden_fraction)
+    return _add_noise(rng, image), objects
 
-    # owner[y, x]: 1 + the index of the shape seen at that pixel (0: background).
-    owner = np.zeros((height, width), dtype=np.uint16)
-    mask = np.empty((height, width), dtype=np.uint8)
-    shapes = []
-    for index in range(num_shapes):
-        category = int(rng.integers(len(SHAPE_CLASSES)))
-        # Log-uniform size: small objects (SSD's weak spot) as common as large ones.
-        size = float(np.exp(rng.uniform(np.log(min_shape_size), np.log(max_shape_size))))
-        # Up to 30% of a shape may lie outside the image (a truncated object, still annotated).
-        cx = rng.uniform(0.2 * size, width - 0.2 * size)
-        cy = rng.uniform(0.2 * size, height - 0.2 * size)
+
+def _draw_random_shape(rng: np.random.Generator, mask: np.ndarray, sizes) -> int:
+    height, width = mask.shape
+    category = int(rng.integers(len(SHAPE_CLASSES)))
+    # Log-uniform size: small objects (SSD's weak spot) as common as large ones.
+    size = float(np.exp(rng.uniform(np.log(sizes[0]), np.log(sizes[1]))))
+    # Up to 30% of a shape may lie outside the image (a truncated object, still annotated).
+    cx = rng.uniform(0.2 * size, width - 0.2 * size)
+    cy = rng.uniform(0.2 * size, height - 0.2 * size)
+    _draw_shape_mask(rng, mask, SHAPE_CLASSES[category], cx, cy, size)
+    return category
+
+
+def paint_objects(rng, image, num_objects, draw_mask, pick_color, max_hidden_fraction):
+    """
+    Paint objects into ``image`` (BGR, in place): each is drawn by ``draw_mask(rng, mask) ->
+    category`` into a cleared mask, then filled with ``pick_color(rng, mean colour under it)``.
+    Returns the COCO annotations (without ids) of those with more than 1 - max_hidden_fraction
+    of their pixels visible: the box is the whole object's extent, the area the visible one.
+    """
+    # owner[y, x]: 1 + the index of the object seen at that pixel (0: background).
+    owner = np.zeros(image.shape[:2], dtype=np.uint16)
+    mask = np.empty(image.shape[:2], dtype=np.uint8)
+    drawn = []
+    for index in range(num_objects):
         mask.fill(0)
-        _draw_shape_mask(rng, mask, SHAPE_CLASSES[category], cx, cy, size)
-        # The box is the extent of the whole shape, including the parts drawn over later.
+        category = draw_mask(rng, mask)
         x, y, w, h = cv2.boundingRect(mask)
         if w == 0 or h == 0:
             continue
         inside = mask[y : y + h, x : x + w].astype(bool)
         image_box = image[y : y + h, x : x + w]
-        image_box[inside] = _contrasting_color(rng, image_box[inside].mean(axis=0), min_contrast)
+        image_box[inside] = pick_color(rng, image_box[inside].mean(axis=0))
         owner[y : y + h, x : x + w][inside] = index + 1
-        shapes.append((index + 1, category, int(inside.sum()), [x, y, w, h]))
-
-    visible_area = np.bincount(owner.ravel(), minlength=num_shapes + 1)
-    objects = []
-    for owner_id, category, area, box in shapes:
-        visible = int(visible_area[owner_id])
-        if visible < (1.0 - max_hidden_fraction) * area:
-            continue
-        # COCO's "area" is the visible object area; it sets the small/medium/large buckets.
-        objects.append({"category_id": category + 1, "bbox": box, "area": visible})
-
-    return _add_noise(rng, image), objects
+        drawn.append((index + 1, category, int(inside.sum()), [x, y, w, h]))
+    visible_area = np.bincount(owner.ravel(), minlength=num_objects + 1)
+    return [
+        {"category_id": category + 1, "bbox": box, "area": int(visible_area[owner_id])}
+        for owner_id, category, area, box in drawn
+        if visible_area[owner_id] >= (1.0 - max_hidden_fraction) * area
+    ]
 
 
 def _draw_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
