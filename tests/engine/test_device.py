@@ -7,12 +7,10 @@ import pytest
 import torch
 import yaml
 
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-from ssd_d2 import add_ssd_config
-from ssd_d2.config import resolve_device
+from ssd_d2.config import load_config, resolve_device
 
 from ..conftest import CONFIG_DIR
 
@@ -21,12 +19,8 @@ DEMO_CONFIG = os.path.join(CONFIG_DIR, "ssd160_shapes_demo.yaml")
 
 
 def _notebook_config(*opts):
-    """The config as a notebook assembles it: no device chosen."""
-    cfg = get_cfg()
-    add_ssd_config(cfg)
-    cfg.merge_from_file(DEMO_CONFIG)
-    cfg.merge_from_list(list(opts))
-    return cfg
+    """The config as the notebook assembles it: no device chosen."""
+    return load_config(DEMO_CONFIG, list(opts))
 
 
 def _train_net_setup(output_dir, *opts):
