@@ -31,6 +31,7 @@ from ssd_d2.data.checks import check_dataset_dicts
 from ssd_d2.engine import SSDTrainer
 
 from ..conftest import load_config
+from .voc_files import write_voc
 
 W, H = 64, 48
 CLASSES = ["a", "b", "c"]
@@ -185,25 +186,11 @@ def test_coco_json(tmp_path, registered):
     assert (report.degenerate_boxes, report.outside_boxes) == (1, 1)
 
 
-def _voc(tmp_path, objects_per_image):
-    root = tmp_path / "VOC"
-    for sub in ("Annotations", "ImageSets/Main", "JPEGImages"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    ids = []
-    for i, objects in enumerate(objects_per_image):
-        file_id = f"{i:06d}"
-        ids.append(file_id)
-        _image(root / "JPEGImages", f"{file_id}.jpg")
-        xml = "".join(
-            f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
-            f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
-            for name, (x0, y0, x1, y1) in objects
-        )
-        (root / "Annotations" / f"{file_id}.xml").write_text(
-            f"<annotation><size><width>{W}</width><height>{H}</height></size>{xml}</annotation>"
-        )
-    (root / "ImageSets/Main/train.txt").write_text("\n".join(ids) + "\n")
-    return str(root)
+def _voc(root, objects_per_image):
+    """A VOC folder of random 64x48 images; each object is (name, (x0, y0, x1, y1))."""
+    image = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    objects = [[(name, box, None) for name, box in objs] for objs in objects_per_image]
+    return write_voc(root / "VOC", objects, "train", image)
 
 
 def test_pascal_voc_xml(tmp_path, registered):

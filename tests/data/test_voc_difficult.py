@@ -4,7 +4,6 @@ import uuid
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_pascal_voc
@@ -13,33 +12,19 @@ from ssd_d2.data import build_ssd_train_loader
 from ssd_d2.data.datasets import drop_voc_difficult
 
 from ..conftest import load_config
+from .voc_files import write_voc
 
 CLASSES = ("a", "b")
 
 
 def _voc(root, objects_per_image):
-    """A VOC folder; each object is (name, difficult), or (name, None) without the tag."""
-    for sub in ("Annotations", "ImageSets/Main", "JPEGImages"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    ids = []
-    for i, objects in enumerate(objects_per_image):
-        file_id = f"{i:06d}"
-        ids.append(file_id)
-        Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save(
-            root / "JPEGImages" / f"{file_id}.jpg"
-        )
-        xml = "".join(
-            f"<object><name>{name}</name>"
-            + ("" if difficult is None else f"<difficult>{difficult}</difficult>")
-            + f"<bndbox><xmin>{5 + k}</xmin><ymin>5</ymin><xmax>30</xmax><ymax>30</ymax>"
-            "</bndbox></object>"
-            for k, (name, difficult) in enumerate(objects)
-        )
-        (root / "Annotations" / f"{file_id}.xml").write_text(
-            f"<annotation><size><width>60</width><height>40</height></size>{xml}</annotation>"
-        )
-    (root / "ImageSets/Main/trainval.txt").write_text("\n".join(ids) + "\n")
-    return str(root)
+    """A VOC folder of black 60x40 images; each object is (name, difficult), or (name, None)
+    without the tag, its boxes shifted by one pixel each."""
+    objects = [
+        [(name, (5 + k, 5, 30, 30), difficult) for k, (name, difficult) in enumerate(objs)]
+        for objs in objects_per_image
+    ]
+    return write_voc(root, objects, "trainval", np.zeros((40, 60, 3), dtype=np.uint8))
 
 
 @pytest.fixture
