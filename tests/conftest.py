@@ -3,11 +3,14 @@ import os
 import sys
 import tarfile
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
 
 import ssd_d2.config
 
@@ -48,6 +51,25 @@ def unregister():
     for name in set(DatasetCatalog.list()) - before:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, unregister):
+    """``tiny_cfg(*opts)``: the demo config training on four 64x48 images, batch 2, no
+    evaluation, in the main process, writing to tmp_path/out."""
+    name = "tiny_train"
+    path = str(tmp_path / "image.jpg")
+    Image.fromarray(np.full((48, 64, 3), 100, np.uint8)).save(path)
+    box = {"bbox": [5, 5, 40, 40], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 1}
+    dicts = [{"file_name": path, "image_id": i, "width": 64, "height": 48, "annotations": [box]}
+             for i in range(4)]  # fmt: skip
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=["x"] * 5)
+    return lambda *opts: load_config(
+        "ssd160_shapes_demo",
+        "DATASETS.TRAIN", (name,), "DATASETS.TEST", (), "SOLVER.IMS_PER_BATCH", 2,
+        "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", str(tmp_path / "out"), *opts,
+    )  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

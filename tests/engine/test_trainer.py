@@ -1,40 +1,12 @@
 """SSDTrainer itself: the inner trainer and loader it builds, and model_final after a resume."""
 
-import uuid
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import SimpleTrainer
-from detectron2.structures import BoxMode
 
 from ssd_d2.data import SeededTrainLoader
 from ssd_d2.engine import SSDCheckpointer, SSDTrainer
-
-from ..conftest import load_config
-
-
-@pytest.fixture
-def tiny_cfg(tmp_path):
-    """``tiny_cfg(*opts)``: the demo config on four 64x48 images, no evaluation, on the CPU."""
-    name = f"trainer_{uuid.uuid4().hex[:8]}"
-    path = str(tmp_path / "image.jpg")
-    Image.fromarray(np.full((48, 64, 3), 100, np.uint8)).save(path)
-    box = {"bbox": [5, 5, 40, 40], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 1}
-    dicts = [{"file_name": path, "image_id": i, "width": 64, "height": 48, "annotations": [box]}
-             for i in range(4)]  # fmt: skip
-    DatasetCatalog.register(name, lambda: dicts)
-    MetadataCatalog.get(name).set(thing_classes=["x"] * 5)
-    yield lambda *opts: load_config(
-        "ssd160_shapes_demo",
-        "DATASETS.TRAIN", (name,), "DATASETS.TEST", (), "SOLVER.IMS_PER_BATCH", 2,
-        "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", str(tmp_path / "out"), *opts,
-    )  # fmt: skip
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
 
 
 def test_the_trainer_drives_the_seeded_loader_it_built(tiny_cfg):
