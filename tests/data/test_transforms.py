@@ -96,9 +96,7 @@ def test_full_chain_output_size_boxes_and_classes():
     for _ in range(2000):
         image, boxes, classes = _random_sample(rng)
         image, boxes, classes = _augment(augmentations, image, boxes, classes)
-        assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and image.dtype == np.uint8
-        assert (boxes >= 0).all() and (boxes <= IMAGE_SIZE).all()
-        assert (boxes[:, 2:] > boxes[:, :2]).all()
+        _assert_network_sized(image, boxes)
         # Classes stay paired with boxes: the centre of a box large enough to survive the
         # bilinear resize unblurred has its class colour.
         for (x0, y0, x1, y1), c in zip(boxes, classes):
@@ -109,6 +107,13 @@ def test_full_chain_output_size_boxes_and_classes():
     assert num_checked_colors > 500
 
 
+def _assert_network_sized(image, boxes):
+    """An augmented sample: a uint8 image at the network size, non-empty boxes inside it."""
+    assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and image.dtype == np.uint8
+    assert (boxes >= 0).all() and (boxes <= IMAGE_SIZE).all()
+    assert (boxes[:, 2:] > boxes[:, :2]).all()
+
+
 def test_full_chain_with_photometric_distortion():
     rng = np.random.default_rng(2)
     np.random.seed(2)
@@ -117,9 +122,7 @@ def test_full_chain_with_photometric_distortion():
     for _ in range(300):
         image, boxes, classes = _random_sample(rng)
         image, boxes, _ = _augment(augmentations, image, boxes, classes)
-        assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and image.dtype == np.uint8
-        assert (boxes >= 0).all() and (boxes <= IMAGE_SIZE).all()
-        assert (boxes[:, 2:] > boxes[:, :2]).all()
+        _assert_network_sized(image, boxes)
 
 
 def test_photometric_distortion_is_reproducible_and_keeps_boxes():
