@@ -35,7 +35,8 @@ def resize_to_network_size(image: Tensor, size: int, boxes: Optional[Boxes] = No
     """
     SSD's one resize rule: a float (C, H, W) image stretched bilinearly to size x size, as
     torchvision's SSD does after normalising (so that converted torchvision models give its
-    outputs to the last bits), and XYXY ``boxes`` in its pixels scaled with it (a copy).
+    outputs to the last bits), and XYXY ``boxes`` in its pixels scaled with it (a copy when
+    resized).
     """
     height, width = image.shape[-2:]
     if (height, width) != (size, size):
@@ -176,7 +177,7 @@ class SSD(nn.Module):
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         if self.training and "instances" not in batched_inputs[0]:
             raise ValueError("SSD in training mode needs 'instances' in every input dict.")
-        inputs = [self._at_network_size(x) for x in batched_inputs]
+        inputs = [self._at_network_size(x, self.training) for x in batched_inputs]
         anchors, pred_logits, pred_deltas = self.predict(torch.stack([x for x, _ in inputs]))
         if self.training:
             return self.losses(anchors, pred_logits, pred_deltas, [gt for _, gt in inputs])
@@ -198,10 +199,12 @@ class SSD(nn.Module):
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> Tensor:
         """The normalised images at the network size, batched: (N, C, S, S)."""
-        return torch.stack([self._at_network_size(x)[0] for x in batched_inputs])
+        return torch.stack([self._at_network_size(x, False)[0] for x in batched_inputs])
 
-    def _at_network_size(self, input_per_image) -> Tuple[Tensor, Optional[Instances]]:
-        """The normalised image at the network size, and in training its valid ground truth."""
+    def _at_network_size(
+        self, input_per_image, with_gt: bool
+    ) -> Tuple[Tensor, Optional[Instances]]:
+        """The normalised image at the network size, and ``with_gt`` its valid ground truth."""
         image = input_per_image["image"]
         if image.dim() != 3 or image.shape[0] != self.pixel_mean.shape[0]:
             raise ValueError(
@@ -209,7 +212,7 @@ class SSD(nn.Module):
                 f"{self.pixel_mean.shape[0]} channels in {self.input_format} order "
                 f"(MODEL.PIXEL_MEAN), got shape {tuple(image.shape)}."
             )
-        gt = input_per_image["instances"].to(self.device) if self.training else None
+        gt = input_per_image["instances"].to(self.device) if with_gt else None
         size = self.image_size
         image, boxes = resize_to_network_size(
             self.normalize(image), size, None if gt is None else gt.gt_boxes
