@@ -6,6 +6,7 @@ num_detections (N,), D = TEST.DETECTIONS_PER_IMAGE. Built from the model's publi
 is the caller's (the tool uses ``resize_to_network_size``).
 """
 
+import contextlib
 import warnings
 from typing import Tuple
 
@@ -18,7 +19,7 @@ from ..modeling import SSD
 from ..modeling.nms import grouped_nms, rank_within_images, select_detections
 
 __all__ = ["DEFAULT_ONNX_OPSET", "FORMATS", "OUTPUT_NAMES", "ExportError", "ExportableSSD"]
-__all__ += ["check_exportable", "example_images", "export_model"]
+__all__ += ["check_exportable", "example_images", "export_model", "in_eval_mode"]
 
 FORMATS = ("torchscript", "onnx")
 OUTPUT_NAMES = ("boxes", "scores", "classes", "num_detections")
@@ -56,7 +57,6 @@ class ExportableSSD(nn.Module):
         super().__init__()
         check_exportable(model)
         self.model, self.format = model, format
-        self.eval()  # the exporters restore the wrapper's mode, and with it the model's
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         model = self.model
@@ -121,6 +121,17 @@ class _NonMaxSuppression(torch.autograd.Function):
         )
 
 
+@contextlib.contextmanager
+def in_eval_mode(model: nn.Module):
+    """``model`` in eval mode inside the block; its own mode again after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def example_images(model: SSD, batch_size: int, seed: int = 0, dtype=torch.uint8) -> Tensor:
     """Random images (batch_size, C, S, S), 0-255, on the model's device."""
     g = torch.Generator().manual_seed(seed)
@@ -129,7 +140,7 @@ def example_images(model: SSD, batch_size: int, seed: int = 0, dtype=torch.uint8
 
 
 def export_model(model: SSD, format: str, path: str, example=None, opset=DEFAULT_ONNX_OPSET):
-    """Trace ``model`` (put in eval mode) on ``example`` (default: two random uint8 images;
+    """Trace ``model`` (in eval mode, its mode restored after) on ``example`` (default: two random uint8 images;
     the input type is the example's, the batch size free); write it to ``path`` in ``format``."""
     if format not in FORMATS:
         raise ExportError(f"Unknown export format {format!r}; choose one of {FORMATS}.")
@@ -140,7 +151,7 @@ def export_model(model: SSD, format: str, path: str, example=None, opset=DEFAULT
             f"opset {MIN_ONNX_OPSET} or later."
         )
     example = example_images(model, 2) if example is None else example
-    with torch.no_grad(), warnings.catch_warnings():
+    with in_eval_mode(model), torch.no_grad(), warnings.catch_warnings():
         # The tracer's notices are about the fixed image size's shapes, kept as constants.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notices

@@ -7,10 +7,10 @@ import torch
 from torch import Tensor
 
 from ..modeling import SSD
-from .model import FORMATS, OUTPUT_NAMES, ExportError
+from .model import FORMATS, OUTPUT_NAMES, ExportError, in_eval_mode
 
 __all__ = ["compare_with_eager", "eager_detections", "load_exported", "matched_differences"]
-__all__ += ["verify"]
+__all__ += ["BOX_TOLERANCE", "SCORE_TOLERANCE", "verify"]
 
 BOX_TOLERANCE, SCORE_TOLERANCE = 1e-3, 1e-4  # pixels, score: what ``verify`` accepts
 
@@ -37,8 +37,8 @@ def load_exported(format: str, path: str, device: str = "cpu") -> Callable:
 
 
 def eager_detections(model: SSD, images: Tensor) -> List[Tuple[Tensor, Tensor, Tensor]]:
-    """Eager inference (eval mode) on images (N, C, S, S): CPU boxes, scores, classes each."""
-    with torch.no_grad():
+    """Eager inference (in eval mode) on images (N, C, S, S): CPU boxes, scores, classes each."""
+    with in_eval_mode(model), torch.no_grad():
         outputs = [o["instances"].to("cpu") for o in model([{"image": x} for x in images])]
     return [(x.pred_boxes.tensor, x.scores, x.pred_classes) for x in outputs]
 

@@ -18,7 +18,9 @@ from detectron2.modeling import build_model
 from ssd_d2 import SSD
 from ssd_d2.data.datasets.shapes import _draw_image
 from ssd_d2.export import (
+    BOX_TOLERANCE,
     OUTPUT_NAMES,
+    SCORE_TOLERANCE,
     ExportError,
     check_exportable,
     compare_with_eager,
@@ -38,10 +40,6 @@ from ..conftest import CONFIG_DIR
 def load_config(name, *opts):
     # The exports run in float32, whatever inference precision the config file sets.
     return conftest.load_config(name, "TEST.PRECISION", "fp32", *opts)
-
-
-BOX_TOLERANCE = 1e-3  # pixels
-SCORE_TOLERANCE = 1e-4
 
 
 def _trained_like(model: nn.Module, images: torch.Tensor, spread=2.5, background=3.0):
@@ -369,3 +367,10 @@ def test_ssd300_exported_detections_equal_eager(tmp_path, format):
         assert result["max_box_diff"] <= BOX_TOLERANCE
         assert result["max_score_diff"] <= SCORE_TOLERANCE
         assert all(n > 0 for n in result["detections"])
+
+
+def test_exporting_and_checking_keep_the_models_mode(tmp_path):
+    model = build_model(load_config("ssd160_shapes_demo")).train()
+    export_model(model, "torchscript", str(tmp_path / "model.ts"))
+    eager_detections(model, example_images(model, 1))
+    assert model.training
