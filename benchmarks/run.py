@@ -61,9 +61,10 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from ssd_d2 import SSDDatasetMapper
 from ssd_d2.config import load_config
+from ssd_d2.convert import coco_category_ids, convert
+from ssd_d2.model_zoo import ZOO
 from ssd_d2.modeling import meta_arch
 from ssd_d2.modeling.precision import cpu_has_fast_bf16
-from ssd_d2.convert import coco_category_ids, convert
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 SECTIONS = ["inference", "breakdown", "train", "data", "memory", "scaling", "bf16_detections"]
@@ -75,9 +76,6 @@ PAIRS = [
     ("ssd300_vgg16", ssd300_vgg16, "ssd300_coco_torchvision"),
     ("ssdlite320_mobilenet_v3", ssdlite320_mobilenet_v3_large, "ssdlite320_mobilenet_v3_coco"),
 ]
-# Options that give an ssd_d2 config the layout of torchvision's model built without ImageNet
-# weights: its MobileNetV3 then has the halved tail (the config has the full one).
-TORCHVISION_LAYOUT = {"ssdlite320_mobilenet_v3_coco": ["MODEL.MOBILENET.REDUCED_TAIL", "True"]}
 
 
 def load_cfg(config_name: str, device: str, *opts):
@@ -183,7 +181,7 @@ def build_ours(theirs, config_name: str, device: str, *opts):
         str(theirs.topk_candidates),
         "TEST.DETECTIONS_PER_IMAGE",
         str(theirs.detections_per_img),
-        *TORCHVISION_LAYOUT.get(config_name, []),
+        *ZOO[config_name].opts,  # torchvision's layout (MobileNetV3's halved tail)
         *opts,
     )
     return build_model(cfg).eval()
@@ -196,7 +194,7 @@ def build_pair(builder, config_name: str, regime: str, device: str, images):
     _set_regime(theirs, regime, [x.float() / 255 for x in images[:2]])
     ours = build_ours(theirs, config_name, device)
     weights = {k: v.cpu() for k, v in theirs.state_dict().items()}
-    layout = TORCHVISION_LAYOUT.get(config_name, [])
+    layout = list(ZOO[config_name].opts)
     ours.load_state_dict(convert("torchvision", weights, config_name + ".yaml", layout).state_dict)
     return ours, theirs
 
