@@ -139,9 +139,14 @@ def _head_layout(state_dict: Dict[str, Tensor], output_conv: str):
             )
         boxes.append(n)
         outputs.add(cls_weight.shape[0] // n)
+    # A level without one of its convs is an incomplete head, not a shorter one: None, so that
+    # the check names the missing tensors.
+    cls_levels = {k.split(".")[2] for k in state_dict if k.startswith("head.cls_score.")}
+    if not boxes or cls_levels != {str(level) for level in range(len(boxes))}:
+        return None
     if len(outputs) > 1:
         raise ConversionError(f"The head levels predict different class counts: {outputs}.")
-    return (boxes, outputs.pop()) if boxes else None
+    return boxes, outputs.pop()
 
 
 def _keep_class_outputs(result: Conversion, output_conv: str, keep: List[int]) -> None:
@@ -219,7 +224,7 @@ def _default_config(result: Conversion) -> Tuple[str, List[str]]:
     configs = SPECS[result.source].configs
     if result.head is None:
         # No head: the source's usual model, which the error message compares the keys with.
-        return next(iter(configs.values())), []
+        return configs[None], []
     levels, outputs = len(result.head[0]), result.head[1]
     if (levels, outputs) not in configs:
         raise ConversionError(

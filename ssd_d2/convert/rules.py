@@ -100,7 +100,7 @@ class Source(NamedTuple):
 
     title: str  # its published files, in messages
     # The model zoo name of each published model, by its head (levels, class outputs with
-    # background); the first also for a file without a head (an ImageNet backbone: None).
+    # background); None: the one a file without a complete head is compared with.
     configs: Dict[Optional[Tuple[int, int]], str]
     # The conv that predicts within each head level: SSDLite's is a separable Sequential.
     output_conv: str = ""
@@ -109,6 +109,7 @@ class Source(NamedTuple):
 
 
 _VGG = {
+    None: "ssd300_voc",
     (6, 21): "ssd300_voc",
     (6, 81): "ssd300_coco",
     (7, 21): "ssd512_voc",
@@ -118,10 +119,17 @@ _V2 = "ssdlite320_mobilenet_v2_voc"
 _V3 = "ssdlite320_mobilenet_v3_coco"
 SPECS: Dict[str, Source] = {
     # torchvision's COCO SSD300 has its own config: its default boxes follow its own rules.
-    "torchvision": Source("torchvision's SSD300", {**_VGG, (6, 81): "ssd300_coco_torchvision"}),
-    "torchvision_ssdlite": Source("torchvision's SSDLite320 MobileNetV3", {(6, 81): _V3}, ".1"),
+    "torchvision": Source(
+        "torchvision's SSD300",
+        {**_VGG, None: "ssd300_coco_torchvision", (6, 81): "ssd300_coco_torchvision"},
+    ),
+    "torchvision_ssdlite": Source(
+        "torchvision's SSDLite320 MobileNetV3", {None: _V3, (6, 81): _V3}, ".1"
+    ),
     "lufficc": Source("lufficc/SSD's vgg_ssd300/512 (VOC, COCO)", _VGG),
-    "lufficc_ssdlite": Source("lufficc/SSD's mobilenet_v2_ssd320_voc0712", {(6, 21): _V2}, ".1"),
+    "lufficc_ssdlite": Source(
+        "lufficc/SSD's mobilenet_v2_ssd320_voc0712", {None: _V2, (6, 21): _V2}, ".1"
+    ),
     "amdegroot": Source("ssd.pytorch's ssd300_mAP_77.43_v2.pth", _VGG),
     "vgg16": Source("an ImageNet VGG16", {None: "ssd300_voc"}, "", "backbone.vgg."),
     "mobilenet_v2": Source("an ImageNet MobileNetV2", {None: _V2}, "", "backbone.features."),

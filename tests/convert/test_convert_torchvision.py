@@ -134,3 +134,21 @@ def test_converted_coco_checkpoint_fine_tunes_on_voc(torchvision_converted):
         assert torch.equal(value, checkpoint[key]), key
     for key, value in model.head.cls_score.state_dict().items():
         assert torch.equal(value, initial_logits[key])
+
+
+def test_an_incomplete_or_missing_head_is_compared_with_torchvisions_own_config():
+    from torchvision.models.detection import ssd300_vgg16
+
+    from ssd_d2.convert import ConversionError, convert
+
+    weights = ssd300_vgg16(weights=None, weights_backbone=None).state_dict()
+    # One level's box regressor missing: the missing tensors are named, not a 3-level head.
+    cut = {k: v for k, v in weights.items() if ".regression_head.module_list.3." not in k}
+    with pytest.raises(ConversionError) as error:
+        convert("torchvision", cut, None, [])
+    message = str(error.value)
+    assert "ssd300_coco_torchvision.yaml" in message and "head.bbox_pred.3.weight" in message
+    assert "head levels" not in message
+    headless = {k: v for k, v in weights.items() if not k.startswith("head.")}
+    with pytest.raises(ConversionError, match=r"does not fit \S*ssd300_coco_torchvision\.yaml"):
+        convert("torchvision", headless, None, [])
