@@ -262,13 +262,14 @@ def convert(source: Optional[str], state_dict: dict, config_file=None, opts=()) 
     prefix = SPECS[result.source].backbone
     if prefix:
         result.expected_missing = [k for k in model if not k.startswith(prefix)]
-        if result.source == "vgg16" and "backbone.vgg.31.weight" not in result.state_dict:
+        if result.source == "vgg16" and CONV6_7[0] not in result.state_dict:
             # No (finite) fc6/fc7: conv6/conv7 start from their initialisation, as
             # torchvision's SSD300 does from its vgg16_features file.
             result.expected_missing += CONV6_7
+        l2_norm = ", the conv4_3 L2Norm scale" if result.source == "vgg16" else ""
         result.notes.append(
-            f"{len(result.expected_missing)} model tensors (extras, heads) train from their "
-            "initialisation: loading the file lists them as missing, as expected"
+            f"{len(result.expected_missing)} model tensors (extras, heads{l2_norm}) train from "
+            "their initialisation: loading the file lists them as missing, as expected"
         )
     _check_fits(result, model, target=result.config_file)
     return result

@@ -178,9 +178,8 @@ def reduce_fc(classifier: Dict[str, torch.Tensor], result) -> None:
     # axis, a 3x3 kernel with dilation 3 on the stride-2 pool5 map, which is dilation 6 now
     # that pool5 has stride 1. fc7: every 4th output and every 4th input (fc6's kept outputs).
     w6, w7 = w6.reshape(4096, 512, 7, 7)[::4, :, ::3, ::3], w7[::4, ::4].reshape(1024, 1024, 1, 1)
-    for name, value, ours in zip(
-        names, [w6, b6[::4], w7, b7[::4]], ["31.w", "31.b", "33.w", "33.b"]
-    ):
-        ours = f"backbone.vgg.{ours}eight" if ours.endswith("w") else f"backbone.vgg.{ours}ias"
+    for name, value, ours in zip(names, [w6, b6[::4], w7, b7[::4]], CONV6_7):
         result.state_dict[ours], result.origins[ours] = value, name
-    result.notes.append("fc6 4096x25088 -> conv6 1024x512x3x3, fc7 4096x4096 -> conv7 1024x1024x1")
+    result.notes.append(
+        "fc6 4096x25088 -> conv6 1024x512x3x3, fc7 4096x4096 -> conv7 1024x1024x1x1"
+    )
