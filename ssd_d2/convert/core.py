@@ -173,8 +173,10 @@ def _check_fits(
     unexpected = [f"{k} {tuple(v.shape)}" for k, v in result.unmatched.items()] + [
         f"{result.origins[k]} -> {k} {tuple(v.shape)}" for k, v in ours.items() if k not in model
     ]
-    present = set(ours) | set(model if origin else result.expected_missing)
-    missing = [f"{k} {tuple(v.shape)}" for k, v in model.items() if k not in present]
+    expected = set(ours) | set(result.expected_missing)
+    missing = (
+        [] if origin else [f"{k} {tuple(v.shape)}" for k, v in model.items() if k not in expected]
+    )
     wrong_shapes = [
         f"{result.origins[k]} -> {k}: {tuple(v.shape)} in the checkpoint, "
         f"{tuple(model[k].shape)} in the model"
