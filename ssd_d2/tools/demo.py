@@ -206,11 +206,14 @@ class DemoRunner:
         webcam = path == WEBCAM_NAME
         unreadable = "no frame read from the camera" if webcam else "cannot read it as a video"
         capture = self.open_capture(0 if webcam else path)
+        if not capture.isOpened():  # before its output name is taken
+            capture.release()
+            raise IOError("cannot open the camera" if webcam else unreadable)
         out = self.output_name(path, ".mp4") if self.output_name is not None else None
         visualizer = VideoVisualizer(self.metadata)  # keeps an object's colour from frame to frame
         writer, frames, objects, seconds, stopped = None, 0, 0, 0.0, False
         try:
-            while capture.isOpened() and not stopped:
+            while not stopped:
                 ok, frame = capture.read()
                 if not ok:
                     break
