@@ -171,13 +171,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--results", metavar="JSON", help="saved COCO-format detections to read")
     args, cfg = common.parse_config(parser, argv)
     with common.usage_errors(parser, ValueError):
+        if args.max_images is not None and args.max_images < 1:
+            raise ValueError("--max-images must be >= 1")
         if not args.results:
             common.check_weights(cfg)
         elif not os.path.isfile(args.results):
             raise FileNotFoundError(f"--results file not found: {args.results}")
         name, dicts = common.dataset_dicts(args.dataset, cfg.DATASETS.TEST, "DATASETS.TEST")
-        if args.max_images is not None and args.max_images < 1:
-            raise ValueError("--max-images must be >= 1")
     ground_truth = coco_ground_truth(name, dicts)
     dicts = dicts[: args.max_images]
     image_ids = [d["image_id"] for d in dicts]

@@ -352,6 +352,12 @@ def test_plot_evaluation_command(dataset, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         plot_evaluation.main([*args, "--results", str(tmp_path / "missing.json")])
     assert e.value.code == 2
+    # Checked before the data set is loaded: an unregistered one is not what is reported.
+    with pytest.raises(SystemExit) as e:
+        plot_evaluation.main(
+            [*args[:2], "--dataset", "no_such_set", *args[4:], "--max-images", "0"]
+        )
+    assert e.value.code == 2 and "--max-images must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
