@@ -137,11 +137,19 @@ def _video_writer(path: str, fps: float, first_frame: np.ndarray):
 
 class DemoRunner:
     """SSDPredictor drawing with the class names of ``cfg.DATASETS.TEST[0]``; results go to
-    ``output_name`` (input path, extension -> output path), ``window`` and ``detections``."""
+    ``output_name`` (input path, extension -> output path), ``window`` and ``detections``.
+    ``open_capture`` (source: a path, or 0 for the camera) opens the videos and the camera."""
 
-    def __init__(self, cfg, scale: float = 1.0, output_name=None, window=None, record=False):
-        self.predictor = SSDPredictor(cfg)
-        self.open_capture = cv2.VideoCapture  # opens videos and the camera; tests replace it
+    def __init__(
+        self,
+        cfg,
+        scale=1.0,
+        output_name=None,
+        window=None,
+        record=False,
+        open_capture=cv2.VideoCapture,
+    ):
+        self.predictor, self.open_capture = SSDPredictor(cfg), open_capture
         name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(name)
         self.scale, self.output_name, self.window = scale, output_name, window
@@ -311,8 +319,8 @@ def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -
                 "--output saves the pictures, --json the boxes.",
                 file=sys.stderr,
             )
-    runner = DemoRunner(cfg, args.scale, output_name, window, record=bool(args.json))
-    runner.open_capture = open_capture or runner.open_capture
+    capture = open_capture or cv2.VideoCapture
+    runner = DemoRunner(cfg, args.scale, output_name, window, bool(args.json), capture)
     failures = len(errors) + runner.run(files)
     if args.json:
         runner.detections.save(args.json)
