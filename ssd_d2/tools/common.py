@@ -88,9 +88,10 @@ def check_weights(cfg) -> Optional[str]:
     return warning
 
 
-def dataset_dicts(name, cfg_names, key: str, indices: Sequence[int] = ()) -> Tuple[str, list]:
+def dataset_dicts(name, cfg_names, key: str, indices=(), flag="--indices") -> Tuple[str, list]:
     """The name and dicts of data set ``name`` (default: the config's ``key``, ``cfg_names``[0]),
-    checking ``indices``; ValueError (DatasetError: the data set's) or FileNotFoundError."""
+    checking the ``indices`` option ``flag`` gave (a plural flag lists them); ValueError
+    (DatasetError: the data set's) or FileNotFoundError."""
     name = name or (cfg_names[0] if len(cfg_names) else None)
     if name is None:
         raise ValueError(f"no --dataset given and the config has no {key}")
@@ -99,7 +100,8 @@ def dataset_dicts(name, cfg_names, key: str, indices: Sequence[int] = ()) -> Tup
     dicts = load_dataset_dicts(name)  # names DETECTRON2_DATASETS for a missing built-in set
     bad = [i for i in indices if not 0 <= i < len(dicts)]
     if bad:
-        raise ValueError(f"image indices {bad}: data set {name!r} has {len(dicts)} images")
+        shown = bad if flag.endswith("s") else bad[0]
+        raise ValueError(f"{flag} {shown}: data set {name!r} has {len(dicts)} images")
     return name, dicts
 
 

@@ -133,6 +133,7 @@ def test_visualize_default_boxes_command(dataset, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             visualize_default_boxes.main([*args, *bad])
         assert e.value.code == 2
+    assert f"--index 9: data set {dataset!r} has 4 images" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         visualize_default_boxes.main([*args, "--points", "2,0.5"])
 
@@ -188,6 +189,7 @@ def test_visualize_data_command(dataset, tmp_path, capsys):
     assert e.value.code == 2
     with pytest.raises(SystemExit):
         visualize_data.main([*args, "--indices", "4"])
+    assert f"--indices [4]: data set {dataset!r} has 4 images" in capsys.readouterr().err
 
 
 # Training curves ---------------------------------------------------------------------------
