@@ -131,8 +131,8 @@ def plot_evaluation(curves: ClassCurves, title: str = "") -> Figure:
     for k, name in enumerate(curves.class_names):
         if not np.isnan(curves.ap50[k]):
             label = f"{name} (AP50 {100 * curves.ap50[k]:.1f})"
-            ax.plot(curves.recall, curves.precision50[k], c=colors[k], lw=1.8, label=label)
-            ax.lines[-1].set_gid("pr_curve")
+            style = dict(c=colors[k], lw=1.8, label=label, gid="pr_curve")
+            ax.plot(curves.recall, curves.precision50[k], **style)
             ax.plot(curves.recall, curves.precision75[k], c=colors[k], lw=1.0, ls="--")
     ax.plot([], [], color="0.3", lw=1.8, label="IoU 0.5")
     ax.plot([], [], color="0.3", lw=1.0, ls="--", label="IoU 0.75")
