@@ -282,7 +282,8 @@ def output_names(output: str, sources: Sequence[str], parser):
 
 
 def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -> int:
-    """The demo; ``window`` and ``open_capture`` replace :class:`OpenCVWindow` and the camera."""
+    """The demo; ``window`` replaces :class:`OpenCVWindow`, ``open_capture`` cv2.VideoCapture
+    (which opens every video file and the camera)."""
     parser = common.argument_parser("demo", __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="PATH", help="files, folders, globs")
