@@ -14,6 +14,7 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import BoxMode
 
 from ssd_d2.config import load_config
+from ssd_d2.data import load_dataset_dicts
 from ssd_d2.data.dataset_mapper import read_image
 from ssd_d2.model_zoo import IMAGENET_FILES
 
@@ -87,21 +88,20 @@ def check_weights(cfg) -> Optional[str]:
     return warning
 
 
-def dataset_dicts(name, cfg_names, key: str, indices: Sequence[int] = ()) -> Tuple[str, list]:
+def dataset_dicts(name, cfg_names, key: str, indices=(), flag="--indices") -> Tuple[str, list]:
     """The name and dicts of data set ``name`` (default: the config's ``key``, ``cfg_names``[0]),
-    checking ``indices``; ValueError saying what is wrong."""
+    checking the ``indices`` option ``flag`` gave (a plural flag lists them); ValueError
+    (DatasetError: the data set's) or FileNotFoundError."""
     name = name or (cfg_names[0] if len(cfg_names) else None)
     if name is None:
         raise ValueError(f"no --dataset given and the config has no {key}")
     if name not in DatasetCatalog.list():
         raise ValueError(f"data set {name!r} is not registered")
-    try:
-        dicts = DatasetCatalog.get(name)
-    except FileNotFoundError as e:
-        raise ValueError(f"data set {name!r}: {e}") from e
+    dicts = load_dataset_dicts(name)  # names DETECTRON2_DATASETS for a missing built-in set
     bad = [i for i in indices if not 0 <= i < len(dicts)]
     if bad:
-        raise ValueError(f"image indices {bad}: data set {name!r} has {len(dicts)} images")
+        shown = bad if flag.endswith("s") else bad[0]
+        raise ValueError(f"{flag} {shown}: data set {name!r} has {len(dicts)} images")
     return name, dicts
 
 

@@ -137,11 +137,19 @@ def _video_writer(path: str, fps: float, first_frame: np.ndarray):
 
 class DemoRunner:
     """SSDPredictor drawing with the class names of ``cfg.DATASETS.TEST[0]``; results go to
-    ``output_name`` (input path, extension -> output path), ``window`` and ``detections``."""
+    ``output_name`` (input path, extension -> output path), ``window`` and ``detections``.
+    ``open_capture`` (source: a path, or 0 for the camera) opens the videos and the camera."""
 
-    def __init__(self, cfg, scale: float = 1.0, output_name=None, window=None, record=False):
-        self.predictor = SSDPredictor(cfg)
-        self.open_capture = cv2.VideoCapture  # opens videos and the camera; tests replace it
+    def __init__(
+        self,
+        cfg,
+        scale=1.0,
+        output_name=None,
+        window=None,
+        record=False,
+        open_capture=cv2.VideoCapture,
+    ):
+        self.predictor, self.open_capture = SSDPredictor(cfg), open_capture
         name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(name)
         self.scale, self.output_name, self.window = scale, output_name, window
@@ -206,11 +214,14 @@ class DemoRunner:
         webcam = path == WEBCAM_NAME
         unreadable = "no frame read from the camera" if webcam else "cannot read it as a video"
         capture = self.open_capture(0 if webcam else path)
+        if not capture.isOpened():  # before its output name is taken
+            capture.release()
+            raise IOError("cannot open the camera" if webcam else unreadable)
         out = self.output_name(path, ".mp4") if self.output_name is not None else None
         visualizer = VideoVisualizer(self.metadata)  # keeps an object's colour from frame to frame
         writer, frames, objects, seconds, stopped = None, 0, 0, 0.0, False
         try:
-            while capture.isOpened() and not stopped:
+            while not stopped:
                 ok, frame = capture.read()
                 if not ok:
                     break
@@ -271,7 +282,8 @@ def output_names(output: str, sources: Sequence[str], parser):
 
 
 def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -> int:
-    """The demo; ``window`` and ``open_capture`` replace :class:`OpenCVWindow` and the camera."""
+    """The demo; ``window`` replaces :class:`OpenCVWindow`, ``open_capture`` cv2.VideoCapture
+    (which opens every video file and the camera)."""
     parser = common.argument_parser("demo", __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="PATH", help="files, folders, globs")
@@ -308,8 +320,8 @@ def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -
                 "--output saves the pictures, --json the boxes.",
                 file=sys.stderr,
             )
-    runner = DemoRunner(cfg, args.scale, output_name, window, record=bool(args.json))
-    runner.open_capture = open_capture or runner.open_capture
+    capture = open_capture or cv2.VideoCapture
+    runner = DemoRunner(cfg, args.scale, output_name, window, bool(args.json), capture)
     failures = len(errors) + runner.run(files)
     if args.json:
         runner.detections.save(args.json)

@@ -24,9 +24,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.coco import convert_to_coco_dict
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
+from detectron2.structures import BoxMode
 
 from ssd_d2.data import SSDDatasetMapper
 from ssd_d2.engine import load_weights
@@ -50,15 +50,27 @@ class ClassCurves:
     stats: Dict[str, float]  # _STAT_NAMES -> value
 
 
-def coco_ground_truth(dataset_name: str) -> dict:
-    """The data set's ground truth as a COCO dict, as COCOEvaluator reads or converts it."""
-    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
-    if json_file:
-        DatasetCatalog.get(dataset_name)  # generates the embedded data set on first use
-        if os.path.isfile(json_file):
-            with open(json_file) as f:
-                return json.load(f)
-    return convert_to_coco_dict(dataset_name)
+def coco_ground_truth(dataset_name: str, dicts: List[dict]) -> dict:
+    """The ground truth of the data set's loaded ``dicts`` as a COCO dict, as COCOEvaluator
+    reads it (the json file, written by then) or converts it (convert_to_coco_dict's boxes)."""
+    metadata = MetadataCatalog.get(dataset_name)
+    json_file = metadata.get("json_file", None)
+    if json_file and os.path.isfile(json_file):
+        with open(json_file) as f:
+            return json.load(f)
+    category_ids = common.coco_category_ids(metadata, len(metadata.thing_classes))
+    images, annotations = [], []
+    for d in dicts:
+        size = {"width": int(d["width"]), "height": int(d["height"])}
+        images.append({"id": d["image_id"], **size, "file_name": str(d["file_name"])})
+        for a in d.get("annotations", []):
+            x, y, w, h = BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYWH_ABS)
+            box = {"bbox": [round(float(v), 3) for v in (x, y, w, h)], "area": float(w * h)}
+            crowd, category = int(a.get("iscrowd", 0)), category_ids[a["category_id"]]
+            ids = {"id": len(annotations) + 1, "image_id": d["image_id"]}
+            annotations.append({**ids, **box, "iscrowd": crowd, "category_id": category})
+    categories = [{"id": i, "name": n} for i, n in zip(category_ids, metadata.thing_classes)]
+    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def evaluate_detections(ground_truth: dict, detections: List[dict], image_ids=None) -> ClassCurves:
@@ -119,8 +131,8 @@ def plot_evaluation(curves: ClassCurves, title: str = "") -> Figure:
     for k, name in enumerate(curves.class_names):
         if not np.isnan(curves.ap50[k]):
             label = f"{name} (AP50 {100 * curves.ap50[k]:.1f})"
-            ax.plot(curves.recall, curves.precision50[k], c=colors[k], lw=1.8, label=label)
-            ax.lines[-1].set_gid("pr_curve")
+            style = dict(c=colors[k], lw=1.8, label=label, gid="pr_curve")
+            ax.plot(curves.recall, curves.precision50[k], **style)
             ax.plot(curves.recall, curves.precision75[k], c=colors[k], lw=1.0, ls="--")
     ax.plot([], [], color="0.3", lw=1.8, label="IoU 0.5")
     ax.plot([], [], color="0.3", lw=1.0, ls="--", label="IoU 0.75")
@@ -159,13 +171,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--results", metavar="JSON", help="saved COCO-format detections to read")
     args, cfg = common.parse_config(parser, argv)
     with common.usage_errors(parser, ValueError):
+        if args.max_images is not None and args.max_images < 1:
+            raise ValueError("--max-images must be >= 1")
         if not args.results:
             common.check_weights(cfg)
         elif not os.path.isfile(args.results):
             raise FileNotFoundError(f"--results file not found: {args.results}")
         name, dicts = common.dataset_dicts(args.dataset, cfg.DATASETS.TEST, "DATASETS.TEST")
-        if args.max_images is not None and args.max_images < 1:
-            raise ValueError("--max-images must be >= 1")
+    ground_truth = coco_ground_truth(name, dicts)
     dicts = dicts[: args.max_images]
     image_ids = [d["image_id"] for d in dicts]
     if args.results:
@@ -176,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         detections = predict_coco_results(cfg, dicts, MetadataCatalog.get(name))
         source = os.path.basename(cfg.MODEL.WEIGHTS) or "random weights"
-    curves = evaluate_detections(coco_ground_truth(name), detections, image_ids)
+    curves = evaluate_detections(ground_truth, detections, image_ids)
     print(" ".join(f"{k} {100 * v:.1f}" for k, v in list(curves.stats.items())[:6]))
     for k, class_name in enumerate(curves.class_names):
         print(f"  {class_name}: AP {100 * curves.ap[k]:.1f}, AP50 {100 * curves.ap50[k]:.1f}")

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 from matplotlib import patheffects
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import convert_image_to_rgb
 
 from ssd_d2.data import SSDDatasetMapper
@@ -34,10 +34,9 @@ class Sample:
     title: str
 
 
-def augmented_samples(cfg, dataset_name: str, indices, samples_per_image: int, seed=0):
-    """Per index of ``dataset_name``, the image as annotated, then ``samples_per_image`` outputs
-    of ``SSDDatasetMapper(cfg, is_train=True)``; the same seed gives the same samples."""
-    dicts = DatasetCatalog.get(dataset_name)
+def augmented_samples(cfg, dicts: List[dict], indices, samples_per_image: int, seed=0):
+    """Per index of the data set's ``dicts``, the image as annotated, then ``samples_per_image``
+    outputs of ``SSDDatasetMapper(cfg, is_train=True)``; the same seed gives the same samples."""
     mapper = SSDDatasetMapper(cfg, is_train=True)
     # The augmentations draw from numpy's and Python's global generators, as in a data loader.
     np.random.seed(seed)
@@ -99,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     rng, count = np.random.default_rng(args.seed), min(args.num_images, len(dicts))
     indices = args.indices or sorted(rng.choice(len(dicts), size=count, replace=False).tolist())
-    rows = augmented_samples(cfg, name, indices, args.samples, seed=args.seed)
+    rows = augmented_samples(cfg, dicts, indices, args.samples, seed=args.seed)
     for index, row in zip(indices, rows):
         counts = ", ".join(str(len(s.boxes)) for s in row[1:])
         print(f"image {index}: {len(row[0].boxes)} boxes; augmented: {counts}")

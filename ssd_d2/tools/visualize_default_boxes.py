@@ -144,7 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     image, gt_boxes, source = np.full((size, size, 3), 200, dtype=np.uint8), None, "blank image"
     with common.usage_errors(parser, ValueError, OSError):  # OSError: an unreadable --input
         if args.dataset:
-            record = common.dataset_dicts(args.dataset, [], "", indices=[args.index])[1][args.index]
+            dicts = common.dataset_dicts(args.dataset, [], "", [args.index], "--index")[1]
+            record = dicts[args.index]
             image, gt_boxes, _ = common.read_record(record)
             source = f"{args.dataset} #{args.index} ({os.path.basename(record['file_name'])})"
         elif args.input:

@@ -4,6 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
+from detectron2.data import DatasetCatalog
+
 from ssd_d2.data.datasets import register_shapes_dataset
 from ssd_d2.tools import common, demo
 
@@ -42,9 +44,11 @@ def test_parse_config_merges_the_options():
     assert e.value.code == 2
 
 
-def test_usage_errors_name_the_data_set_and_the_fix(tmp_path, unregister, capsys):
+def test_usage_errors_name_the_data_set_and_the_fix(tmp_path, unregister, capsys, monkeypatch):
     splits = {"tools_common_test": {"dirname": "tiny", "seed": 4, "num_images": 2}}
     register_shapes_dataset(root=str(tmp_path), splits=splits)
+    DatasetCatalog.register("tools_common_empty", list)
+    monkeypatch.chdir(tmp_path)  # no datasets/VOC2007 here
     name, dicts = common.dataset_dicts(None, ["tools_common_test"], "DATASETS.TEST", [0, 1])
     assert name == "tools_common_test" and len(dicts) == 2
     parser = common.argument_parser("x", "a tool")
@@ -52,6 +56,9 @@ def test_usage_errors_name_the_data_set_and_the_fix(tmp_path, unregister, capsys
         (None, [], (), "no --dataset given and the config has no DATASETS.TEST"),
         ("no_such_set", [], (), "data set 'no_such_set' is not registered"),
         (None, ["tools_common_test"], (0, 2), "indices [2]: data set 'tools_common_test' has 2"),
+        # ssd_d2.data.load_dataset_dicts's checks: an empty set, a missing built-in one.
+        ("tools_common_empty", [], (), "Data set 'tools_common_empty' is empty."),
+        ("voc_2007_test", [], (), "under DETECTRON2_DATASETS"),
     ]:
         with pytest.raises(SystemExit) as e, common.usage_errors(parser, ValueError):
             common.dataset_dicts(name, defaults, "DATASETS.TEST", indices)

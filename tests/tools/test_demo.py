@@ -227,11 +227,11 @@ class FakeWindow:
 class FakeCamera:
     """Stands in for cv2.VideoCapture(0): ``frames`` frames, then nothing."""
 
-    def __init__(self, frames):
-        self.frames, self.reads, self.released = list(frames), 0, False
+    def __init__(self, frames, opened=True):
+        self.frames, self.reads, self.released, self.opened = list(frames), 0, False, opened
 
     def isOpened(self):
-        return True
+        return self.opened
 
     def read(self):
         self.reads += 1
@@ -346,6 +346,21 @@ def test_webcam_shows_frames_in_the_window_until_esc(run, capsys):
     camera, window = FakeCamera([_frame(i) for i in range(5)]), FakeWindow(stop_after=2)
     assert run(*args, window=window, open_capture=open_capture) == 0
     assert len(window.shown) == 2 and camera.reads == 2 and camera.released
+
+
+def test_a_camera_or_video_that_cannot_open_is_said_so(tmp_path, run, capsys):
+    camera = FakeCamera([], opened=False)
+    assert run("--webcam", "--output", str(tmp_path), open_capture=lambda source: camera) == 1
+    assert "webcam: cannot open the camera; skipped" in capsys.readouterr().err
+    assert camera.released and camera.reads == 0
+    # A video that does not open takes no output name: the next clip gets clip.mp4.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "clip.mp4").write_bytes(b"not a video")
+    (tmp_path / "b").mkdir()
+    video, out = _write_video(str(tmp_path / "b" / "clip.avi"), num_frames=2), tmp_path / "out"
+    assert run("--input", str(tmp_path / "a" / "clip.mp4"), video, "--output", str(out)) == 1
+    assert "clip.mp4: cannot read it as a video; skipped" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["clip.mp4"]
 
 
 def test_images_wait_for_a_key_in_the_window(images, run):

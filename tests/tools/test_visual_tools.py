@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
@@ -132,6 +133,7 @@ def test_visualize_default_boxes_command(dataset, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             visualize_default_boxes.main([*args, *bad])
         assert e.value.code == 2
+    assert f"--index 9: data set {dataset!r} has 4 images" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         visualize_default_boxes.main([*args, "--points", "2,0.5"])
 
@@ -143,7 +145,7 @@ def test_augmented_samples(dataset):
     cfg = load_config("ssd160_shapes_demo")
     dicts = DatasetCatalog.get(dataset)
     indices = [i for i, d in enumerate(dicts) if d["annotations"]][:2]
-    rows = visualize_data.augmented_samples(cfg, dataset, indices, samples_per_image=3, seed=1)
+    rows = visualize_data.augmented_samples(cfg, dicts, indices, samples_per_image=3, seed=1)
 
     assert len(rows) == 2 and all(len(row) == 4 for row in rows)
     for index, row in zip(indices, rows):
@@ -160,7 +162,7 @@ def test_augmented_samples(dataset):
             assert ((sample.boxes >= 0) & (sample.boxes <= 160)).all()
             assert set(sample.classes.tolist()) <= set(original.classes.tolist())
 
-    again = visualize_data.augmented_samples(cfg, dataset, indices, samples_per_image=3, seed=1)
+    again = visualize_data.augmented_samples(cfg, dicts, indices, samples_per_image=3, seed=1)
     for row, row_again in zip(rows, again):
         for sample, sample_again in zip(row, row_again):
             np.testing.assert_array_equal(sample.image, sample_again.image)
@@ -187,6 +189,7 @@ def test_visualize_data_command(dataset, tmp_path, capsys):
     assert e.value.code == 2
     with pytest.raises(SystemExit):
         visualize_data.main([*args, "--indices", "4"])
+    assert f"--indices [4]: data set {dataset!r} has 4 images" in capsys.readouterr().err
 
 
 # Training curves ---------------------------------------------------------------------------
@@ -305,12 +308,28 @@ def test_evaluate_detections_per_class():
     np.testing.assert_allclose(nothing.ap, [0.0, 0.0, np.nan])
 
 
+def test_coco_ground_truth_without_a_json_file(dataset, unregister):
+    # A data set without json_file (VOC's case): converted from its dicts, as Detectron2 does.
+    dicts, name = DatasetCatalog.get(dataset), "ssd_shapes_without_json"
+    DatasetCatalog.register(name, lambda: dicts)
+    metadata = MetadataCatalog.get(dataset)
+    MetadataCatalog.get(name).set(
+        thing_classes=metadata.thing_classes,
+        thing_dataset_id_to_contiguous_id=metadata.thing_dataset_id_to_contiguous_id,
+    )
+    ours, theirs = plot_evaluation.coco_ground_truth(name, dicts), convert_to_coco_dict(name)
+    assert ours["images"] == theirs["images"] and ours["categories"] == theirs["categories"]
+    assert len(ours["annotations"]) == len(theirs["annotations"]) > 0
+    for a, b in zip(ours["annotations"], theirs["annotations"]):
+        assert a == {**b, "area": pytest.approx(b["area"])}
+
+
 def test_plot_evaluation_command(dataset, tmp_path, capsys):
     output = tmp_path / "ap.png"
     args = ["--config-file", DEMO_CONFIG, "--dataset", dataset, "--output", str(output)]
 
     # Saved detections: the ground truth itself, so every class present has AP 100.
-    ground_truth = plot_evaluation.coco_ground_truth(dataset)
+    ground_truth = plot_evaluation.coco_ground_truth(dataset, DatasetCatalog.get(dataset))
     results = [
         {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1}
         for a in ground_truth["annotations"]
@@ -335,6 +354,12 @@ def test_plot_evaluation_command(dataset, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         plot_evaluation.main([*args, "--results", str(tmp_path / "missing.json")])
     assert e.value.code == 2
+    # Checked before the data set is loaded: an unregistered one is not what is reported.
+    with pytest.raises(SystemExit) as e:
+        plot_evaluation.main(
+            [*args[:2], "--dataset", "no_such_set", *args[4:], "--max-images", "0"]
+        )
+    assert e.value.code == 2 and "--max-images must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
