@@ -25,8 +25,8 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from detectron2.data import MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.modeling import build_model
-from detectron2.structures import BoxMode
 
 from ssd_d2.data import SSDDatasetMapper
 from ssd_d2.engine import load_weights
@@ -50,27 +50,14 @@ class ClassCurves:
     stats: Dict[str, float]  # _STAT_NAMES -> value
 
 
-def coco_ground_truth(dataset_name: str, dicts: List[dict]) -> dict:
-    """The ground truth of the data set's loaded ``dicts`` as a COCO dict, as COCOEvaluator
-    reads it (the json file, written by then) or converts it (convert_to_coco_dict's boxes)."""
-    metadata = MetadataCatalog.get(dataset_name)
-    json_file = metadata.get("json_file", None)
-    if json_file and os.path.isfile(json_file):
+def coco_ground_truth(dataset_name: str) -> dict:
+    """The data set's ground truth as a COCO dict, as COCOEvaluator reads or converts it."""
+    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
+    if json_file and os.path.isfile(json_file):  # written by the data set's loader by now
         with open(json_file) as f:
             return json.load(f)
-    category_ids = common.coco_category_ids(metadata, len(metadata.thing_classes))
-    images, annotations = [], []
-    for d in dicts:
-        size = {"width": int(d["width"]), "height": int(d["height"])}
-        images.append({"id": d["image_id"], **size, "file_name": str(d["file_name"])})
-        for a in d.get("annotations", []):
-            x, y, w, h = BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYWH_ABS)
-            box = {"bbox": [round(float(v), 3) for v in (x, y, w, h)], "area": float(w * h)}
-            crowd, category = int(a.get("iscrowd", 0)), category_ids[a["category_id"]]
-            ids = {"id": len(annotations) + 1, "image_id": d["image_id"]}
-            annotations.append({**ids, **box, "iscrowd": crowd, "category_id": category})
-    categories = [{"id": i, "name": n} for i, n in zip(category_ids, metadata.thing_classes)]
-    return {"images": images, "annotations": annotations, "categories": categories}
+    # Detectron2 converts by name only (it loads the data set again).
+    return convert_to_coco_dict(dataset_name)
 
 
 def evaluate_detections(ground_truth: dict, detections: List[dict], image_ids=None) -> ClassCurves:
@@ -178,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif not os.path.isfile(args.results):
             raise FileNotFoundError(f"--results file not found: {args.results}")
         name, dicts = common.dataset_dicts(args.dataset, cfg.DATASETS.TEST, "DATASETS.TEST")
-    ground_truth = coco_ground_truth(name, dicts)
+    ground_truth = coco_ground_truth(name)
     dicts = dicts[: args.max_images]
     image_ids = [d["image_id"] for d in dicts]
     if args.results:

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
@@ -308,28 +307,12 @@ def test_evaluate_detections_per_class():
     np.testing.assert_allclose(nothing.ap, [0.0, 0.0, np.nan])
 
 
-def test_coco_ground_truth_without_a_json_file(dataset, unregister):
-    # A data set without json_file (VOC's case): converted from its dicts, as Detectron2 does.
-    dicts, name = DatasetCatalog.get(dataset), "ssd_shapes_without_json"
-    DatasetCatalog.register(name, lambda: dicts)
-    metadata = MetadataCatalog.get(dataset)
-    MetadataCatalog.get(name).set(
-        thing_classes=metadata.thing_classes,
-        thing_dataset_id_to_contiguous_id=metadata.thing_dataset_id_to_contiguous_id,
-    )
-    ours, theirs = plot_evaluation.coco_ground_truth(name, dicts), convert_to_coco_dict(name)
-    assert ours["images"] == theirs["images"] and ours["categories"] == theirs["categories"]
-    assert len(ours["annotations"]) == len(theirs["annotations"]) > 0
-    for a, b in zip(ours["annotations"], theirs["annotations"]):
-        assert a == {**b, "area": pytest.approx(b["area"])}
-
-
 def test_plot_evaluation_command(dataset, tmp_path, capsys):
     output = tmp_path / "ap.png"
     args = ["--config-file", DEMO_CONFIG, "--dataset", dataset, "--output", str(output)]
 
     # Saved detections: the ground truth itself, so every class present has AP 100.
-    ground_truth = plot_evaluation.coco_ground_truth(dataset, DatasetCatalog.get(dataset))
+    ground_truth = plot_evaluation.coco_ground_truth(dataset)
     results = [
         {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1}
         for a in ground_truth["annotations"]
