@@ -61,7 +61,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
             )
         check_weights(cfg)  # warns on random weights; FileNotFoundError for a missing file
         model = build_model(cfg).eval()
-        load_weights(model, cfg)
+        try:
+            load_weights(model, cfg)
+        # Unreadable, unsafe or mismatched weights; an error of the exporters keeps its trace.
+        except (RuntimeError, pickle.UnpicklingError) as e:
+            raise export.ExportError(str(e)) from None
         dtype = getattr(torch, args.input_dtype)
         example = export.example_images(model, 2, dtype=dtype)
         # Batch sizes other than the example's: the check shows the batch size is free.
@@ -83,8 +87,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
             exported = export.load_exported(args.format, args.output, device=device)
             checks = export.verify(model, exported, batches, random_weights=not cfg.MODEL.WEIGHTS)
         return {"path": args.output, "seconds": seconds, "checks": checks}
-    # ExportError is a ValueError; unreadable, unsafe or mismatched weights raise the others.
-    except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as e:
+    # ExportError is a ValueError, as are the config's errors; missing files are OSErrors.
+    except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 
 
