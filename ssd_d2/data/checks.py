@@ -13,6 +13,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from PIL import ExifTags, Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.builtin import _PREDEFINED_SPLITS_COCO
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
@@ -33,6 +34,9 @@ logger = logging.getLogger(__name__)
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 _LOGGED_EXAMPLES = 5  # of each kind of repaired or skipped problem
 _VOC_BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
+# Detectron2's 10 built-in COCO instance splits. Private, but no public name selects exactly
+# them: a user's register_coco_instances("coco_mine", ...) also has the prefix and evaluator.
+_BUILTIN_COCO_SPLITS = _PREDEFINED_SPLITS_COCO["coco"]
 
 
 class DatasetError(ValueError):
@@ -85,7 +89,7 @@ def check_dataset_files(dataset_names: Iterable[str]) -> None:
                 metadata.dirname, "ImageSets", "Main", metadata.split + ".txt"
             )
             paths = [split_file, os.path.join(metadata.dirname, "JPEGImages")]
-        elif name.startswith("coco_") and metadata.get("evaluator_type", None) == "coco":
+        elif name in _BUILTIN_COCO_SPLITS:
             paths = [metadata.json_file, metadata.image_root]
         missing = [p for p in paths if not os.path.exists(p)]
         if missing:
