@@ -142,10 +142,12 @@ def _image_header(file_name: str) -> Tuple[int, int, int]:
 
 def _check_image(dataset_dict: dict, dataset_name: str) -> Tuple[str, object]:
     """("ok", (width, height)) as the mapper reads the image (EXIF orientation applied), or
-    ("unreadable", reason), ("wrong size", message)."""
+    ("missing", None), ("unreadable", reason), ("wrong size", message)."""
     file_name = dataset_dict["file_name"]
     try:
         raw_w, raw_h, orientation = _image_header(file_name)
+    except FileNotFoundError:
+        return "missing", None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         return "unreadable", f"{type(e).__name__}: {e}"
     width, height = (raw_h, raw_w) if orientation in _TRANSPOSING_ORIENTATIONS else (raw_w, raw_h)
@@ -172,18 +174,23 @@ def check_images_exist(dataset_dicts: Sequence[dict], dataset_name: str) -> None
     """Raise DatasetError naming the images that do not exist."""
     missing = [d["file_name"] for d in dataset_dicts if not PathManager.exists(d["file_name"])]
     if missing:
-        raise DatasetError(
-            f"{len(missing)} of the {len(dataset_dicts)} images of data set {dataset_name!r} "
-            f"do not exist, e.g. {', '.join(missing[:3])}. If none exist, the data set's image "
-            "folder is wrong: check the image root it is registered with (for the built-in "
-            "data sets, $DETECTRON2_DATASETS). Otherwise restore the files or remove those "
-            f"images from {_annotation_source(dataset_name, {'image_id': '<image id>'})}."
-        )
+        raise _missing_images_error(missing, len(dataset_dicts), dataset_name)
+
+
+def _missing_images_error(missing: List[str], num_images: int, dataset_name: str) -> DatasetError:
+    return DatasetError(
+        f"{len(missing)} of the {num_images} images of data set {dataset_name!r} "
+        f"do not exist, e.g. {', '.join(missing[:3])}. If none exist, the data set's image "
+        "folder is wrong: check the image root it is registered with (for the built-in "
+        "data sets, $DETECTRON2_DATASETS). Otherwise restore the files or remove those "
+        f"images from {_annotation_source(dataset_name, {'image_id': '<image id>'})}."
+    )
 
 
 def map_across_processes(func: Callable[[int], object], num_items: int) -> List[object]:
     """``[func(0), ..., func(num_items - 1)]``, each process computing every n-th item: a run
-    reads each file once, not once per process."""
+    reads each file once, not once per process (64 processes x 118k COCO images would be 7.5M
+    file opens)."""
     rank, world_size = comm.get_rank(), comm.get_world_size()
     results = {index: func(index) for index in range(rank, num_items, world_size)}
     if world_size > 1:
@@ -197,11 +204,13 @@ def check_dataset_dicts(
 ) -> Tuple[List[dict], DatasetReport]:
     """Repaired copies of the training dicts of one data set, and the report; the cases are
     docs/data.md's "Bad data" table."""
-    check_images_exist(dataset_dicts, dataset_name)
     report = DatasetReport(dataset_name=dataset_name, num_images=len(dataset_dicts))
     image_checks = map_across_processes(  # the same outcomes in every process
         lambda i: _check_image(dataset_dicts[i], dataset_name), len(dataset_dicts)
     )
+    missing = [d["file_name"] for d, (o, _) in zip(dataset_dicts, image_checks) if o == "missing"]
+    if missing:  # raised before any other problem is reported
+        raise _missing_images_error(missing, len(dataset_dicts), dataset_name)
     checked = []
     for dataset_dict, (outcome, detail) in zip(dataset_dicts, image_checks):
         if outcome == "wrong size":
