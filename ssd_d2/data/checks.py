@@ -10,13 +10,15 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from PIL import ExifTags, Image
+from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin import _PREDEFINED_SPLITS_COCO
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+
+from .dataset_mapper import exif_orientation
 
 __all__ = [
     "DatasetError",
@@ -133,11 +135,7 @@ def _coco_annotation_id(dataset_name: str, image_id, index: int):
 def _image_header(file_name: str) -> Tuple[int, int, int]:
     """(width, height, EXIF orientation) from the file's header, without decoding pixels."""
     with PathManager.open(file_name, "rb") as f, Image.open(f) as image:
-        try:
-            orientation = int(image.getexif().get(ExifTags.Base.Orientation, 1))
-        except Exception:  # a malformed EXIF block: PIL's reader ignores it too
-            orientation = 1
-        return (*image.size, orientation)
+        return (*image.size, exif_orientation(image))
 
 
 def _check_image(dataset_dict: dict, dataset_name: str) -> Tuple[str, object]:
