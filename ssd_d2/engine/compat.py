@@ -8,18 +8,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from detectron2.engine import DefaultTrainer
-from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.utils import comm
 
-__all__ = ["TrainerWithState", "create_ddp_model", "has_compiled_coco_eval", "launch_on_cpu"]
-
-
-def create_ddp_model(model, **kwargs):
-    """v0.6 and main (02b5c4e) pass ``device_ids=[local_rank]`` even for a CPU model, which
-    DistributedDataParallel rejects."""
-    if comm.get_world_size() > 1 and not next(model.parameters()).is_cuda:
-        kwargs.setdefault("device_ids", None)
-    return d2_create_ddp_model(model, **kwargs)
+__all__ = ["TrainerWithState", "has_compiled_coco_eval", "launch_on_cpu"]
 
 
 # v0.6: checkpoints lack the optimizer and grad scaler state (main's "_trainer"); --resume needs it.
