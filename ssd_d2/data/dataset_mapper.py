@@ -1,10 +1,9 @@
-import contextlib
 import copy
 from typing import List, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
@@ -18,6 +17,16 @@ __all__ = ["SSDDatasetMapper", "UnreadableImageError", "read_image"]
 
 # PIL modes of images with more than 8 bits per channel (16-bit PNG and TIFF open as "I").
 _HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+# How to display an image of each EXIF orientation but 1 (as stored), as Detectron2 does.
+_EXIF_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class UnreadableImageError(OSError):
@@ -41,13 +50,22 @@ def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(file_name, f"{type(e).__name__}: {e}") from e
-    with contextlib.suppress(Exception):  # a malformed EXIF block: ignored, as by Detectron2
-        image = ImageOps.exif_transpose(image)
+    transpose = _EXIF_TRANSPOSES.get(exif_orientation(image))
+    if transpose is not None:  # nearly always None: no copy of the pixels then
+        image = image.transpose(transpose)
     if image.mode in _HIGH_BIT_DEPTH_MODES:
         # PIL's convert() would clip 16-bit values at 255: scale 0..65535 to 0..255 instead.
         pixels = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
         image = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), mode="L")
     return utils.convert_PIL_to_numpy(image, format)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation, 1 (as stored) without one."""
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # a malformed EXIF block: ignored, as by PIL's reader and Detectron2
+        return 1
 
 
 class SSDDatasetMapper:

@@ -143,7 +143,8 @@ class SeededTrainLoader:
         self.stream.start_iter = int(iteration)
 
     def __iter__(self):
-        # No worker_init_fn seeding, as Detectron2's: every sample seeds its own RNGs.
+        # No worker_init_fn: every sample seeds its own RNGs, so per-worker seeds would change
+        # nothing.
         loader = DataLoader(
             self.stream,
             batch_size=None,

@@ -1,13 +1,15 @@
 import logging
+import socket
 from datetime import timedelta
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from detectron2.engine import launch as d2_launch
 
-from .compat import launch_on_cpu
+from .compat import _create_local_process_group
 
 __all__ = ["default_timeout", "launch"]
 
@@ -42,7 +44,7 @@ def launch(
         logger.info(
             f"No GPU: {num_gpus_per_machine} gloo processes on the CPU (timeout {timeout})."
         )
-        launcher = launch_on_cpu
+        launcher = _launch_on_cpu
     try:
         launcher(
             main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout
@@ -62,3 +64,42 @@ def launch(
             f"Training process {rank} of {world_size} failed; the other processes were "
             f"stopped. Its error:\n{e.msg}"
         ) from e
+
+
+def _launch_on_cpu(main_func, num_per_machine, num_machines, machine_rank, dist_url, args, timeout):
+    """Detectron2's ``launch`` for gloo processes on the CPU: v0.6's asserts CUDA in every
+    process (main's runs gloo); this one serves both, so CPU runs take one path."""
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT.")
+        with socket.socket() as s:  # a free port for the processes to meet at
+            s.bind(("127.0.0.1", 0))
+            dist_url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    mp.start_processes(
+        _cpu_worker,
+        nprocs=num_per_machine,
+        args=(main_func, num_machines * num_per_machine, num_per_machine, machine_rank,
+              dist_url, args, timeout),
+        daemon=False,
+        start_method="spawn",
+    )  # fmt: skip
+
+
+def _cpu_worker(
+    local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args, timeout
+):
+    dist.init_process_group(
+        backend="gloo",
+        init_method=dist_url,
+        world_size=world_size,
+        rank=machine_rank * num_per_machine + local_rank,
+        timeout=timeout,
+    )
+    _create_local_process_group(num_per_machine)
+    # Each process takes its share of the cores instead of oversubscribing them.
+    torch.set_num_threads(max(1, torch.get_num_threads() // num_per_machine))
+    dist.barrier()
+    main_func(*args)
+    # Together: destroying the groups while another process is in a collective aborts it.
+    dist.barrier()
+    dist.destroy_process_group()

@@ -6,7 +6,7 @@ import weakref
 import torch
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader
-from detectron2.engine import AMPTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import AMPTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver import build_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -24,7 +24,7 @@ from ..data import (
 )
 from ..modeling.precision import resolve_precision
 from .checkpoint import SSDCheckpointer, warn_if_backbone_uninitialized
-from .compat import TrainerWithState, create_ddp_model, has_compiled_coco_eval
+from .compat import TrainerWithState, has_compiled_coco_eval
 
 __all__ = ["SSDTrainer"]
 
@@ -55,7 +55,9 @@ class SSDTrainer(TrainerWithState):
             dtype = resolve_precision("bf16", "cpu", "SOLVER.AMP.ENABLED")
             model.train_autocast_dtype = dtype if dtype != torch.float32 else None
         inner = AMPTrainer if cfg.SOLVER.AMP.ENABLED and not on_cpu else SimpleTrainer
-        model = create_ddp_model(model, broadcast_buffers=False)
+        # Detectron2 passes device_ids=[local_rank] unless told, which DDP rejects on the CPU.
+        ddp_kwargs = {"device_ids": None} if on_cpu else {}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
         self._trainer = inner(model, self.train_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SSDCheckpointer(

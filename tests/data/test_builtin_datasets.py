@@ -26,3 +26,20 @@ def test_trainer_checks_before_loading(tmp_path, monkeypatch):
 
 def test_other_datasets_are_not_checked():
     check_dataset_files(["ssd_shapes_train", "my_own_dataset"])
+
+
+def test_a_users_coco_named_dataset_gets_no_builtin_advice(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    from ssd_d2.data import load_dataset_dicts
+
+    register_coco_instances("coco_mine", {}, str(tmp_path / "missing.json"), str(tmp_path))
+    try:
+        check_dataset_files(["coco_mine"])
+        with pytest.raises(FileNotFoundError) as raised:
+            load_dataset_dicts("coco_mine")
+        assert "DETECTRON2_DATASETS" not in str(raised.value)
+    finally:
+        DatasetCatalog.remove("coco_mine")
+        MetadataCatalog.remove("coco_mine")

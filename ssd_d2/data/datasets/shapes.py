@@ -276,13 +276,11 @@ def _is_complete(split_dir: str) -> bool:
     return os.path.isfile(os.path.join(split_dir, _ANNOTATIONS_FILE))
 
 
-def ensure_split(split_dir, seed, num_images, generate=None, version=None, name="ssd_shapes"):
+def ensure_split(split_dir, seed, num_images, generate, version, name):
     """Generate a split with ``generate(output_dir, num_images, seed)`` into ``split_dir`` unless
     it is there; return its json path. Concurrent callers (the ranks of a run) each draw into a
     temporary folder and rename it into place: the first wins. A split made with another
-    ``version``, seed or size is an error."""
-    generate = generate or generate_shapes_dataset
-    version = _GENERATOR_VERSION if version is None else version
+    ``version``, seed or size is an error. ``name`` names the data in messages."""
     json_file = os.path.join(split_dir, _ANNOTATIONS_FILE)
     if not _is_complete(split_dir):
         parent, dirname = os.path.split(split_dir)
@@ -291,7 +289,7 @@ def ensure_split(split_dir, seed, num_images, generate=None, version=None, name=
         try:
             logger.info(f"Generating {num_images} {name} images into {split_dir} ...")
             generate(tmp_dir, num_images, seed)
-            _move_into_place(tmp_dir, split_dir)
+            _move_into_place(tmp_dir, split_dir, name)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
     with open(json_file) as f:
@@ -306,7 +304,7 @@ def ensure_split(split_dir, seed, num_images, generate=None, version=None, name=
     return json_file
 
 
-def _move_into_place(tmp_dir: str, split_dir: str) -> None:
+def _move_into_place(tmp_dir: str, split_dir: str, name: str) -> None:
     for _ in range(5):
         try:
             os.rename(tmp_dir, split_dir)
@@ -320,13 +318,20 @@ def _move_into_place(tmp_dir: str, split_dir: str) -> None:
             os.rename(split_dir, stale_dir)
         except FileNotFoundError:
             continue
-        logger.warning(f"Removing the incomplete ssd_shapes folder {split_dir}")
+        logger.warning(f"Removing the incomplete {name} folder {split_dir}")
         shutil.rmtree(stale_dir, ignore_errors=True)
     raise RuntimeError(f"Could not move {tmp_dir} into place at {split_dir}")
 
 
 def _load_shapes_split(name: str, split_dir: str, split: Dict) -> List[Dict]:
-    json_file = ensure_split(split_dir, split["seed"], split["num_images"])
+    json_file = ensure_split(
+        split_dir,
+        split["seed"],
+        split["num_images"],
+        generate_shapes_dataset,
+        _GENERATOR_VERSION,
+        "ssd_shapes",
+    )
     return load_coco_json(json_file, os.path.join(split_dir, _IMAGES_DIRNAME), name)
 
 
