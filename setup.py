@@ -12,18 +12,31 @@ import sys
 
 from setuptools import find_packages, setup
 
-# The lowest versions the test suite has passed with (the detectron2 v0.6 environment of
-# dev/install.sh); newer releases are tested in the detectron2 main environment.
+# The oldest releases that have every API ssd_d2 calls, read from the code and from each
+# package's release notes and sources, not tested: CI runs only the versions that
+# docs/install.md lists, and its "Version floors" names the API behind each floor. torch 2.4
+# counts on the fallbacks that ssd_d2 takes by feature where torch < 2.5 lacks an API
+# (torch.serialization.safe_globals, the public load_state_dict pre-hook, the dynamo keyword of
+# torch.onnx.export).
 REQUIREMENTS = [
-    "torch>=2.11",
-    "torchvision>=0.26",
-    "fvcore>=0.1.5.post20221221",
-    "pycocotools>=2.0.11",
-    "numpy>=1.23.5",
-    "Pillow>=9.5",
-    "matplotlib>=3.7",
-    "PyYAML>=6.0",
-    "tqdm>=4.70",
+    # torch.serialization.add_safe_globals and its "GLOBAL" refusals (checkpoint reading).
+    "torch>=2.4",
+    # torch 2.4's release; ssd_d2's own calls (weights=None, Conv2dNormActivation) are 0.13's.
+    "torchvision>=0.19",
+    # Detectron2's own floor: ssd_d2 uses fvcore only through Detectron2.
+    "fvcore>=0.1.5",
+    # The first built against numpy 2 (older releases fail to import under it).
+    "pycocotools>=2.0.8",
+    # np.random.default_rng, SeedSequence, Generator.integers.
+    "numpy>=1.17",
+    # PIL.ExifTags.Base (9.3), Image.Transpose (9.1).
+    "Pillow>=9.3",
+    # matplotlib.colormaps, Axes.set_yticks(ticks, labels).
+    "matplotlib>=3.5",
+    # fvcore's floor; ssd_d2 itself only catches yaml.constructor.ConstructorError.
+    "PyYAML>=5.1",
+    # tqdm(iterable, desc=, file=).
+    "tqdm>=4.0",
 ]
 
 OPENCV_DISTRIBUTIONS = (
@@ -74,6 +87,7 @@ def opencv_requirement():
     numpy_major = int(installed.get("numpy", "2").split(".")[0])
     return ["opencv-python-headless<4.12" if numpy_major < 2 else "opencv-python-headless"]
 
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -101,7 +115,9 @@ setup(
     description="The SSD family of one-stage detectors as a Detectron2 project",
     packages=find_packages(exclude=("tests", "tests.*", "benchmarks")),
     package_data={"ssd_d2": model_zoo_configs()},
-    python_requires=">=3.9",
+    # CI runs Python 3.11 only. 3.9 and 3.10: untested (the code uses nothing newer that we
+    # know of); 3.12 and later: untested, and no numpy < 1.24 for Detectron2 v0.6 exists there.
+    python_requires=">=3.11",
     install_requires=REQUIREMENTS + opencv_requirement(),
     extras_require={
         # Export to ONNX and checking it.

@@ -15,8 +15,9 @@ def add_ssd_config(cfg):
     (lufficc/SSD vgg_ssd300_voc0712); Detectron2 keys SSD sets differently are in Base-SSD300."""
     _C = cfg
 
-    # "auto": CUDA if the machine that builds the model has it, else CPU; or "cpu", "cuda:1" ...
-    _C.MODEL.DEVICE = "auto"
+    # "cuda" where this machine has a GPU, else "cpu"; a config file may say "auto" for the
+    # same choice, which load_config makes where it reads the file.
+    _C.MODEL.DEVICE = resolve_device("auto")
 
     _C.MODEL.SSD = CN()
     # Foreground classes; the classifier has NUM_CLASSES + 1 outputs, background first.
@@ -136,16 +137,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def settle_device(cfg) -> None:
-    """Replace an "auto" MODEL.DEVICE in ``cfg`` (frozen or not) by the device it means here:
-    Detectron2's ``build_model`` does not know "auto"."""
-    frozen = cfg.is_frozen()
-    cfg.defrost()
-    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
-    if frozen:
-        cfg.freeze()
-
-
 def merge_from_file_safely(cfg, filename: str) -> None:
     """``cfg.merge_from_file`` with YAML's safe loader only (Detectron2's falls back to
     ``yaml.unsafe_load``, which runs the code a ``!!python/...`` tag names)."""
@@ -162,11 +153,13 @@ def merge_from_file_safely(cfg, filename: str) -> None:
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     """The one config assembly of ssd_d2: ``config_file`` (safe YAML) merged onto Detectron2's
-    and ssd_d2's defaults, then ``opts`` (KEY VALUE pairs). Not frozen."""
+    and ssd_d2's defaults, then ``opts`` (KEY VALUE pairs), with MODEL.DEVICE "auto" made the
+    device it means here (so the config.yaml a run writes names it). Not frozen."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file not found: {config_file}")
     cfg = get_cfg()
     add_ssd_config(cfg)
     merge_from_file_safely(cfg, config_file)
     cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
     return cfg

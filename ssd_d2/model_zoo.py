@@ -1,45 +1,29 @@
 """
-ssd_d2's model zoo, as Detectron2's: the configs of the published SSD architectures, and the
-peers' published weights for them (by URL, cached, converted as they are loaded), or with
-``trained=False`` the ImageNet backbone the peer starts from.
+ssd_d2's model zoo, as Detectron2's: the configs of the published SSD architectures (to train,
+from the ImageNet backbone the peer starts from), and with ``trained=True`` the peers' published
+detectors (by URL, cached, converted as they are loaded).
 """
 
 import os
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional
 
 from detectron2.config import CfgNode
+from detectron2.modeling import build_model
 
 from .config import load_config
+from .engine import load_weights
+
+__all__ = ["get", "get_checkpoint_url", "get_config", "get_config_file", "list_models"]
 
 _TORCHVISION = "https://download.pytorch.org/models"
 _LUFFICC = "https://github.com/lufficc/SSD/releases/download/1.2"
-_AMDEGROOT = "https://s3.amazonaws.com/amdegroot-models"
-
-# The ImageNet file each backbone starts from (by MODEL.BACKBONE.NAME), as the peers do:
-# lufficc/SSD and ssd.pytorch download vgg16_reducedfc.pth, lufficc/SSD's MobileNetV2 and
-# torchvision's SSDLite torchvision's ImageNet classifiers.
-IMAGENET_BACKBONES = {
-    "build_vgg16_ssd_backbone": f"{_AMDEGROOT}/vgg16_reducedfc.pth",
-    "build_mobilenet_v2_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v2-b0353104.pth",
-    "build_mobilenet_v3_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v3_large-8738ca79.pth",
-}
-# Every ImageNet file a config starts training from (torchvision's SSD300 starts from its
-# own VGG16 file): weights to train from, not a detector.
-IMAGENET_FILES = (
-    *IMAGENET_BACKBONES.values(),
-    f"{_TORCHVISION}/vgg16_features-amdegroot-88682ab5.pth",
-)
 
 
-@dataclass(frozen=True)
-class ZooEntry:
-    """A published detector: its config and where its weights come from."""
+class ZooEntry(NamedTuple):
+    """A published detector: its config and the URL of its weights."""
 
     config: str
     url: str
-    # Config options (KEY, VALUE, ...) the published checkpoint needs on top of the config.
-    opts: Tuple[str, ...] = ()
 
 
 # The peer that published each model, and its accuracy there.
@@ -48,7 +32,9 @@ ZOO: Dict[str, ZooEntry] = {
     "ssd300_voc": ZooEntry("ssd300_voc.yaml", f"{_LUFFICC}/vgg_ssd300_voc0712.pth"),
     "ssd512_voc": ZooEntry("ssd512_voc.yaml", f"{_LUFFICC}/vgg_ssd512_voc0712.pth"),
     # ssd.pytorch, 77.43 VOC07 mAP: the same architecture and default boxes as lufficc/SSD's.
-    "ssd300_voc_ssdpytorch": ZooEntry("ssd300_voc.yaml", f"{_AMDEGROOT}/ssd300_mAP_77.43_v2.pth"),
+    "ssd300_voc_ssdpytorch": ZooEntry(
+        "ssd300_voc.yaml", "https://s3.amazonaws.com/amdegroot-models/ssd300_mAP_77.43_v2.pth"
+    ),
     # lufficc/SSD, 25.2 and 29.0 COCO AP
     "ssd300_coco": ZooEntry("ssd300_coco.yaml", f"{_LUFFICC}/vgg_ssd300_coco_trainval35k.pth"),
     "ssd512_coco": ZooEntry("ssd512_coco.yaml", f"{_LUFFICC}/vgg_ssd512_coco_trainval35k.pth"),
@@ -60,11 +46,10 @@ ZOO: Dict[str, ZooEntry] = {
     "ssdlite320_mobilenet_v2_voc": ZooEntry(
         "ssdlite320_mobilenet_v2_voc.yaml", f"{_LUFFICC}/mobilenet_v2_ssd320_voc0712_v2.pth"
     ),
-    # torchvision, 21.3 COCO AP; built without ImageNet weights, with the reduced tail.
+    # torchvision, 21.3 COCO AP; trained from scratch, with the reduced tail.
     "ssdlite320_mobilenet_v3_coco": ZooEntry(
         "ssdlite320_mobilenet_v3_coco.yaml",
         f"{_TORCHVISION}/ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
-        ("MODEL.MOBILENET.REDUCED_TAIL", "True"),
     ),
 }
 
@@ -95,25 +80,27 @@ def list_models():
     return list(ZOO)
 
 
+def get_checkpoint_url(name: str) -> str:
+    """The URL of the published detector ``name`` (a model zoo name)."""
+    if name not in ZOO:
+        raise ValueError(f"{name!r} has no published weights; the model zoo has: {', '.join(ZOO)}.")
+    return ZOO[name].url
+
+
 def get_config(name: str, trained: bool = False) -> CfgNode:
     """
-    The config ``name`` (see :func:`get_config_file`); with ``trained``, MODEL.WEIGHTS names
-    the peer's published detector (a model zoo name only), with the options it needs.
+    The config ``name`` (see :func:`get_config_file`), whose MODEL.WEIGHTS is the ImageNet
+    backbone it trains from; with ``trained``, the peer's published detector (a model zoo name
+    only).
     """
     if not trained:
         return load_config(get_config_file(name))
-    if name not in ZOO:
-        raise ValueError(f"{name!r} has no published weights; the model zoo has: {', '.join(ZOO)}.")
-    entry = ZOO[name]
-    return load_config(get_config_file(name), [*entry.opts, "MODEL.WEIGHTS", entry.url])
+    return load_config(get_config_file(name), ["MODEL.WEIGHTS", get_checkpoint_url(name)])
 
 
-def get(name: str, trained: bool = True, device: Optional[str] = None):
-    """The model of :func:`get_config` in eval mode, its weights loaded by ssd_d2's checkpointer."""
-    from detectron2.modeling import build_model
-
-    from .engine import load_weights  # the engine imports this module
-
+def get(name: str, trained: bool = False, device: Optional[str] = None):
+    """The model of :func:`get_config` in eval mode, its weights loaded by ssd_d2's checkpointer
+    (``trained=False``: the ImageNet backbone, a random head)."""
     cfg = get_config(name, trained)
     if device is not None:
         cfg.MODEL.DEVICE = device

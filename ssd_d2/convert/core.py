@@ -1,7 +1,7 @@
-"""The mapping core: a peer's state dict renamed by its source's rules and checked against the
-model of an ssd_d2 config, for MODEL.WEIGHTS (:func:`convert_for_model`) and the converter."""
+"""The mapping core: a peer's state dict renamed by its source's rules and checked against a
+model's state dict, for MODEL.WEIGHTS (:func:`convert_for_model`) and the converter command
+(:mod:`ssd_d2.tools.convert`). A pure function of state dicts: it builds no model, reads no file."""
 
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -10,17 +10,14 @@ import torch
 from torch import Tensor
 
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
-from detectron2.modeling import build_model
 
-from ..config import load_config
-from ..model_zoo import ZOO, get_config_file
-from .rules import CONV6_7, RULES, SPECS, reduce_fc, variant
+from .rules import RULES, SPECS, reduce_fc, variant
 
 SOURCES = ("torchvision", "lufficc", "amdegroot", "vgg16", "mobilenet")
 
 # What a weights file may be, for the message about one that is none of these.
 KNOWN_FORMATS = ("an ssd_d2 (Detectron2) checkpoint", *(spec.title for spec in SPECS.values()))
-_ALREADY_OURS = "Its keys are ssd_d2's already: load it with MODEL.WEIGHTS as it is."
+ALREADY_OURS = "Its keys are ssd_d2's already: load it with MODEL.WEIGHTS as it is."
 
 
 class ConversionError(ValueError):
@@ -38,7 +35,6 @@ class Conversion:
     notes: List[str] = field(default_factory=list)  # what the converter did, for the CLI
     head: Optional[Tuple[List[int], int]] = None  # (default boxes per level, class outputs)
     config_file: str = ""
-    config_opts: List[str] = field(default_factory=list)  # KEY VALUE ... on top of config_file
     expected_missing: List[str] = field(default_factory=list)  # left at init (ImageNet files)
 
 
@@ -161,7 +157,7 @@ def _keep_class_outputs(result: Conversion, output_conv: str, keep: List[int]) -
     result.head = boxes_per_level, len(keep)
 
 
-def _check_fits(
+def check_fits(
     result: Conversion, model: Dict[str, Tensor], target: str, origin: Optional[str] = None
 ) -> None:
     """
@@ -198,7 +194,7 @@ def _check_fits(
     names = list(result.origins.values()) + list(result.unmatched)
     guess = recognize(names)
     if guess == "ssd_d2" and origin is None:
-        lines.append(_ALREADY_OURS)
+        lines.append(ALREADY_OURS)
     elif guess not in (None, "ssd_d2") and not result.source.startswith(guess):
         title = SPECS[variant(guess, names)].title
         lines.append(f"Its keys look like those of {title}: --source {guess}?")
@@ -221,62 +217,6 @@ def _check_fits(
     raise ConversionError("\n".join(lines))
 
 
-def _default_config(result: Conversion) -> Tuple[str, List[str]]:
-    """The model zoo name and options of the published model whose head ``result`` has."""
-    configs = SPECS[result.source].configs
-    if result.head is None:
-        # No head: the source's usual model, which the error message compares the keys with.
-        return configs[None], []
-    levels, outputs = len(result.head[0]), result.head[1]
-    if (levels, outputs) not in configs:
-        raise ConversionError(
-            f"The checkpoint has {levels} head levels and {outputs - 1} classes, unlike the "
-            f"published models of its kind ({', '.join(sorted(set(configs.values())))}): "
-            f"pass --config-file (and options such as MODEL.SSD.NUM_CLASSES {outputs - 1} "
-            "after OUTPUT)."
-        )
-    name = configs[(levels, outputs)]
-    return name, list(ZOO[name].opts)
-
-
-def convert(source: Optional[str], state_dict: dict, config_file=None, opts=()) -> Conversion:
-    """
-    A state dict of ``source`` (one of :data:`SOURCES`; None: recognised from its keys) in the
-    layout of ``config_file``'s model (a path or a model zoo name; by default the published
-    model whose head it has). A ConversionError lists the first keys that do not fit.
-    """
-    if source is None:
-        source = recognize(state_dict)
-        if source in (None, "ssd_d2"):
-            raise ConversionError(
-                _ALREADY_OURS if source else unknown_format_message("The checkpoint", state_dict)
-            )
-    if source not in SOURCES:
-        raise ConversionError(f"Unknown source {source!r}; choose one of {SOURCES}.")
-    result = rename(source, state_dict)
-    if config_file is None:
-        config_file, result.config_opts = _default_config(result)
-    result.config_file = (
-        config_file if os.path.isfile(config_file) else get_config_file(config_file)
-    )
-    cfg = load_config(result.config_file, [*result.config_opts, *opts, "MODEL.DEVICE", "cpu"])
-    model = build_model(cfg).state_dict()
-    prefix = SPECS[result.source].backbone
-    if prefix:
-        result.expected_missing = [k for k in model if not k.startswith(prefix)]
-        if result.source == "vgg16" and CONV6_7[0] not in result.state_dict:
-            # No (finite) fc6/fc7: conv6/conv7 start from their initialisation, as
-            # torchvision's SSD300 does from its vgg16_features file.
-            result.expected_missing += CONV6_7
-        l2_norm = ", the conv4_3 L2Norm scale" if result.source == "vgg16" else ""
-        result.notes.append(
-            f"{len(result.expected_missing)} model tensors (extras, heads{l2_norm}) train from "
-            "their initialisation: loading the file lists them as missing, as expected"
-        )
-    _check_fits(result, model, target=result.config_file)
-    return result
-
-
 def convert_for_model(
     state_dict: Dict[str, Tensor], model_state_dict: Dict[str, Tensor], origin: str
 ) -> Tuple[Dict[str, Tensor], str]:
@@ -291,5 +231,5 @@ def convert_for_model(
     if source == "ssd_d2":
         return state_dict, source
     result = rename(source, state_dict)
-    _check_fits(result, model_state_dict, target="this config's model", origin=origin)
+    check_fits(result, model_state_dict, target="this config's model", origin=origin)
     return result.state_dict, result.source

@@ -133,7 +133,9 @@ SPECS: Dict[str, Source] = {
     "amdegroot": Source("ssd.pytorch's ssd300_mAP_77.43_v2.pth", _VGG),
     "vgg16": Source("an ImageNet VGG16", {None: "ssd300_voc"}, "", "backbone.vgg."),
     "mobilenet_v2": Source("an ImageNet MobileNetV2", {None: _V2}, "", "backbone.features."),
-    "mobilenet_v3_large": Source("an ImageNet MobileNetV3", {None: _V3}, "", "backbone.features."),
+    "mobilenet_v3_large": Source(
+        "an ImageNet MobileNetV3", {None: _V3 + "_imagenet"}, "", "backbone.features."
+    ),
 }
 
 

@@ -3,27 +3,36 @@ ssd_d2's weights entrance: reading checkpoint files without running code from th
 them atomically, and converting a peer's published file as it is loaded (:mod:`ssd_d2.convert`).
 """
 
-import argparse
 import contextlib
 import glob
 import logging
 import os
 import pickle
 import tempfile
-from typing import Optional, Sequence, Set
+from typing import Optional, Sequence
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-from ..convert import SPECS, ConversionError, convert, convert_for_model
-from ..model_zoo import IMAGENET_BACKBONES
+from ..convert import ConversionError, convert_for_model
 from ..modeling import SSD
 
-__all__ = ["SSDCheckpointer", "UnsafeCheckpointError", "convert_file", "load_weights"]
+__all__ = ["IMAGENET_BACKBONES", "SSDCheckpointer", "UnsafeCheckpointError", "load_weights"]
 
 logger = logging.getLogger(__name__)
+
+_TORCHVISION = "https://download.pytorch.org/models"
+# The ImageNet file each backbone starts from (by MODEL.BACKBONE.NAME), as the peers do:
+# lufficc/SSD and ssd.pytorch download vgg16_reducedfc.pth, lufficc/SSD's MobileNetV2
+# torchvision's ImageNet classifier; torchvision's SSD300 starts from its own VGG16 file
+# (vgg16_features-amdegroot-88682ab5.pth, in ssd300_coco_torchvision.yaml).
+IMAGENET_BACKBONES = {
+    "build_vgg16_ssd_backbone": "https://s3.amazonaws.com/amdegroot-models/vgg16_reducedfc.pth",
+    "build_mobilenet_v2_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v2-b0353104.pth",
+    "build_mobilenet_v3_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v3_large-8738ca79.pth",
+}
 
 # Globals a Detectron2 model zoo ".pkl" (a pickle of numpy arrays) may name: array and dtype
 # reconstruction only, nothing that can run code.
@@ -60,7 +69,7 @@ def load_checkpoint_file(
             if filename.endswith(".pkl"):
                 unpickler = pickle.Unpickler if allow_unsafe else _RestrictedUnpickler
                 return unpickler(f, encoding="latin1").load()
-            with torch.serialization.safe_globals(list(safe_globals)):
+            with _allowing(safe_globals):
                 return torch.load(f, map_location="cpu", weights_only=not allow_unsafe)
     except pickle.UnpicklingError as e:
         # torch names the global it refused; other unpickling errors mean a damaged file.
@@ -78,7 +87,16 @@ def load_checkpoint_file(
         ) from None
 
 
-def _split_weights(data: dict):
+def _allowing(safe_globals: Sequence):
+    """``torch.serialization.safe_globals`` (torch 2.5); torch 2.4 has only the process-wide
+    ``add_safe_globals``."""
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals(list(safe_globals))
+    torch.serialization.add_safe_globals(list(safe_globals))
+    return contextlib.nullcontext()
+
+
+def split_weights(data: dict):
     """(the weights under "model", "state_dict" or the dict itself, without "module.", the rest)"""
     key = next((k for k in ("model", "state_dict") if isinstance(data.get(k), dict)), None)
     weights = data[key] if key else data
@@ -87,56 +105,9 @@ def _split_weights(data: dict):
     return weights, {k: v for k, v in data.items() if k != key} if key else {}
 
 
-def read_state_dict(path: str, allow_unsafe: bool = False) -> dict:
-    """The state dict in a peer's file, for the offline converter (see :func:`convert_file`)."""
-    try:
-        # torchvision's detection reference scripts save their argparse arguments too.
-        data = load_checkpoint_file(
-            path, allow_unsafe, [argparse.Namespace], fix="add --allow-unsafe-checkpoint"
-        )
-    except UnsafeCheckpointError as e:
-        raise ConversionError(str(e)) from None
-    weights = _split_weights(data)[0] if isinstance(data, dict) else data
-    if not isinstance(weights, dict) or not weights:
-        raise ConversionError(f"{path} holds no state dict (found {type(weights).__name__}).")
-    not_tensors = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise ConversionError(
-            f"{path} is not a state dict: {not_tensors[:5]} are not tensors (the file has "
-            f"keys {list(weights)[:8]})."
-        )
-    return weights
-
-
-def save_checkpoint(state_dict: dict, path: str, author: str) -> None:
-    """A Detectron2 checkpoint of ``state_dict``; for ".pkl", its model zoo format (numpy)."""
-    pkl = path.endswith(".pkl")
-    # clone(): a slice (fc6/fc7, class outputs) would otherwise save its whole source tensor.
-    model = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    model = {k: v.numpy() if pkl else v for k, v in model.items()}
-    checkpoint = {"model": model, "__author__": author, "matching_heuristics": False}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _atomic_write(path, lambda f: (pickle.dump if pkl else torch.save)(checkpoint, f), mode="wb")
-
-
-def convert_file(source, input_path, output_path, config_file=None, opts=(), allow_unsafe=False):
-    """Read a peer's file, convert it (:func:`ssd_d2.convert.convert`) and write a checkpoint:
-    the Conversion."""
-    if output_path.endswith(".pyth"):
-        raise ConversionError(
-            f"{output_path}: DetectionCheckpointer reads '.pyth' files as pycls checkpoints; "
-            "use '.pth'."
-        )
-    conversion = convert(source, read_state_dict(input_path, allow_unsafe), config_file, opts)
-    title = SPECS[conversion.source].title
-    author = f"{title} ({os.path.basename(input_path)}) via ssd_d2.tools.convert"
-    save_checkpoint(conversion.state_dict, output_path, author)
-    return conversion
-
-
 class SSDCheckpointer(DetectionCheckpointer):
     """
-    The weights entrance: a DetectionCheckpointer that loads a peer's file into an SSD model
+    ssd_d2's checkpointer: a DetectionCheckpointer that loads a peer's file into an SSD model
     (converted as it is loaded), running no code from it unless ``allow_unsafe``, and saves
     atomically: a process killed while saving leaves the previous checkpoint intact.
     """
@@ -144,8 +115,6 @@ class SSDCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir: str = "", *, allow_unsafe: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.allow_unsafe = allow_unsafe
-        # The model's keys the last load set (None before any load).
-        self.loaded_model_keys: Optional[Set[str]] = None
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -155,12 +124,12 @@ class SSDCheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info(f"Saving checkpoint to {save_file}")
-        _atomic_write(save_file, lambda f: torch.save(data, f), mode="wb")
+        atomic_write(save_file, lambda f: torch.save(data, f), mode="wb")
         self.tag_last_checkpoint(f"{name}.pth")
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         save_file = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(save_file, lambda f: f.write(last_filename_basename), mode="w")
+        atomic_write(save_file, lambda f: f.write(last_filename_basename), mode="w")
 
     def _load_file(self, filename: str):
         try:
@@ -185,7 +154,7 @@ class SSDCheckpointer(DetectionCheckpointer):
             blobs = data.get("blobs", data)
             weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
             return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
-        weights, checkpoint = _split_weights(data)
+        weights, checkpoint = split_weights(data)
         checkpoint["model"] = weights
         if isinstance(self.model, SSD):
             try:
@@ -198,12 +167,6 @@ class SSDCheckpointer(DetectionCheckpointer):
                 self.logger.info(f"Converted {filename} from {source}'s layout to ssd_d2's")
         return checkpoint
 
-    def _load_model(self, checkpoint):
-        incompatible = super()._load_model(checkpoint)
-        missing = set(incompatible.missing_keys) if incompatible is not None else set()
-        self.loaded_model_keys = {k for k in self.model.state_dict() if k not in missing}
-        return incompatible
-
 
 def load_weights(model, cfg) -> SSDCheckpointer:
     """Load ``cfg.MODEL.WEIGHTS`` into ``model`` as every entry point does; the checkpointer."""
@@ -212,11 +175,10 @@ def load_weights(model, cfg) -> SSDCheckpointer:
     return checkpointer
 
 
-def warn_if_backbone_uninitialized(cfg, loaded_model_keys: Optional[Set[str]]) -> Optional[str]:
+def warn_if_backbone_uninitialized(cfg, model: SSD) -> Optional[str]:
     """Log (and return) a warning when a config that expects ImageNet weights
     (MODEL.SSD.EXPECT_PRETRAINED_BACKBONE) starts training from a backbone no file set."""
-    loaded = any(k.startswith("backbone.") for k in loaded_model_keys or ())
-    if loaded or not cfg.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE:
+    if "backbone" in model.trained_parts or not cfg.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE:
         return None
     weights = cfg.MODEL.WEIGHTS
     why = f"({weights}) sets none of the backbone's weights" if weights else "is empty"
@@ -232,7 +194,7 @@ def warn_if_backbone_uninitialized(cfg, loaded_model_keys: Optional[Set[str]]) -
     return message
 
 
-def _atomic_write(path: str, write, mode: str) -> None:
+def atomic_write(path: str, write, mode: str) -> None:
     fd, tmp_path = tempfile.mkstemp(
         prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or "."
     )

@@ -14,7 +14,6 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
-from ..config import resolve_device
 from ..data import (
     SeededTrainLoader,
     SSDDatasetMapper,
@@ -22,7 +21,6 @@ from ..data import (
     check_images_exist,
     load_dataset_dicts,
 )
-from ..modeling.precision import resolve_precision
 from .checkpoint import SSDCheckpointer, warn_if_backbone_uninitialized
 from .compat import TrainerWithState, has_compiled_coco_eval
 
@@ -50,10 +48,9 @@ class SSDTrainer(TrainerWithState):
                 f"{type(self.train_loader).__name__}: SSDTrainer resumes and counts skipped "
                 "images through ssd_d2.data.SeededTrainLoader; return build_ssd_train_loader(cfg)."
             )
-        on_cpu = resolve_device(cfg.MODEL.DEVICE) == "cpu"
-        if cfg.SOLVER.AMP.ENABLED and on_cpu:
-            dtype = resolve_precision("bf16", "cpu", "SOLVER.AMP.ENABLED")
-            model.train_autocast_dtype = dtype if dtype != torch.float32 else None
+        self._ssd = model  # the model behind the data-parallel wrapper
+        on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+        # On a CPU the SSD autocasts to bfloat16 itself (SSD.from_config).
         inner = AMPTrainer if cfg.SOLVER.AMP.ENABLED and not on_cpu else SimpleTrainer
         # Detectron2 passes device_ids=[local_rank] unless told, which DDP rejects on the CPU.
         ddp_kwargs = {"device_ids": None} if on_cpu else {}
@@ -75,7 +72,7 @@ class SSDTrainer(TrainerWithState):
         super().resume_or_load(resume=resume)
         if self.start_iter == 0:
             # A new run from a random backbone cannot reach the published results: say so.
-            warn_if_backbone_uninitialized(self.cfg, self.checkpointer.loaded_model_keys)
+            warn_if_backbone_uninitialized(self.cfg, self._ssd)
 
     def train(self):
         # The loader's workers start at the first batch, at the iteration resumed from.

@@ -7,6 +7,7 @@ is the caller's (the tool uses ``resize_to_network_size``).
 """
 
 import contextlib
+import inspect
 import warnings
 from typing import Tuple
 
@@ -166,5 +167,7 @@ def export_model(model: SSD, format: str, path: str, example=None, opset=DEFAULT
         # and the NMS as its symbolic; torch.export would need each size declared.
         axes = {name: {0: "batch"} for name in ("images",) + OUTPUT_NAMES}
         names = dict(input_names=["images"], output_names=list(OUTPUT_NAMES), dynamic_axes=axes)
-        options = dict(dynamo=False, opset_version=opset, autograd_inlining=False, **names)
+        options = dict(opset_version=opset, autograd_inlining=False, **names)
+        if "dynamo" in inspect.signature(torch.onnx.export).parameters:  # torch >= 2.5
+            options["dynamo"] = False
         torch.onnx.export(wrapper, (example,), path, **options)

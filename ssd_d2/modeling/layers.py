@@ -1,4 +1,4 @@
-from typing import Callable, Union
+from typing import Callable
 
 import torch
 from torch import nn
@@ -8,12 +8,13 @@ from detectron2.layers import ShapeSpec, get_norm
 __all__ = ["check_rgb", "get_norm_layer", "init_convs"]
 
 
-def check_rgb(images: Union[ShapeSpec, torch.Tensor], name: str) -> None:
-    """The SSD backbones take (N, 3, H, W) images: 3 values in MODEL.PIXEL_MEAN."""
-    if isinstance(images, ShapeSpec) and images.channels != 3:
-        raise ValueError(f"{name} takes 3-channel images; MODEL.PIXEL_MEAN has {images.channels}.")
-    if isinstance(images, torch.Tensor) and (images.dim() != 4 or images.shape[1] != 3):
-        raise ValueError(f"{name} expects (N, 3, H, W) images, got {tuple(images.shape)}.")
+def check_rgb(input_shape: ShapeSpec, name: str) -> None:
+    """The SSD backbones take 3-channel images: 3 values in MODEL.PIXEL_MEAN. (The SSD checks
+    each image against MODEL.PIXEL_MEAN.)"""
+    if input_shape.channels != 3:
+        raise ValueError(
+            f"{name} takes 3-channel images; MODEL.PIXEL_MEAN has {input_shape.channels}."
+        )
 
 
 def get_norm_layer(norm: str, eps: float, momentum: float) -> Callable[[int], nn.Module]:

@@ -1,5 +1,6 @@
 import contextlib
-from typing import Dict, List, Optional, Tuple
+import logging
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +22,16 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..config import settle_device
+from ..config import resolve_device
 from ..convert import convert_for_model, recognize
 from ..ignored_keys import warn_ignored_keys
 from .head import build_ssd_head
 from .nms import grouped_nms, select_detections
-from .precision import LowPrecisionCopy, resolve_precision
+from .precision import LowPrecisionCopy, resolve_precision, training_autocast_dtype
 
 __all__ = ["SSD", "resize_to_network_size"]
+
+logger = logging.getLogger(__name__)
 
 
 def resize_to_network_size(image: Tensor, size: int, boxes: Optional[Boxes] = None):
@@ -115,20 +118,33 @@ class SSD(nn.Module):
         self.test_dtype = test_dtype
         self.train_autocast_dtype = train_autocast_dtype
         self._low_precision_network = LowPrecisionCopy(test_dtype)
+        # The parts ("backbone", "head") whose weights came from a loaded state dict or from
+        # training, not from their initialisation: inference with a random head warns once.
+        self.trained_parts: Set[str] = set()
+        self._warned_untrained = False
         # Not in checkpoints: they come from the config.
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         # Channels-last convolutions are faster on CPUs (oneDNN) and GPUs (tensor cores).
         self.to(memory_format=torch.channels_last)
         # Detectron2's own DetectionCheckpointer (DefaultPredictor's) hands MODEL.WEIGHTS to
-        # load_state_dict as it is: a peer's published file is converted there.
-        self.register_load_state_dict_pre_hook(_convert_published_weights)
+        # load_state_dict as it is: a peer's published file is converted there. (The public
+        # name is torch 2.5's; torch 2.4 has the same hook under the private one.)
+        if hasattr(self, "register_load_state_dict_pre_hook"):
+            self.register_load_state_dict_pre_hook(_take_state_dict)
+        else:
+            self._register_load_state_dict_pre_hook(_take_state_dict, with_module=True)
 
     @classmethod
     def from_config(cls, cfg):
-        # Every way of building an SSD passes here once: the place to settle MODEL.DEVICE
-        # "auto" before build_model reads it, and to name the Detectron2 keys SSD ignores.
-        settle_device(cfg)
+        if resolve_device(cfg.MODEL.DEVICE) != cfg.MODEL.DEVICE:
+            # build_model moves the model to MODEL.DEVICE after this: it must name a device.
+            raise ValueError(
+                f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}, which ssd_d2.config.load_config turns "
+                "into the device of this machine: assemble the config with load_config, or set "
+                'MODEL.DEVICE "cpu" or "cuda" (ssd_d2.config.resolve_device picks one).'
+            )
+        # Every way of building an SSD passes here once: name the Detectron2 keys it ignores.
         warn_ignored_keys(cfg)
         backbone = build_backbone(cfg)
         backbone_shape = backbone.output_shape()
@@ -168,6 +184,9 @@ class SSD(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
             "test_dtype": resolve_precision(cfg.TEST.PRECISION, cfg.MODEL.DEVICE, "TEST.PRECISION"),
+            "train_autocast_dtype": training_autocast_dtype(
+                cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE
+            ),
         }
 
     @property
@@ -235,6 +254,8 @@ class SSD(nn.Module):
         elif not self.training and self.test_dtype != torch.float32:
             backbone, head = self._low_precision_network(self.backbone, self.head)
             images = images.to(self.test_dtype)
+        if not self.training:
+            self._warn_if_head_untrained()
         with context:
             features = backbone(images)
             features = [features[f] for f in self.head_in_features]
@@ -284,6 +305,7 @@ class SSD(nn.Module):
         plus the hardest negatives (``neg_pos_ratio`` per positive in each image), both
         summed and divided by max(1, number of positives in the batch).
         """
+        self.trained_parts.update(("backbone", "head"))
         gt_labels, matched_gt_boxes = self.label_anchors(anchors, gt_instances)
         positive = gt_labels > 0
         num_pos_per_image = positive.sum(dim=1)
@@ -357,22 +379,42 @@ class SSD(nn.Module):
         """(M, 4) boxes clipped to the square network input."""
         return boxes.clamp(min=0, max=self.image_size)
 
+    def _warn_if_head_untrained(self) -> None:
+        if "head" in self.trained_parts or self._warned_untrained:
+            return
+        self._warned_untrained = True
+        logger.warning(
+            "The SSD's detection head has random weights: MODEL.WEIGHTS was empty or held only "
+            "a backbone (ImageNet weights to train from), so these detections are noise. For "
+            "inference, set MODEL.WEIGHTS to a trained detector: your model_final.pth, or a "
+            "published one (ssd_d2.model_zoo.get_checkpoint_url(name))."
+        )
+
     def per_class_nms(self, boxes: Tensor, scores: Tensor) -> Tuple[Tensor, Tensor]:
         """Candidates (G, k, 4) with scores (G, k) -> :func:`grouped_nms` with the score and
         IoU thresholds: group and rank indices of the kept ones, in decreasing score."""
         return grouped_nms(boxes, scores, self.test_score_thresh, self.test_nms_thresh)
 
 
-def _convert_published_weights(module: SSD, state_dict, prefix: str, *args) -> None:
-    """A load_state_dict pre-hook: renames, in place, the tensors of a peer's published file
-    to the SSD's own names (:func:`ssd_d2.convert.convert_for_model`)."""
+def _take_state_dict(module: SSD, state_dict, prefix: str, *args) -> None:
+    """
+    A load_state_dict pre-hook: renames, in place, the tensors of a peer's published file to
+    the SSD's own names (:func:`ssd_d2.convert.convert_for_model`), and notes which parts of
+    the model the state dict sets (:attr:`SSD.trained_parts`).
+    """
     keys = [k for k in state_dict if k.startswith(prefix)]
     ours = {k[len(prefix) :]: state_dict[k] for k in keys}
-    if not ours or recognize(ours) == "ssd_d2":
-        return
-    converted, _ = convert_for_model(
-        ours, module.state_dict(), origin="The state dict loaded into the SSD model"
-    )
-    for key in keys:
-        del state_dict[key]
-    state_dict.update({prefix + k: v for k, v in converted.items()})
+    if ours and recognize(ours) != "ssd_d2":
+        ours, _ = convert_for_model(
+            ours, module.state_dict(), origin="The state dict loaded into the SSD model"
+        )
+        for key in keys:
+            del state_dict[key]
+        state_dict.update({prefix + k: v for k, v in ours.items()})
+    # The class predictors decide whether the detector is trained: a checkpoint whose class
+    # count differs from the config's loads without them (Detectron2 drops other shapes).
+    own = module.state_dict()
+    loaded = [k for k, v in ours.items() if k in own and v.shape == own[k].shape]
+    for part, names in (("backbone", "backbone."), ("head", "head.cls_score.")):
+        if any(k.startswith(names) for k in loaded):
+            module.trained_parts.add(part)

@@ -4,12 +4,12 @@
 import copy
 import itertools
 import logging
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "LowPrecisionCopy", "resolve_precision"]
+__all__ = ["PRECISIONS", "LowPrecisionCopy", "resolve_precision", "training_autocast_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,15 @@ def resolve_precision(name: str, device: str, key: str) -> torch.dtype:
         _warned.add((key, name, device_type))
         logger.warning(f"{key} = {name!r} runs in fp32 on this {device_type}: {reason}.")
     return torch.float32
+
+
+def training_autocast_dtype(amp_enabled: bool, device: str) -> Optional[torch.dtype]:
+    """The SSD's own training autocast: bfloat16 for SOLVER.AMP.ENABLED on a CPU that has it.
+    None elsewhere: on a GPU, Detectron2's AMPTrainer autocasts (float16, with a grad scaler)."""
+    if not amp_enabled or torch.device(device).type != "cpu":
+        return None
+    dtype = resolve_precision("bf16", "cpu", "SOLVER.AMP.ENABLED")
+    return None if dtype == torch.float32 else dtype
 
 
 class LowPrecisionCopy:

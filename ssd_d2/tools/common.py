@@ -4,8 +4,7 @@ import argparse
 import contextlib
 import logging
 import os
-import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -16,7 +15,6 @@ from detectron2.structures import BoxMode
 from ssd_d2.config import load_config
 from ssd_d2.data import load_dataset_dicts
 from ssd_d2.data.dataset_mapper import read_image
-from ssd_d2.model_zoo import IMAGENET_FILES
 
 # Every picture is drawn at 100 dots per inch: figure sizes in inches are pixel sizes / 100.
 DPI = 100
@@ -69,23 +67,13 @@ def usage_errors(parser: argparse.ArgumentParser, *errors):
         parser.error(str(e))
 
 
-def check_weights(cfg) -> Optional[str]:
-    """A warning (to stderr too) for an empty or ImageNet-backbone MODEL.WEIGHTS, else None."""
-    weights, warning = cfg.MODEL.WEIGHTS, None
-    if not weights:
-        warning = "MODEL.WEIGHTS is empty: the model has random weights."
-    elif os.path.basename(weights) in {os.path.basename(url) for url in IMAGENET_FILES}:
-        warning = (
-            f"MODEL.WEIGHTS is {os.path.basename(weights)}, ImageNet backbone weights to train "
-            "from: the detection head has random weights. Give a trained model (your "
-            "model_final.pth, or a model zoo URL, see ssd_d2.model_zoo)."
-        )
+def check_weights_file(cfg) -> None:
+    """FileNotFoundError for a MODEL.WEIGHTS path that does not exist, before the model is
+    built. (Empty or backbone-only weights: the model itself warns when it infers.)"""
+    weights = cfg.MODEL.WEIGHTS
     # URLs and detectron2:// paths are the checkpointer's to resolve.
-    elif "://" not in weights and not os.path.isfile(weights):
+    if weights and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {weights}")
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    return warning
 
 
 def dataset_dicts(name, cfg_names, key: str, indices=(), flag="--indices") -> Tuple[str, list]:
@@ -105,8 +93,9 @@ def dataset_dicts(name, cfg_names, key: str, indices=(), flag="--indices") -> Tu
     return name, dicts
 
 
-def coco_category_ids(metadata, num_classes: int) -> List[int]:
-    """Each class index's COCO category id, mapped back as Detectron2's COCOEvaluator does."""
+def dataset_category_ids(metadata, num_classes: int) -> List[int]:
+    """Each class index's category id in the data set's own annotations (COCO json ids), mapped
+    back as Detectron2's COCOEvaluator does; the class index where the data set has no map."""
     mapping = metadata.get("thing_dataset_id_to_contiguous_id", None) or {}
     dataset_ids = {c: d for d, c in mapping.items()}
     return [dataset_ids.get(i, i) for i in range(num_classes)]

@@ -101,7 +101,7 @@ class CocoDetections:
     annotations: ``COCO(images_file).loadRes(results_file)`` works on unlabelled images."""
 
     def __init__(self, metadata, num_classes: int):
-        self.category_ids = common.coco_category_ids(metadata, num_classes)
+        self.category_ids = common.dataset_category_ids(metadata, num_classes)
         names = metadata.get("thing_classes", None) or [str(i) for i in range(num_classes)]
         self.categories = [{"id": i, "name": n} for i, n in zip(self.category_ids, names)]
         self.images, self.results = [], []
@@ -296,7 +296,7 @@ def main(argv: Optional[Sequence[str]] = None, window=None, open_capture=None) -
     args, cfg = common.parse_config(parser, argv)
     cfg.MODEL.SSD.SCORE_THRESH_TEST = args.confidence_threshold
     with common.usage_errors(parser):
-        common.check_weights(cfg)
+        common.check_weights_file(cfg)
     # The camera is named WEBCAM_NAME; a --video-input is one more input.
     sources = [args.video_input] if args.video_input else args.input
     files, errors = ([WEBCAM_NAME], []) if args.webcam else expand_inputs(sources)

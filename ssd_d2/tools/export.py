@@ -17,11 +17,15 @@ import torch
 from detectron2.modeling import build_model
 
 from ssd_d2 import export
-from ssd_d2.config import resolve_device
 from ssd_d2.data.dataset_mapper import read_image
 from ssd_d2.engine import load_weights
 from ssd_d2.modeling import resize_to_network_size
-from ssd_d2.tools.common import add_trailing_options, argument_parser, check_weights, parse_config
+from ssd_d2.tools.common import (
+    add_trailing_options,
+    argument_parser,
+    check_weights_file,
+    parse_config,
+)
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -50,7 +54,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     try:
         args, cfg = parse_config(build_argument_parser(), argv)
         cfg.TEST.PRECISION = "fp32"  # the exported graph runs in float32 whatever the config says
-        device = args.device or resolve_device(cfg.MODEL.DEVICE)
+        device = args.device or cfg.MODEL.DEVICE
         if not args.device and device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"
         cfg.MODEL.DEVICE = device
@@ -59,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
                 f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}: this tool "
                 "exports ssd_d2's SSD models only."
             )
-        check_weights(cfg)  # warns on random weights; FileNotFoundError for a missing file
+        check_weights_file(cfg)
         model = build_model(cfg).eval()
         try:
             load_weights(model, cfg)

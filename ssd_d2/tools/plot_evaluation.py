@@ -139,7 +139,7 @@ def predict_coco_results(cfg, dataset_dicts: List[dict], metadata) -> List[dict]
     model = build_model(cfg).eval()
     load_weights(model, cfg)
     mapper = SSDDatasetMapper(cfg, is_train=False)
-    category_ids = common.coco_category_ids(metadata, cfg.MODEL.SSD.NUM_CLASSES)
+    category_ids = common.dataset_category_ids(metadata, cfg.MODEL.SSD.NUM_CLASSES)
     results = []
     for start in tqdm(range(0, len(dataset_dicts), 8), desc="inference", file=sys.stderr):
         inputs = [mapper(d) for d in dataset_dicts[start : start + 8]]  # batches of 8
@@ -161,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.max_images is not None and args.max_images < 1:
             raise ValueError("--max-images must be >= 1")
         if not args.results:
-            common.check_weights(cfg)
+            common.check_weights_file(cfg)
         elif not os.path.isfile(args.results):
             raise FileNotFoundError(f"--results file not found: {args.results}")
         name, dicts = common.dataset_dicts(args.dataset, cfg.DATASETS.TEST, "DATASETS.TEST")

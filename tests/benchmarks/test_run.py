@@ -1,6 +1,7 @@
 """
-benchmarks/run.py's bf16 additions: matching bf16 detections to fp32 ones, the bf16 tables of
-the report, and when the bf16 rows are on.
+The benchmark's bf16 additions: matching bf16 detections to fp32 ones
+(benchmarks/bf16_detections.py), the bf16 tables of the report (benchmarks/report.py), and when
+the bf16 rows are on (benchmarks/run.py).
 """
 
 import pytest
@@ -8,7 +9,9 @@ import torch
 
 from detectron2.structures import Boxes, Instances
 
-from benchmarks.run import detection_agreement, markdown_tables, match_detections, parse_args
+from benchmarks.bf16_detections import detection_agreement, match_detections
+from benchmarks.report import markdown_tables
+from benchmarks.run import parse_args
 from ssd_d2.modeling.precision import cpu_has_fast_bf16
 
 

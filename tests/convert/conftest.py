@@ -12,7 +12,7 @@ import torch
 
 import train_net
 from ssd_d2 import SSDTrainer, model_zoo
-from ssd_d2.convert import convert
+from ssd_d2.tools.convert import convert
 
 from .peers import FORMATS
 

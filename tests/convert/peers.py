@@ -271,7 +271,7 @@ FORMATS = {
     "mobilenet_v3_large-8738ca79.pth": (
         lambda: _randomized(mobilenet_v3_large(weights=None)).state_dict(),
         "mobilenet",
-        "ssdlite320_mobilenet_v3_coco",
+        "ssdlite320_mobilenet_v3_coco_imagenet",
         (),
     ),
     "ssd300_vgg16_coco-b556d3b4.pth": (
@@ -286,7 +286,7 @@ FORMATS = {
         ).state_dict(),
         "torchvision",
         "ssdlite320_mobilenet_v3_coco",
-        ("MODEL.MOBILENET.REDUCED_TAIL", "True"),
+        (),
     ),
     # lufficc/SSD saves {"model": state_dict, "iteration": ...}.
     "vgg_ssd300_voc0712.pth": (

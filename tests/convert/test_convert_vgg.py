@@ -12,9 +12,8 @@ from torchvision.models import resnet18, vgg16
 
 from detectron2.modeling import build_model
 
-from ssd_d2.convert import ConversionError, convert
-from ssd_d2.engine.checkpoint import read_state_dict, save_checkpoint
-from ssd_d2.tools.convert import main
+from ssd_d2.convert import ConversionError
+from ssd_d2.tools.convert import convert, main, read_state_dict, save_checkpoint
 
 from ..conftest import load_config
 from .peers import (

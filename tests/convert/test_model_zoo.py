@@ -3,16 +3,19 @@ The model zoo (its torchvision entries detect what torchvision's models detect),
 about a backbone that starts at random, and the offline converter recognising the source.
 """
 
-import dataclasses
 import logging
 import os
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
+from detectron2.engine import DefaultPredictor
+
 from ssd_d2 import SSDTrainer, model_zoo
 from ssd_d2.engine import SSDCheckpointer
-from ssd_d2.engine.checkpoint import warn_if_backbone_uninitialized
+from ssd_d2.engine.checkpoint import IMAGENET_BACKBONES, warn_if_backbone_uninitialized
 from ssd_d2.tools.convert import main as convert_main
 
 from ..conftest import load_config
@@ -29,9 +32,7 @@ def _serve_zoo_entry(monkeypatch, server, name, model):
     entry = model_zoo.ZOO[name]
     filename = entry.url.rsplit("/", 1)[1]
     torch.save(model.state_dict(), os.path.join(server.directory, "zoo_" + filename))
-    monkeypatch.setitem(
-        model_zoo.ZOO, name, dataclasses.replace(entry, url=f"{server.url}/zoo_{filename}")
-    )
+    monkeypatch.setitem(model_zoo.ZOO, name, entry._replace(url=f"{server.url}/zoo_{filename}"))
 
 
 def test_model_zoo_torchvision_ssd300_detects_as_torchvision(weights_server, monkeypatch):
@@ -58,27 +59,40 @@ def test_model_zoo_torchvision_ssdlite_detects_as_torchvision(weights_server, mo
 
 
 def test_model_zoo_configs():
+    # Untrained: the ImageNet backbone the peer starts from; torchvision's SSDLite320 starts
+    # from scratch, its SSD300 from its own VGG16 file.
+    from_scratch = {"ssdlite320_mobilenet_v3_coco": ""}
+    from_scratch["ssd300_coco_torchvision"] = (
+        "https://download.pytorch.org/models/vgg16_features-amdegroot-88682ab5.pth"
+    )
     for name, entry in model_zoo.ZOO.items():
         assert os.path.samefile(
             model_zoo.get_config_file(name), os.path.join(REPO_ROOT, "configs", entry.config)
         )
         untrained, trained = model_zoo.get_config(name), model_zoo.get_config(name, True)
-        assert trained.MODEL.WEIGHTS == entry.url
-        # Untrained: the ImageNet backbone the peer starts from.
-        assert (
-            untrained.MODEL.WEIGHTS
-            == model_zoo.IMAGENET_BACKBONES.get(untrained.MODEL.BACKBONE.NAME)
-            or name == "ssd300_coco_torchvision"
-        )
-    assert model_zoo.get_config("ssd300_coco_torchvision").MODEL.WEIGHTS.endswith(
-        "vgg16_features-amdegroot-88682ab5.pth"
-    )
-    assert (
-        model_zoo.get_config("ssdlite320_mobilenet_v3_coco").MODEL.MOBILENET.REDUCED_TAIL is False
-    )
-    assert model_zoo.get_config("ssdlite320_mobilenet_v3_coco", True).MODEL.MOBILENET.REDUCED_TAIL
+        assert trained.MODEL.WEIGHTS == entry.url == model_zoo.get_checkpoint_url(name)
+        backbone = IMAGENET_BACKBONES[untrained.MODEL.BACKBONE.NAME]
+        assert untrained.MODEL.WEIGHTS == from_scratch.get(name, backbone)
+    # torchvision's SSDLite recipe: from scratch, with the tail its published model has.
+    cfg = model_zoo.get_config("ssdlite320_mobilenet_v3_coco")
+    assert cfg.MODEL.MOBILENET.REDUCED_TAIL and not cfg.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE
+    imagenet = load_config("ssdlite320_mobilenet_v3_coco_imagenet")
+    assert imagenet.MODEL.WEIGHTS == IMAGENET_BACKBONES["build_mobilenet_v3_ssdlite_backbone"]
+    assert not imagenet.MODEL.MOBILENET.REDUCED_TAIL
     with pytest.raises(FileNotFoundError, match="ssd300_voc"):
         model_zoo.get_config_file("ssd301_voc")
+    with pytest.raises(ValueError, match="no published weights"):
+        model_zoo.get_checkpoint_url("ssd300_shapes")
+
+
+def test_model_zoo_get_defaults_to_the_untrained_model(weights_server, monkeypatch):
+    server, published = weights_server
+    url, data = published("vgg16_reducedfc.pth")
+    config = load_config("ssd300_voc", "MODEL.WEIGHTS", url)
+    monkeypatch.setattr(model_zoo, "get_config", lambda name, trained: config)
+    model = model_zoo.get("ssd300_voc", device="cpu")  # as Detectron2's: trained=False
+    assert not model.training and model.trained_parts == {"backbone"}
+    assert_loaded(model, expected_state_dict("vgg16_reducedfc.pth", data))
 
 
 # ---------------------------------------------------------------------------------------
@@ -97,10 +111,14 @@ class _Records(logging.Handler):
 @pytest.fixture
 def warnings_logged():
     handler = _Records()
-    logger = logging.getLogger("ssd_d2.engine.checkpoint")
-    logger.addHandler(handler)
+    loggers = [
+        logging.getLogger(f"ssd_d2.{m}") for m in ("engine.checkpoint", "modeling.meta_arch")
+    ]
+    for logger in loggers:
+        logger.addHandler(handler)
     yield handler.messages
-    logger.removeHandler(handler)
+    for logger in loggers:
+        logger.removeHandler(handler)
 
 
 def _start_training(config, opts, tmp_path, monkeypatch, shapes_root):
@@ -141,15 +159,50 @@ def test_uninitialised_backbone_warning(
 
 
 def test_warning_names_each_backbones_imagenet_file():
+    untrained = SimpleNamespace(trained_parts=set())
     for config, file in [
         ("ssdlite320_mobilenet_v2_voc", "mobilenet_v2-b0353104.pth"),
-        ("ssdlite320_mobilenet_v3_coco", "mobilenet_v3_large-8738ca79.pth"),
+        ("ssdlite320_mobilenet_v3_coco_imagenet", "mobilenet_v3_large-8738ca79.pth"),
         ("ssd512_coco", "vgg16_reducedfc.pth"),
     ]:
         cfg = load_config(config, "MODEL.WEIGHTS", "")
-        assert file in warn_if_backbone_uninitialized(cfg, None)
+        assert file in warn_if_backbone_uninitialized(cfg, untrained)
         assert cfg.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE
-    assert warn_if_backbone_uninitialized(load_config("ssd160_shapes_demo"), None) is None
+    for config in ["ssd160_shapes_demo", "ssdlite320_mobilenet_v3_coco"]:  # from scratch
+        assert warn_if_backbone_uninitialized(load_config(config), untrained) is None
+
+
+# ---------------------------------------------------------------------------------------
+# Inference with a head that neither a file nor training has set.
+
+
+@pytest.mark.parametrize(
+    "weights, warns",
+    [
+        ("", True),
+        ("vgg16_reducedfc.pth", True),  # ImageNet weights: a backbone only
+        ("vgg_ssd300_voc0712.pth", False),  # a trained detector (lufficc/SSD's layout)
+        ("five_classes.pth", True),  # another class count: the class head is not loaded
+    ],
+)
+def test_default_predictor_warns_about_an_untrained_head(
+    weights, warns, weights_server, warnings_logged, tmp_path
+):
+    _, published = weights_server
+    if weights == "five_classes.pth":
+        model = SSDTrainer.build_model(load_config("ssd300_voc", "MODEL.SSD.NUM_CLASSES", "5"))
+        weights = str(tmp_path / weights)
+        torch.save({"model": model.state_dict()}, weights)
+    elif weights:
+        weights = published(weights)[0]
+    predictor = DefaultPredictor(load_config("ssd300_voc", "MODEL.WEIGHTS", weights))
+    image = np.zeros((120, 90, 3), dtype=np.uint8)
+    for _ in range(2):
+        predictor(image)
+    untrained = [m for m in warnings_logged if "head has random weights" in m]
+    assert len(untrained) == int(warns), warnings_logged  # once per model
+    if warns:
+        assert "MODEL.WEIGHTS" in untrained[0] and "get_checkpoint_url" in untrained[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -157,37 +210,26 @@ def test_warning_names_each_backbones_imagenet_file():
 
 
 @pytest.mark.parametrize(
-    "name, config, opts",
+    "name, config",
     [
-        ("mobilenet_v3_large-8738ca79.pth", "ssdlite320_mobilenet_v3_coco.yaml", []),
-        (
-            "ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
-            "ssdlite320_mobilenet_v3_coco.yaml",
-            ["MODEL.MOBILENET.REDUCED_TAIL", "True"],
-        ),
+        # ImageNet weights have the full tail; torchvision's SSDLite, trained from scratch, not.
+        ("mobilenet_v3_large-8738ca79.pth", "ssdlite320_mobilenet_v3_coco_imagenet.yaml"),
+        ("ssdlite320_mobilenet_v3_large_coco-a79551df.pth", "ssdlite320_mobilenet_v3_coco.yaml"),
     ],
 )
-def test_converter_recognises_the_source(name, config, opts, tmp_path, capsys):
+def test_converter_recognises_the_source(name, config, tmp_path, capsys):
     data = FORMATS[name][0]()
     source, output = str(tmp_path / name), str(tmp_path / "converted.pth")
     torch.save(data, source)
     conversion = convert_main([source, output])  # no --source
-    assert conversion.config_file.endswith(config) and conversion.config_opts == opts
-    assert f"--config-file {conversion.config_file} {' '.join(opts + [''])}MODEL.WEIGHTS" in (
+    assert conversion.config_file.endswith(config)
+    assert f"--config-file {conversion.config_file} MODEL.WEIGHTS {output}" in (
         capsys.readouterr().out
     )
     # MODEL.WEIGHTS takes the converted file as it is, and the published one to the same
     # tensors.
-    model = SSDTrainer.build_model(load_config(config[: -len(".yaml")], *opts))
+    model = SSDTrainer.build_model(load_config(config[: -len(".yaml")]))
     SSDCheckpointer(model).load(output)
     assert_loaded(model, expected_state_dict(name, data))
     with pytest.raises(SystemExit, match="keys are ssd_d2's already"):
         convert_main([output, str(tmp_path / "again.pth")])
-
-
-def test_tools_warn_about_imagenet_weights():
-    from ssd_d2.tools.common import check_weights
-
-    for config in ["ssd300_voc", "ssd300_coco_torchvision", "ssdlite320_mobilenet_v3_coco"]:
-        assert "ImageNet backbone weights" in check_weights(load_config(config))
-        assert check_weights(model_zoo.get_config(config, trained=True)) is None

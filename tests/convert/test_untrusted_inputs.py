@@ -17,8 +17,8 @@ from ssd_d2 import add_ssd_config
 from ssd_d2.config import merge_from_file_safely
 from ssd_d2.convert import ConversionError
 from ssd_d2.engine import SSDCheckpointer
-from ssd_d2.engine.checkpoint import UnsafeCheckpointError, read_state_dict, save_checkpoint
-from ssd_d2.tools.convert import build_argument_parser
+from ssd_d2.engine.checkpoint import UnsafeCheckpointError
+from ssd_d2.tools.convert import build_argument_parser, read_state_dict, save_checkpoint
 
 from ..conftest import CONFIG_DIR
 

@@ -17,10 +17,10 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
-from ssd_d2.convert import convert
 from ssd_d2.data.dataset_mapper import SSDDatasetMapper
 from ssd_d2.data.transforms import RandomChannelSwap
 from ssd_d2.modeling import SSDDefaultBoxGenerator
+from ssd_d2.tools.convert import convert
 
 from ..conftest import CONFIG_DIR, conv_init_stats, load_config
 
@@ -222,7 +222,11 @@ def test_losses_equal_lufficcs(loss_pair, at_border):
     images = _random_images(3, size, seed=2)
     ground_truth = [_random_ground_truth(n, size, num_classes, rng, at_border) for n in (1, 4, 9)]
     expected, actual = _losses(cfg, theirs, ours, images, ground_truth)
-    assert actual == pytest.approx(expected, rel=1e-5)
+    # Both sum in float32, in orders that differ with the thread count (oneDNN blocks each
+    # convolution by it; the losses add a few hundred terms): about eps * sqrt(terms) per sum,
+    # compounded over the layers, 1.7e-5 apart between 1 and 2 threads. One positive or hard
+    # negative more or fewer changes a loss by about 1 / (its terms), over 3e-3 here.
+    assert actual == pytest.approx(expected, rel=1e-4)
 
 
 def _lufficc_detections(cfg, theirs, images):

@@ -17,9 +17,10 @@ from torchvision.models import mobilenet_v2, mobilenet_v3_large
 from detectron2.engine import DefaultPredictor
 
 from ssd_d2 import SSDTrainer, model_zoo
-from ssd_d2.convert import KNOWN_FORMATS, ConversionError, convert
+from ssd_d2.convert import KNOWN_FORMATS, ConversionError
 from ssd_d2.engine import SSDCheckpointer, SSDPredictor
 from ssd_d2.engine.checkpoint import UnsafeCheckpointError
+from ssd_d2.tools.convert import convert
 
 from ..conftest import load_config
 from .conftest import REPO_ROOT, Server, assert_loaded, expected_state_dict, load_through_train_net
@@ -48,7 +49,7 @@ def test_every_published_format_loads_by_url(
     "name, config",
     [
         ("mobilenet_v2-b0353104.pth", "ssdlite320_mobilenet_v2_voc"),
-        ("mobilenet_v3_large-8738ca79.pth", "ssdlite320_mobilenet_v3_coco"),
+        ("mobilenet_v3_large-8738ca79.pth", "ssdlite320_mobilenet_v3_coco_imagenet"),
     ],
 )
 def test_imagenet_mobilenet_computes_torchvision_features(name, config, weights_server):

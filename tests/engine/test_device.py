@@ -1,4 +1,5 @@
-"""MODEL.DEVICE: "auto" is settled when the model is built, never frozen into a config."""
+"""MODEL.DEVICE: "auto" is settled where the config is assembled, so a run's config.yaml names
+the device it ran on; a model is never built for "auto"."""
 
 import importlib.util
 import os
@@ -7,10 +8,11 @@ import pytest
 import torch
 import yaml
 
+from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-from ssd_d2.config import load_config, resolve_device
+from ssd_d2.config import add_ssd_config, load_config, resolve_device
 
 from ..conftest import CONFIG_DIR
 
@@ -19,7 +21,7 @@ DEMO_CONFIG = os.path.join(CONFIG_DIR, "ssd160_shapes_demo.yaml")
 
 
 def _notebook_config(*opts):
-    """The config as the notebook assembles it: no device chosen."""
+    """The config as the notebook assembles it."""
     return load_config(DEMO_CONFIG, list(opts))
 
 
@@ -38,8 +40,10 @@ def _train_net_setup(output_dir, *opts):
         return yaml.safe_load(f)
 
 
-def test_dumped_config_names_no_device_unless_asked(tmp_path):
-    assert _train_net_setup(tmp_path / "auto")["MODEL"]["DEVICE"] == "auto"
+def test_dumped_config_names_the_device(tmp_path):
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    assert _train_net_setup(tmp_path / "default")["MODEL"]["DEVICE"] == here
+    assert _train_net_setup(tmp_path / "auto", "MODEL.DEVICE", "auto")["MODEL"]["DEVICE"] == here
     assert _train_net_setup(tmp_path / "cpu", "MODEL.DEVICE", "cpu")["MODEL"]["DEVICE"] == "cpu"
 
 
@@ -54,22 +58,27 @@ def test_auto_is_cuda_where_cuda_is(monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's choice")
-def test_auto_builds_on_the_cpu_here():
-    cfg = _notebook_config()
-    assert cfg.MODEL.DEVICE == "auto"
-    # Detectron2's build_model moves the model to torch.device(cfg.MODEL.DEVICE) after
-    # building it: the SSD meta-architecture settles "auto" in the config it is given.
-    model = build_model(cfg)
-    assert {p.device.type for p in model.parameters()} == {"cpu"}
+def test_auto_builds_on_the_cpu_here(tmp_path):
+    cfg = _notebook_config("MODEL.DEVICE", "auto")
     assert cfg.MODEL.DEVICE == "cpu"
-
-    frozen = _notebook_config()
+    frozen = cfg.clone()
     frozen.freeze()
-    predictor = DefaultPredictor(frozen)  # builds from its own copy of the config
-    assert frozen.MODEL.DEVICE == "auto" and frozen.is_frozen()
-    assert predictor.cfg.MODEL.DEVICE == "cpu" and predictor.cfg.is_frozen()
+    predictor = DefaultPredictor(frozen)
+    assert {p.device.type for p in predictor.model.parameters()} == {"cpu"}
     outputs = predictor(torch.zeros(40, 60, 3, dtype=torch.uint8).numpy())
     assert outputs["instances"].image_size == (40, 60)
+
+    # Detectron2's own assembly: add_ssd_config's default is this machine's device too.
+    cfg = get_cfg()
+    add_ssd_config(cfg)
+    assert cfg.MODEL.DEVICE == "cpu"
+    cfg.merge_from_file(DEMO_CONFIG)
+    build_model(cfg)
+    # A file that says "auto", merged without load_config: a clear error, not torch's.
+    (tmp_path / "auto.yaml").write_text(f'_BASE_: "{DEMO_CONFIG}"\nMODEL:\n  DEVICE: auto\n')
+    cfg.merge_from_file(str(tmp_path / "auto.yaml"))
+    with pytest.raises(ValueError, match="load_config"):
+        build_model(cfg)
 
 
 def test_an_explicit_device_is_kept():

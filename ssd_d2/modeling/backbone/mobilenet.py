@@ -46,7 +46,6 @@ class _SSDLiteBackbone(Backbone):
         self._out_feature_strides = {name: 2 ** (4 + i) for i, name in enumerate(_OUT_FEATURES)}
 
     def forward(self, x) -> Dict[str, torch.Tensor]:
-        check_rgb(x, type(self).__name__)
         outputs = []
         for block in list(self.features) + list(self.extra):
             x = block(x)

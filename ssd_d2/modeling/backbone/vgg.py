@@ -142,7 +142,6 @@ class VGG16SSD(Backbone):
         self._out_feature_channels = dict(zip(all_names, channels))
 
     def forward(self, x) -> Dict[str, torch.Tensor]:
-        check_rgb(x, "VGG16SSD")
         outputs = []
         for i, layer in enumerate(self.vgg):
             x = layer(x)
