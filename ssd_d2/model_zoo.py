@@ -1,7 +1,7 @@
 """
-ssd_d2's model zoo, as Detectron2's: the configs of the published SSD architectures (to train,
-from the ImageNet backbone the peer starts from), and with ``trained=True`` the peers' published
-detectors (by URL, cached, converted as they are loaded).
+ssd_d2's model zoo, as Detectron2's: the configs of the published SSD architectures (to train
+as the peer did, from its ImageNet backbone or from scratch), and with ``trained=True`` the
+peers' published detectors (by URL, cached, converted as they are loaded).
 """
 
 import os
@@ -89,9 +89,8 @@ def get_checkpoint_url(name: str) -> str:
 
 def get_config(name: str, trained: bool = False) -> CfgNode:
     """
-    The config ``name`` (see :func:`get_config_file`), whose MODEL.WEIGHTS is the ImageNet
-    backbone it trains from; with ``trained``, the peer's published detector (a model zoo name
-    only).
+    The config ``name`` (see :func:`get_config_file`), whose MODEL.WEIGHTS is what it trains
+    from; with ``trained``, the peer's published detector (a model zoo name only).
     """
     if not trained:
         return load_config(get_config_file(name))
@@ -100,7 +99,7 @@ def get_config(name: str, trained: bool = False) -> CfgNode:
 
 def get(name: str, trained: bool = False, device: Optional[str] = None):
     """The model of :func:`get_config` in eval mode, its weights loaded by ssd_d2's checkpointer
-    (``trained=False``: the ImageNet backbone, a random head)."""
+    (``trained=False``: what training starts from, a random head)."""
     cfg = get_config(name, trained)
     if device is not None:
         cfg.MODEL.DEVICE = device

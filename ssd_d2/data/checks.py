@@ -20,15 +20,8 @@ from detectron2.utils.file_io import PathManager
 
 from .dataset_mapper import exif_orientation
 
-__all__ = [
-    "DatasetError",
-    "DatasetReport",
-    "check_dataset_dicts",
-    "check_dataset_files",
-    "check_images_exist",
-    "load_dataset_dicts",
-    "map_across_processes",
-]
+__all__ = ["DatasetError", "DatasetReport", "check_dataset_dicts", "check_dataset_files"]
+__all__ += ["check_images_exist", "load_dataset_dicts", "map_across_processes"]
 
 logger = logging.getLogger(__name__)
 

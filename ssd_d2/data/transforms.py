@@ -13,19 +13,10 @@ from detectron2.data import transforms as T
 from detectron2.projects.point_rend import ColorAugSSDTransform
 from detectron2.structures import Boxes, pairwise_iou
 
-__all__ = [
-    "SeededColorAugSSDTransform",
-    "RandomPhotometricDistortion",
-    "ChannelSwapTransform",
-    "RandomChannelSwap",
-    "ExpandTransform",
-    "RandomExpand",
-    "SSDCropTransform",
-    "MinIoURandomCrop",
-    "OpenCVResizeTransform",
-    "SquareResize",
-    "build_ssd_train_augmentations",
-]
+__all__ = ["SeededColorAugSSDTransform", "RandomPhotometricDistortion", "RandomChannelSwap"]
+__all__ += ["ChannelSwapTransform", "ExpandTransform", "RandomExpand", "SSDCropTransform"]
+__all__ += ["MinIoURandomCrop", "OpenCVResizeTransform", "SquareResize"]
+__all__ += ["build_ssd_train_augmentations"]
 
 
 class SeededColorAugSSDTransform(ColorAugSSDTransform):

@@ -1,6 +1,7 @@
 """
-ssd_d2's weights entrance: reading checkpoint files without running code from them, writing
-them atomically, and converting a peer's published file as it is loaded (:mod:`ssd_d2.convert`).
+ssd_d2's checkpointer: reading checkpoint files without running code from them, writing them
+atomically, and converting a peer's published file as it is loaded (:mod:`ssd_d2.convert`; a
+plain DetectionCheckpointer reaches the same rules through the SSD's load_state_dict hook).
 """
 
 import contextlib
@@ -24,10 +25,8 @@ __all__ = ["IMAGENET_BACKBONES", "SSDCheckpointer", "UnsafeCheckpointError", "lo
 logger = logging.getLogger(__name__)
 
 _TORCHVISION = "https://download.pytorch.org/models"
-# The ImageNet file each backbone starts from (by MODEL.BACKBONE.NAME), as the peers do:
-# lufficc/SSD and ssd.pytorch download vgg16_reducedfc.pth, lufficc/SSD's MobileNetV2
-# torchvision's ImageNet classifier; torchvision's SSD300 starts from its own VGG16 file
-# (vgg16_features-amdegroot-88682ab5.pth, in ssd300_coco_torchvision.yaml).
+# The ImageNet file each backbone starts from (by MODEL.BACKBONE.NAME), as the peers' training
+# does (torchvision's SSD300 from its own VGG16 file: ssd300_coco_torchvision.yaml names it).
 IMAGENET_BACKBONES = {
     "build_vgg16_ssd_backbone": "https://s3.amazonaws.com/amdegroot-models/vgg16_reducedfc.pth",
     "build_mobilenet_v2_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v2-b0353104.pth",
@@ -88,8 +87,7 @@ def load_checkpoint_file(
 
 
 def _allowing(safe_globals: Sequence):
-    """``torch.serialization.safe_globals`` (torch 2.5); torch 2.4 has only the process-wide
-    ``add_safe_globals``."""
+    """torch.serialization.safe_globals; torch 2.4 has only the process-wide add_safe_globals."""
     if hasattr(torch.serialization, "safe_globals"):
         return torch.serialization.safe_globals(list(safe_globals))
     torch.serialization.add_safe_globals(list(safe_globals))

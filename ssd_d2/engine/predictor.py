@@ -6,7 +6,7 @@ __all__ = ["SSDPredictor"]
 
 
 class SSDPredictor(DefaultPredictor):
-    """DefaultPredictor whose MODEL.WEIGHTS come through ssd_d2's weights entrance."""
+    """DefaultPredictor whose MODEL.WEIGHTS come through ssd_d2's checkpointer (safe reading)."""
 
     def __init__(self, cfg):
         cfg = cfg.clone()

@@ -96,27 +96,20 @@ class SSD(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"MODEL.SSD.NUM_CLASSES must be >= 1, got {num_classes}.")
-        self.backbone = backbone
-        self.head = head
-        self.head_in_features = head_in_features
-        self.anchor_generator = anchor_generator
-        self.box2box_transform = box2box_transform
-        # IoU >= threshold is positive, below is background; the rule that each ground truth
-        # also takes its best default box is applied in label_anchors.
+        self.backbone, self.head, self.head_in_features = backbone, head, head_in_features
+        self.anchor_generator, self.box2box_transform = anchor_generator, box2box_transform
+        self.num_classes, self.image_size, self.input_format = num_classes, image_size, input_format
+        # Training. IoU >= threshold is positive, below is background; the rule that each ground
+        # truth also takes its best default box is applied in label_anchors.
         self.anchor_matcher = Matcher([iou_threshold], [0, 1], allow_low_quality_matches=False)
-        self.num_classes = num_classes
-        self.image_size = image_size
-        self.neg_pos_ratio = neg_pos_ratio
+        self.neg_pos_ratio, self.smooth_l1_beta = neg_pos_ratio, smooth_l1_beta
         self.min_negatives_per_image = min_negatives_per_image
-        self.smooth_l1_beta = smooth_l1_beta
-        self.test_score_thresh = test_score_thresh
+        # Inference.
+        self.test_score_thresh, self.test_nms_thresh = test_score_thresh, test_nms_thresh
         self.test_topk_candidates = test_topk_candidates
-        self.test_nms_thresh = test_nms_thresh
         self.clip_boxes_before_nms = clip_boxes_before_nms
         self.max_detections_per_image = max_detections_per_image
-        self.input_format = input_format
-        self.test_dtype = test_dtype
-        self.train_autocast_dtype = train_autocast_dtype
+        self.test_dtype, self.train_autocast_dtype = test_dtype, train_autocast_dtype
         self._low_precision_network = LowPrecisionCopy(test_dtype)
         # The parts ("backbone", "head") whose weights came from a loaded state dict or from
         # training, not from their initialisation: inference with a random head warns once.
@@ -144,8 +137,7 @@ class SSD(nn.Module):
                 "into the device of this machine: assemble the config with load_config, or set "
                 'MODEL.DEVICE "cpu" or "cuda" (ssd_d2.config.resolve_device picks one).'
             )
-        # Every way of building an SSD passes here once: name the Detectron2 keys it ignores.
-        warn_ignored_keys(cfg)
+        warn_ignored_keys(cfg)  # every way of building an SSD passes here once
         backbone = build_backbone(cfg)
         backbone_shape = backbone.output_shape()
         in_features = list(cfg.MODEL.SSD.IN_FEATURES)
@@ -254,8 +246,14 @@ class SSD(nn.Module):
         elif not self.training and self.test_dtype != torch.float32:
             backbone, head = self._low_precision_network(self.backbone, self.head)
             images = images.to(self.test_dtype)
-        if not self.training:
-            self._warn_if_head_untrained()
+        if not (self.training or self._warned_untrained or "head" in self.trained_parts):
+            self._warned_untrained = True
+            logger.warning(
+                "The SSD's detection head has random weights: MODEL.WEIGHTS was empty, held only "
+                "a backbone (ImageNet weights to train from) or another class count, so these "
+                "detections are noise. For inference, set MODEL.WEIGHTS to a trained detector: "
+                "your model_final.pth, or a published one (ssd_d2.model_zoo.get_checkpoint_url)."
+            )
         with context:
             features = backbone(images)
             features = [features[f] for f in self.head_in_features]
@@ -379,17 +377,6 @@ class SSD(nn.Module):
         """(M, 4) boxes clipped to the square network input."""
         return boxes.clamp(min=0, max=self.image_size)
 
-    def _warn_if_head_untrained(self) -> None:
-        if "head" in self.trained_parts or self._warned_untrained:
-            return
-        self._warned_untrained = True
-        logger.warning(
-            "The SSD's detection head has random weights: MODEL.WEIGHTS was empty or held only "
-            "a backbone (ImageNet weights to train from), so these detections are noise. For "
-            "inference, set MODEL.WEIGHTS to a trained detector: your model_final.pth, or a "
-            "published one (ssd_d2.model_zoo.get_checkpoint_url(name))."
-        )
-
     def per_class_nms(self, boxes: Tensor, scores: Tensor) -> Tuple[Tensor, Tensor]:
         """Candidates (G, k, 4) with scores (G, k) -> :func:`grouped_nms` with the score and
         IoU thresholds: group and rank indices of the kept ones, in decreasing score."""
@@ -403,17 +390,14 @@ def _take_state_dict(module: SSD, state_dict, prefix: str, *args) -> None:
     the model the state dict sets (:attr:`SSD.trained_parts`).
     """
     keys = [k for k in state_dict if k.startswith(prefix)]
-    ours = {k[len(prefix) :]: state_dict[k] for k in keys}
+    ours, own = {k[len(prefix) :]: state_dict[k] for k in keys}, module.state_dict()
     if ours and recognize(ours) != "ssd_d2":
-        ours, _ = convert_for_model(
-            ours, module.state_dict(), origin="The state dict loaded into the SSD model"
-        )
+        ours = convert_for_model(ours, own, origin="The state dict loaded into the SSD model")[0]
         for key in keys:
             del state_dict[key]
         state_dict.update({prefix + k: v for k, v in ours.items()})
     # The class predictors decide whether the detector is trained: a checkpoint whose class
     # count differs from the config's loads without them (Detectron2 drops other shapes).
-    own = module.state_dict()
     loaded = [k for k, v in ours.items() if k in own and v.shape == own[k].shape]
     for part, names in (("backbone", "backbone."), ("head", "head.cls_score.")):
         if any(k.startswith(names) for k in loaded):

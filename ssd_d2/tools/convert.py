@@ -14,24 +14,9 @@ import torch
 from detectron2.modeling import build_model
 
 from ssd_d2.config import load_config
-from ssd_d2.convert import (
-    ALREADY_OURS,
-    CONV6_7,
-    SOURCES,
-    SPECS,
-    Conversion,
-    ConversionError,
-    check_fits,
-    recognize,
-    rename,
-    unknown_format_message,
-)
-from ssd_d2.engine.checkpoint import (
-    UnsafeCheckpointError,
-    atomic_write,
-    load_checkpoint_file,
-    split_weights,
-)
+from ssd_d2.convert import SOURCES, SPECS, Conversion, ConversionError, core
+from ssd_d2.convert.rules import CONV6_7
+from ssd_d2.engine import checkpoint
 from ssd_d2.model_zoo import get_config_file
 from ssd_d2.tools.common import add_trailing_options, argument_parser, config_options
 
@@ -48,16 +33,15 @@ _EXAMPLES = """examples:
 
 
 def read_state_dict(path: str, allow_unsafe: bool = False) -> Dict[str, torch.Tensor]:
-    """The state dict in a peer's file, read without running code from it unless
-    ``allow_unsafe``."""
+    """The state dict in a peer's file, read running no code from it unless ``allow_unsafe``."""
     try:
         # torchvision's detection reference scripts save their argparse arguments too.
-        data = load_checkpoint_file(
+        data = checkpoint.load_checkpoint_file(
             path, allow_unsafe, [argparse.Namespace], fix="add --allow-unsafe-checkpoint"
         )
-    except UnsafeCheckpointError as e:
+    except checkpoint.UnsafeCheckpointError as e:
         raise ConversionError(str(e)) from None
-    weights = split_weights(data)[0] if isinstance(data, dict) else data
+    weights = checkpoint.split_weights(data)[0] if isinstance(data, dict) else data
     if not isinstance(weights, dict) or not weights:
         raise ConversionError(f"{path} holds no state dict (found {type(weights).__name__}).")
     not_tensors = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
@@ -75,9 +59,10 @@ def save_checkpoint(state_dict: Dict[str, torch.Tensor], path: str, author: str)
     # clone(): a slice (fc6/fc7, class outputs) would otherwise save its whole source tensor.
     model = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     model = {k: v.numpy() if pkl else v for k, v in model.items()}
-    checkpoint = {"model": model, "__author__": author, "matching_heuristics": False}
+    data, write = {"model": model, "__author__": author}, pickle.dump if pkl else torch.save
+    data["matching_heuristics"] = False
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write(path, lambda f: (pickle.dump if pkl else torch.save)(checkpoint, f), mode="wb")
+    checkpoint.atomic_write(path, lambda f: write(data, f), mode="wb")
 
 
 def default_config(result: Conversion) -> str:
@@ -105,14 +90,14 @@ def convert(source: Optional[str], state_dict: dict, config_file=None, opts=()) 
     fit.
     """
     if source is None:
-        source = recognize(state_dict)
-        if source in (None, "ssd_d2"):
-            raise ConversionError(
-                ALREADY_OURS if source else unknown_format_message("The checkpoint", state_dict)
-            )
+        source = core.recognize(state_dict)
+        if source is None:
+            raise ConversionError(core.unknown_format_message("The checkpoint", state_dict))
+        if source == "ssd_d2":
+            raise ConversionError(core.ALREADY_OURS)
     if source not in SOURCES:
         raise ConversionError(f"Unknown source {source!r}; choose one of {SOURCES}.")
-    result = rename(source, state_dict)
+    result = core.rename(source, state_dict)
     config_file = config_file or default_config(result)
     result.config_file = (
         config_file if os.path.isfile(config_file) else get_config_file(config_file)
@@ -131,7 +116,7 @@ def convert(source: Optional[str], state_dict: dict, config_file=None, opts=()) 
             f"{len(result.expected_missing)} model tensors (extras, heads{l2_norm}) train from "
             "their initialisation: loading the file lists them as missing, as expected"
         )
-    check_fits(result, model, target=result.config_file)
+    core.check_fits(result, model, target=result.config_file)
     return result
 
 

@@ -135,7 +135,7 @@ def plot_evaluation(curves: ClassCurves, title: str = "") -> Figure:
 
 
 def predict_coco_results(cfg, dataset_dicts: List[dict], metadata) -> List[dict]:
-    """COCO results of the model of ``cfg`` (MODEL.WEIGHTS through the weights entrance)."""
+    """COCO results of the model of ``cfg`` (MODEL.WEIGHTS through ssd_d2's checkpointer)."""
     model = build_model(cfg).eval()
     load_weights(model, cfg)
     mapper = SSDDatasetMapper(cfg, is_train=False)

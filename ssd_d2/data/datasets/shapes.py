@@ -16,16 +16,9 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-__all__ = [
-    "SHAPE_CLASSES",
-    "SHAPES_SPLITS",
-    "ensure_split",
-    "generate_shapes_dataset",
-    "register_shapes_dataset",
-    "shapes_dataset_root",
-    "paint_objects",
-    "write_generated_dataset",
-]
+__all__ = ["SHAPE_CLASSES", "SHAPES_SPLITS", "ensure_split", "generate_shapes_dataset"]
+__all__ += ["register_shapes_dataset", "shapes_dataset_root", "paint_objects"]
+__all__ += ["write_generated_dataset"]
 
 logger = logging.getLogger(__name__)
 
