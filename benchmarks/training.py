@@ -25,6 +25,7 @@ from benchmarks.common import (
     random_images,
 )
 from ssd_d2.convert import coco_category_ids
+from ssd_d2.modeling.precision import training_autocast_dtype
 
 
 def training_batch(batch: int, device: str, seed=2, size=300):
@@ -102,8 +103,8 @@ def section_train(args, report):
         # Copies, so that each timed step updates its own weights and optimizer.
         ours_bf16, theirs_bf16 = copy.deepcopy(ours), copy.deepcopy(theirs)
         # ssd_d2's own bf16 training (SOLVER.AMP.ENABLED on a CPU): autocast around the network
-        # only, decoding and the losses in fp32.
-        ours_bf16.train_autocast_dtype = torch.bfloat16
+        # only, decoding and the losses in fp32; --bf16 is for CPUs that have it.
+        ours_bf16.train_autocast_dtype = training_autocast_dtype(True, args.device)
         device = args.device
         with EventStorage():
             t = median_times(

@@ -68,7 +68,13 @@ def load_checkpoint_file(
             if filename.endswith(".pkl"):
                 unpickler = pickle.Unpickler if allow_unsafe else _RestrictedUnpickler
                 return unpickler(f, encoding="latin1").load()
-            with _allowing(safe_globals):
+            # torch.serialization.safe_globals is torch 2.5's; 2.4 allows them process-wide.
+            if hasattr(torch.serialization, "safe_globals"):
+                allowing = torch.serialization.safe_globals(list(safe_globals))
+            else:
+                torch.serialization.add_safe_globals(list(safe_globals))
+                allowing = contextlib.nullcontext()
+            with allowing:
                 return torch.load(f, map_location="cpu", weights_only=not allow_unsafe)
     except pickle.UnpicklingError as e:
         # torch names the global it refused; other unpickling errors mean a damaged file.
@@ -84,14 +90,6 @@ def load_checkpoint_file(
             f"you trust where the file comes from, {fix}, or load it once yourself and save its "
             "state_dict() with torch.save."
         ) from None
-
-
-def _allowing(safe_globals: Sequence):
-    """torch.serialization.safe_globals; torch 2.4 has only the process-wide add_safe_globals."""
-    if hasattr(torch.serialization, "safe_globals"):
-        return torch.serialization.safe_globals(list(safe_globals))
-    torch.serialization.add_safe_globals(list(safe_globals))
-    return contextlib.nullcontext()
 
 
 def split_weights(data: dict):
@@ -176,7 +174,7 @@ def load_weights(model, cfg) -> SSDCheckpointer:
 def warn_if_backbone_uninitialized(cfg, model: SSD) -> Optional[str]:
     """Log (and return) a warning when a config that expects ImageNet weights
     (MODEL.SSD.EXPECT_PRETRAINED_BACKBONE) starts training from a backbone no file set."""
-    if "backbone" in model.trained_parts or not cfg.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE:
+    if not cfg.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE or "backbone" in model.trained_parts:
         return None
     weights = cfg.MODEL.WEIGHTS
     why = f"({weights}) sets none of the backbone's weights" if weights else "is empty"
@@ -184,9 +182,8 @@ def warn_if_backbone_uninitialized(cfg, model: SSD) -> Optional[str]:
     start = f"MODEL.WEIGHTS {url}" if url else "MODEL.WEIGHTS to ImageNet weights of the backbone"
     message = (
         f"Training starts from a randomly initialised backbone: MODEL.WEIGHTS {why}. The "
-        f"published results of this architecture start from ImageNet weights: set {start} (the "
-        "config's default), or, to train from scratch on purpose, "
-        "MODEL.SSD.EXPECT_PRETRAINED_BACKBONE False."
+        f"published results of this architecture start from ImageNet weights: set {start}, or, "
+        "to train from scratch on purpose, MODEL.SSD.EXPECT_PRETRAINED_BACKBONE False."
     )
     logger.warning(message)
     return message

@@ -133,9 +133,8 @@ class SSD(nn.Module):
         if resolve_device(cfg.MODEL.DEVICE) != cfg.MODEL.DEVICE:
             # build_model moves the model to MODEL.DEVICE after this: it must name a device.
             raise ValueError(
-                f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}, which ssd_d2.config.load_config turns "
-                "into the device of this machine: assemble the config with load_config, or set "
-                'MODEL.DEVICE "cpu" or "cuda" (ssd_d2.config.resolve_device picks one).'
+                f"MODEL.DEVICE {cfg.MODEL.DEVICE!r} names no device: assemble the config with "
+                'ssd_d2.config.load_config, which settles it, or set "cpu" or "cuda".'
             )
         warn_ignored_keys(cfg)  # every way of building an SSD passes here once
         backbone = build_backbone(cfg)
@@ -393,12 +392,16 @@ def _take_state_dict(module: SSD, state_dict, prefix: str, *args) -> None:
     ours, own = {k[len(prefix) :]: state_dict[k] for k in keys}, module.state_dict()
     if ours and recognize(ours) != "ssd_d2":
         ours = convert_for_model(ours, own, origin="The state dict loaded into the SSD model")[0]
+        # Left out, as Detectron2's checkpointer leaves out other shapes (it saw the peer's names).
+        skipped = [k for k, v in ours.items() if k in own and v.shape != own[k].shape]
+        if skipped:
+            logger.warning(f"Not loaded, their shapes differ from the model's: {skipped}")
         for key in keys:
             del state_dict[key]
-        state_dict.update({prefix + k: v for k, v in ours.items()})
-    # The class predictors decide whether the detector is trained: a checkpoint whose class
-    # count differs from the config's loads without them (Detectron2 drops other shapes).
-    loaded = [k for k, v in ours.items() if k in own and v.shape == own[k].shape]
-    for part, names in (("backbone", "backbone."), ("head", "head.cls_score.")):
-        if any(k.startswith(names) for k in loaded):
-            module.trained_parts.add(part)
+        state_dict.update({prefix + k: v for k, v in ours.items() if k not in skipped})
+    loaded = {k for k, v in ours.items() if k in own and v.shape == own[k].shape}
+    if any(k.startswith("backbone.") for k in loaded):
+        module.trained_parts.add("backbone")
+    # Every class predictor loaded (SSDLite's depthwise convs fit another class count too).
+    if {k for k in own if k.startswith("head.cls_score.")} <= loaded:
+        module.trained_parts.add("head")

@@ -89,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         checks = []
         if not args.no_verify:
             exported = export.load_exported(args.format, args.output, device=device)
-            checks = export.verify(model, exported, batches, random_weights=not cfg.MODEL.WEIGHTS)
+            checks = export.verify(model, exported, batches)
         return {"path": args.output, "seconds": seconds, "checks": checks}
     # ExportError is a ValueError, as are the config's errors; missing files are OSErrors.
     except (ValueError, OSError) as e:

@@ -14,7 +14,7 @@ import torch
 from detectron2.engine import DefaultPredictor
 
 from ssd_d2 import SSDTrainer, model_zoo
-from ssd_d2.engine import SSDCheckpointer
+from ssd_d2.engine import SSDCheckpointer, SSDPredictor
 from ssd_d2.engine.checkpoint import IMAGENET_BACKBONES, warn_if_backbone_uninitialized
 from ssd_d2.tools.convert import main as convert_main
 
@@ -233,3 +233,19 @@ def test_converter_recognises_the_source(name, config, tmp_path, capsys):
     assert_loaded(model, expected_state_dict(name, data))
     with pytest.raises(SystemExit, match="keys are ssd_d2's already"):
         convert_main([output, str(tmp_path / "again.pth")])
+
+
+@pytest.mark.parametrize("predictor_class", [DefaultPredictor, SSDPredictor])
+def test_a_peers_file_of_another_class_count_loads_without_its_class_head(
+    predictor_class, weights_server, warnings_logged
+):
+    # torchvision's COCO SSDLite for 20 classes: Detectron2's checkpointer (DefaultPredictor's)
+    # sees the peer's names, so the SSD's pre-hook leaves out the other shapes itself; SSDLite's
+    # depthwise class convs still fit, its 1x1 class convs do not: the head is not trained.
+    url, _ = weights_server[1]("ssdlite320_mobilenet_v3_large_coco-a79551df.pth")
+    cfg = load_config("ssdlite320_mobilenet_v3_coco", "MODEL.SSD.NUM_CLASSES", "20")
+    cfg.MODEL.WEIGHTS = url
+    predictor = predictor_class(cfg)
+    assert predictor.model.trained_parts == {"backbone"}
+    predictor(np.zeros((64, 48, 3), dtype=np.uint8))
+    assert sum("head has random weights" in m for m in warnings_logged) == 1, warnings_logged

@@ -224,8 +224,9 @@ def test_losses_equal_lufficcs(loss_pair, at_border):
     expected, actual = _losses(cfg, theirs, ours, images, ground_truth)
     # Both sum in float32, in orders that differ with the thread count (oneDNN blocks each
     # convolution by it; the losses add a few hundred terms): about eps * sqrt(terms) per sum,
-    # compounded over the layers, 1.7e-5 apart between 1 and 2 threads. One positive or hard
-    # negative more or fewer changes a loss by about 1 / (its terms), over 3e-3 here.
+    # compounded over the layers, 1.7e-5 apart between 1 and 2 threads. What the comparison is
+    # for, one positive or hard negative more or fewer, changes a loss by about 1 / (its
+    # terms), over 3e-3 here (a swap of two nearly tied hard negatives would pass unseen).
     assert actual == pytest.approx(expected, rel=1e-4)
 
 

@@ -103,10 +103,13 @@ def test_the_layers_import_downwards_only():
     # DESIGN.md: config, modeling, data and convert at the bottom, engine above them, model_zoo
     # and tools on top; convert imports neither engine nor the model zoo.
     graph = import_graph()
+    top = ("ssd_d2.engine", "ssd_d2.export", "ssd_d2.model_zoo", "ssd_d2.tools")
     above = {
-        "ssd_d2.convert": ("ssd_d2.engine", "ssd_d2.model_zoo", "ssd_d2.modeling", "ssd_d2.tools"),
-        "ssd_d2.modeling": ("ssd_d2.engine", "ssd_d2.model_zoo", "ssd_d2.tools", "ssd_d2.data"),
-        "ssd_d2.engine": ("ssd_d2.model_zoo", "ssd_d2.tools"),
+        "ssd_d2.convert": top + ("ssd_d2.modeling", "ssd_d2.data"),
+        "ssd_d2.modeling": top + ("ssd_d2.data",),
+        "ssd_d2.data": top + ("ssd_d2.modeling", "ssd_d2.convert"),
+        "ssd_d2.engine": ("ssd_d2.export", "ssd_d2.model_zoo", "ssd_d2.tools"),
+        "ssd_d2.export": ("ssd_d2.engine", "ssd_d2.model_zoo", "ssd_d2.tools"),
         "ssd_d2.config": ("ssd_d2.",),
     }
     wrong = [

@@ -34,8 +34,7 @@ def test_declares_what_it_imports_and_keeps_an_installed_opencv(tmp_path):
     assert not any(name.startswith("opencv") for name in names)
 
 
-VOC_EVALUATION = textwrap.dedent(
-    """
+VOC_EVALUATION = textwrap.dedent("""
     import os, sys
     import numpy as np, torch, cv2
     import ssd_d2
@@ -71,8 +70,7 @@ VOC_EVALUATION = textwrap.dedent(
         instances.pred_classes = torch.tensor([0])
         evaluator.process([{"image_id": name}], [{"instances": instances}])
     print("AP50", evaluator.evaluate()["bbox"]["AP50"])
-    """
-)
+    """)
 
 
 @pytest.mark.slow
