@@ -3,7 +3,6 @@
 import copy
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -149,7 +148,10 @@ def memory_child(model_name: str, batch: int, device: str, amp: bool):
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        # This process's own peak (KiB): ru_maxrss would start at the parent's, which a child
+        # inherits through fork and keeps through exec on Linux.
+        with open("/proc/self/status") as f:
+            peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
     print(json.dumps({"peak_mib": peak}))
 
 
