@@ -88,6 +88,19 @@ def opencv_requirement():
     return ["opencv-python-headless<4.12" if numpy_major < 2 else "opencv-python-headless"]
 
 
+def export_requirements():
+    """
+    The runtimes the exports run in and the int8 quantizers: onnx, onnxruntime (and its
+    quantization), OpenVINO and NNCF. Where the installed numpy is older than 1.24 (Detectron2
+    v0.6 needs one), the newest releases that take it: NNCF 2.15 and later need numpy >= 1.24,
+    and NNCF 2.14 drives OpenVINO through ``openvino.runtime``, which OpenVINO 2026 removed.
+    """
+    numpy = _installed_versions(("numpy",)).get("numpy", "2")
+    old_numpy = tuple(int(part) for part in numpy.split(".")[:2] if part.isdigit()) < (1, 24)
+    runtimes = ["openvino<2026", "nncf<2.15"] if old_numpy else ["openvino", "nncf"]
+    return ["onnx", "onnxscript", "onnxruntime"] + runtimes
+
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -120,15 +133,13 @@ setup(
     python_requires=">=3.11",
     install_requires=REQUIREMENTS + opencv_requirement(),
     extras_require={
-        # Export to ONNX and checking it.
-        "export": ["onnx", "onnxscript", "onnxruntime"],
+        # Export to ONNX and OpenVINO, int8 quantization, and running the exported models.
+        "export": export_requirements(),
         # The test suite: exporting, executing the notebook, measuring memory.
         "test": [
             "pytest",
             "pytest-timeout",
-            "onnx",
-            "onnxscript",
-            "onnxruntime",
+            *export_requirements(),
             "nbclient",
             "nbformat",
             "ipykernel",

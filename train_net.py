@@ -18,6 +18,7 @@ from detectron2.utils.logger import setup_logger
 from ssd_d2 import SSDTrainer
 from ssd_d2.config import load_config
 from ssd_d2.engine import SSDCheckpointer, default_timeout, launch
+from ssd_d2.export import ExportedSSD, ExportError, is_exported_model
 
 
 def setup(args):
@@ -31,11 +32,20 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
+    exported = is_exported_model(cfg.MODEL.WEIGHTS)
+    if exported and not args.eval_only:
+        raise ExportError(
+            f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} is an exported model, which only infers: "
+            "evaluate it with --eval-only, or train from a .pth checkpoint."
+        )
     if args.eval_only:
-        model = SSDTrainer.build_model(cfg)
-        SSDCheckpointer(
-            model, save_dir=cfg.OUTPUT_DIR, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS
-        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if exported:  # evaluated in its runtime, with the config's evaluators
+            model = ExportedSSD.from_config(cfg)
+        else:
+            model = SSDTrainer.build_model(cfg)
+            SSDCheckpointer(
+                model, save_dir=cfg.OUTPUT_DIR, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS
+            ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = SSDTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

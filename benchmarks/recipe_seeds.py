@@ -33,7 +33,7 @@ import torch
 
 import detectron2
 
-from benchmarks.toy_signs import TOY_SIGN_CLASSES, TOY_SIGNS_TRAIN, TOY_SIGNS_VAL
+from ssd_d2.data.datasets.toy_signs import TOY_SIGN_CLASSES, TOY_SIGNS_TRAIN, TOY_SIGNS_VAL
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "ssd160_shapes_demo.yaml")

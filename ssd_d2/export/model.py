@@ -8,8 +8,12 @@ is the caller's (the tool uses ``resize_to_network_size``).
 
 import contextlib
 import inspect
+import json
+import os
+import shutil
+import tempfile
 import warnings
-from typing import Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -18,18 +22,14 @@ from detectron2.structures import Boxes
 
 from ..modeling import SSD
 from ..modeling.nms import grouped_nms, rank_within_images, select_detections
+from . import runtimes
+from .formats import OUTPUT_NAMES, ExportError, check_request
 
-__all__ = ["DEFAULT_ONNX_OPSET", "FORMATS", "OUTPUT_NAMES", "ExportError", "ExportableSSD"]
-__all__ += ["check_exportable", "example_images", "export_model", "in_eval_mode"]
+__all__ = ["DEFAULT_ONNX_OPSET", "ExportableSSD", "check_exportable", "example_images"]
+__all__ += ["export_info", "export_model", "in_eval_mode"]
 
-FORMATS = ("torchscript", "onnx")
-OUTPUT_NAMES = ("boxes", "scores", "classes", "num_detections")
 MIN_ONNX_OPSET = 11  # NonMaxSuppression's current form
 DEFAULT_ONNX_OPSET = 17
-
-
-class ExportError(ValueError):
-    """A model or an export request that cannot be exported; the message says why."""
 
 
 def check_exportable(model: nn.Module) -> None:
@@ -140,18 +140,68 @@ def example_images(model: SSD, batch_size: int, seed: int = 0, dtype=torch.uint8
     return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).to(model.device, dtype)
 
 
-def export_model(model: SSD, format: str, path: str, example=None, opset=DEFAULT_ONNX_OPSET):
-    """Trace ``model`` (in eval mode, its mode restored after) on ``example`` (default: two random uint8 images;
-    the input type is the example's, the batch size free); write it to ``path`` in ``format``."""
-    if format not in FORMATS:
-        raise ExportError(f"Unknown export format {format!r}; choose one of {FORMATS}.")
+def export_info(model: SSD, format: str, precision: str, input_dtype: torch.dtype) -> Dict:
+    """The facts an exported file carries, by which a reader checks it against a config."""
+    return {
+        "format": format,
+        "precision": precision,
+        "image_size": model.image_size,
+        "num_classes": model.num_classes,
+        "channels": model.pixel_mean.shape[0],
+        "input_format": model.input_format,
+        "input_dtype": str(input_dtype).replace("torch.", ""),
+    }
+
+
+def export_model(
+    model: SSD,
+    format: str,
+    path: str,
+    example=None,
+    opset: int = DEFAULT_ONNX_OPSET,
+    precision: str = "fp32",
+    calibration: Optional[Iterable[Tensor]] = None,
+) -> None:
+    """
+    Trace ``model`` (in eval mode, its mode restored after) on ``example`` (default: two random
+    uint8 images; the input type is the example's, the batch size free); write it to ``path``
+    in ``format`` (OpenVINO: ``path`` is the .xml, the .bin is written beside it). ``int8``
+    quantizes ONNX and OpenVINO models after training, calibrated on ``calibration``: images
+    (C, S, S) at the network size, of the example's type.
+    """
+    check_request(format, precision, path)
+    if precision == "int8" and calibration is None:
+        raise ExportError("An int8 export needs calibration images.")
     check_exportable(model)
-    if format == "onnx" and opset < MIN_ONNX_OPSET:
+    if format != "torchscript" and opset < MIN_ONNX_OPSET:
         raise ExportError(
             f"ONNX opset {opset} is too old: the export needs NonMaxSuppression as defined in "
             f"opset {MIN_ONNX_OPSET} or later."
         )
     example = example_images(model, 2) if example is None else example
+    info = export_info(model, format, precision, example.dtype)
+    if format == "torchscript":
+        _trace(model, format, path, example, opset, info)
+        return
+    calibration = list(calibration) if precision == "int8" else None
+    tmp_dir = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        onnx_path = os.path.join(tmp_dir, "float.onnx")
+        _trace(model, "onnx", onnx_path, example, opset, info)
+        if format == "openvino":
+            runtimes.to_openvino(onnx_path, path, info, calibration)
+            return
+        if calibration is not None:
+            runtimes.quantize_onnx(onnx_path, os.path.join(tmp_dir, "int8.onnx"), calibration)
+            onnx_path = os.path.join(tmp_dir, "int8.onnx")
+        runtimes.save_onnx_info(onnx_path, info)
+        shutil.move(onnx_path, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _trace(model: SSD, format: str, path: str, example: Tensor, opset: int, info: Dict):
+    """Trace to TorchScript (``info`` in the archive) or to a float32 ONNX file."""
     with in_eval_mode(model), torch.no_grad(), warnings.catch_warnings():
         # The tracer's notices are about the fixed image size's shapes, kept as constants.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -161,7 +211,9 @@ def export_model(model: SSD, format: str, path: str, example=None, opset=DEFAULT
         warnings.filterwarnings("ignore", message="Exporting aten::index operator")
         wrapper = ExportableSSD(model, format)
         if format == "torchscript":
-            torch.jit.trace(wrapper, (example,), check_trace=False).save(path)
+            traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+            extra = {f"{runtimes.INFO_KEY}.json": json.dumps(dict(info, device=str(model.device)))}
+            torch.jit.save(traced, path, _extra_files=extra)
             return
         # The TorchScript-based exporter takes the data-dependent sizes as dynamic shapes
         # and the NMS as its symbolic; torch.export would need each size declared.

@@ -1,39 +1,23 @@
 """Check an exported SSD against eager inference on the same images."""
 
-import warnings
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor
 
+from detectron2.structures import Boxes, pairwise_iou
+
 from ..modeling import SSD
-from .model import FORMATS, OUTPUT_NAMES, ExportError, in_eval_mode
+from .formats import ExportError
+from .model import in_eval_mode
 
-__all__ = ["compare_with_eager", "eager_detections", "load_exported", "matched_differences"]
-__all__ += ["BOX_TOLERANCE", "SCORE_TOLERANCE", "verify"]
+__all__ = ["compare_with_eager", "eager_detections", "matched_differences", "verify"]
+__all__ += ["BOX_TOLERANCE", "INT8_KEPT_RULE", "SCORE_TOLERANCE", "int8_agreement"]
 
-BOX_TOLERANCE, SCORE_TOLERANCE = 1e-3, 1e-4  # pixels, score: what ``verify`` accepts
-
-
-def load_exported(format: str, path: str, device: str = "cpu") -> Callable:
-    """An exported model as a function of images to CPU tensors: TorchScript on ``device``
-    (the one it was exported on), ONNX in an onnxruntime CPU session."""
-    if format == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-            module = torch.jit.load(path, map_location=device)
-        return torch.no_grad()(lambda images: tuple(t.cpu() for t in module(images.to(device))))
-    if format == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-
-        def run(images: Tensor) -> Tuple[Tensor, ...]:
-            outputs = session.run(list(OUTPUT_NAMES), {"images": images.cpu().numpy()})
-            return tuple(map(torch.from_numpy, outputs))
-
-        return run
-    raise ExportError(f"Unknown export format {format!r}; choose one of {FORMATS}.")
+BOX_TOLERANCE, SCORE_TOLERANCE = 1e-3, 1e-4  # pixels, score: what ``verify`` accepts in fp32
+# int8 (score, IoU, share): an int8 export is broken when it keeps, with the same class at
+# IoU >= 0.8, fewer than 90% of the eager detections that score >= 0.3.
+INT8_KEPT_RULE = (0.3, 0.8, 0.9)
 
 
 def eager_detections(model: SSD, images: Tensor) -> List[Tuple[Tensor, Tensor, Tensor]]:
@@ -43,29 +27,71 @@ def eager_detections(model: SSD, images: Tensor) -> List[Tuple[Tensor, Tensor, T
     return [(x.pred_boxes.tensor, x.scores, x.pred_classes) for x in outputs]
 
 
-def compare_with_eager(model: SSD, exported, images: Tensor, expected=None) -> Dict[str, object]:
-    """``exported``'s detections on ``images`` paired with eager inference's (``expected``):
-    {"detections": per-image counts, "max_box_diff", "max_score_diff"}, or ExportError."""
+def _exported_detections(exported, images: Tensor) -> List[Tuple[Tensor, Tensor, Tensor]]:
+    """The exported model's padded outputs on ``images`` as boxes, scores, classes per image."""
     boxes, scores, classes, counts = exported(images)
-    expected = eager_detections(model, images) if expected is None else expected
-    max_box, max_score = 0.0, 0.0
-    for i, eager in enumerate(expected):
+    detections = []
+    for i in range(len(images)):
         n = int(counts[i])
         if not (bool((classes[i, n:] == -1).all()) and bool((scores[i, n:] == 0).all())):
             raise ExportError(f"Image {i}: the rows after num_detections = {n} are not padding.")
+        detections.append((boxes[i, :n], scores[i, :n], classes[i, :n]))
+    return detections
+
+
+def compare_with_eager(model: SSD, exported, images: Tensor, expected=None) -> Dict[str, object]:
+    """``exported``'s detections on ``images`` paired with eager inference's (``expected``):
+    {"detections": per-image counts, "max_box_diff", "max_score_diff"}, or ExportError."""
+    actual = _exported_detections(exported, images)
+    expected = eager_detections(model, images) if expected is None else expected
+    max_box, max_score = 0.0, 0.0
+    for i, (eager, mine) in enumerate(zip(expected, actual)):
         try:
-            box, score = matched_differences(eager, (boxes[i, :n], scores[i, :n], classes[i, :n]))
+            box, score = matched_differences(eager, mine)
         except ValueError as e:
             raise ExportError(
                 f"Image {i} of a batch of {len(images)}: the exported model's detections differ "
                 f"from eager inference's: {e}"
             ) from None
         max_box, max_score = max(max_box, box), max(max_score, score)
-    return {"detections": counts.tolist(), "max_box_diff": max_box, "max_score_diff": max_score}
+    counts = [len(d[0]) for d in actual]
+    return {"detections": counts, "max_box_diff": max_box, "max_score_diff": max_score}
 
 
-def verify(model: SSD, exported, batches) -> List[Dict[str, object]]:
-    """:func:`compare_with_eager` on each (name, images), printed; ExportError past tolerance."""
+def int8_agreement(model: SSD, exported, images: Tensor) -> Dict[str, object]:
+    """
+    How much of eager inference a quantized export keeps on ``images``: of the eager
+    detections scoring >= INT8_KEPT_RULE's score, {"eager": their number, "kept": how many the
+    export has with the same class at IoU >= its IoU, "max_box_shift": the largest coordinate
+    difference (pixels) of those pairs}.
+    """
+    min_score, min_iou, _ = INT8_KEPT_RULE
+    eager, kept, shift = 0, 0, 0.0
+    for expected, actual in zip(eager_detections(model, images), _exported_detections(exported, images)):
+        confident = expected[1] >= min_score
+        boxes, classes = expected[0][confident], expected[2][confident]
+        eager += len(boxes)
+        if not len(boxes) or not len(actual[0]):
+            continue
+        iou = pairwise_iou(Boxes(boxes), Boxes(actual[0].float()))
+        iou[classes[:, None] != actual[2][None]] = 0
+        best_iou, best = iou.max(dim=1)
+        matched = best_iou >= min_iou
+        kept += int(matched.sum())
+        if matched.any():
+            diff = (boxes[matched] - actual[0][best[matched]]).abs().max()
+            shift = max(shift, float(diff))
+    return {"eager": eager, "kept": kept, "max_box_shift": shift}
+
+
+def verify(model: SSD, exported, batches, precision: str = "fp32") -> List[Dict[str, object]]:
+    """
+    Each (name, images) of ``batches`` through ``exported`` and eager inference, printed.
+    float32: :func:`compare_with_eager`, ExportError past BOX_TOLERANCE / SCORE_TOLERANCE.
+    int8: :func:`int8_agreement` over all batches, ExportError by INT8_KEPT_RULE.
+    """
+    if precision == "int8":
+        return [_verify_int8(model, exported, batches)]
     checks = []
     for name, images in batches:
         try:
@@ -89,6 +115,37 @@ def verify(model: SSD, exported, batches) -> List[Dict[str, object]]:
             ) from None
         checks.append(check)
     return checks
+
+
+def _verify_int8(model: SSD, exported, batches) -> Dict[str, object]:
+    total = {"eager": 0, "kept": 0, "max_box_shift": 0.0}
+    for _, images in batches:
+        check = int8_agreement(model, exported, images)
+        total["eager"] += check["eager"]
+        total["kept"] += check["kept"]
+        total["max_box_shift"] = max(total["max_box_shift"], check["max_box_shift"])
+    min_score, min_iou, min_share = INT8_KEPT_RULE
+    names = " + ".join(name for name, _ in batches)
+    if not total["eager"]:
+        print(
+            f"Checked against eager inference on {names} image(s): no eager detection scores "
+            f">= {min_score}, so nothing to compare (check with trained weights and real images)."
+        )
+        return total
+    share = total["kept"] / total["eager"]
+    print(
+        f"Checked against eager inference on {names} image(s): int8 keeps {total['kept']} of "
+        f"the {total['eager']} eager detections scoring >= {min_score} ({100 * share:.1f}%, "
+        f"same class, IoU >= {min_iou}); largest box shift {total['max_box_shift']:.2f} px"
+    )
+    if share < min_share:
+        raise ExportError(
+            f"The int8 model keeps {100 * share:.1f}% of eager inference's detections scoring "
+            f">= {min_score}, fewer than {100 * min_share:.0f}%: the quantized export is broken "
+            "(calibrate on images like the ones it will see: --calibration-images, "
+            "DATASETS.TRAIN), or export in fp32."
+        )
+    return total
 
 
 def matched_differences(expected, actual) -> Tuple[float, float]:

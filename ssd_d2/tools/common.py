@@ -15,6 +15,8 @@ from detectron2.structures import BoxMode
 from ssd_d2.config import load_config
 from ssd_d2.data import load_dataset_dicts
 from ssd_d2.data.dataset_mapper import read_image
+from ssd_d2.engine import SSDPredictor
+from ssd_d2.export import ExportedPredictor, is_exported_model
 
 # Every picture is drawn at 100 dots per inch: figure sizes in inches are pixel sizes / 100.
 DPI = 100
@@ -74,6 +76,14 @@ def check_weights_file(cfg) -> None:
     # URLs and detectron2:// paths are the checkpointer's to resolve.
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {weights}")
+
+
+def build_predictor(cfg):
+    """DefaultPredictor's call on MODEL.WEIGHTS: an exported model (.ts, .onnx, .xml) in its
+    runtime, else the PyTorch SSD with its checkpoint."""
+    if is_exported_model(cfg.MODEL.WEIGHTS):
+        return ExportedPredictor(cfg)
+    return SSDPredictor(cfg)
 
 
 def dataset_dicts(name, cfg_names, key: str, indices=(), flag="--indices") -> Tuple[str, list]:

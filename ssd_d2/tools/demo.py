@@ -25,7 +25,6 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 
 from ssd_d2.data.dataset_mapper import UnreadableImageError, read_image
-from ssd_d2.engine import SSDPredictor
 
 from . import common
 
@@ -136,7 +135,7 @@ def _video_writer(path: str, fps: float, first_frame: np.ndarray):
 
 
 class DemoRunner:
-    """SSDPredictor drawing with the class names of ``cfg.DATASETS.TEST[0]``; results go to
+    """The predictor (common.build_predictor) drawing with the class names of ``cfg.DATASETS.TEST[0]``; results go to
     ``output_name`` (input path, extension -> output path), ``window`` and ``detections``.
     ``open_capture`` (source: a path, or 0 for the camera) opens the videos and the camera."""
 
@@ -149,7 +148,7 @@ class DemoRunner:
         record=False,
         open_capture=cv2.VideoCapture,
     ):
-        self.predictor, self.open_capture = SSDPredictor(cfg), open_capture
+        self.predictor, self.open_capture = common.build_predictor(cfg), open_capture
         name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(name)
         self.scale, self.output_name, self.window = scale, output_name, window

@@ -1,8 +1,11 @@
 """
-Export an SSD (normalisation, network, decoding, NMS) to TorchScript or ONNX and check it
-against eager inference (ssd_d2.export describes the exported model):
+Export an SSD (normalisation, network, decoding, NMS) to TorchScript, ONNX or OpenVINO, in
+float32 or int8 (post-training quantization calibrated on images of DATASETS.TRAIN), and check
+it against eager inference (ssd_d2.export describes the exported model):
 
     python -m ssd_d2.tools.export --format onnx --config-file FILE --output FILE [KEY VALUE ...]
+    python -m ssd_d2.tools.export --format openvino --precision int8 --config-file FILE \
+        --output model.xml MODEL.WEIGHTS model_final.pth
 """
 
 import argparse
@@ -12,12 +15,14 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from ssd_d2 import export
-from ssd_d2.data.dataset_mapper import read_image
+from ssd_d2.data import load_dataset_dicts, read_image
 from ssd_d2.engine import load_weights
 from ssd_d2.modeling import resize_to_network_size
 from ssd_d2.tools.common import (
@@ -28,11 +33,19 @@ from ssd_d2.tools.common import (
 )
 
 
+DEFAULT_CALIBRATION_IMAGES = 100
+# int8's check: the first of the calibration images, real ones (random ones detect nothing).
+INT8_CHECK_IMAGES = 16
+
+
 def build_argument_parser() -> argparse.ArgumentParser:
     parser = argument_parser("export", __doc__, config_help="the model's config")
     add = parser.add_argument
     add("--format", required=True, choices=export.FORMATS, help="what to export to")
-    add("--output", required=True, metavar="FILE", help="the file to write")
+    add("--output", required=True, metavar="FILE", help="the file to write (.ts, .onnx, .xml)")
+    add("--precision", choices=export.PRECISIONS, default="fp32", help="int8: onnx, openvino")
+    add("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+        help="int8: images of DATASETS.TRAIN to calibrate on")
     add("--input-dtype", choices=("uint8", "float32"), default="uint8", help="ONNX input type")
     add("--opset", type=int, default=export.DEFAULT_ONNX_OPSET, help="ONNX opset (at least 11)")
     add("--device", help="default MODEL.DEVICE (cpu without CUDA); TorchScript stays on it")
@@ -49,6 +62,29 @@ def read_images(paths: List[str], fmt: str, size: int, dtype: torch.dtype) -> to
     return torch.stack(images).round().clamp(0, 255).to(dtype)
 
 
+def calibration_images(cfg, count: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """``count`` images of DATASETS.TRAIN, spread evenly over it, at the network size."""
+    names = list(cfg.DATASETS.TRAIN)
+    if not names:
+        raise export.ExportError(
+            "DATASETS.TRAIN is empty: int8 calibrates on its images. Name a registered data "
+            "set with images like the ones the model will see, e.g. DATASETS.TRAIN \"('x',)\"."
+        )
+    dicts = []
+    for name in names:
+        if name not in DatasetCatalog.list():
+            raise export.ExportError(
+                f"DATASETS.TRAIN names {name!r}, which is not a registered data set: int8 "
+                "calibrates on its images. Register it, or set DATASETS.TRAIN on the command "
+                "line to one that is (python -m ssd_d2.tools.visualize_data lists them)."
+            )
+        dicts += load_dataset_dicts(name)
+    if count < 1:
+        raise export.ExportError(f"--calibration-images must be at least 1, got {count}.")
+    picks = np.unique(np.linspace(0, len(dicts) - 1, min(count, len(dicts))).round().astype(int))
+    return read_images([dicts[i]["file_name"] for i in picks], cfg.INPUT.FORMAT, size, dtype)
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     """Returns {"path", "seconds": export time, "checks": compare_with_eager's, per batch}."""
     try:
@@ -63,6 +99,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
                 f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}: this tool "
                 "exports ssd_d2's SSD models only."
             )
+        export.check_request(args.format, args.precision, args.output)
         check_weights_file(cfg)
         model = build_model(cfg).eval()
         try:
@@ -74,26 +111,47 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         example = export.example_images(model, 2, dtype=dtype)
         # Batch sizes other than the example's: the check shows the batch size is free.
         batches = [(f"{n} random", export.example_images(model, n, n, dtype)) for n in (1, 3)]
+        calibration = None
+        if args.precision == "int8":
+            calibration = calibration_images(cfg, args.calibration_images, model.image_size, dtype)
+            # On random images a trained model detects nothing to compare: real ones instead.
+            real = calibration[:INT8_CHECK_IMAGES].to(device)
+            batches = [(f"{len(real)} calibration", real)]
         if args.verify_images and not args.no_verify:
             images = read_images(args.verify_images, cfg.INPUT.FORMAT, model.image_size, dtype)
             batches.append((f"{len(images)} given", images.to(device)))
 
         start = time.perf_counter()
-        export.export_model(model, args.format, args.output, example=example, opset=args.opset)
+        export.export_model(
+            model,
+            args.format,
+            args.output,
+            example=example,
+            opset=args.opset,
+            precision=args.precision,
+            calibration=calibration,
+        )
         seconds = time.perf_counter() - start
-        (channels, size, _), mib = example.shape[1:], os.path.getsize(args.output) / 2**20
+        (channels, size, _), mib = example.shape[1:], _file_mib(args.output)
         print(
-            f"Wrote {args.output} ({args.format}, {mib:.1f} MiB) in {seconds:.1f} s: input images "
-            f"(N, {channels}, {size}, {size}) {args.input_dtype} {cfg.INPUT.FORMAT} 0-255"
+            f"Wrote {args.output} ({args.format} {args.precision}, {mib:.1f} MiB) in "
+            f"{seconds:.1f} s: input images (N, {channels}, {size}, {size}) {args.input_dtype} "
+            f"{cfg.INPUT.FORMAT} 0-255"
         )
         checks = []
         if not args.no_verify:
-            exported = export.load_exported(args.format, args.output, device=device)
-            checks = export.verify(model, exported, batches)
+            exported, _ = export.open_exported(args.output, device=device)
+            checks = export.verify(model, exported, batches, args.precision)
         return {"path": args.output, "seconds": seconds, "checks": checks}
     # ExportError is a ValueError, as are the config's errors; missing files are OSErrors.
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+
+
+def _file_mib(path: str) -> float:
+    """The exported model's size, OpenVINO's .bin included."""
+    paths = [path] + ([os.path.splitext(path)[0] + ".bin"] if path.endswith(".xml") else [])
+    return sum(os.path.getsize(p) for p in paths) / 2**20
 
 
 if __name__ == "__main__":

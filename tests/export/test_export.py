@@ -1,7 +1,7 @@
 """
-Export to TorchScript and ONNX: the exported models return eager inference's detections
-(boxes within 1e-3 pixel, scores within 1e-4, same classes) at batch sizes other than the
-traced one, on random images (many detections) and on drawn scenes.
+Export to TorchScript, ONNX and OpenVINO in float32: the exported models return eager
+inference's detections (boxes within 1e-3 pixel, scores within 1e-4, same classes) at batch
+sizes other than the traced one, on random images (many detections) and on drawn scenes.
 """
 
 import os
@@ -27,14 +27,22 @@ from ssd_d2.export import (
     eager_detections,
     example_images,
     export_model,
-    load_exported,
     matched_differences,
+    open_exported,
     verify,
 )
 from ssd_d2.tools import export as export_tool
 
 from .. import conftest
 from ..conftest import CONFIG_DIR
+
+
+FORMATS = ["torchscript", "onnx", "openvino"]
+EXTENSION = {"torchscript": ".ts", "onnx": ".onnx", "openvino": ".xml"}
+
+
+def load_exported(path):
+    return open_exported(path)[0]
 
 
 def load_config(name, *opts):
@@ -142,9 +150,9 @@ def exported(tmp_path_factory):
     def get(config_name, format):
         if (config_name, format) not in cache:
             model = _model(config_name)
-            path = str(tmp_path_factory.mktemp("export") / f"{config_name}.{format}")
+            path = str(tmp_path_factory.mktemp("export") / f"{config_name}{EXTENSION[format]}")
             export_model(model, format, path)  # traced on two images
-            cache[config_name, format] = model, load_exported(format, path), path
+            cache[config_name, format] = model, load_exported(path), path
         return cache[config_name, format]
 
     yield get
@@ -152,7 +160,7 @@ def exported(tmp_path_factory):
     _EAGER.clear()
 
 
-@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+@pytest.mark.parametrize("format", FORMATS)
 @pytest.mark.parametrize("config_name", ["ssd160_shapes_demo", "ssdlite320_mobilenet_v3_coco"])
 def test_exported_detections_equal_eager(exported, config_name, format):
     model, run, _ = exported(config_name, format)
@@ -185,12 +193,12 @@ def _model_with_few_detections():
     return _MODELS["few detections"]
 
 
-@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+@pytest.mark.parametrize("format", FORMATS)
 def test_images_without_detections(tmp_path, format):
     model, images = _model_with_few_detections()
-    path = str(tmp_path / f"model.{format}")
+    path = str(tmp_path / f"model{EXTENSION[format]}")
     export_model(model, format, path)
-    run = load_exported(format, path)
+    run = load_exported(path)
     result = compare_with_eager(model, run, images)
     assert sorted(result["detections"])[:2] == [0, 0] and max(result["detections"]) > 0
     assert result["max_box_diff"] <= BOX_TOLERANCE
@@ -308,7 +316,7 @@ def test_cli_exports_the_checkpoint_and_checks_it(tmp_path, capsys):
     assert [len(c["detections"]) for c in result["checks"]] == [1, 3]
     # The file holds the checkpoint's model, not a fresh initialisation.
     images = example_images(trained, 2, seed=4)
-    result = compare_with_eager(trained, load_exported("torchscript", output), images)
+    result = compare_with_eager(trained, load_exported(output), images)
     assert result["max_box_diff"] == 0.0 and result["max_score_diff"] == 0.0
 
 
@@ -356,13 +364,13 @@ def test_cli_refuses_what_it_cannot_export(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+@pytest.mark.parametrize("format", FORMATS)
 def test_ssd300_exported_detections_equal_eager(tmp_path, format):
     torch.manual_seed(0)
     model = build_model(load_config("ssd300_coco")).eval()
-    path = str(tmp_path / f"ssd300.{format}")
+    path = str(tmp_path / f"ssd300{EXTENSION[format]}")
     export_model(model, format, path)
-    run = load_exported(format, path)
+    run = load_exported(path)
     for images in (example_images(model, 3, seed=1), _drawn_scenes(1, 300, seed=2)):
         result = compare_with_eager(model, run, images)
         print(f"ssd300_coco {format}: {result}")

@@ -34,6 +34,20 @@ def test_declares_what_it_imports_and_keeps_an_installed_opencv(tmp_path):
     assert not any(name.startswith("opencv") for name in names)
 
 
+def test_the_export_extra_takes_the_installed_numpy(tmp_path):
+    _requirements(tmp_path)
+    requires = (tmp_path / "ssd_d2.egg-info" / "requires.txt").read_text()
+    export = requires.split("[export]\n")[1].split("\n\n")[0].split()
+    import numpy
+
+    if tuple(int(p) for p in numpy.__version__.split(".")[:2]) < (1, 24):
+        # Detectron2 v0.6's numpy: the releases that take it, never an upgrade of numpy.
+        assert {"openvino<2026", "nncf<2.15"} <= set(export)
+    else:
+        assert {"openvino", "nncf"} <= set(export)
+    assert {"onnx", "onnxruntime"} <= set(export)
+
+
 VOC_EVALUATION = textwrap.dedent("""
     import os, sys
     import numpy as np, torch, cv2
@@ -112,6 +126,13 @@ def test_pip_install_in_a_detectron2_v06_environment_keeps_numpy_and_voc_evaluat
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "AP50 100.0" in result.stdout
+
+    # The export extra (onnxruntime, OpenVINO, NNCF) keeps numpy too, and its int8 tools work.
+    subprocess.run([*pip, "install", "-e", f"{REPO_ROOT}[export]"], check=True)
+    assert installed("numpy") == numpy_before
+    probe = "import nncf, openvino, onnxruntime.quantization; print(nncf.__version__)"
+    result = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
 
     subprocess.run([*pip, "uninstall", "-y", "opencv-python-headless"], check=True)
     subprocess.run([*pip, "install", "opencv-python<4.12"], check=True)

@@ -1,6 +1,9 @@
-"""The embedded ssd_shapes set (registered on import) and Pascal VOC's difficult flags."""
+"""The generated sets ssd_shapes and toy_signs (registered on import) and Pascal VOC's
+difficult flags."""
 
 from .shapes import SHAPE_CLASSES, generate_shapes_dataset, register_shapes_dataset
+from .toy_signs import TOY_SIGN_CLASSES, generate_toy_signs, register_toy_signs
 from .voc import drop_voc_difficult
 
 register_shapes_dataset()
+register_toy_signs()

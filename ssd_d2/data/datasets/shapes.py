@@ -18,7 +18,7 @@ from detectron2.data.datasets import load_coco_json
 
 __all__ = ["SHAPE_CLASSES", "SHAPES_SPLITS", "ensure_split", "generate_shapes_dataset"]
 __all__ += ["register_shapes_dataset", "shapes_dataset_root", "paint_objects"]
-__all__ += ["write_generated_dataset"]
+__all__ += ["register_generated_splits", "write_generated_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -316,34 +316,48 @@ def _move_into_place(tmp_dir: str, split_dir: str, name: str) -> None:
     raise RuntimeError(f"Could not move {tmp_dir} into place at {split_dir}")
 
 
-def _load_shapes_split(name: str, split_dir: str, split: Dict) -> List[Dict]:
+def _load_generated_split(name, split_dir, split, generate, version, data_name) -> List[Dict]:
     json_file = ensure_split(
-        split_dir,
-        split["seed"],
-        split["num_images"],
-        generate_shapes_dataset,
-        _GENERATOR_VERSION,
-        "ssd_shapes",
+        split_dir, split["seed"], split["num_images"], generate, version, data_name
     )
     return load_coco_json(json_file, os.path.join(split_dir, _IMAGES_DIRNAME), name)
 
 
-def register_shapes_dataset(root: Optional[str] = None, splits: Optional[Dict] = None) -> None:
-    """Register ``splits`` (default ``SHAPES_SPLITS``) under ``shapes_dataset_root(root)``, each
-    generated on its first ``DatasetCatalog.get``; names already registered are left alone."""
-    root = shapes_dataset_root(root)
-    splits = SHAPES_SPLITS if splits is None else splits
+def register_generated_splits(
+    root: str, splits: Dict, generate, version: int, data_name: str, thing_classes, replace=False
+) -> None:
+    """
+    Register each of ``splits`` (name -> {"dirname", "seed", "num_images"}) under ``root`` as
+    a COCO data set made by ``generate`` on its first ``DatasetCatalog.get``. Names already
+    registered are left alone, or with ``replace`` registered anew.
+    """
     for name, split in splits.items():
         if name in DatasetCatalog.list():
-            continue
+            if not replace:
+                continue
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
         split_dir = os.path.join(root, split["dirname"])
-        DatasetCatalog.register(name, functools.partial(_load_shapes_split, name, split_dir, split))
+        load = functools.partial(
+            _load_generated_split, name, split_dir, split, generate, version, data_name
+        )
+        DatasetCatalog.register(name, load)
         # COCOEvaluator opens json_file when built, after DefaultTrainer.test's loader wrote it.
         MetadataCatalog.get(name).set(
             json_file=os.path.join(split_dir, _ANNOTATIONS_FILE),
             image_root=os.path.join(split_dir, _IMAGES_DIRNAME),
             evaluator_type="coco",
-            thing_classes=list(SHAPE_CLASSES),
+            thing_classes=list(thing_classes),
             # Set before load_coco_json sets the same, for detections made without loading.
-            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPE_CLASSES))},
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(thing_classes))},
         )
+
+
+def register_shapes_dataset(root: Optional[str] = None, splits: Optional[Dict] = None) -> None:
+    """Register ``splits`` (default ``SHAPES_SPLITS``) under ``shapes_dataset_root(root)``, each
+    generated on its first ``DatasetCatalog.get``; names already registered are left alone."""
+    splits = SHAPES_SPLITS if splits is None else splits
+    root = shapes_dataset_root(root)
+    register_generated_splits(
+        root, splits, generate_shapes_dataset, _GENERATOR_VERSION, "ssd_shapes", SHAPE_CLASSES
+    )

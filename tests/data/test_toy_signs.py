@@ -1,4 +1,4 @@
-"""benchmarks/toy_signs.py: the second generated data set, registered as a user's COCO json."""
+"""toy_signs: the second generated data set, registered on import, generated on first use."""
 
 import json
 import os
@@ -9,8 +9,8 @@ import pytest
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from benchmarks import toy_signs
-from benchmarks.toy_signs import TOY_SIGN_CLASSES, generate_toy_signs, register_toy_signs
+from ssd_d2.data.datasets import toy_signs
+from ssd_d2.data.datasets.toy_signs import TOY_SIGN_CLASSES, generate_toy_signs, register_toy_signs
 
 
 def _read_json(output_dir):
@@ -107,21 +107,13 @@ def test_boxes_fit_the_drawn_pixels(generated):
     assert touching < 0.7, touching
 
 
-def test_registered_with_register_coco_instances(tmp_path, monkeypatch, unregister):
-    calls = []
-
-    def spy(name, metadata, json_file, image_root):
-        calls.append(name)
-        return register_coco_instances(name, metadata, json_file, image_root)
-
-    register_coco_instances = toy_signs.register_coco_instances
-    monkeypatch.setattr(toy_signs, "register_coco_instances", spy)
+def test_registered_lazily_and_cached(tmp_path, unregister):
     splits = {
         "toy_signs_test_train": {"dirname": "train", "seed": 7, "num_images": 5},
         "toy_signs_test_val": {"dirname": "val", "seed": 8, "num_images": 3},
     }
     register_toy_signs(str(tmp_path), splits)
-    assert calls == ["toy_signs_test_train", "toy_signs_test_val"]
+    assert not os.listdir(tmp_path)  # nothing drawn before the first use
 
     for name, split in splits.items():
         dicts = DatasetCatalog.get(name)
@@ -133,18 +125,31 @@ def test_registered_with_register_coco_instances(tmp_path, monkeypatch, unregist
         assert metadata.evaluator_type == "coco"
         assert metadata.json_file == str(tmp_path / split["dirname"] / "annotations.json")
 
-    # Cached: a second registration draws nothing; registered names are left alone.
+    # Cached: loading again draws nothing.
     json_file = tmp_path / "train" / "annotations.json"
     mtime = json_file.stat().st_mtime_ns
-    register_toy_signs(str(tmp_path), splits)
-    assert json_file.stat().st_mtime_ns == mtime and len(calls) == 2
+    DatasetCatalog.get("toy_signs_test_train")
+    assert json_file.stat().st_mtime_ns == mtime
+
+    # Registered names are left alone unless replaced; a replacement takes the new splits.
+    other = {"toy_signs_test_train": {"dirname": "train4", "seed": 7, "num_images": 4}}
+    register_toy_signs(str(tmp_path), other)
+    assert len(DatasetCatalog.get("toy_signs_test_train")) == 5
+    register_toy_signs(str(tmp_path), other, replace=True)
+    assert len(DatasetCatalog.get("toy_signs_test_train")) == 4
 
     # A cache of another generator version is named, with the fix.
-    dataset = json.loads(json_file.read_text())
+    val_json = tmp_path / "val" / "annotations.json"
+    dataset = json.loads(val_json.read_text())
     dataset["info"]["version"] = -1
-    json_file.write_text(json.dumps(dataset))
-    with pytest.raises(RuntimeError, match="Delete .*train to regenerate"):
-        register_toy_signs(str(tmp_path), splits)
+    val_json.write_text(json.dumps(dataset))
+    with pytest.raises(RuntimeError, match="Delete .*val to regenerate"):
+        DatasetCatalog.get("toy_signs_test_val")
+
+
+def test_the_default_splits_are_registered():
+    assert {"toy_signs_train", "toy_signs_val"} <= set(DatasetCatalog.list())
+    assert MetadataCatalog.get("toy_signs_val").thing_classes == list(TOY_SIGN_CLASSES)
 
 
 def test_default_splits_and_root(monkeypatch):
