@@ -27,6 +27,8 @@ import tempfile
 
 import torch
 
+from detectron2.evaluation import inference_on_dataset
+
 from benchmarks.common import (
     CONFIG_DIR,
     PAIRS,
@@ -37,7 +39,6 @@ from benchmarks.common import (
     median_times,
     random_images,
 )
-from detectron2.evaluation import inference_on_dataset
 from ssd_d2.config import load_config
 from ssd_d2.engine import SSDTrainer, load_weights
 from ssd_d2.export import ExportedSSD, export_model
@@ -65,7 +66,9 @@ def cpu_flags():
     except OSError:
         return [], "unknown"
     flags = set(next((l for l in text.splitlines() if l.startswith("flags")), "").split())
-    name = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "")
+    name = next(
+        (l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), ""
+    )
     return [f for f in CPU_FLAGS if f in flags], name
 
 
@@ -118,8 +121,11 @@ def section_speed(args, report):
                     row = {"model": model_name, "batch": batch, "runtime": name}
                     row.update(ms_per_image=1000 * t / batch, ratio=t / reference)
                     rows.append(row)
-                    print(f"{model_name} b{batch} {name}: {row['ms_per_image']:.1f} ms/img "
-                          f"({row['ratio']:.2f})", flush=True)
+                    print(
+                        f"{model_name} b{batch} {name}: {row['ms_per_image']:.1f} ms/img "
+                        f"({row['ratio']:.2f})",
+                        flush=True,
+                    )
 
 
 def evaluate(cfg, model) -> dict:
@@ -144,14 +150,30 @@ def section_accuracy(args, report):
             models.update(export_all(model, cfg, folder, args.calibration_images))
             for name, runner in models.items():
                 metrics = evaluate(cfg, runner)
-                rows.append({"dataset": dataset, "runtime": name, "AP": metrics["AP"],
-                             "AP50": metrics["AP50"]})
-                print(f"{dataset} {name}: AP {metrics['AP']:.2f} AP50 {metrics['AP50']:.2f}",
-                      flush=True)
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "runtime": name,
+                        "AP": metrics["AP"],
+                        "AP50": metrics["AP50"],
+                    }
+                )
+                print(
+                    f"{dataset} {name}: AP {metrics['AP']:.2f} AP50 {metrics['AP50']:.2f}",
+                    flush=True,
+                )
 
 
 def markdown(report) -> str:
-    lines = [f"Machine: {report['machine']}", ""]
+    m = report["machine"]
+    lines = [
+        f"CPU: {m['cpu']} ({m['cpu_count']} cores, {m['threads']} torch threads), flags: "
+        f"{' '.join(m['cpu_flags'])}; torch {m['torch']}, onnxruntime {m['onnxruntime']}, "
+        f"OpenVINO {m['openvino'].split('-')[0]}",
+        "",
+        "ms per image (ratio to torchvision eager fp32):",
+        "",
+    ]
     speed = report.get("speed", [])
     if speed:
         columns = sorted({(r["model"], r["batch"]) for r in speed})
@@ -160,12 +182,19 @@ def markdown(report) -> str:
         for runtime in dict.fromkeys(r["runtime"] for r in speed):
             cells = []
             for model, batch in columns:
-                row = [r for r in speed if (r["model"], r["batch"], r["runtime"]) == (model, batch, runtime)]
-                cells.append(f"{row[0]['ms_per_image']:.1f} ({row[0]['ratio']:.2f})" if row else "-")
+                row = [
+                    r
+                    for r in speed
+                    if (r["model"], r["batch"], r["runtime"]) == (model, batch, runtime)
+                ]
+                cells.append(
+                    f"{row[0]['ms_per_image']:.1f} ({row[0]['ratio']:.2f})" if row else "-"
+                )
             lines.append(f"| {runtime} | " + " | ".join(cells) + " |")
         lines.append("")
     accuracy = report.get("accuracy", [])
     if accuracy:
+        lines += ["COCO AP50 (AP) of the trained demo models on each data set's val split:", ""]
         datasets = list(dict.fromkeys(r["dataset"] for r in accuracy))
         lines.append("| runtime | " + " | ".join(f"{d} AP50 (AP)" for d in datasets) + " |")
         lines.append("|---" * (len(datasets) + 1) + "|")
@@ -186,13 +215,24 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--calibration-images", type=int, default=100)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="time ssd_d2 in bf16 too (default: where the CPU has it)")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time ssd_d2 in bf16 too (default: where the CPU has it)",
+    )
     parser.add_argument("--no-speed", action="store_true", help="accuracy only")
-    parser.add_argument("--accuracy", nargs="*", default=[], metavar="DATASET=WEIGHTS",
-                        help=f"evaluate trained demo models; DATASET: {', '.join(CONFIGS)}")
-    parser.add_argument("--output", default=os.path.join(
-        os.path.dirname(__file__), "results", "deployment_cpu.json"))
+    parser.add_argument(
+        "--accuracy",
+        nargs="*",
+        default=[],
+        metavar="DATASET=WEIGHTS",
+        help=f"evaluate trained demo models; DATASET: {', '.join(CONFIGS)}",
+    )
+    parser.add_argument(
+        "--output",
+        default=os.path.join(os.path.dirname(__file__), "results", "deployment_cpu.json"),
+    )
     parser.add_argument("--report", help="print the tables of a results JSON and exit")
     args = parser.parse_args(argv)
     if args.report:

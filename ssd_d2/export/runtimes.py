@@ -7,8 +7,8 @@ QDQ quantization for ONNX, NNCF for OpenVINO) and reading a file back as a funct
 import importlib
 import json
 import logging
-import re
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -22,9 +22,9 @@ from .formats import FORMATS, OUTPUT_NAMES, ExportError, export_format
 __all__ = ["open_exported", "quantize_onnx", "save_onnx_info", "to_openvino"]
 
 INFO_KEY = "ssd_d2"  # the metadata entry that holds the export's facts (JSON)
-# int8 covers the backbone's operations only (node names from the module names): quantizing
-# the head's convolutions as well cost the demo model 1.6 AP50 under NNCF, 0.6 under
-# onnxruntime (docs/speed.md). Softmax, box decoding and NMS stay float32 everywhere.
+# int8 covers the backbone only (node names come from the module names): with the head's
+# convolutions as well, NNCF's model of the demo lost 0.4 AP50 more (docs/speed.md). The
+# head, softmax, box decoding and NMS stay float32.
 QUANTIZED_NODES = re.compile(r".*/backbone/.*")
 _EXTRA = "pip install 'ssd_d2[export]'"
 
@@ -171,9 +171,7 @@ def _open_onnx(path: str, device: str):
     # caller's own work (resizing, drawing, other models) needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: not its notes on the graphs it optimises
-    session = onnxruntime.InferenceSession(
-        path, options, providers=["CPUExecutionProvider"]
-    )
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     info = _info(path, session.get_modelmeta().custom_metadata_map.get(INFO_KEY))
 
     def run(images: Tensor) -> Tuple[Tensor, ...]:
@@ -201,4 +199,3 @@ def _open_openvino(path: str, device: str):
 
 _OPENERS = {"torchscript": _open_torchscript, "onnx": _open_onnx, "openvino": _open_openvino}
 assert set(_OPENERS) == set(FORMATS)
-

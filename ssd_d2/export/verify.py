@@ -67,7 +67,9 @@ def int8_agreement(model: SSD, exported, images: Tensor) -> Dict[str, object]:
     """
     min_score, min_iou, _ = INT8_KEPT_RULE
     eager, kept, shift = 0, 0, 0.0
-    for expected, actual in zip(eager_detections(model, images), _exported_detections(exported, images)):
+    for expected, actual in zip(
+        eager_detections(model, images), _exported_detections(exported, images)
+    ):
         confident = expected[1] >= min_score
         boxes, classes = expected[0][confident], expected[2][confident]
         eager += len(boxes)

@@ -32,7 +32,6 @@ from ssd_d2.tools.common import (
     parse_config,
 )
 
-
 DEFAULT_CALIBRATION_IMAGES = 100
 # int8's check: the first of the calibration images, real ones (random ones detect nothing).
 INT8_CHECK_IMAGES = 16
@@ -44,9 +43,14 @@ def build_argument_parser() -> argparse.ArgumentParser:
     add("--format", required=True, choices=export.FORMATS, help="what to export to")
     add("--output", required=True, metavar="FILE", help="the file to write (.ts, .onnx, .xml)")
     add("--precision", choices=export.PRECISIONS, default="fp32", help="int8: onnx, openvino")
-    add("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
-        help="int8: images of DATASETS.TRAIN to calibrate on")
-    add("--input-dtype", choices=("uint8", "float32"), default="uint8", help="ONNX input type")
+    add(
+        "--calibration-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        metavar="N",
+        help="int8: images of DATASETS.TRAIN to calibrate on",
+    )
+    add("--input-dtype", choices=("uint8", "float32"), default="uint8", help="the model's input type")
     add("--opset", type=int, default=export.DEFAULT_ONNX_OPSET, help="ONNX opset (at least 11)")
     add("--device", help="default MODEL.DEVICE (cpu without CUDA); TorchScript stays on it")
     add("--verify-images", nargs="+", default=[], metavar="IMAGE", help="check these too")

@@ -26,7 +26,6 @@ from ssd_d2.export import (
     ExportedPredictor,
     ExportedSSD,
     ExportError,
-    eager_detections,
     export_model,
     int8_agreement,
     matched_differences,
@@ -46,7 +45,12 @@ TINY_SPLITS = {
     "deploy_shapes_train": {"dirname": "train24", "seed": 5, "num_images": 24},
     "deploy_shapes_val": {"dirname": "val6", "seed": 6, "num_images": 6},
 }
-DATA_OPTS = ["DATASETS.TRAIN", "('deploy_shapes_train',)", "DATASETS.TEST", "('deploy_shapes_val',)"]
+DATA_OPTS = [
+    "DATASETS.TRAIN",
+    "('deploy_shapes_train',)",
+    "DATASETS.TEST",
+    "('deploy_shapes_val',)",
+]
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +241,9 @@ def test_exported_predictor_is_default_predictor_on_any_image(tmp_path, trained_
         expected, actual = eager(bgr)["instances"], predictor(bgr)["instances"]
         assert actual.image_size == size == expected.image_size
         assert len(actual) == len(expected) > 0
-        torch.testing.assert_close(actual.pred_boxes.tensor, expected.pred_boxes.tensor, atol=1e-2, rtol=0)
+        torch.testing.assert_close(
+            actual.pred_boxes.tensor, expected.pred_boxes.tensor, atol=1e-2, rtol=0
+        )
         torch.testing.assert_close(actual.scores, expected.scores, atol=1e-4, rtol=0)
         assert torch.equal(actual.pred_classes, expected.pred_classes)
 
@@ -290,7 +296,9 @@ def test_a_missing_runtime_names_the_extra(tmp_path, trained_like, monkeypatch):
         return real_import(name, *args)
 
     monkeypatch.setattr(runtimes.importlib, "import_module", without_openvino)
-    with pytest.raises(ExportError, match=r"needs the openvino package .*pip install 'ssd_d2\[export\]'"):
+    with pytest.raises(
+        ExportError, match=r"needs the openvino package .*pip install 'ssd_d2\[export\]'"
+    ):
         export_model(model, "openvino", str(tmp_path / "m.xml"))
 
 
@@ -327,7 +335,9 @@ def test_damaged_files_are_named(tmp_path, fp32_files, format):
         f.write(data[: len(data) // 3])
     if format == "openvino":
         shutil.copy(source[:-4] + ".bin", truncated[:-4] + ".bin")
-    with pytest.raises(ExportError, match="cannot be read as an exported .* damaged or truncated; export it"):
+    with pytest.raises(
+        ExportError, match="cannot be read as an exported .* damaged or truncated; export it"
+    ):
         open_exported(truncated)
     with pytest.raises(ExportError, match="no such file"):
         open_exported(str(tmp_path / f"missing{EXTENSION[format]}"))

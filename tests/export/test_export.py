@@ -36,7 +36,6 @@ from ssd_d2.tools import export as export_tool
 from .. import conftest
 from ..conftest import CONFIG_DIR
 
-
 FORMATS = ["torchscript", "onnx", "openvino"]
 EXTENSION = {"torchscript": ".ts", "onnx": ".onnx", "openvino": ".xml"}
 
