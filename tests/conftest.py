@@ -43,6 +43,17 @@ def conv_init_stats(modules):
     return stats
 
 
+def pytest_collection_modifyitems(config, items):
+    """
+    The tests marked ``runtimes`` run after all others. With OpenVINO and NNCF loaded in the
+    pytest process (Detectron2 v0.6's environment), a later test's ``subprocess.run`` took the
+    whole process down with SIGSEGV; a fresh process (``--eval-only``, the tools) is not
+    affected.
+    """
+    late = [item for item in items if item.get_closest_marker("runtimes")]
+    items[:] = [item for item in items if not item.get_closest_marker("runtimes")] + late
+
+
 @pytest.fixture
 def unregister():
     """Removes from the catalogs, after the test, the data sets the test registered."""

@@ -38,6 +38,8 @@ from ssd_d2.tools import export as export_tool
 from ..conftest import CONFIG_DIR
 from .test_export import EXTENSION, _drawn_scenes, _trained_like, load_config
 
+pytestmark = pytest.mark.runtimes
+
 DEMO_CONFIG = os.path.join(CONFIG_DIR, "ssd160_shapes_demo.yaml")
 REPO_ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 # A few ssd_shapes images, generated once, as the calibration and evaluation data.

@@ -36,6 +36,8 @@ from ssd_d2.tools import export as export_tool
 from .. import conftest
 from ..conftest import CONFIG_DIR
 
+pytestmark = pytest.mark.runtimes
+
 FORMATS = ["torchscript", "onnx", "openvino"]
 EXTENSION = {"torchscript": ".ts", "onnx": ".onnx", "openvino": ".xml"}
 
