@@ -92,12 +92,16 @@ def export_requirements():
     """
     The runtimes the exports run in and the int8 quantizers: onnx, onnxruntime (and its
     quantization), OpenVINO and NNCF. Where the installed numpy is older than 1.24 (Detectron2
-    v0.6 needs one), the newest releases that take it: NNCF 2.15 and later need numpy >= 1.24,
-    and NNCF 2.14 drives OpenVINO through ``openvino.runtime``, which OpenVINO 2026 removed.
+    v0.6 needs one), the newest releases that take it, and numpy held below 1.24: NNCF 2.15 and
+    later need numpy >= 1.24, and NNCF 2.14 drives OpenVINO through ``openvino.runtime``, which
+    OpenVINO 2026 removed.
     """
     numpy = _installed_versions(("numpy",)).get("numpy", "2")
     old_numpy = tuple(int(part) for part in numpy.split(".")[:2] if part.isdigit()) < (1, 24)
-    runtimes = ["openvino<2026", "nncf<2.15"] if old_numpy else ["openvino", "nncf"]
+    runtimes = ["openvino", "nncf"]
+    if old_numpy:
+        # numpy itself held too: NNCF's newest SciPy and scikit-learn would pull a newer one.
+        runtimes = ["openvino<2026", "nncf<2.15", "numpy<1.24"]
     return ["onnx", "onnxscript", "onnxruntime"] + runtimes
 
 
