@@ -50,7 +50,12 @@ def build_argument_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="int8: images of DATASETS.TRAIN to calibrate on",
     )
-    add("--input-dtype", choices=("uint8", "float32"), default="uint8", help="the model's input type")
+    add(
+        "--input-dtype",
+        choices=("uint8", "float32"),
+        default="uint8",
+        help="the model's input type",
+    )
     add("--opset", type=int, default=export.DEFAULT_ONNX_OPSET, help="ONNX opset (at least 11)")
     add("--device", help="default MODEL.DEVICE (cpu without CUDA); TorchScript stays on it")
     add("--verify-images", nargs="+", default=[], metavar="IMAGE", help="check these too")
@@ -68,6 +73,8 @@ def read_images(paths: List[str], fmt: str, size: int, dtype: torch.dtype) -> to
 
 def calibration_images(cfg, count: int, size: int, dtype: torch.dtype) -> torch.Tensor:
     """``count`` images of DATASETS.TRAIN, spread evenly over it, at the network size."""
+    if count < 1:
+        raise export.ExportError(f"--calibration-images must be at least 1, got {count}.")
     names = list(cfg.DATASETS.TRAIN)
     if not names:
         raise export.ExportError(
@@ -80,11 +87,9 @@ def calibration_images(cfg, count: int, size: int, dtype: torch.dtype) -> torch.
             raise export.ExportError(
                 f"DATASETS.TRAIN names {name!r}, which is not a registered data set: int8 "
                 "calibrates on its images. Register it, or set DATASETS.TRAIN on the command "
-                "line to one that is (python -m ssd_d2.tools.visualize_data lists them)."
+                "line to one that is (detectron2.data.DatasetCatalog.list() names them)."
             )
         dicts += load_dataset_dicts(name)
-    if count < 1:
-        raise export.ExportError(f"--calibration-images must be at least 1, got {count}.")
     picks = np.unique(np.linspace(0, len(dicts) - 1, min(count, len(dicts))).round().astype(int))
     return read_images([dicts[i]["file_name"] for i in picks], cfg.INPUT.FORMAT, size, dtype)
 

@@ -281,6 +281,8 @@ def test_calibration_data_set_errors(tmp_path, unregister):
     DatasetCatalog.register("empty_set", lambda: [])
     with pytest.raises(SystemExit, match="'empty_set' is empty"):
         _tool(*output, opts=["DATASETS.TRAIN", "('empty_set',)"])
+    with pytest.raises(SystemExit, match="--calibration-images must be at least 1, got 0"):
+        _tool(*output, "--calibration-images", "0")
     with pytest.raises(SystemExit, match="TorchScript exports run in float32 only"):
         _tool("--format", "torchscript", "--precision", "int8", "--output", str(tmp_path / "m.ts"))
     with pytest.raises(SystemExit, match="openvino models are written to .xml files"):
