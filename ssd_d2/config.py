@@ -42,6 +42,9 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.NEG_POS_RATIO = 3
     # Hard negatives kept in an image without positives (0, the peers': such images add nothing).
     _C.MODEL.SSD.MIN_NEGATIVES_PER_IMAGE = 0
+    # Loss normaliser: "batch" divides the batch's summed losses by its positives (lufficc/SSD,
+    # torchvision); "image" divides each image's by its own, then averages the images (NVIDIA).
+    _C.MODEL.SSD.LOSS_NORMALIZATION = "batch"
     # Smooth L1 transition point of the box regression loss.
     _C.MODEL.SSD.SMOOTH_L1_BETA = 1.0
     # Inference: minimum class score of a detection.
@@ -85,6 +88,32 @@ def add_ssd_config(cfg):
     _C.MODEL.MOBILENET.NORM = "BN"
     # MobileNetV3: halve the channels after stride 16 (torchvision's SSDLite; not ImageNet's).
     _C.MODEL.MOBILENET.REDUCED_TAIL = True
+
+    # torchvision's ResNet with its module names (build_torchvision_resnet_backbone).
+    _C.MODEL.TORCHVISION_RESNET = CN()
+    # 18, 34, 50, 101 or 152.
+    _C.MODEL.TORCHVISION_RESNET.DEPTH = 50
+    # Norm of every layer: "BN" (NVIDIA's SSD300 trains it), "SyncBN" or "FrozenBN".
+    _C.MODEL.TORCHVISION_RESNET.NORM = "BN"
+    # Stride of layer3's first block: 1 (NVIDIA's SSD300: layer3 at stride 8) or 2 (ImageNet's).
+    _C.MODEL.TORCHVISION_RESNET.LAYER3_STRIDE = 1
+    # The stages it outputs ("layer1" ... "layer4"); it ends at the last of them.
+    _C.MODEL.TORCHVISION_RESNET.OUT_FEATURES = ["layer3"]
+
+    # SSD's extra levels on any registered backbone (build_ssd_extra_levels_backbone); they are
+    # named extra1, extra2, ... and MODEL.SSD.IN_FEATURES ends with them. Defaults: NVIDIA's.
+    _C.MODEL.SSD.EXTRA_LEVELS = CN()
+    # The BACKBONE_REGISTRY name of the backbone they extend (e.g. "build_resnet_backbone").
+    _C.MODEL.SSD.EXTRA_LEVELS.BOTTOM = "build_torchvision_resnet_backbone"
+    # Per extra level: channels out of its 3x3 conv.
+    _C.MODEL.SSD.EXTRA_LEVELS.OUT_CHANNELS = [512, 512, 256, 256, 256]
+    # Per extra level: channels of the 1x1 conv before the 3x3 conv.
+    _C.MODEL.SSD.EXTRA_LEVELS.MID_CHANNELS = [256, 256, 128, 128, 128]
+    # Per extra level: stride and padding of its 3x3 conv.
+    _C.MODEL.SSD.EXTRA_LEVELS.STRIDES = [2, 2, 2, 1, 1]
+    _C.MODEL.SSD.EXTRA_LEVELS.PADDINGS = [1, 1, 1, 0, 0]
+    # Norm after each conv: "BN" (NVIDIA's), "SyncBN", "GN", or "" (none, conv biases instead).
+    _C.MODEL.SSD.EXTRA_LEVELS.NORM = "BN"
 
     # Warn when training starts from a random backbone; False in configs trained from scratch.
     _C.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE = True

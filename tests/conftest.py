@@ -105,28 +105,74 @@ LUFFICC_ARCHIVE = os.environ.get(
 )
 
 
+# NVIDIA DeepLearningExamples' SSD300-ResNet50, as a peer to run (never copied), likewise.
+NVIDIA_ARCHIVE = os.environ.get(
+    "SSD_D2_NVIDIA_ARCHIVE",
+    os.path.join(
+        os.path.dirname(__file__), "..", "..", "shared", "vendor", "nvidia-DLE-SSD-729963d.tar.gz"
+    ),
+)
+
+
+def _vendored_source(tmp_path_factory, archive, name, why_needed):
+    """``archive`` extracted into a temporary folder (its single top folder), or a skip (a
+    failure in CI, ``CI`` set) when it is missing."""
+    archive = os.path.abspath(archive)
+    if not os.path.isfile(archive):
+        missing = f"{name}'s source archive {archive} is missing."
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} CI runs the comparisons with {name}: {why_needed}.")
+        pytest.skip(missing)
+    target = tmp_path_factory.mktemp(name.split("/")[0])
+    with tarfile.open(archive) as tar:
+        # The "data" filter (refuse links and paths out of the target) where Python has it.
+        kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(target, **kwargs)
+        top = tar.getnames()[0].split("/")[0]
+    return target / top
+
+
+@pytest.fixture(scope="module")
+def nvidia_root(tmp_path_factory):
+    """
+    NVIDIA DeepLearningExamples' SSD300-ResNet50 source root, importable as ``ssd`` for one test
+    module (lufficc/SSD's package is ``ssd`` too: its modules are set aside meanwhile). Its
+    model module builds an ImageNet ResNet-50 (a download) as a default argument at import:
+    that default becomes None here, and the tests pass their own backbone.
+    """
+    root = _vendored_source(
+        tmp_path_factory, NVIDIA_ARCHIVE, "NVIDIA/DeepLearningExamples", "ssd300_resnet50_coco"
+    )
+    model = root / "ssd" / "model.py"
+    source = model.read_text()
+    default = "backbone=ResNet('resnet50')"
+    assert default in source, f"{model} no longer has the default argument this fixture patches."
+    model.write_text(source.replace(default, "backbone=None"))
+    set_aside = {m: sys.modules.pop(m) for m in list(sys.modules) if m.split(".")[0] == "ssd"}
+    sys.path.insert(0, str(root))
+    try:
+        yield root
+    finally:
+        sys.path.remove(str(root))
+        for name in [m for m in sys.modules if m.split(".")[0] == "ssd"]:
+            del sys.modules[name]
+        sys.modules.update(set_aside)
+
+
 @pytest.fixture(scope="session")
 def lufficc_root(tmp_path_factory):
     """
     lufficc/SSD's source root, extracted once per session and importable as ``ssd``. Fails
     in CI (``CI`` set) when the archive is missing, skips elsewhere.
     """
-    archive = os.path.abspath(LUFFICC_ARCHIVE)
-    missing = None
-    if not os.path.isfile(archive):
-        missing = f"lufficc/SSD's source archive {archive} is missing."
-    elif importlib.util.find_spec("yacs") is None:
+    if importlib.util.find_spec("yacs") is None:
         missing = "lufficc/SSD's config needs yacs: pip install -e '.[test]'."
-    if missing:
         if os.environ.get("CI"):
             pytest.fail(missing + " CI runs the comparisons with lufficc/SSD.")
         pytest.skip(missing)
-    target = tmp_path_factory.mktemp("lufficc")
-    with tarfile.open(archive) as tar:
-        # The "data" filter (refuse links and paths out of the target) where Python has it.
-        kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        tar.extractall(target, **kwargs)
-    root = target / "lufficc-SSD"
+    root = _vendored_source(
+        tmp_path_factory, LUFFICC_ARCHIVE, "lufficc/SSD", "its models are ssd_d2's VGG16 configs'"
+    )
     # Its NMS import compares version strings ('0.29.1' < '0.3.0'): every torchvision that
     # ssd_d2 runs on has torchvision.ops.nms.
     nms = root / "ssd" / "utils" / "nms.py"

@@ -11,9 +11,9 @@ from torch import Tensor
 
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
-from .rules import RULES, SPECS, reduce_fc, variant
+from .rules import RULES, SPECS, nvidia_head_channels, reduce_fc, variant
 
-SOURCES = ("torchvision", "lufficc", "amdegroot", "vgg16", "mobilenet")
+SOURCES = ("torchvision", "lufficc", "amdegroot", "nvidia", "vgg16", "mobilenet", "resnet")
 
 # What a weights file may be, for the message about one that is none of these.
 KNOWN_FORMATS = ("an ssd_d2 (Detectron2) checkpoint", *(spec.title for spec in SPECS.values()))
@@ -53,11 +53,17 @@ def recognize(keys: Sequence[str]) -> Optional[str]:
         return "torchvision"
     if any(k.startswith("box_head.predictor.") for k in keys):
         return "lufficc"
+    if any(
+        k.startswith(("feature_extractor.feature_extractor.", "additional_blocks.")) for k in keys
+    ):
+        return "nvidia"
     if "L2Norm.weight" in keys or any(k.startswith(("conf.", "loc.")) for k in keys):
         return "amdegroot"
     # MobileNet's first block is a (conv, norm, activation) Sequential; VGG16's a conv.
     if "features.0.0.weight" in keys:
         return "mobilenet"
+    if "conv1.weight" in keys and "layer1.0.conv1.weight" in keys:
+        return "resnet"
     if "features.0.weight" in keys or "0.weight" in keys or "classifier.0.weight" in keys:
         return "vgg16"
     if any(k.startswith(("backbone.", "head.", "pixel_")) for k in keys):
@@ -83,17 +89,26 @@ def rename(source: str, state_dict: Dict[str, Tensor]) -> Conversion:
     spec = SPECS[result.source]
     # An ImageNet classifier's classifier: SSD uses none of it but VGG16's fc6/fc7.
     classifier = {k: v for k, v in state_dict.items() if k.startswith("classifier.")}
+    dropped: List[str] = []
     for key, value in state_dict.items():
         if key in classifier:
             continue
         for pattern, name in RULES[result.source]:
             match = re.fullmatch(pattern, key)
+            if match and name is None:
+                dropped.append(key)
+                break
             if match:
                 name = match.expand(name) if isinstance(name, str) else name(match)
                 result.state_dict[name], result.origins[name] = value, key
                 break
         else:
             result.unmatched[key] = value
+    if dropped:
+        parts = sorted({k.split(".")[0] for k in dropped})
+        result.notes.append(f"dropped {', '.join(parts)} ({len(dropped)} tensors): SSD uses none")
+    if result.source == "nvidia":
+        nvidia_head_channels(result)
     if result.source == "vgg16":
         reduce_fc(classifier, result)
         result.notes.append(

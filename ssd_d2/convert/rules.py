@@ -9,7 +9,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, 
 
 import torch
 
-Rule = Tuple[str, Union[str, Callable]]
+# A target of None drops the tensor: a part of the source's model that SSD does not use.
+Rule = Tuple[str, Union[str, Callable, None]]
 
 
 def _extras(m) -> str:
@@ -27,6 +28,12 @@ def _offset(prefix: str, offset: int):
     """The name ``prefix.<the first group + offset>.<the second group>``."""
     return lambda m: f"{prefix}.{int(m[1]) + offset}.{m[2]}"
 
+
+# NVIDIA's SSD300 body: torchvision's ResNet children (conv1, bn1, relu, maxpool, layer1 ...).
+_NVIDIA_BODY = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3"}
+# NVIDIA's extra level: (0: 1x1 conv, 1: bn, 2: ReLU, 3: 3x3 conv, 4: bn, 5: ReLU) -> two
+# Detectron2 Conv2d here, each with its norm inside.
+_NVIDIA_EXTRA = {"0": "0", "1": "0.norm", "3": "1", "4": "1.norm"}
 
 _HEADS = {"cls": "cls_score", "reg": "bbox_pred"}
 _TV_HEAD = [
@@ -72,6 +79,19 @@ RULES: Dict[str, List[Rule]] = {
             ]
         ],
     ],
+    # NVIDIA DeepLearningExamples' SSD300-ResNet50 (its checkpoints' {"model": ...}).
+    "nvidia": [
+        (
+            r"feature_extractor\.feature_extractor\.([01456])\.(.+)",
+            lambda m: f"backbone.bottom.{_NVIDIA_BODY[m[1]]}.{m[2]}",
+        ),
+        (
+            r"additional_blocks\.(\d+)\.([0134])\.(.+)",
+            lambda m: f"backbone.extras.{m[1]}.{_NVIDIA_EXTRA[m[2]]}.{m[3]}",
+        ),
+        (r"loc\.(\d+)\.(weight|bias)", r"head.bbox_pred.\1.\2"),
+        (r"conf\.(\d+)\.(weight|bias)", r"head.cls_score.\1.\2"),
+    ],
     "amdegroot": [
         (r"vgg\.(.+)", r"backbone.vgg.\1"),
         (r"L2Norm\.weight", "backbone.l2_norm.weight"),
@@ -86,6 +106,12 @@ RULES: Dict[str, List[Rule]] = {
     # The latter's block 13 goes to stride 32: its 1x1 expansion ends features.0 ("c4"), as in
     # torchvision's SSDLite, its rest and blocks 14 ... 16 are features.1.
     "mobilenet_v2": [(r"features\.(\d+)\.(.+)", _mobilenet_v2)],
+    # torchvision's ImageNet ResNet (NVIDIA's SSD300 starts from resnet50 IMAGENET1K_V1). SSD's
+    # ResNet ends at layer3: layer4 and fc (the ImageNet classes) are left out.
+    "resnet": [
+        (r"(conv1|bn1|layer[123])\.(.+)", r"backbone.bottom.\1.\2"),
+        (r"(layer4|fc)\..+", None),
+    ],
     "mobilenet_v3_large": [
         (r"features\.(\d|1[0-2])\.(.+)", r"backbone.features.0.\1.\2"),
         (r"features\.13\.block\.0\.(.+)", r"backbone.features.0.13.\1"),
@@ -131,6 +157,13 @@ SPECS: Dict[str, Source] = {
         "lufficc/SSD's mobilenet_v2_ssd320_voc0712", {None: _V2, (6, 21): _V2}, ".1"
     ),
     "amdegroot": Source("ssd.pytorch's ssd300_mAP_77.43_v2.pth", _VGG),
+    "nvidia": Source(
+        "NVIDIA DeepLearningExamples' SSD300-ResNet50",
+        {None: "ssd300_resnet50_coco", (6, 81): "ssd300_resnet50_coco"},
+    ),
+    "resnet": Source(
+        "an ImageNet ResNet (torchvision)", {None: "ssd300_resnet50_coco"}, "", "backbone.bottom."
+    ),
     "vgg16": Source("an ImageNet VGG16", {None: "ssd300_voc"}, "", "backbone.vgg."),
     "mobilenet_v2": Source("an ImageNet MobileNetV2", {None: _V2}, "", "backbone.features."),
     "mobilenet_v3_large": Source(
@@ -185,3 +218,24 @@ def reduce_fc(classifier: Dict[str, torch.Tensor], result) -> None:
     result.notes.append(
         "fc6 4096x25088 -> conv6 1024x512x3x3, fc7 4096x4096 -> conv7 1024x1024x1x1"
     )
+
+
+def nvidia_head_channels(result) -> None:
+    """
+    NVIDIA's head convs order their outputs value-major (all default boxes' x, then all their
+    y, ...; all boxes' class 0 scores, then class 1 ...: it views them as (4, A * H * W) and
+    (classes, A * H * W)); ssd_d2's, like the other peers', box-major (box 0's 4 values, ...).
+    """
+    level = 0
+    while f"head.bbox_pred.{level}.weight" in result.state_dict:
+        boxes = result.state_dict[f"head.bbox_pred.{level}.weight"].shape[0] // 4
+        for conv in ("bbox_pred", "cls_score"):
+            for name in ("weight", "bias"):
+                key = f"head.{conv}.{level}.{name}"
+                if key in result.state_dict:
+                    value = result.state_dict[key]
+                    per_box = value.reshape(-1, boxes, *value.shape[1:]).transpose(0, 1)
+                    result.state_dict[key] = per_box.reshape(value.shape)
+        level += 1
+    if level:
+        result.notes.append("head outputs: NVIDIA's value-major order -> per default box")

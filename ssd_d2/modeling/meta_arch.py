@@ -29,9 +29,18 @@ from .head import build_ssd_head
 from .nms import grouped_nms, select_detections
 from .precision import LowPrecisionCopy, resolve_precision, training_autocast_dtype
 
-__all__ = ["SSD", "resize_to_network_size"]
+__all__ = ["LOSS_NORMALIZATIONS", "SSD", "resize_to_network_size"]
 
 logger = logging.getLogger(__name__)
+
+# MODEL.SSD.LOSS_NORMALIZATION: what the summed losses are divided by.
+LOSS_NORMALIZATIONS = (
+    # The positives of the whole batch (lufficc/SSD, ssd.pytorch, torchvision).
+    "batch",
+    # Each image's positives, then the mean over the images, those without positives counting
+    # as 0 (NVIDIA's SSD300): an image with few objects weighs as much as a crowded one.
+    "image",
+)
 
 
 def resize_to_network_size(image: Tensor, size: int, boxes: Optional[Boxes] = None):
@@ -73,6 +82,7 @@ class SSD(nn.Module):
         iou_threshold: float = 0.5,
         neg_pos_ratio: float = 3.0,
         min_negatives_per_image: int = 0,
+        loss_normalization: str = "batch",
         smooth_l1_beta: float = 1.0,
         test_score_thresh: float = 0.01,
         test_topk_candidates: int = 200,
@@ -88,6 +98,7 @@ class SSD(nn.Module):
         """
         Args:
             min_negatives_per_image: hard negatives kept even in an image without positives.
+            loss_normalization: one of :data:`LOSS_NORMALIZATIONS`.
             test_topk_candidates: candidates per class and image before NMS.
             clip_boxes_before_nms: clip decoded boxes before NMS (torchvision), not after it.
             test_dtype: inference arithmetic; bfloat16 / float16 cast the weights once.
@@ -104,6 +115,12 @@ class SSD(nn.Module):
         self.anchor_matcher = Matcher([iou_threshold], [0, 1], allow_low_quality_matches=False)
         self.neg_pos_ratio, self.smooth_l1_beta = neg_pos_ratio, smooth_l1_beta
         self.min_negatives_per_image = min_negatives_per_image
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"MODEL.SSD.LOSS_NORMALIZATION = {loss_normalization!r}; choose one of "
+                f'{LOSS_NORMALIZATIONS}: "batch" (lufficc/SSD, torchvision) or "image" (NVIDIA).'
+            )
+        self.loss_normalization = loss_normalization
         # Inference.
         self.test_score_thresh, self.test_nms_thresh = test_score_thresh, test_nms_thresh
         self.test_topk_candidates = test_topk_candidates
@@ -165,6 +182,7 @@ class SSD(nn.Module):
             "iou_threshold": ssd.IOU_THRESHOLD,
             "neg_pos_ratio": ssd.NEG_POS_RATIO,
             "min_negatives_per_image": ssd.MIN_NEGATIVES_PER_IMAGE,
+            "loss_normalization": ssd.LOSS_NORMALIZATION,
             "smooth_l1_beta": ssd.SMOOTH_L1_BETA,
             "test_score_thresh": ssd.SCORE_THRESH_TEST,
             "test_topk_candidates": ssd.TOPK_CANDIDATES_TEST,
@@ -300,7 +318,7 @@ class SSD(nn.Module):
         """
         Smooth L1 on the positives' box deltas, and softmax cross-entropy on the positives
         plus the hardest negatives (``neg_pos_ratio`` per positive in each image), both
-        summed and divided by max(1, number of positives in the batch).
+        summed and divided as ``loss_normalization`` says.
         """
         self.trained_parts.update(("backbone", "head"))
         gt_labels, matched_gt_boxes = self.label_anchors(anchors, gt_instances)
@@ -308,22 +326,33 @@ class SSD(nn.Module):
         num_pos_per_image = positive.sum(dim=1)
         num_pos = num_pos_per_image.sum().item()
         get_event_storage().put_scalar("num_foreground", num_pos / len(gt_instances))
-        normalizer = self._loss_normalizer(num_pos)
 
         anchors_per_positive = anchors.tensor.unsqueeze(0).expand_as(matched_gt_boxes)[positive]
         gt_deltas = self.box2box_transform.get_deltas(
             anchors_per_positive, matched_gt_boxes[positive]
         )
-        loss_box_reg = F.smooth_l1_loss(
-            pred_deltas[positive], gt_deltas, beta=self.smooth_l1_beta, reduction="sum"
-        )
+        box_loss = torch.zeros_like(gt_labels, dtype=pred_deltas.dtype)
+        box_loss[positive] = F.smooth_l1_loss(
+            pred_deltas[positive], gt_deltas, beta=self.smooth_l1_beta, reduction="none"
+        ).sum(dim=1)
 
         cls_loss = F.cross_entropy(
             pred_logits.flatten(0, 1), gt_labels.flatten(), reduction="none"
         ).view_as(gt_labels)
         negative = self._hard_negatives(cls_loss.detach(), positive, num_pos_per_image)
-        loss_cls = cls_loss[positive].sum() + cls_loss[negative].sum()
-        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+        cls_loss = torch.where(positive | negative, cls_loss, torch.zeros_like(cls_loss))
+        if self.loss_normalization == "image":
+            # Images without positives add 0 but count in the mean, as in NVIDIA's loss.
+            per_image = num_pos_per_image.clamp(min=1).to(cls_loss.dtype)
+            return {
+                "loss_cls": (cls_loss.sum(dim=1) / per_image).mean(),
+                "loss_box_reg": (box_loss.sum(dim=1) / per_image).mean(),
+            }
+        normalizer = self._loss_normalizer(num_pos)
+        return {
+            "loss_cls": cls_loss.sum() / normalizer,
+            "loss_box_reg": box_loss.sum() / normalizer,
+        }
 
     def _loss_normalizer(self, num_pos: int) -> float:
         """
