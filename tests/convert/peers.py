@@ -6,7 +6,8 @@ detectors, each as its own code names and shapes its tensors.
 
 import torch
 import torch.nn.functional as F
-from torchvision.models import mobilenet_v2, mobilenet_v3_large, vgg16
+from torch import nn
+from torchvision.models import mobilenet_v2, mobilenet_v3_large, resnet50, vgg16
 from torchvision.models.detection import ssd300_vgg16, ssdlite320_mobilenet_v3_large
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -254,6 +255,43 @@ def _randomized(model):
     return model.eval()
 
 
+# NVIDIA's SSD300-ResNet50: per level, input channels and default boxes per location; the
+# 1x1 channels of each extra level.
+NVIDIA_LEVELS = ([1024, 512, 512, 256, 256, 256], [4, 6, 6, 6, 4, 4])
+NVIDIA_EXTRA_MID_CHANNELS = [256, 256, 128, 128, 128]
+
+
+def nvidia_ssd300_state_dict(num_classes=81):
+    """
+    NVIDIA DeepLearningExamples' SSD300-ResNet50, as its code names and shapes its tensors
+    (random weights, random norms): torchvision's ResNet-50 children 0, 1, 4, 5, 6 under
+    ``feature_extractor.feature_extractor``, ``additional_blocks.<i>`` (1x1 conv, bn, ReLU,
+    3x3 conv, bn, ReLU; no conv biases), and ``loc.<i>`` / ``conf.<i>`` 3x3 convs.
+    """
+    torch.manual_seed(0)
+    body = _randomized(resnet50(weights=None))
+    children = list(body.children())
+    state_dict = {}
+    for index in (0, 1, 4, 5, 6):
+        for key, value in children[index].state_dict().items():
+            state_dict[f"feature_extractor.feature_extractor.{index}.{key}"] = value
+    channels, boxes = NVIDIA_LEVELS
+    for i, mid in enumerate(NVIDIA_EXTRA_MID_CHANNELS):
+        c_in, c_out = channels[i], channels[i + 1]
+        block = nn.Sequential(
+            nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, c_out, 3, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+        )  # fmt: skip
+        for key, value in _randomized(block).state_dict().items():
+            state_dict[f"additional_blocks.{i}.{key}"] = value
+    for i, (c, a) in enumerate(zip(channels, boxes)):
+        for name, outputs in (("loc", 4), ("conf", num_classes)):
+            conv = nn.Conv2d(c, a * outputs, 3, padding=1)
+            nn.init.normal_(conv.bias)
+            state_dict.update({f"{name}.{i}.{k}": v for k, v in conv.state_dict().items()})
+    return state_dict
+
+
 FORMATS = {
     "vgg16_features-amdegroot-88682ab5.pth": (
         _torchvision_vgg16_features,
@@ -305,6 +343,19 @@ FORMATS = {
         lambda: published_state_dict(AMDEGROOT_NAMES, 300, 21),
         "amdegroot",
         "ssd300_voc",
+        (),
+    ),
+    "resnet50-0676ba61.pth": (
+        lambda: _randomized(resnet50(weights=None)).state_dict(),
+        "resnet",
+        "ssd300_resnet50_coco",
+        (),
+    ),
+    # NVIDIA's training saves {"model": ...} with the "module." of its multi-GPU wrapper.
+    "nvidia_ssdpyt_amp_200703.pt": (
+        lambda: {"model": {f"module.{k}": v for k, v in nvidia_ssd300_state_dict().items()}},
+        "nvidia",
+        "ssd300_resnet50_coco",
         (),
     ),
 }
