@@ -20,7 +20,8 @@ from detectron2.utils.file_io import PathManager
 
 from .dataset_mapper import exif_orientation
 
-__all__ = ["DatasetError", "DatasetReport", "check_dataset_dicts", "check_dataset_files"]
+__all__ = ["DatasetError", "DatasetReport", "check_class_count", "check_dataset_dicts"]
+__all__ += ["check_dataset_files"]
 __all__ += ["check_images_exist", "load_dataset_dicts", "map_across_processes"]
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,21 @@ def check_dataset_files(dataset_names: Iterable[str]) -> None:
                 "VOC2012/ and coco/ there as described in detectron2's datasets/README.md, "
                 "or set DETECTRON2_DATASETS to the folder that holds them."
             )
+
+
+def check_class_count(dataset_name: str, num_classes: int, key: str = "the config") -> None:
+    """DatasetError when data set ``dataset_name``'s class names (its metadata's
+    ``thing_classes``, when it has them) are not ``num_classes`` (MODEL.SSD.NUM_CLASSES), naming
+    ``key`` (the config key that names the data set) and the fix."""
+    thing_classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
+    if thing_classes is None or len(thing_classes) == num_classes:
+        return
+    shown = ", ".join(thing_classes[:10]) + (", ..." if len(thing_classes) > 10 else "")
+    raise DatasetError(
+        f"{key} names data set {dataset_name!r}, which has {len(thing_classes)} classes "
+        f"({shown}), but MODEL.SSD.NUM_CLASSES is {num_classes}. Set MODEL.SSD.NUM_CLASSES "
+        f"{len(thing_classes)}, or name a data set with {num_classes} classes."
+    )
 
 
 def _annotation_source(dataset_name: str, dataset_dict: dict) -> str:
