@@ -23,7 +23,7 @@ from detectron2.data.datasets import register_coco_instances, register_pascal_vo
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASSES
 from detectron2.utils.file_io import PathManager
 
-from ..checks import DatasetError, check_class_count
+from ..checks import DatasetError, check_class_count, check_voc_evaluation_fields
 
 __all__ = ["DatasetFiles", "parse_dataset_name", "register_dataset_name"]
 __all__ += ["register_config_datasets", "voc_class_names"]
@@ -36,6 +36,7 @@ ACCEPTED_FORMS = (
 _KINDS = ("coco", "voc")
 _CONFIG_KEYS = ("DATASETS.TRAIN", "DATASETS.TEST")
 _registered = set()  # the names registered here
+_checked_for_evaluation = set()  # the VOC test sets whose XML files were checked
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,11 @@ def register_config_datasets(cfg) -> None:
         named += [(key, name) for name in names if register_dataset_name(name, key)]
     for key, name in named:
         check_class_count(name, cfg.MODEL.SSD.NUM_CLASSES, key)
+        metadata = MetadataCatalog.get(name)
+        evaluated = key == "DATASETS.TEST" and metadata.evaluator_type == "pascal_voc"
+        if evaluated and name not in _checked_for_evaluation:
+            check_voc_evaluation_fields(metadata.dirname, metadata.split, key)
+            _checked_for_evaluation.add(name)
     # Equal counts, different names: the test set would score the model's classes as others.
     for key, name in named[1:]:
         first_key, first = named[0]
