@@ -20,7 +20,7 @@ from detectron2.structures import Boxes, Instances
 from ssd_d2 import SSDTrainer
 from ssd_d2.data import DatasetError, register_config_datasets
 from ssd_d2.data.datasets import SHAPE_CLASSES, generate_shapes_dataset
-from ssd_d2.tools import common, visualize_data
+from ssd_d2.tools import common, demo, visualize_data
 
 from ..conftest import CONFIG_DIR, load_config
 from ..engine.test_train_net import _train_net
@@ -229,6 +229,12 @@ def test_tools_register_config_and_dataset_flag_names(coco_files, capsys):
     args = ["--config-file", config, "--output", str(output), "--samples", "1"]
     assert visualize_data.main([*args, "--opts", "DATASETS.TRAIN", f"('{COCO_NAME}',)"]) == 0
     assert output.exists()
+    # The demo names classes from DATASETS.TEST[0] before any data set is loaded.
+    _, cfg = common.parse_config(
+        common.argument_parser("demo", ""),
+        ["--config-file", config, "--opts", "DATASETS.TEST", f"('{COCO_NAME}',)"],
+    )
+    assert demo.DemoRunner(cfg).metadata.thing_classes == list(SHAPE_CLASSES)
     # --dataset takes such a name too.
     name, dicts = common.dataset_dicts("coco:mine/annotations.json:mine/images", (), "X")
     assert len(dicts) == 4 and name in DatasetCatalog.list()
