@@ -17,12 +17,15 @@ from detectron2.utils.logger import setup_logger
 
 from ssd_d2 import SSDTrainer
 from ssd_d2.config import load_config
+from ssd_d2.data import register_config_datasets
 from ssd_d2.engine import SSDCheckpointer, default_timeout, launch
 from ssd_d2.export import ExportedSSD, ExportError, is_exported_model
 
 
 def setup(args):
     cfg = load_config(args.config_file, args.opts)
+    # Before default_setup writes config.yaml: it then names the files by absolute paths.
+    register_config_datasets(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     # default_setup logs detectron2's and fvcore's messages; ssd_d2's data checks go there too.

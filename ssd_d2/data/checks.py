@@ -20,7 +20,8 @@ from detectron2.utils.file_io import PathManager
 
 from .dataset_mapper import exif_orientation
 
-__all__ = ["DatasetError", "DatasetReport", "check_dataset_dicts", "check_dataset_files"]
+__all__ = ["DatasetError", "DatasetReport", "check_class_count", "check_dataset_dicts"]
+__all__ += ["check_dataset_files", "check_voc_evaluation_fields"]
 __all__ += ["check_images_exist", "load_dataset_dicts", "map_across_processes"]
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,48 @@ def check_dataset_files(dataset_names: Iterable[str]) -> None:
                 "VOC2012/ and coco/ there as described in detectron2's datasets/README.md, "
                 "or set DETECTRON2_DATASETS to the folder that holds them."
             )
+
+
+def check_class_count(dataset_name: str, num_classes: int, key: str = "the config") -> None:
+    """DatasetError when data set ``dataset_name``'s class names (its metadata's
+    ``thing_classes``, when it has them) are not ``num_classes`` (MODEL.SSD.NUM_CLASSES), naming
+    ``key`` (the config key that names the data set) and the fix."""
+    thing_classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
+    if thing_classes is None or len(thing_classes) == num_classes:
+        return
+    shown = ", ".join(thing_classes[:10]) + (", ..." if len(thing_classes) > 10 else "")
+    raise DatasetError(
+        f"{key} names data set {dataset_name!r}, which has {len(thing_classes)} classes "
+        f"({shown}), but MODEL.SSD.NUM_CLASSES is {num_classes}. Set MODEL.SSD.NUM_CLASSES "
+        f"{len(thing_classes)}, or name a data set with {num_classes} classes."
+    )
+
+
+def check_voc_evaluation_fields(dirname: str, split: str, key: str = "the config") -> None:
+    """DatasetError naming the file and the fix when an object of the VOC folder ``dirname``'s
+    ``split`` lacks what Detectron2's VOC evaluator reads of each object (``pose``, ``truncated``,
+    ``difficult``, whole-number ``bndbox`` values): it would fail only when the run evaluates."""
+    with PathManager.open(os.path.join(dirname, "ImageSets", "Main", split + ".txt")) as f:
+        file_ids = [line.strip() for line in f if line.strip()]
+    for file_id in file_ids:
+        xml_file = os.path.join(dirname, "Annotations", file_id + ".xml")
+        if not PathManager.exists(xml_file):
+            raise DatasetError(f"{xml_file} does not exist: remove {file_id!r} from {split}.txt.")
+        with PathManager.open(xml_file) as f:
+            objects = ET.parse(f).findall("object")
+        for number, obj in enumerate(objects):
+            values = {k: obj.findtext(k) for k in ("truncated", "difficult")}
+            values.update({k: obj.findtext(f"bndbox/{k}") for k in _VOC_BOX_KEYS})
+            wrong = [k for k, v in values.items() if not (v or "").strip().lstrip("-").isdigit()]
+            wrong = (["pose"] if obj.find("pose") is None else []) + wrong
+            if wrong:
+                raise DatasetError(
+                    f"{key}: object {number} of {xml_file} has no whole-number "
+                    f"{', '.join(wrong)}, which Detectron2's VOC evaluator reads of every object "
+                    "of a test set (e.g. <pose>Unspecified</pose><truncated>0</truncated>"
+                    "<difficult>0</difficult>, bndbox values rounded). Add them to the XML files, "
+                    "or convert the annotations to a COCO json and name it coco:JSON:IMAGES."
+                )
 
 
 def _annotation_source(dataset_name: str, dataset_dict: dict) -> str:

@@ -20,6 +20,7 @@ from ..data import (
     build_ssd_train_loader,
     check_images_exist,
     load_dataset_dicts,
+    register_config_datasets,
 )
 from .checkpoint import SSDCheckpointer, warn_if_backbone_uninitialized
 from .compat import TrainerWithState, has_compiled_coco_eval
@@ -38,6 +39,7 @@ class SSDTrainer(TrainerWithState):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        register_config_datasets(cfg)  # a script's own config: train_net.py has registered them
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -98,6 +100,11 @@ class SSDTrainer(TrainerWithState):
             ) from e
         num_skipped = self.train_loader.num_skipped
         get_event_storage().put_scalar("data/skipped_images", num_skipped, smoothing_hint=False)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        register_config_datasets(cfg)  # as in __init__: data sets named by their files
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -13,7 +13,7 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import BoxMode
 
 from ssd_d2.config import load_config
-from ssd_d2.data import load_dataset_dicts
+from ssd_d2.data import load_dataset_dicts, register_config_datasets, register_dataset_name
 from ssd_d2.data.dataset_mapper import read_image
 from ssd_d2.engine import SSDPredictor
 from ssd_d2.export import ExportedPredictor, is_exported_model
@@ -57,7 +57,10 @@ def parse_config(parser: argparse.ArgumentParser, argv):
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # config warnings
     with usage_errors(parser):
-        return args, load_config(args.config_file, config_options(args))
+        cfg = load_config(args.config_file, config_options(args))
+    with usage_errors(parser, ValueError):  # a malformed data set name, a wrong class count
+        register_config_datasets(cfg)
+    return args, cfg
 
 
 @contextlib.contextmanager
@@ -93,7 +96,8 @@ def dataset_dicts(name, cfg_names, key: str, indices=(), flag="--indices") -> Tu
     name = name or (cfg_names[0] if len(cfg_names) else None)
     if name is None:
         raise ValueError(f"no --dataset given and the config has no {key}")
-    if name not in DatasetCatalog.list():
+    flag_or_key = key if name in cfg_names else "--dataset"
+    if not register_dataset_name(name, flag_or_key) and name not in DatasetCatalog.list():
         raise ValueError(f"data set {name!r} is not registered")
     dicts = load_dataset_dicts(name)  # names DETECTRON2_DATASETS for a missing built-in set
     bad = [i for i in indices if not 0 <= i < len(dicts)]

@@ -29,13 +29,16 @@ SMALL_RUN = [
 ]
 
 
-def _start_train_net(tmp_path, opts, flags=(), num_gpus=1):
+DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "ssd160_shapes_demo.yaml")
+
+
+def _start_train_net(tmp_path, opts, flags=(), num_gpus=1, config_file=DEMO_CONFIG):
     env = dict(os.environ, SSD_D2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
     command = [
         sys.executable,
         os.path.join(REPO_ROOT, "train_net.py"),
         "--config-file",
-        os.path.join(REPO_ROOT, "configs", "ssd160_shapes_demo.yaml"),
+        config_file,
         "--num-gpus",
         str(num_gpus),
         # A free port, not Detectron2's default port of the user, which other runs may hold.
@@ -49,8 +52,8 @@ def _start_train_net(tmp_path, opts, flags=(), num_gpus=1):
     )
 
 
-def _train_net(tmp_path, opts, flags=(), num_gpus=1):
-    process = _start_train_net(tmp_path, opts, flags, num_gpus)
+def _train_net(tmp_path, opts, flags=(), num_gpus=1, config_file=DEMO_CONFIG):
+    process = _start_train_net(tmp_path, opts, flags, num_gpus, config_file)
     out, _ = process.communicate(timeout=900)
     assert process.returncode == 0, out[-8000:]
     return out
