@@ -85,6 +85,8 @@ def add_ssd_config(cfg):
     _C.MODEL.MOBILENET.NORM = "BN"
     # MobileNetV3: halve the channels after stride 16 (torchvision's SSDLite; not ImageNet's).
     _C.MODEL.MOBILENET.REDUCED_TAIL = True
+    # MobileNetV2: the SSDLite extras and norm settings to match, "lufficc" or "mmdetection".
+    _C.MODEL.MOBILENET.V2_LAYOUT = "lufficc"
 
     # Warn when training starts from a random backbone; False in configs trained from scratch.
     _C.MODEL.SSD.EXPECT_PRETRAINED_BACKBONE = True

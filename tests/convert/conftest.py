@@ -12,6 +12,7 @@ import torch
 
 import train_net
 from ssd_d2 import SSDTrainer, model_zoo
+from ssd_d2.engine.checkpoint import split_weights
 from ssd_d2.tools.convert import convert
 
 from .peers import FORMATS
@@ -77,7 +78,7 @@ def weights_server(tmp_path_factory, weights_cache):
 def expected_state_dict(name, data):
     """The source converted by the offline converter: what MODEL.WEIGHTS must load."""
     _, source, config, opts = FORMATS[name]
-    state_dict = data["model"] if isinstance(data.get("model"), dict) else data
+    state_dict = split_weights(data)[0]
     return convert(source, state_dict, model_zoo.get_config_file(config), opts).state_dict
 
 
