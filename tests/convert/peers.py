@@ -1,7 +1,7 @@
 """
 The peers' published files, with random weights: the VGG16 SSD layout of lufficc/SSD and
-ssd.pytorch, lufficc/SSD's MobileNetV2 SSDLite, the ImageNet backbones, torchvision's and mmdetection's
-detectors, each as its own code names and shapes its tensors.
+ssd.pytorch, lufficc/SSD's MobileNetV2 SSDLite, the ImageNet backbones, and torchvision's and
+mmdetection's detectors, each as its own code names and shapes its tensors.
 """
 
 import torch
