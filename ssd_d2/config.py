@@ -88,6 +88,8 @@ def add_ssd_config(cfg):
     _C.MODEL.MOBILENET.NORM = "BN"
     # MobileNetV3: halve the channels after stride 16 (torchvision's SSDLite; not ImageNet's).
     _C.MODEL.MOBILENET.REDUCED_TAIL = True
+    # MobileNetV2: the SSDLite extras and norm settings to match, "lufficc" or "mmdetection".
+    _C.MODEL.MOBILENET.V2_LAYOUT = "lufficc"
 
     # torchvision's ResNet with its module names (build_torchvision_resnet_backbone).
     _C.MODEL.TORCHVISION_RESNET = CN()

@@ -17,6 +17,7 @@ __all__ = ["get", "get_checkpoint_url", "get_config", "get_config_file", "list_m
 
 _TORCHVISION = "https://download.pytorch.org/models"
 _LUFFICC = "https://github.com/lufficc/SSD/releases/download/1.2"
+_MMDET = "https://download.openmmlab.com/mmdetection/v2.0/ssd"
 
 
 class ZooEntry(NamedTuple):
@@ -50,6 +51,19 @@ ZOO: Dict[str, ZooEntry] = {
     "ssdlite320_mobilenet_v3_coco": ZooEntry(
         "ssdlite320_mobilenet_v3_coco.yaml",
         f"{_TORCHVISION}/ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
+    ),
+    # mmdetection, 25.5 and 29.5 COCO AP
+    "ssd300_coco_mmdet": ZooEntry(
+        "ssd300_coco_mmdet.yaml", f"{_MMDET}/ssd300_coco/ssd300_coco_20210803_015428-d231a06e.pth"
+    ),
+    "ssd512_coco_mmdet": ZooEntry(
+        "ssd512_coco_mmdet.yaml", f"{_MMDET}/ssd512_coco/ssd512_coco_20210803_022849-0a47a1ca.pth"
+    ),
+    # mmdetection, 21.3 COCO AP; trained from scratch.
+    "ssdlite320_mobilenet_v2_coco_mmdet": ZooEntry(
+        "ssdlite320_mobilenet_v2_coco_mmdet.yaml",
+        f"{_MMDET}/ssdlite_mobilenetv2_scratch_600e_coco/"
+        "ssdlite_mobilenetv2_scratch_600e_coco_20210629_110627-974d9307.pth",
     ),
 }
 

@@ -13,7 +13,16 @@ from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
 from .rules import RULES, SPECS, nvidia_head_channels, reduce_fc, variant
 
-SOURCES = ("torchvision", "lufficc", "amdegroot", "nvidia", "vgg16", "mobilenet", "resnet")
+SOURCES = (
+    "torchvision",
+    "lufficc",
+    "amdegroot",
+    "mmdetection",
+    "nvidia",
+    "vgg16",
+    "mobilenet",
+    "resnet",
+)
 
 # What a weights file may be, for the message about one that is none of these.
 KNOWN_FORMATS = ("an ssd_d2 (Detectron2) checkpoint", *(spec.title for spec in SPECS.values()))
@@ -57,6 +66,8 @@ def recognize(keys: Sequence[str]) -> Optional[str]:
         k.startswith(("feature_extractor.feature_extractor.", "additional_blocks.")) for k in keys
     ):
         return "nvidia"
+    if any(k.startswith(("bbox_head.cls_convs.", "neck.extra_layers.")) for k in keys):
+        return "mmdetection"
     if "L2Norm.weight" in keys or any(k.startswith(("conf.", "loc.")) for k in keys):
         return "amdegroot"
     # MobileNet's first block is a (conv, norm, activation) Sequential; VGG16's a conv.
@@ -128,6 +139,11 @@ def rename(source: str, state_dict: Dict[str, Tensor]) -> Conversion:
             # numbers the 80 classes contiguously in category id order.
             _keep_class_outputs(result, spec.output_conv, [0] + coco_category_ids())
             result.notes.append("class outputs: 91 COCO category ids -> background + 80 classes")
+        elif result.source.startswith("mmdetection"):
+            # mmdetection's softmax puts the background after the classes (its label
+            # num_classes); its classes are COCO's 80 in category id order, as Detectron2's.
+            _keep_class_outputs(result, spec.output_conv, [outputs - 1, *range(outputs - 1)])
+            result.notes.append("class outputs: background moved from last to first")
     return result
 
 
@@ -221,8 +237,8 @@ def check_fits(
     elif guess is not None and unexpected:
         lines.append(
             f"Its keys are those of {spec.title}, but of an architecture ssd_d2 does not have, or "
-            "of another config's (VGG16 SSD300/SSD512, torchvision's SSDLite320 MobileNetV3 and "
-            "lufficc/SSD's SSDLite320 MobileNetV2 are converted)."
+            "of another config's (VGG16 SSD300/SSD512, torchvision's SSDLite320 MobileNetV3, "
+            "lufficc/SSD's and mmdetection's SSDLite320 MobileNetV2 are converted)."
         )
     elif wrong_shapes and not (unexpected or missing):
         lines.append(

@@ -1,8 +1,9 @@
 """
 Per source: renaming rules (a regular expression over a whole key, its ssd_d2 name as a
 ``re.Match.expand`` template or a function of the match) and the configs its files fit. The
-published models share ssd_d2's conventions (RGB, background first, the same box order and
-encoding): converting them is a renaming.
+published models share ssd_d2's conventions (RGB, the same box order and encoding), and but for
+mmdetection's (background last, moved by the core) the background class first: converting them
+is a renaming.
 """
 
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -40,6 +41,30 @@ _TV_HEAD = [
     (r"head\.classification_head\.module_list\.(.+)", r"head.cls_score.\1"),
     (r"head\.regression_head\.module_list\.(.+)", r"head.bbox_pred.\1"),
 ]
+
+# mmdetection's MobileNetV2 stages (layer1 ... layer7): the torchvision block index of each
+# stage's first block. Its blocks are InvertedResidual(expand_conv, depthwise_conv, linear_conv),
+# each a ConvModule (conv, bn); torchvision's are conv = ([0: 1x1 ConvBNReLU,] dw ConvBNReLU,
+# 1x1 conv, bn), without the first in layer1 (expand ratio 1).
+_MMDET_STAGE_STARTS = [1, 2, 4, 7, 11, 14, 17]
+
+
+def _mmdet_block(m) -> str:
+    block = _MMDET_STAGE_STARTS[int(m[1]) - 1] + int(m[2])
+    expanded = int(m[1]) > 1
+    conv, module, rest = m[3], m[4], m[5]
+    if conv == "expand_conv":
+        index = f"0.{int(module == 'bn')}"
+    elif conv == "depthwise_conv":
+        index = f"{int(expanded)}.{int(module == 'bn')}"
+    else:  # linear_conv: a conv and a norm of their own there
+        index = str(int(expanded) + 1 + int(module == "bn"))
+    return f"backbone.features.{int(block >= 14)}.{block}.conv.{index}.{rest}"
+
+
+def _mmdet_head(suffix: str) -> Callable:
+    return lambda m: f"head.{_HEADS[m[1]]}.{m[2]}{suffix}.{m[3]}"
+
 
 RULES: Dict[str, List[Rule]] = {
     "torchvision": [
@@ -92,6 +117,43 @@ RULES: Dict[str, List[Rule]] = {
         (r"loc\.(\d+)\.(weight|bias)", r"head.bbox_pred.\1.\2"),
         (r"conf\.(\d+)\.(weight|bias)", r"head.cls_score.\1.\2"),
     ],
+    # mmdetection 2.14+ (and 3.x): SSDVGG's layer list is lufficc's (backbone.features: conv4_3
+    # = 21, fc6 = 31, fc7 = 33); SSDNeck holds the L2Norm and the extras, one (1x1, 3x3)
+    # Sequential of ConvModules (.conv) a level; SSDHead a Sequential per level.
+    "mmdetection": [
+        (r"backbone\.features\.(\d+)\.(weight|bias)", r"backbone.vgg.\1.\2"),
+        (r"neck\.l2_norm\.weight", "backbone.l2_norm.weight"),
+        (
+            r"neck\.extra_layers\.(\d+)\.([01])\.conv\.(weight|bias)",
+            lambda m: f"backbone.extras.{m[1]}.{2 * int(m[2])}.{m[3]}",
+        ),
+        (r"bbox_head\.(cls|reg)_convs\.(\d+)\.0\.(weight|bias)", _mmdet_head("")),
+    ],
+    # ssdlite_mobilenetv2_scratch_600e_coco: MobileNetV2 (conv1, layer1 ... layer7, conv2);
+    # SSDNeck's extras (0: 1x1 ConvModule, 1: DepthwiseSeparableConvModule of depthwise_conv and
+    # pointwise_conv) -> ssd_d2's (0, 1, 2: (0: conv, 1: norm)); SSDHead's levels (0: depthwise
+    # ConvModule, 1: 1x1 conv) -> ((0: conv, 1: norm), 1).
+    "mmdetection_ssdlite": [
+        (r"backbone\.conv1\.conv\.weight", "backbone.features.0.0.0.weight"),
+        (r"backbone\.conv1\.bn\.(.+)", r"backbone.features.0.0.1.\1"),
+        (
+            r"backbone\.layer([1-7])\.(\d+)\.(expand_conv|depthwise_conv|linear_conv)\."
+            r"(conv|bn)\.(.+)",
+            _mmdet_block,
+        ),
+        (r"backbone\.conv2\.conv\.weight", "backbone.features.1.18.0.weight"),
+        (r"backbone\.conv2\.bn\.(.+)", r"backbone.features.1.18.1.\1"),
+        (r"neck\.extra_layers\.(\d+)\.0\.conv\.weight", r"backbone.extra.\1.0.0.weight"),
+        (r"neck\.extra_layers\.(\d+)\.0\.bn\.(.+)", r"backbone.extra.\1.0.1.\2"),
+        (
+            r"neck\.extra_layers\.(\d+)\.1\.(depthwise|pointwise)_conv\.(conv|bn)\.(.+)",
+            lambda m: f"backbone.extra.{m[1]}.{1 + (m[2] == 'pointwise')}."
+            f"{int(m[3] == 'bn')}.{m[4]}",
+        ),
+        (r"bbox_head\.(cls|reg)_convs\.(\d+)\.0\.conv\.(weight)", _mmdet_head(".0.0")),
+        (r"bbox_head\.(cls|reg)_convs\.(\d+)\.0\.bn\.(.+)", _mmdet_head(".0.1")),
+        (r"bbox_head\.(cls|reg)_convs\.(\d+)\.1\.(weight|bias)", _mmdet_head(".1")),
+    ],
     "amdegroot": [
         (r"vgg\.(.+)", r"backbone.vgg.\1"),
         (r"L2Norm\.weight", "backbone.l2_norm.weight"),
@@ -143,6 +205,8 @@ _VGG = {
 }
 _V2 = "ssdlite320_mobilenet_v2_voc"
 _V3 = "ssdlite320_mobilenet_v3_coco"
+_MMDET_VGG = "ssd300_coco_mmdet"
+_MMDET_V2 = "ssdlite320_mobilenet_v2_coco_mmdet"
 SPECS: Dict[str, Source] = {
     # torchvision's COCO SSD300 has its own config: its default boxes follow its own rules.
     "torchvision": Source(
@@ -164,6 +228,14 @@ SPECS: Dict[str, Source] = {
     "resnet": Source(
         "an ImageNet ResNet (torchvision)", {None: "ssd300_resnet50_coco"}, "", "backbone.bottom."
     ),
+    # mmdetection's own default boxes and input normalisation: configs of their own.
+    "mmdetection": Source(
+        "mmdetection's SSD300/SSD512 (COCO)",
+        {None: _MMDET_VGG, (6, 81): _MMDET_VGG, (7, 81): "ssd512_coco_mmdet"},
+    ),
+    "mmdetection_ssdlite": Source(
+        "mmdetection's SSDLite MobileNetV2 (COCO)", {None: _MMDET_V2, (6, 81): _MMDET_V2}, ".1"
+    ),
     "vgg16": Source("an ImageNet VGG16", {None: "ssd300_voc"}, "", "backbone.vgg."),
     "mobilenet_v2": Source("an ImageNet MobileNetV2", {None: _V2}, "", "backbone.features."),
     "mobilenet_v3_large": Source(
@@ -177,7 +249,11 @@ def variant(source: str, keys: Sequence[str]) -> str:
     if source == "mobilenet":  # MobileNetV3's inverted residuals are "block", V2's "conv"
         return "mobilenet_v3_large" if any(".block." in k for k in keys) else "mobilenet_v2"
     # A MobileNet body: its first block is a (conv, norm, activation) Sequential.
-    marker = {"torchvision": "backbone.features.0.0.", "lufficc": "backbone.features."}
+    marker = {
+        "torchvision": "backbone.features.0.0.",
+        "lufficc": "backbone.features.",
+        "mmdetection": "backbone.conv1.",
+    }
     if source in marker and any(k.startswith(marker[source]) for k in keys):
         return source + "_ssdlite"
     return source

@@ -24,6 +24,7 @@ _EXAMPLES = """examples:
   # the source and the config are recognised from the keys and the head's shapes
   python -m ssd_d2.tools.convert ssd300_vgg16_coco-b556d3b4.pth ssd300_coco_torchvision.pth
   python -m ssd_d2.tools.convert --source lufficc vgg_ssd512_coco_trainval35k.pth out.pth
+  python -m ssd_d2.tools.convert ssd300_coco_20210803_015428-d231a06e.pth ssd300_coco_mmdet.pth
   # an ImageNet backbone to train from (extras and heads load as missing)
   python -m ssd_d2.tools.convert --source vgg16 vgg16_reducedfc.pth vgg16_ssd_init.pth
   # a model of another class count: name its config (and options after OUTPUT)
@@ -148,8 +149,9 @@ def build_argument_parser():
     parser.add_argument(
         "--source",
         choices=SOURCES,
-        help="whose file INPUT is (amdegroot: ssd.pytorch; vgg16, mobilenet: ImageNet backbones "
-        "to train from); by default recognised from its keys",
+        help="whose file INPUT is (amdegroot: ssd.pytorch; mmdetection: its SSD300/512 and "
+        "SSDLite; vgg16, mobilenet: ImageNet backbones to train from); by default recognised "
+        "from its keys",
     )
     parser.add_argument(
         "--allow-unsafe-checkpoint",

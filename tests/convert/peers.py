@@ -1,7 +1,7 @@
 """
 The peers' published files, with random weights: the VGG16 SSD layout of lufficc/SSD and
-ssd.pytorch, lufficc/SSD's MobileNetV2 SSDLite, the ImageNet backbones, and torchvision's
-detectors, each as its own code names and shapes its tensors.
+ssd.pytorch, lufficc/SSD's MobileNetV2 SSDLite, the ImageNet backbones, and torchvision's and
+mmdetection's detectors, each as its own code names and shapes its tensors.
 """
 
 import torch
@@ -292,6 +292,142 @@ def nvidia_ssd300_state_dict(num_classes=81):
     return state_dict
 
 
+# -- mmdetection ---------------------------------------------------------------------------
+# Its SSD300/SSD512 and SSDLite under its own module names (mmdet 2.14+ / 3.x: SSDVGG, SSDNeck,
+# SSDHead; MobileNetV2 with mmcv's ConvModule, a conv and a norm as .conv and .bn), as its
+# source defines them. Its class convs put the background after the 80 classes.
+MMDET_NUM_OUTPUTS = 81
+
+
+def mmdetection_ssd_state_dict(size, seed=0):
+    """Random weights of mmdetection's VGG16 SSD ``size`` under its key names, and the same
+    weights in the flat layout of :func:`published_forward` (LUFFICC_NAMES), which computes
+    what mmdetection's network computes (its class outputs still background last)."""
+    flat = published_state_dict(LUFFICC_NAMES, size, MMDET_NUM_OUTPUTS, seed)
+    mmdet = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        if key.startswith("backbone.vgg."):
+            mmdet[f"backbone.features.{parts[2]}.{parts[3]}"] = value
+        elif key == LUFFICC_NAMES["l2_norm"]:
+            mmdet["neck.l2_norm.weight"] = value
+        elif key.startswith("backbone.extras."):
+            index = int(parts[2])
+            mmdet[f"neck.extra_layers.{index // 2}.{index % 2}.conv.{parts[3]}"] = value
+        else:  # box_head.predictor.{cls,reg}_headers.<level>.<name>
+            kind = parts[2].split("_")[0]
+            mmdet[f"bbox_head.{kind}_convs.{parts[3]}.0.{parts[4]}"] = value
+    return mmdet, flat
+
+
+class _ConvModule(torch.nn.Module):
+    """mmcv's ConvModule as mmdetection's SSDLite builds it: conv (no bias), BN, ReLU6."""
+
+    def __init__(self, c_in, c_out, kernel, stride=1, groups=1, act=True):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(
+            c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False
+        )
+        self.bn = torch.nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.03)
+        self.act = torch.nn.ReLU6() if act else torch.nn.Identity()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class _InvertedResidual(torch.nn.Module):
+    def __init__(self, c_in, c_out, stride, expand_ratio):
+        super().__init__()
+        mid = int(round(c_in * expand_ratio))
+        self.residual = stride == 1 and c_in == c_out
+        if expand_ratio != 1:
+            self.expand_conv = _ConvModule(c_in, mid, 1)
+        self.depthwise_conv = _ConvModule(mid, mid, 3, stride, groups=mid)
+        self.linear_conv = _ConvModule(mid, c_out, 1, act=False)
+
+    def forward(self, x):
+        y = self.expand_conv(x) if hasattr(self, "expand_conv") else x
+        y = self.linear_conv(self.depthwise_conv(y))
+        return x + y if self.residual else y
+
+
+class _DepthwiseSeparable(torch.nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.depthwise_conv = _ConvModule(c_in, c_in, 3, stride, groups=c_in)
+        self.pointwise_conv = _ConvModule(c_in, c_out, 1)
+
+    def forward(self, x):
+        return self.pointwise_conv(self.depthwise_conv(x))
+
+
+class MMDetSSDLite(torch.nn.Module):
+    """mmdetection's ssdlite_mobilenetv2 (backbone, neck, bbox_head) with its key names; its
+    forward: per level, class logits (background last) and box deltas."""
+
+    STAGES = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1]]
+    STAGES += [[6, 160, 3, 2], [6, 320, 1, 1]]
+
+    def __init__(self, num_outputs=MMDET_NUM_OUTPUTS, boxes=6):
+        super().__init__()
+        nn = torch.nn
+        self.backbone = nn.Module()
+        self.backbone.conv1 = _ConvModule(3, 32, 3, stride=2)
+        c_in = 32
+        for i, (t, c, n, s) in enumerate(self.STAGES):
+            blocks = [
+                _InvertedResidual(c_in if j == 0 else c, c, s if j == 0 else 1, t) for j in range(n)
+            ]
+            setattr(self.backbone, f"layer{i + 1}", nn.Sequential(*blocks))
+            c_in = c
+        self.backbone.conv2 = _ConvModule(320, 1280, 1)
+        channels = [96, 1280, 512, 256, 256, 128]
+        self.neck = nn.Module()
+        self.neck.extra_layers = nn.ModuleList(
+            nn.Sequential(_ConvModule(c_prev, c // 2, 1), _DepthwiseSeparable(c // 2, c, 2))
+            for c_prev, c in zip(channels[1:], channels[2:])
+        )
+        self.bbox_head = nn.Module()
+        for name, outputs in [("cls_convs", boxes * num_outputs), ("reg_convs", boxes * 4)]:
+            convs = nn.ModuleList(
+                nn.Sequential(_ConvModule(c, c, 3, groups=c), nn.Conv2d(c, outputs, 1))
+                for c in channels
+            )
+            setattr(self.bbox_head, name, convs)
+
+    def forward(self, x):
+        body = self.backbone
+        x = body.conv1(x)
+        for i in range(1, 8):
+            x = getattr(body, f"layer{i}")(x)
+            if i == 5:
+                features = [x]
+        x = body.conv2(x)
+        features.append(x)
+        for layer in self.neck.extra_layers:
+            x = layer(x)
+            features.append(x)
+        logits = [conv(f) for conv, f in zip(self.bbox_head.cls_convs, features)]
+        deltas = [conv(f) for conv, f in zip(self.bbox_head.reg_convs, features)]
+        return logits, deltas
+
+
+def mmdetection_checkpoint(state_dict, optimizer=False):
+    """The layout of mmdetection's published files: {"meta": ..., "state_dict": ...} (and the
+    optimizer's state in files saved while training)."""
+    meta = {
+        "mmdet_version": "2.14.0",
+        "CLASSES": tuple(f"class{i}" for i in range(MMDET_NUM_OUTPUTS - 1)),
+        "config": "model = dict(type='SingleStageDetector')",
+        "epoch": 24,
+        "iter": 43992,
+    }
+    data = {"meta": meta, "state_dict": state_dict}
+    if optimizer:
+        data["optimizer"] = {"state": {}, "param_groups": [{"lr": 0.0, "params": [0, 1]}]}
+    return data
+
+
 FORMATS = {
     "vgg16_features-amdegroot-88682ab5.pth": (
         _torchvision_vgg16_features,
@@ -337,6 +473,18 @@ FORMATS = {
         lambda: {"model": random_like(lufficc_mobilenet_v2_ssdlite_shapes())},
         "lufficc",
         "ssdlite320_mobilenet_v2_voc",
+        (),
+    ),
+    "ssd300_coco_20210803_015428-d231a06e.pth": (
+        lambda: mmdetection_checkpoint(mmdetection_ssd_state_dict(300)[0]),
+        "mmdetection",
+        "ssd300_coco_mmdet",
+        (),
+    ),
+    "ssdlite_mobilenetv2_scratch_600e_coco_20210629_110627-974d9307.pth": (
+        lambda: mmdetection_checkpoint(_randomized(MMDetSSDLite()).state_dict(), optimizer=True),
+        "mmdetection",
+        "ssdlite320_mobilenet_v2_coco_mmdet",
         (),
     ),
     "ssd300_mAP_77.43_v2.pth": (

@@ -61,7 +61,7 @@ def test_model_zoo_torchvision_ssdlite_detects_as_torchvision(weights_server, mo
 def test_model_zoo_configs():
     # Untrained: the ImageNet backbone the peer starts from; torchvision's SSDLite320 starts
     # from scratch, its SSD300 from its own VGG16 file.
-    from_scratch = {"ssdlite320_mobilenet_v3_coco": ""}
+    from_scratch = {"ssdlite320_mobilenet_v3_coco": "", "ssdlite320_mobilenet_v2_coco_mmdet": ""}
     from_scratch["ssd300_coco_torchvision"] = (
         "https://download.pytorch.org/models/vgg16_features-amdegroot-88682ab5.pth"
     )

@@ -6,6 +6,7 @@ torchvision, norm choice, and training on the CPU.
 
 import copy
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -170,6 +171,7 @@ def test_v2_default_boxes_by_hand():
     "backbone_class, channels",
     [
         (MobileNetV2SSDLite, [96, 1280, 512, 256, 256, 64]),
+        (partial(MobileNetV2SSDLite, layout="mmdetection"), [96, 1280, 512, 256, 256, 128]),
         (MobileNetV3SSDLite, [672, 480, 512, 256, 256, 128]),
     ],
 )
@@ -184,6 +186,11 @@ def test_output_shape_agrees_with_forward(backbone_class, channels):
     assert [tuple(o.shape[-2:]) for o in outputs.values()] == [(s, s) for s in MAPS]
     # The first three strides are exact (320 / 20, 10, 5); the others are nominal.
     assert [shapes[n].stride for n in ["c4", "c5", "extra1"]] == [16, 32, 64]
+
+
+def test_mobilenet_v2_layout_is_checked():
+    with pytest.raises(ValueError, match=r"V2_LAYOUT = 'mmdet'; choose one of \['lufficc', "):
+        MobileNetV2SSDLite(layout="mmdet")
 
 
 @pytest.mark.parametrize("config_name, eps", [(V2, 1e-5), (V3, 1e-3)])

@@ -53,23 +53,49 @@ class _SSDLiteBackbone(Backbone):
         return dict(zip(self._out_features, outputs))
 
 
+# MODEL.MOBILENET.V2_LAYOUT: the peers' MobileNetV2 SSDLites differ after "c5" and in the norm
+# layers' epsilon and momentum; the body is torchvision's MobileNetV2 in both.
+_V2_LAYOUTS = {
+    # lufficc/SSD's mobilenet_v2_ssd320_voc0712: inverted residual extras, whose projections
+    # are linear bottlenecks (no activation), ending in 64 channels; PyTorch's norm defaults.
+    "lufficc": dict(
+        extras=[(256, 512), (128, 256), (128, 256), (64, 64)],
+        project_activation=None,
+        norm_eps=1e-5,
+        norm_momentum=0.1,
+    ),
+    # mmdetection's SSDLite (SSDNeck with use_depthwise): 1x1 to half the output, then a
+    # depthwise separable conv, every conv followed by norm and ReLU6, ending in 128 channels.
+    "mmdetection": dict(
+        extras=[(out // 2, out) for out in (512, 256, 256, 128)],
+        project_activation=nn.ReLU6,
+        norm_eps=1e-3,
+        norm_momentum=0.03,
+    ),
+}
+
+
 class MobileNetV2SSDLite(_SSDLiteBackbone):
     """
-    MobileNetV2 SSDLite in lufficc/SSD's layout (mobilenet_v2_ssd320_voc0712): "c4" is the
-    output of the last stride-16 block, "c5" the final 1x1 conv, the extras inverted
-    residual blocks with linear projections. Norm epsilon and momentum default to PyTorch's,
-    as lufficc/SSD uses them.
+    MobileNetV2 SSDLite in lufficc/SSD's layout (mobilenet_v2_ssd320_voc0712) or mmdetection's
+    (``layout``, one of :data:`_V2_LAYOUTS`): "c4" is the output of the last stride-16 block,
+    "c5" the final 1x1 conv, then the layout's extras and norm epsilon and momentum.
     """
 
-    def __init__(self, norm: str = "BN", norm_eps: float = 1e-5, norm_momentum: float = 0.1):
-        norm_layer = get_norm_layer(norm, norm_eps, norm_momentum)
+    def __init__(self, norm: str = "BN", layout: str = "lufficc"):
+        if layout not in _V2_LAYOUTS:
+            raise ValueError(
+                f"MODEL.MOBILENET.V2_LAYOUT = {layout!r}; choose one of {sorted(_V2_LAYOUTS)}."
+            )
+        settings = _V2_LAYOUTS[layout]
+        norm_layer = get_norm_layer(norm, settings["norm_eps"], settings["norm_momentum"])
         features = mobilenet_v2(weights=None, norm_layer=norm_layer).features
-        # lufficc's first map is the input of block 14, the one that goes to stride 32.
+        # Both peers' first map is the input of block 14, the one that goes to stride 32.
         stages = [features[:14], features[14:]]
         channels = [features[13].out_channels, features[-1].out_channels]
-        # No activation after the projection: an inverted residual's linear bottleneck.
-        extras = [(256, 512), (128, 256), (128, 256), (64, 64)]
-        super().__init__(stages, channels, extras, norm_layer, None)
+        super().__init__(
+            stages, channels, settings["extras"], norm_layer, settings["project_activation"]
+        )
         # torchvision's MobileNetV2 init, which lufficc applies to its extras as well.
         init_convs(self.extra, partial(nn.init.kaiming_normal_, mode="fan_out"))
 
@@ -108,7 +134,7 @@ class MobileNetV3SSDLite(_SSDLiteBackbone):
 @BACKBONE_REGISTRY.register()
 def build_mobilenet_v2_ssdlite_backbone(cfg, input_shape: ShapeSpec) -> MobileNetV2SSDLite:
     check_rgb(input_shape, "build_mobilenet_v2_ssdlite_backbone")
-    return MobileNetV2SSDLite(norm=cfg.MODEL.MOBILENET.NORM)
+    return MobileNetV2SSDLite(norm=cfg.MODEL.MOBILENET.NORM, layout=cfg.MODEL.MOBILENET.V2_LAYOUT)
 
 
 @BACKBONE_REGISTRY.register()
