@@ -25,6 +25,7 @@ _EXAMPLES = """examples:
   python -m ssd_d2.tools.convert ssd300_vgg16_coco-b556d3b4.pth ssd300_coco_torchvision.pth
   python -m ssd_d2.tools.convert --source lufficc vgg_ssd512_coco_trainval35k.pth out.pth
   python -m ssd_d2.tools.convert ssd300_coco_20210803_015428-d231a06e.pth ssd300_coco_mmdet.pth
+  python -m ssd_d2.tools.convert nvidia_ssdpyt_amp_200703.pt ssd300_resnet50_coco.pth
   # an ImageNet backbone to train from (extras and heads load as missing)
   python -m ssd_d2.tools.convert --source vgg16 vgg16_reducedfc.pth vgg16_ssd_init.pth
   # a model of another class count: name its config (and options after OUTPUT)

@@ -12,7 +12,7 @@ import torch
 
 from detectron2.modeling import build_model
 
-from ssd_d2.convert import coco_category_ids
+from ssd_d2.convert import SOURCES, coco_category_ids
 from ssd_d2.tools.convert import main
 
 from ..conftest import load_config
@@ -32,7 +32,7 @@ def test_help_shows_examples():
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    for text in ["--source", "torchvision,lufficc,amdegroot,vgg16", "--config-file", "examples"]:
+    for text in ["--source", ",".join(SOURCES), "--config-file", "examples"]:
         assert text in result.stdout
 
 
