@@ -94,15 +94,35 @@ def shapes_root(tmp_path_factory):
     return tmp_path_factory.mktemp("ssd_shapes")
 
 
+def _vendored(name: str) -> str:
+    """The path of a peer's source archive next to the repository, as CI and the development
+    machines have it."""
+    return os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vendor", name)
+
+
+def _extract_peer(tmp_path_factory, archive: str, peer: str, missing=None):
+    """
+    The folder a peer's source ``archive`` is extracted to. Fails in CI (``CI`` set) when the
+    archive is missing (or ``missing``, a reason the peer cannot run, is given), skips elsewhere.
+    """
+    archive = os.path.abspath(archive)
+    if not os.path.isfile(archive):
+        missing = f"{peer}'s source archive {archive} is missing."
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} CI runs the comparisons with {peer}.")
+        pytest.skip(missing)
+    target = tmp_path_factory.mktemp("peer")
+    with tarfile.open(archive) as tar:
+        # The "data" filter (refuse links and paths out of the target) where Python has it.
+        kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(target, **kwargs)
+    return target
+
+
 # lufficc/SSD, the reference implementation, as a peer to run (never copied): its source at a
-# fixed commit, next to the repository as CI and the development machines have it, or where
-# SSD_D2_LUFFICC_ARCHIVE points.
-LUFFICC_ARCHIVE = os.environ.get(
-    "SSD_D2_LUFFICC_ARCHIVE",
-    os.path.join(
-        os.path.dirname(__file__), "..", "..", "shared", "vendor", "lufficc-SSD-68dc0a2.tar.gz"
-    ),
-)
+# fixed commit, or where SSD_D2_LUFFICC_ARCHIVE points.
+LUFFICC_ARCHIVE = os.environ.get("SSD_D2_LUFFICC_ARCHIVE", _vendored("lufficc-SSD-68dc0a2.tar.gz"))
 
 
 @pytest.fixture(scope="session")
@@ -111,21 +131,10 @@ def lufficc_root(tmp_path_factory):
     lufficc/SSD's source root, extracted once per session and importable as ``ssd``. Fails
     in CI (``CI`` set) when the archive is missing, skips elsewhere.
     """
-    archive = os.path.abspath(LUFFICC_ARCHIVE)
     missing = None
-    if not os.path.isfile(archive):
-        missing = f"lufficc/SSD's source archive {archive} is missing."
-    elif importlib.util.find_spec("yacs") is None:
+    if importlib.util.find_spec("yacs") is None:
         missing = "lufficc/SSD's config needs yacs: pip install -e '.[test]'."
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(missing + " CI runs the comparisons with lufficc/SSD.")
-        pytest.skip(missing)
-    target = tmp_path_factory.mktemp("lufficc")
-    with tarfile.open(archive) as tar:
-        # The "data" filter (refuse links and paths out of the target) where Python has it.
-        kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        tar.extractall(target, **kwargs)
+    target = _extract_peer(tmp_path_factory, LUFFICC_ARCHIVE, "lufficc/SSD", missing)
     root = target / "lufficc-SSD"
     # Its NMS import compares version strings ('0.29.1' < '0.3.0'): every torchvision that
     # ssd_d2 runs on has torchvision.ops.nms.
@@ -141,3 +150,23 @@ def lufficc_root(tmp_path_factory):
         sys.path.remove(str(root))
         for name in [m for m in sys.modules if m == "ssd" or m.startswith("ssd.")]:
             del sys.modules[name]
+
+
+# NVIDIA's SSD300-ResNet50 (DeepLearningExamples PyTorch/Detection/SSD) as a peer to run
+# (never copied), or where SSD_D2_NVIDIA_ARCHIVE points.
+NVIDIA_ARCHIVE = os.environ.get("SSD_D2_NVIDIA_ARCHIVE", _vendored("nvidia-DLE-SSD-729963d.tar.gz"))
+
+
+@pytest.fixture(scope="session")
+def nvidia_ssd_utils(tmp_path_factory):
+    """
+    NVIDIA's ``ssd/utils.py`` (default boxes, Encoder), extracted once per session and loaded
+    from its file under its own module name: its package is also called ``ssd``, as
+    lufficc/SSD's is, and its ``ssd/__init__.py`` builds models that download weights.
+    """
+    target = _extract_peer(tmp_path_factory, NVIDIA_ARCHIVE, "NVIDIA's SSD")
+    path = target / "nvidia-ssd" / "ssd" / "utils.py"
+    spec = importlib.util.spec_from_file_location("nvidia_ssd_utils", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
