@@ -162,26 +162,43 @@ class SSDDefaultBoxGenerator(nn.Module):
         half = center_form[:, 2:] / 2
         return torch.cat([center_form[:, :2] - half, center_form[:, :2] + half], dim=1)
 
+    def _feature_shapes(self, default_boxes: Boxes):
+        """The feature map shapes of the forward that made ``default_boxes``."""
+        for (shapes, _), levels in self._cache.items():
+            if levels[0].device == default_boxes.device and torch.equal(
+                torch.cat(levels), default_boxes.tensor
+            ):
+                return shapes
+        raise ValueError(
+            "These boxes are not default boxes this generator made: pass the Boxes.cat of its "
+            "output for one set of feature maps."
+        )
+
     def in_units(self, default_boxes: Boxes) -> torch.Tensor:
         """
         ``default_boxes``, this generator's boxes of one forward (its levels concatenated, as
         the SSD uses them), as XYXY fractions of the input's width and height, computed in
         those units (see :meth:`_level_boxes_in_units`), not divided from the pixels.
         """
-        for key, levels in self._cache.items():
-            if levels[0].device == default_boxes.device and torch.equal(
-                torch.cat(levels), default_boxes.tensor
-            ):
-                if key not in self._cache_in_units:
-                    shapes, _ = key
-                    self._cache_in_units[key] = torch.cat(
-                        [self._level_boxes_in_units(i, h, w) for i, (h, w) in enumerate(shapes)]
-                    ).to(default_boxes.device)
-                return self._cache_in_units[key]
-        raise ValueError(
-            "These boxes are not default boxes this generator made: pass the Boxes.cat of its "
-            "output for one set of feature maps."
-        )
+        shapes = self._feature_shapes(default_boxes)
+        if shapes not in self._cache_in_units:
+            self._cache_in_units[shapes] = torch.cat(
+                [self._level_boxes_in_units(i, h, w) for i, (h, w) in enumerate(shapes)]
+            )
+        return self._cache_in_units[shapes].to(default_boxes.device)
+
+    def size_first_order(self, default_boxes: Boxes) -> torch.Tensor:
+        """
+        The indices of ``default_boxes`` (as in :meth:`in_units`) in NVIDIA's SSD order: each
+        level's boxes size by size, each size over all locations (ssd_d2 lists each location's
+        boxes together).
+        """
+        order, offset = [], 0
+        for (height, width), num_cell in zip(self._feature_shapes(default_boxes), self.num_anchors):
+            count = height * width * num_cell
+            order.append(torch.arange(offset, offset + count).view(-1, num_cell).t().reshape(-1))
+            offset += count
+        return torch.cat(order).to(default_boxes.device)
 
     @torch.no_grad()
     def forward(self, features: List[torch.Tensor]) -> List[Boxes]:

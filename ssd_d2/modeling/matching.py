@@ -20,16 +20,26 @@ class MatchingArithmetic(NamedTuple):
     eps: float
     # A default box is positive when its IoU is > the threshold (True) or >= it.
     strictly_above: bool
+    # Among a ground truth's default boxes of equal best IoU, it takes the first in NVIDIA's
+    # order (a level's boxes size by size, True) or in ssd_d2's (location by location).
+    ties_size_first: bool
 
 
 # MODEL.SSD.MATCHING: whose arithmetic the matching reproduces.
 MATCHING_ARITHMETICS = {
     # torchvision's SSD (and Detectron2's pairwise_iou): pixels, IoU >= threshold.
-    "torchvision": MatchingArithmetic(unit_boxes=False, eps=0.0, strictly_above=False),
+    "torchvision": MatchingArithmetic(
+        unit_boxes=False, eps=0.0, strictly_above=False, ties_size_first=False
+    ),
     # lufficc/SSD (ssd.utils.box_utils.iou_of): unit boxes, eps 1e-5, IoU >= threshold.
-    "lufficc": MatchingArithmetic(unit_boxes=True, eps=1e-5, strictly_above=False),
-    # NVIDIA's SSD300-ResNet50 (ssd.utils.Encoder.encode): unit boxes, IoU > threshold.
-    "nvidia": MatchingArithmetic(unit_boxes=True, eps=0.0, strictly_above=True),
+    "lufficc": MatchingArithmetic(
+        unit_boxes=True, eps=1e-5, strictly_above=False, ties_size_first=False
+    ),
+    # NVIDIA's SSD300-ResNet50 (ssd.utils.Encoder.encode): unit boxes, IoU > threshold, its
+    # default boxes' order.
+    "nvidia": MatchingArithmetic(
+        unit_boxes=True, eps=0.0, strictly_above=True, ties_size_first=True
+    ),
 }
 
 

@@ -294,6 +294,8 @@ class SSD(nn.Module):
         """
         if self.matching.unit_boxes:
             anchors_in_units = self.anchor_generator.in_units(anchors)
+        if self.matching.ties_size_first:
+            tie_order = self.anchor_generator.size_first_order(anchors)
         gt_labels, matched_gt_boxes = [], []
         for instances in gt_instances:
             if len(instances) == 0:
@@ -306,9 +308,12 @@ class SSD(nn.Module):
             else:
                 iou = pairwise_iou(instances.gt_boxes, anchors)  # (G, R)
             matched_idxs, is_positive = self.anchor_matcher(iou)
-            # max() rather than argmax(): the first of tied boxes, as torchvision, lufficc/SSD and
-            # NVIDIA's SSD pick; a later ground truth takes a box an earlier one also chose.
-            best_anchor_per_gt = iou.max(dim=1).indices
+            # max() rather than argmax(): the first of tied boxes in the peer's order, as the peers
+            # pick; a later ground truth takes a box an earlier one also chose, as in theirs.
+            if self.matching.ties_size_first:
+                best_anchor_per_gt = tie_order[iou[:, tie_order].max(dim=1).indices]
+            else:
+                best_anchor_per_gt = iou.max(dim=1).indices
             matched_idxs[best_anchor_per_gt] = torch.arange(
                 len(instances), device=matched_idxs.device
             )
