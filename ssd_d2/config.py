@@ -36,6 +36,9 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.PRIOR_PROB = 0.0
     # Positive default box: IoU >= this, or a ground truth's best box (SSD paper, 2.2).
     _C.MODEL.SSD.IOU_THRESHOLD = 0.5
+    # Whose IoU arithmetic decides the matches: "lufficc" (boxes as fractions of the input,
+    # 1e-5 added to the union), "torchvision" (pixels) or "nvidia" (fractions, IoU > threshold).
+    _C.MODEL.SSD.MATCHING = "lufficc"
     # Box encoding weights (dx, dy, dw, dh): the paper's variances (0.1, 0.2) inverted.
     _C.MODEL.SSD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
     # Hard negative mining: negatives kept per positive in each image.

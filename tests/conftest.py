@@ -94,42 +94,40 @@ def shapes_root(tmp_path_factory):
     return tmp_path_factory.mktemp("ssd_shapes")
 
 
-# lufficc/SSD, the reference implementation, as a peer to run (never copied): its source at a
-# fixed commit, next to the repository as CI and the development machines have it, or where
-# SSD_D2_LUFFICC_ARCHIVE points.
-LUFFICC_ARCHIVE = os.environ.get(
-    "SSD_D2_LUFFICC_ARCHIVE",
-    os.path.join(
-        os.path.dirname(__file__), "..", "..", "shared", "vendor", "lufficc-SSD-68dc0a2.tar.gz"
-    ),
-)
+def _vendored(name: str) -> str:
+    """The path of a peer's source archive next to the repository, as CI and the development
+    machines have it."""
+    return os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vendor", name)
 
 
-# NVIDIA DeepLearningExamples' SSD300-ResNet50, as a peer to run (never copied), likewise.
-NVIDIA_ARCHIVE = os.environ.get(
-    "SSD_D2_NVIDIA_ARCHIVE",
-    os.path.join(
-        os.path.dirname(__file__), "..", "..", "shared", "vendor", "nvidia-DLE-SSD-729963d.tar.gz"
-    ),
-)
-
-
-def _vendored_source(tmp_path_factory, archive, name, why_needed):
-    """``archive`` extracted into a temporary folder (its single top folder), or a skip (a
-    failure in CI, ``CI`` set) when it is missing."""
+def _extract_peer(tmp_path_factory, archive: str, peer: str, missing=None):
+    """
+    The folder a peer's source ``archive`` is extracted to. Fails in CI (``CI`` set) when the
+    archive is missing (or ``missing``, a reason the peer cannot run, is given), skips elsewhere.
+    """
     archive = os.path.abspath(archive)
     if not os.path.isfile(archive):
-        missing = f"{name}'s source archive {archive} is missing."
+        missing = f"{peer}'s source archive {archive} is missing."
+    if missing:
         if os.environ.get("CI"):
-            pytest.fail(f"{missing} CI runs the comparisons with {name}: {why_needed}.")
+            pytest.fail(f"{missing} CI runs the comparisons with {peer}.")
         pytest.skip(missing)
-    target = tmp_path_factory.mktemp(name.split("/")[0])
+    target = tmp_path_factory.mktemp("peer")
     with tarfile.open(archive) as tar:
         # The "data" filter (refuse links and paths out of the target) where Python has it.
         kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         tar.extractall(target, **kwargs)
-        top = tar.getnames()[0].split("/")[0]
-    return target / top
+    return target
+
+
+# lufficc/SSD, the reference implementation, as a peer to run (never copied): its source at a
+# fixed commit, or where SSD_D2_LUFFICC_ARCHIVE points.
+LUFFICC_ARCHIVE = os.environ.get("SSD_D2_LUFFICC_ARCHIVE", _vendored("lufficc-SSD-68dc0a2.tar.gz"))
+
+
+# NVIDIA's SSD300-ResNet50 (DeepLearningExamples PyTorch/Detection/SSD) as a peer to run
+# (never copied), or where SSD_D2_NVIDIA_ARCHIVE points.
+NVIDIA_ARCHIVE = os.environ.get("SSD_D2_NVIDIA_ARCHIVE", _vendored("nvidia-DLE-SSD-729963d.tar.gz"))
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +138,7 @@ def nvidia_root(tmp_path_factory):
     model module builds an ImageNet ResNet-50 (a download) as a default argument at import:
     that default becomes None here, and the tests pass their own backbone.
     """
-    root = _vendored_source(
-        tmp_path_factory, NVIDIA_ARCHIVE, "NVIDIA/DeepLearningExamples", "ssd300_resnet50_coco"
-    )
+    root = _extract_peer(tmp_path_factory, NVIDIA_ARCHIVE, "NVIDIA's SSD") / "nvidia-ssd"
     model = root / "ssd" / "model.py"
     source = model.read_text()
     default = "backbone=ResNet('resnet50')"
@@ -165,14 +161,11 @@ def lufficc_root(tmp_path_factory):
     lufficc/SSD's source root, extracted once per session and importable as ``ssd``. Fails
     in CI (``CI`` set) when the archive is missing, skips elsewhere.
     """
+    missing = None
     if importlib.util.find_spec("yacs") is None:
         missing = "lufficc/SSD's config needs yacs: pip install -e '.[test]'."
-        if os.environ.get("CI"):
-            pytest.fail(missing + " CI runs the comparisons with lufficc/SSD.")
-        pytest.skip(missing)
-    root = _vendored_source(
-        tmp_path_factory, LUFFICC_ARCHIVE, "lufficc/SSD", "its models are ssd_d2's VGG16 configs'"
-    )
+    target = _extract_peer(tmp_path_factory, LUFFICC_ARCHIVE, "lufficc/SSD", missing)
+    root = target / "lufficc-SSD"
     # Its NMS import compares version strings ('0.29.1' < '0.3.0'): every torchvision that
     # ssd_d2 runs on has torchvision.ops.nms.
     nms = root / "ssd" / "utils" / "nms.py"

@@ -88,7 +88,9 @@ class SSDDefaultBoxGenerator(nn.Module):
             _cell_box_sizes(mn, mx, ratios)
             for mn, mx, ratios in zip(min_sizes, max_sizes, aspect_ratios)
         ]
+        self._level_definitions = list(zip(min_sizes, max_sizes, aspect_ratios))
         self._cache = {}
+        self._cache_in_units = {}
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
@@ -130,6 +132,73 @@ class SSDDefaultBoxGenerator(nn.Module):
         half = wh.view(1, -1, 2) / 2  # (1, A, 2)
         boxes = torch.cat([centres - half, centres + half], dim=-1)  # (H*W, A, 4)
         return boxes.reshape(-1, 4).float()
+
+    def _level_boxes_in_units(self, level: int, height: int, width: int) -> torch.Tensor:
+        """
+        The level's boxes as XYXY fractions of the input's width and height, rounded as
+        lufficc/SSD and NVIDIA's SSD round their priors: centres and sizes computed in float64
+        fractions, stored as float32 (cx, cy, w, h), clamped, then turned into corners in
+        float32. Dividing the pixel boxes instead moves most of them by a float32 ulp, enough
+        to flip the peers' picks between default boxes of mathematically equal IoU.
+        """
+        image_height = image_width = self.image_size
+        min_size, max_size, ratios = self._level_definitions[level]
+        widths = _cell_box_sizes(min_size / image_width, max_size / image_width, ratios)
+        heights = _cell_box_sizes(min_size / image_height, max_size / image_height, ratios)
+        # Centres as (index + 0.5) / (number of steps over the input), the peers' order.
+        step = self.steps[level]
+        xs = (torch.arange(width, dtype=torch.float64) + 0.5) / (image_width / step)
+        ys = (torch.arange(height, dtype=torch.float64) + 0.5) / (image_height / step)
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        num_cell = len(widths)
+        centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2).expand(-1, num_cell, 2)
+        wh = torch.tensor([(w, h) for (w, _), (_, h) in zip(widths, heights)], dtype=torch.float64)
+        wh = wh.view(1, -1, 2).expand_as(centres)
+        center_form = torch.cat([centres, wh], dim=-1).reshape(-1, 4).float()
+        if self.clamp == "center_and_size":
+            center_form = center_form.clamp(min=0, max=1)
+        elif self.clamp == "size":
+            center_form[:, 2:] = center_form[:, 2:].clamp(max=1)
+        half = center_form[:, 2:] / 2
+        return torch.cat([center_form[:, :2] - half, center_form[:, :2] + half], dim=1)
+
+    def _feature_shapes(self, default_boxes: Boxes):
+        """The feature map shapes of the forward that made ``default_boxes``."""
+        for (shapes, _), levels in self._cache.items():
+            if levels[0].device == default_boxes.device and torch.equal(
+                torch.cat(levels), default_boxes.tensor
+            ):
+                return shapes
+        raise ValueError(
+            "These boxes are not default boxes this generator made: pass the Boxes.cat of its "
+            "output for one set of feature maps."
+        )
+
+    def in_units(self, default_boxes: Boxes) -> torch.Tensor:
+        """
+        ``default_boxes``, this generator's boxes of one forward (its levels concatenated, as
+        the SSD uses them), as XYXY fractions of the input's width and height, computed in
+        those units (see :meth:`_level_boxes_in_units`), not divided from the pixels.
+        """
+        shapes = self._feature_shapes(default_boxes)
+        if shapes not in self._cache_in_units:
+            self._cache_in_units[shapes] = torch.cat(
+                [self._level_boxes_in_units(i, h, w) for i, (h, w) in enumerate(shapes)]
+            )
+        return self._cache_in_units[shapes].to(default_boxes.device)
+
+    def size_first_order(self, default_boxes: Boxes) -> torch.Tensor:
+        """
+        The indices of ``default_boxes`` (as in :meth:`in_units`) in NVIDIA's SSD order: each
+        level's boxes size by size, each size over all locations (ssd_d2 lists each location's
+        boxes together).
+        """
+        order, offset = [], 0
+        for (height, width), num_cell in zip(self._feature_shapes(default_boxes), self.num_anchors):
+            count = height * width * num_cell
+            order.append(torch.arange(offset, offset + count).view(-1, num_cell).t().reshape(-1))
+            offset += count
+        return torch.cat(order).to(default_boxes.device)
 
     @torch.no_grad()
     def forward(self, features: List[torch.Tensor]) -> List[Boxes]:

@@ -26,6 +26,7 @@ from ..config import resolve_device
 from ..convert import convert_for_model, recognize
 from ..ignored_keys import warn_ignored_keys
 from .head import build_ssd_head
+from .matching import MATCHING_ARITHMETICS, in_units, unit_box_iou
 from .nms import grouped_nms, select_detections
 from .precision import LowPrecisionCopy, resolve_precision, training_autocast_dtype
 
@@ -80,6 +81,7 @@ class SSD(nn.Module):
         num_classes: int,
         image_size: int,
         iou_threshold: float = 0.5,
+        matching: str = "lufficc",
         neg_pos_ratio: float = 3.0,
         min_negatives_per_image: int = 0,
         loss_normalization: str = "batch",
@@ -97,6 +99,8 @@ class SSD(nn.Module):
     ):
         """
         Args:
+            matching: whose IoU arithmetic the matching reproduces, a key of
+                :data:`ssd_d2.modeling.matching.MATCHING_ARITHMETICS`.
             min_negatives_per_image: hard negatives kept even in an image without positives.
             loss_normalization: one of :data:`LOSS_NORMALIZATIONS`.
             test_topk_candidates: candidates per class and image before NMS.
@@ -110,8 +114,18 @@ class SSD(nn.Module):
         self.backbone, self.head, self.head_in_features = backbone, head, head_in_features
         self.anchor_generator, self.box2box_transform = anchor_generator, box2box_transform
         self.num_classes, self.image_size, self.input_format = num_classes, image_size, input_format
-        # Training. IoU >= threshold is positive, below is background; the rule that each ground
-        # truth also takes its best default box is applied in label_anchors.
+        # Training. IoU >= threshold (or > it) is positive, below is background; the rule that
+        # each ground truth also takes its best default box is applied in label_anchors.
+        if matching not in MATCHING_ARITHMETICS:
+            raise ValueError(
+                f"MODEL.SSD.MATCHING = {matching!r}; choose one of {tuple(MATCHING_ARITHMETICS)}: "
+                "the arithmetic of the peer whose weights or training the model reproduces."
+            )
+        self.matching = MATCHING_ARITHMETICS[matching]
+        if self.matching.strictly_above:
+            # IoUs are float32: strictly above t is at or above the next float32 after t.
+            t = torch.tensor(iou_threshold, dtype=torch.float32)
+            iou_threshold = torch.nextafter(t, torch.tensor(float("inf"))).item()
         self.anchor_matcher = Matcher([iou_threshold], [0, 1], allow_low_quality_matches=False)
         self.neg_pos_ratio, self.smooth_l1_beta = neg_pos_ratio, smooth_l1_beta
         self.min_negatives_per_image = min_negatives_per_image
@@ -180,6 +194,7 @@ class SSD(nn.Module):
             "num_classes": ssd.NUM_CLASSES,
             "image_size": ssd.IMAGE_SIZE,
             "iou_threshold": ssd.IOU_THRESHOLD,
+            "matching": ssd.MATCHING,
             "neg_pos_ratio": ssd.NEG_POS_RATIO,
             "min_negatives_per_image": ssd.MIN_NEGATIVES_PER_IMAGE,
             "loss_normalization": ssd.LOSS_NORMALIZATION,
@@ -292,18 +307,31 @@ class SSD(nn.Module):
         """
         SSD's matching (paper, 2.2): a default box is positive for the ground truth it overlaps
         most when that IoU >= the threshold, and each ground truth also takes its best default
-        box. Returns (N, R) labels (0 background, c + 1 class c) and (N, R, 4) matched boxes.
+        box. The IoU is computed as the peer of ``self.matching`` computes it. Returns (N, R)
+        labels (0 background, c + 1 class c) and (N, R, 4) matched boxes.
         """
+        if self.matching.unit_boxes:
+            anchors_in_units = self.anchor_generator.in_units(anchors)
+        if self.matching.ties_size_first:
+            tie_order = self.anchor_generator.size_first_order(anchors)
         gt_labels, matched_gt_boxes = [], []
         for instances in gt_instances:
             if len(instances) == 0:
                 gt_labels.append(torch.zeros(len(anchors), dtype=torch.long, device=self.device))
                 matched_gt_boxes.append(torch.zeros_like(anchors.tensor))
                 continue
-            iou = pairwise_iou(instances.gt_boxes, anchors)  # (G, R)
+            if self.matching.unit_boxes:
+                gt_in_units = in_units(instances.gt_boxes, instances.image_size)
+                iou = unit_box_iou(gt_in_units, anchors_in_units, self.matching.eps)  # (G, R)
+            else:
+                iou = pairwise_iou(instances.gt_boxes, anchors)  # (G, R)
             matched_idxs, is_positive = self.anchor_matcher(iou)
-            # max() rather than argmax(): the same pick among tied boxes as torchvision's SSD.
-            best_anchor_per_gt = iou.max(dim=1).indices
+            # max() rather than argmax(): the first of tied boxes in the peer's order, as the peers
+            # pick; a later ground truth takes a box an earlier one also chose, as in theirs.
+            if self.matching.ties_size_first:
+                best_anchor_per_gt = tie_order[iou[:, tie_order].max(dim=1).indices]
+            else:
+                best_anchor_per_gt = iou.max(dim=1).indices
             matched_idxs[best_anchor_per_gt] = torch.arange(
                 len(instances), device=matched_idxs.device
             )

@@ -27,11 +27,13 @@ def models():
             "400",
             "TEST.DETECTIONS_PER_IMAGE",
             "200",
-            # torchvision's default-box and clipping rules (ssd300_voc has lufficc/SSD's).
+            # torchvision's default-box, clipping and matching rules (ssd300_voc has lufficc/SSD's).
             "MODEL.SSD.DEFAULT_BOXES.CLAMP",
             "size",
             "MODEL.SSD.CLIP_BOXES_BEFORE_NMS",
             "True",
+            "MODEL.SSD.MATCHING",
+            "torchvision",
         )
     )
     theirs = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1)
