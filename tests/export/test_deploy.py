@@ -322,7 +322,7 @@ def test_an_exported_file_for_another_model_is_refused(fp32_files, format):
     ExportedSSD.from_config(cfg)  # its own config
     for opts, said in (
         (["MODEL.SSD.NUM_CLASSES", "3"], "num_classes 5 .the config: 3."),
-        (["MODEL.SSD.IMAGE_SIZE", "300"], "image_size 160 .the config: 300."),
+        (["MODEL.SSD.IMAGE_SIZE", "300"], r"image_size \(160, 160\) \(the config: \(300, 300\)\)"),
     ):
         cfg = load_config("ssd160_shapes_demo", "MODEL.WEIGHTS", fp32_files[format], *opts)
         with pytest.raises(ExportError, match=f"was exported for another model: {said}"):

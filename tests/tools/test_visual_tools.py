@@ -80,8 +80,9 @@ def test_default_boxes_of_the_cells_under_points():
         expected = torch.cat([grid[r, c] for r, c in level.cells])
         torch.testing.assert_close(level.cell_boxes, expected)
         centres = Boxes(level.cell_boxes).get_centers().view(len(level.cells), num_anchors, 2)
+        step_y, step_x = level.step
         for (row, col), cell_centres in zip(level.cells, centres):
-            expected_centre = torch.tensor([(col + 0.5) * level.step, (row + 0.5) * level.step])
+            expected_centre = torch.tensor([(col + 0.5) * step_x, (row + 0.5) * step_y])
             torch.testing.assert_close(cell_centres, expected_centre.expand_as(cell_centres))
         assert len(level.matched_boxes) == 0
 
