@@ -164,7 +164,9 @@ def exported(tmp_path_factory):
 
 
 @pytest.mark.parametrize("format", FORMATS)
-@pytest.mark.parametrize("config_name", ["ssd160_shapes_demo", "ssdlite320_mobilenet_v3_coco"])
+@pytest.mark.parametrize(
+    "config_name", ["ssd160_shapes_demo", "ssdlite320_mobilenet_v3_coco", "ssd160x288_shapes_demo"]
+)
 def test_exported_detections_equal_eager(exported, config_name, format):
     model, run, _ = exported(config_name, format)
     images, expected = _images_and_eager(config_name)

@@ -1,13 +1,19 @@
 """Non-square network inputs: MODEL.SSD.IMAGE_HEIGHT_WIDTH, resolved with MODEL.SSD.IMAGE_SIZE
 by one function, and an SSD at 160 x 288 that trains, infers and scales boxes per axis."""
 
+import math
+
 import pytest
 import torch
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
+from detectron2.utils.events import EventStorage
 
+from ssd_d2 import SSDTrainer
 from ssd_d2.config import resolve_image_size
+from ssd_d2.data.datasets import register_shapes_dataset
 from ssd_d2.modeling import VGG16SSD, resize_to_network_size
 
 from ..conftest import load_config
@@ -100,3 +106,33 @@ def test_boxes_come_back_in_each_images_pixels_per_axis():
     boxes = at_network_size.pred_boxes.tensor
     assert (boxes[:, 0::2] <= 288).all() and (boxes[:, 1::2] <= 160).all()
     assert (boxes[:, 0::2] > 160).any()  # x reaches past the height: clipped to the width
+
+
+def test_non_square_model_trains_on_the_shapes_set_and_evaluates(tmp_path):
+    splits = {"non_square_shapes": {"dirname": "six", "seed": 21, "num_images": 6}}
+    register_shapes_dataset(str(tmp_path / "datasets"), splits)
+    try:
+        # fmt: off
+        cfg = load_config(
+            NON_SQUARE, "DATASETS.TRAIN", ("non_square_shapes",),
+            "DATASETS.TEST", ("non_square_shapes",), "DATALOADER.NUM_WORKERS", 0,
+            "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 3, "SOLVER.WARMUP_ITERS", 1,
+            "SOLVER.AMP.ENABLED", False, "TEST.PRECISION", "fp32",
+            "OUTPUT_DIR", str(tmp_path / "out"),
+        )
+        # fmt: on
+        trainer = SSDTrainer(cfg)
+        with EventStorage():
+            # The training batches are at the network size, 160 high and 288 wide.
+            batch = next(iter(trainer.data_loader))
+        assert {tuple(x["image"].shape[-2:]) for x in batch} == {(160, 288)}
+        assert {x["instances"].image_size for x in batch} == {(160, 288)}
+        trainer.train()
+        losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+        assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+        results = SSDTrainer.test(cfg, trainer.model)
+        assert set(results["bbox"]) >= {"AP", "AP50"}
+    finally:
+        for name in splits:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
