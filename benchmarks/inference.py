@@ -131,7 +131,7 @@ def stage_times(model, inputs, device) -> Dict[str, float]:
     boxes, scores, classes, image_idx = select_detections(
         boxes, scores, topk, per_class_nms, max_det
     )
-    boxes, size = model.clip(boxes), (model.image_size, model.image_size)
+    boxes, size = model.clip(boxes), model.image_size
     # SSD.inference's Instances per image, and SSD.forward's detector_postprocess of each.
     for n, x in enumerate(inputs):
         i = image_idx == n

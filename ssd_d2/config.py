@@ -1,5 +1,5 @@
 import os
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 import yaml
@@ -8,6 +8,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 __all__ = ["add_ssd_config", "load_config", "merge_from_file_safely", "resolve_device"]
+__all__ += ["height_width", "resolve_image_size"]
 
 
 def add_ssd_config(cfg):
@@ -24,6 +25,9 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.NUM_CLASSES = 20
     # Side of the square image the network runs on; every input is resized to it.
     _C.MODEL.SSD.IMAGE_SIZE = 300
+    # (height, width) of a non-square network input (e.g. [288, 512] for 16:9 video), with
+    # IMAGE_SIZE 0; empty: IMAGE_SIZE squared. Read both through resolve_image_size.
+    _C.MODEL.SSD.IMAGE_HEIGHT_WIDTH = []
     # Backbone outputs fed to the head, from the finest to the coarsest level.
     _C.MODEL.SSD.IN_FEATURES = ["conv4_3", "fc7", "conv8_2", "conv9_2", "conv10_2", "conv11_2"]
     # Head, by its SSD_HEAD_REGISTRY name: "SSDConvHead" is the paper's 3x3 conv predictors.
@@ -169,6 +173,44 @@ def resolve_device(device: str) -> str:
     if device.strip().lower() in ("auto", ""):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def height_width(size) -> Tuple[int, int]:
+    """A network size as (height, width): an int is a square's side, a pair is (h, w)."""
+    if isinstance(size, (int, float)):
+        return int(size), int(size)
+    height, width = size
+    return int(height), int(width)
+
+
+def resolve_image_size(cfg) -> Tuple[int, int]:
+    """
+    The (height, width) every image is resized to: MODEL.SSD.IMAGE_HEIGHT_WIDTH when set, else
+    MODEL.SSD.IMAGE_SIZE squared. A ValueError names the keys when they are malformed or
+    disagree (IMAGE_SIZE must then be 0 or the side of the square IMAGE_HEIGHT_WIDTH gives).
+    """
+    side, pair = cfg.MODEL.SSD.IMAGE_SIZE, tuple(cfg.MODEL.SSD.IMAGE_HEIGHT_WIDTH)
+    if not pair:
+        if side <= 0:
+            raise ValueError(
+                f"MODEL.SSD.IMAGE_SIZE is {side} and MODEL.SSD.IMAGE_HEIGHT_WIDTH is empty: set "
+                "IMAGE_SIZE to the side of a square input, or IMAGE_HEIGHT_WIDTH to "
+                "[height, width]."
+            )
+        return side, side
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(
+            f"MODEL.SSD.IMAGE_HEIGHT_WIDTH = {list(pair)}: give two positive whole numbers, "
+            "[height, width] in pixels (e.g. [288, 512]), or [] for a square IMAGE_SIZE."
+        )
+    if side != 0 and pair != (side, side):
+        raise ValueError(
+            f"MODEL.SSD.IMAGE_SIZE = {side} and MODEL.SSD.IMAGE_HEIGHT_WIDTH = {list(pair)} "
+            "disagree: with IMAGE_HEIGHT_WIDTH set IMAGE_SIZE 0 (e.g. on the command line "
+            'MODEL.SSD.IMAGE_SIZE 0 MODEL.SSD.IMAGE_HEIGHT_WIDTH "[288, 512]"), or empty '
+            "IMAGE_HEIGHT_WIDTH for a square input."
+        )
+    return pair
 
 
 def merge_from_file_safely(cfg, filename: str) -> None:

@@ -14,7 +14,10 @@ __all__ = ["IgnoredKey", "find_ignored_keys", "warn_ignored_keys"]
 
 logger = logging.getLogger(__name__)
 
-_RESIZE = "MODEL.SSD.IMAGE_SIZE (every image is resized to this square side)"
+_RESIZE = (
+    "MODEL.SSD.IMAGE_SIZE (every image is resized to this square side) or "
+    "MODEL.SSD.IMAGE_HEIGHT_WIDTH (to this (height, width))"
+)
 # A key or subtree -> what to set instead, or why nothing is needed; the most specific key wins.
 _INSTEAD = {
     "INPUT.MIN_SIZE_TRAIN": _RESIZE,
@@ -24,7 +27,7 @@ _INSTEAD = {
     "INPUT.MAX_SIZE_TEST": _RESIZE,
     "INPUT.RANDOM_FLIP": "INPUT.SSD.FLIP_PROB",
     "INPUT.CROP": "INPUT.SSD.MIN_IOU_CROP.*",
-    "DATALOADER.ASPECT_RATIO_GROUPING": "nothing: every image is resized to one square size",
+    "DATALOADER.ASPECT_RATIO_GROUPING": "nothing: every image is resized to one size",
     "MODEL.ANCHOR_GENERATOR.SIZES": "MODEL.SSD.DEFAULT_BOXES.MIN_SIZES and MAX_SIZES",
     "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": "MODEL.SSD.DEFAULT_BOXES.ASPECT_RATIOS",
     "MODEL.ANCHOR_GENERATOR.OFFSET": "MODEL.SSD.DEFAULT_BOXES.STEPS (centres at (i + 0.5) * step)",

@@ -11,6 +11,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.file_io import PathManager
 
+from ..config import resolve_image_size
 from .transforms import build_ssd_train_augmentations
 
 __all__ = ["SSDDatasetMapper", "UnreadableImageError", "read_image"]
@@ -94,7 +95,7 @@ class SSDDatasetMapper:
             "augmentations": build_ssd_train_augmentations(cfg) if is_train else [],
             "image_format": cfg.INPUT.FORMAT,
             # Crops keep >= 0.3 of a side: 4x loses nothing, and 8000x8000 photos take gigabytes.
-            "max_input_size": 4 * cfg.MODEL.SSD.IMAGE_SIZE,
+            "max_input_size": 4 * max(resolve_image_size(cfg)),
         }
 
     def __call__(self, dataset_dict):

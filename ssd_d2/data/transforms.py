@@ -3,7 +3,7 @@ numpy's global RNG (seeded per sample by the training loader) in ``get_transform
 
 import itertools
 import random
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -13,9 +13,11 @@ from detectron2.data import transforms as T
 from detectron2.projects.point_rend import ColorAugSSDTransform
 from detectron2.structures import Boxes, pairwise_iou
 
+from ..config import height_width, resolve_image_size
+
 __all__ = ["SeededColorAugSSDTransform", "RandomPhotometricDistortion", "RandomChannelSwap"]
 __all__ += ["ChannelSwapTransform", "ExpandTransform", "RandomExpand", "SSDCropTransform"]
-__all__ += ["MinIoURandomCrop", "OpenCVResizeTransform", "SquareResize"]
+__all__ += ["MinIoURandomCrop", "OpenCVResizeTransform", "FixedSizeResize"]
 __all__ += ["build_ssd_train_augmentations"]
 
 
@@ -263,20 +265,21 @@ class OpenCVResizeTransform(T.ResizeTransform):
         return np.ascontiguousarray(resized[:, ::-1]) if mirrored else resized
 
 
-class SquareResize(T.Augmentation):
-    """Resize to ``size`` x ``size`` (:class:`OpenCVResizeTransform`)."""
+class FixedSizeResize(T.Augmentation):
+    """Resize to ``size``, a square's side or (height, width) (:class:`OpenCVResizeTransform`)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: Union[int, Tuple[int, int]]):
         super().__init__()
-        self.size = size
+        self.size = height_width(size)
 
     def get_transform(self, image):
-        return OpenCVResizeTransform(*image.shape[:2], self.size, self.size)
+        return OpenCVResizeTransform(*image.shape[:2], *self.size)
 
 
 def build_ssd_train_augmentations(cfg) -> list:
-    """The SSD training augmentations of ``cfg.INPUT.SSD``, ending with the square resize to
-    ``MODEL.SSD.IMAGE_SIZE`` (none at test time: the model resizes any input itself)."""
+    """The SSD training augmentations of ``cfg.INPUT.SSD``, ending with the resize to the
+    network size (:func:`resolve_image_size`; none at test time: the model resizes any input
+    itself)."""
     ssd = cfg.INPUT.SSD
     augmentations = []
     if ssd.PHOTOMETRIC.ENABLED:
@@ -307,5 +310,5 @@ def build_ssd_train_augmentations(cfg) -> list:
         )
     if ssd.FLIP_PROB > 0:
         augmentations.append(T.RandomFlip(prob=ssd.FLIP_PROB))
-    augmentations.append(SquareResize(cfg.MODEL.SSD.IMAGE_SIZE))
+    augmentations.append(FixedSizeResize(resolve_image_size(cfg)))
     return augmentations

@@ -1,9 +1,10 @@
 """
-The exportable SSD: images (N, C, S, S), 0-255 in INPUT.FORMAT, S = MODEL.SSD.IMAGE_SIZE, to
+The exportable SSD: images (N, C, H, W), 0-255 in INPUT.FORMAT, (H, W) the network size
+(``resolve_image_size``: MODEL.SSD.IMAGE_SIZE squared or MODEL.SSD.IMAGE_HEIGHT_WIDTH), to
 padded detections: boxes (N, D, 4), scores (N, D), classes (N, D; -1 in padding) and
 num_detections (N,), D = TEST.DETECTIONS_PER_IMAGE. Built from the model's public parts
-(normalize, predict, decode, clip, select_detections) and each format's NMS; resizing to S
-is the caller's (the tool uses ``resize_to_network_size``).
+(normalize, predict, decode, clip, select_detections) and each format's NMS; resizing to
+(H, W) is the caller's (the tool uses ``resize_to_network_size``).
 """
 
 import contextlib
@@ -134,9 +135,9 @@ def in_eval_mode(model: nn.Module):
 
 
 def example_images(model: SSD, batch_size: int, seed: int = 0, dtype=torch.uint8) -> Tensor:
-    """Random images (batch_size, C, S, S), 0-255, on the model's device."""
+    """Random images (batch_size, C, H, W) at the network size, 0-255, on the model's device."""
     g = torch.Generator().manual_seed(seed)
-    shape = (batch_size, model.pixel_mean.shape[0], model.image_size, model.image_size)
+    shape = (batch_size, model.pixel_mean.shape[0], *model.image_size)
     return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).to(model.device, dtype)
 
 
@@ -145,7 +146,8 @@ def export_info(model: SSD, format: str, precision: str, input_dtype: torch.dtyp
     return {
         "format": format,
         "precision": precision,
-        "image_size": model.image_size,
+        # [height, width]; files exported before non-square inputs hold the square's side.
+        "image_size": list(model.image_size),
         "num_classes": model.num_classes,
         "channels": model.pixel_mean.shape[0],
         "input_format": model.input_format,
@@ -167,7 +169,7 @@ def export_model(
     uint8 images; the input type is the example's, the batch size free); write it to ``path``
     in ``format`` (OpenVINO: ``path`` is the .xml, the .bin is written beside it). ``int8``
     quantizes ONNX and OpenVINO models after training, calibrated on ``calibration``: images
-    (C, S, S) at the network size, of the example's type.
+    (C, H, W) at the network size, of the example's type.
     """
     check_request(format, precision, path)
     if precision == "int8" and calibration is None:

@@ -16,6 +16,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
+from ..config import height_width, resolve_image_size
 from ..modeling import resize_to_network_size
 from . import runtimes
 from .formats import EXTENSIONS, ExportError
@@ -43,6 +44,10 @@ class ExportedSSD(nn.Module):
         """
         super().__init__()
         self.run, self.info = runtimes.open_exported(path, device)
+        # (height, width), also from files that hold a square's side.
+        self.info["image_size"] = height_width(self.info["image_size"])
+        if "image_size" in expected:
+            expected = dict(expected, image_size=height_width(expected["image_size"]))
         differs = {k: (self.info.get(k), v) for k, v in expected.items() if self.info.get(k) != v}
         if differs:
             found = ", ".join(f"{k} {a!r} (the config: {b!r})" for k, (a, b) in differs.items())
@@ -58,7 +63,7 @@ class ExportedSSD(nn.Module):
     def from_config(cls, cfg) -> "ExportedSSD":
         """The file MODEL.WEIGHTS names, checked against the config's model."""
         expected = {
-            "image_size": cfg.MODEL.SSD.IMAGE_SIZE,
+            "image_size": resolve_image_size(cfg),
             "num_classes": cfg.MODEL.SSD.NUM_CLASSES,
             "channels": len(cfg.MODEL.PIXEL_MEAN),
             "input_format": cfg.INPUT.FORMAT,
@@ -83,7 +88,7 @@ class ExportedSSD(nn.Module):
         for i, x in enumerate(batched_inputs):
             n = int(counts[i])
             instances = Instances(
-                (size, size),
+                size,
                 pred_boxes=Boxes(boxes[i, :n].float()),
                 scores=scores[i, :n].float(),
                 pred_classes=classes[i, :n].long(),

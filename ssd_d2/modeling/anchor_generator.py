@@ -1,5 +1,5 @@
 import math
-from typing import List, Sequence
+from typing import List, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -8,6 +8,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY
 from detectron2.structures import Boxes
+
+from ..config import height_width, resolve_image_size
 
 __all__ = ["SSDDefaultBoxGenerator", "DEFAULT_BOX_CLAMPS"]
 
@@ -36,11 +38,23 @@ def _cell_box_sizes(min_size: float, max_size: float, aspect_ratios: Sequence[fl
     return sizes
 
 
+def _step_y_x(level: int, step) -> Tuple[float, float]:
+    """A level's STEPS entry as (step_y, step_x): a number is both."""
+    if isinstance(step, (int, float)):
+        return float(step), float(step)
+    if len(step) != 2:
+        raise ValueError(
+            f"MODEL.SSD.DEFAULT_BOXES.STEPS[{level}] = {list(step)}: give one number (the same "
+            "step on both axes) or a [step_y, step_x] pair."
+        )
+    return float(step[0]), float(step[1])
+
+
 @ANCHOR_GENERATOR_REGISTRY.register()
 class SSDDefaultBoxGenerator(nn.Module):
     """
     The default boxes of SSD (Liu et al., ECCV 2016, section 2.2), in XYXY pixels of the
-    square network input. Unlike Detectron2's DefaultAnchorGenerator (a sizes x ratios
+    network input (square or not: a box's sizes are in pixels, so squares stay square). Unlike Detectron2's DefaultAnchorGenerator (a sizes x ratios
     product), each level has its own box set: two squares plus two boxes per aspect ratio.
     Boxes are ordered by (row, column, box), which is the order of ``permute_to_N_HWA_K``.
     """
@@ -49,15 +63,17 @@ class SSDDefaultBoxGenerator(nn.Module):
     def __init__(
         self,
         *,
-        image_size: int,
-        steps: List[float],
+        image_size: Union[int, Tuple[int, int]],
+        steps: List[Union[float, Sequence[float]]],
         min_sizes: List[float],
         max_sizes: List[float],
         aspect_ratios: List[List[float]],
         clamp: str = "center_and_size",
     ):
         """
-        Per level: ``steps`` is the distance between box centres, the two squares have sides
+        ``image_size``: the network input, a square's side or (height, width).
+        Per level: ``steps`` is the distance between box centres, a number or a (step_y, step_x)
+        pair for an input whose rows and columns differ; the two squares have sides
         min_size and sqrt(min_size * max_size), each aspect ratio r >= 1 adds an r:1 and a 1:r
         box. ``clamp``: one of :data:`DEFAULT_BOX_CLAMPS`.
         """
@@ -81,8 +97,8 @@ class SSDDefaultBoxGenerator(nn.Module):
                 '"center_and_size" for lufficc/SSD and ssd.pytorch weights, "size" for '
                 "torchvision's."
             )
-        self.image_size = image_size
-        self.steps = [float(s) for s in steps]
+        self.image_size = height_width(image_size)
+        self.steps = [_step_y_x(level, step) for level, step in enumerate(steps)]
         self.clamp = clamp
         self.cell_sizes = [
             _cell_box_sizes(mn, mx, ratios)
@@ -96,7 +112,7 @@ class SSDDefaultBoxGenerator(nn.Module):
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
         boxes = cfg.MODEL.SSD.DEFAULT_BOXES
         return {
-            "image_size": cfg.MODEL.SSD.IMAGE_SIZE,
+            "image_size": resolve_image_size(cfg),
             "steps": boxes.STEPS,
             "min_sizes": boxes.MIN_SIZES,
             "max_sizes": boxes.MAX_SIZES,
@@ -112,21 +128,29 @@ class SSDDefaultBoxGenerator(nn.Module):
     num_cell_anchors = num_anchors
 
     def _level_boxes(self, level: int, height: int, width: int) -> torch.Tensor:
-        step = self.steps[level]
-        if abs(max(height, width) * step - self.image_size) > step:
-            raise ValueError(
-                f"Feature level {level} is {height}x{width}, but MODEL.SSD.DEFAULT_BOXES.STEPS"
-                f"[{level}] = {step} puts its default boxes over {max(height, width) * step:g} "
-                f"pixels of a {self.image_size}-pixel input (MODEL.SSD.IMAGE_SIZE). Make the "
-                "steps match the backbone's feature maps at this image size."
-            )
+        (step_y, step_x), (image_h, image_w) = self.steps[level], self.image_size
+        for axis, cells, step, pixels in (
+            ("rows", height, step_y, image_h),
+            ("columns", width, step_x, image_w),
+        ):
+            if abs(cells * step - pixels) > step:
+                raise ValueError(
+                    f"Feature level {level} is {height}x{width}, but MODEL.SSD.DEFAULT_BOXES.STEPS"
+                    f"[{level}] puts its {cells} {axis} of default boxes {step:g} pixels apart, "
+                    f"over {cells * step:g} of the input's {pixels} (the network input is "
+                    f"{image_h}x{image_w}, MODEL.SSD.IMAGE_SIZE / IMAGE_HEIGHT_WIDTH). Make the "
+                    "steps match the backbone's feature maps at this image size: "
+                    f"about {pixels / cells:g} here ([step_y, step_x] where the axes differ)."
+                )
         wh = torch.tensor(self.cell_sizes[level], dtype=torch.float64)
-        ys = (torch.arange(height, dtype=torch.float64) + 0.5) * step
-        xs = (torch.arange(width, dtype=torch.float64) + 0.5) * step
+        ys = (torch.arange(height, dtype=torch.float64) + 0.5) * step_y
+        xs = (torch.arange(width, dtype=torch.float64) + 0.5) * step_x
+        # Widths and x to the input's width, heights and y to its height.
+        limit = torch.tensor([image_w, image_h], dtype=torch.float64)
         if self.clamp != "none":
-            wh = wh.clamp(max=self.image_size)
+            wh = torch.minimum(wh, limit)
         if self.clamp == "center_and_size":
-            ys, xs = ys.clamp(max=self.image_size), xs.clamp(max=self.image_size)
+            ys, xs = ys.clamp(max=image_h), xs.clamp(max=image_w)
         cy, cx = torch.meshgrid(ys, xs, indexing="ij")
         centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2)  # (H*W, 1, 2)
         half = wh.view(1, -1, 2) / 2  # (1, A, 2)
@@ -141,14 +165,14 @@ class SSDDefaultBoxGenerator(nn.Module):
         float32. Dividing the pixel boxes instead moves most of them by a float32 ulp, enough
         to flip the peers' picks between default boxes of mathematically equal IoU.
         """
-        image_height = image_width = self.image_size
+        image_height, image_width = self.image_size
         min_size, max_size, ratios = self._level_definitions[level]
         widths = _cell_box_sizes(min_size / image_width, max_size / image_width, ratios)
         heights = _cell_box_sizes(min_size / image_height, max_size / image_height, ratios)
         # Centres as (index + 0.5) / (number of steps over the input), the peers' order.
-        step = self.steps[level]
-        xs = (torch.arange(width, dtype=torch.float64) + 0.5) / (image_width / step)
-        ys = (torch.arange(height, dtype=torch.float64) + 0.5) / (image_height / step)
+        step_y, step_x = self.steps[level]
+        xs = (torch.arange(width, dtype=torch.float64) + 0.5) / (image_width / step_x)
+        ys = (torch.arange(height, dtype=torch.float64) + 0.5) / (image_height / step_y)
         cy, cx = torch.meshgrid(ys, xs, indexing="ij")
         num_cell = len(widths)
         centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2).expand(-1, num_cell, 2)

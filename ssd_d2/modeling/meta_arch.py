@@ -1,6 +1,6 @@
 import contextlib
 import logging
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..config import resolve_device
+from ..config import height_width, resolve_device, resolve_image_size
 from ..convert import convert_for_model, recognize
 from ..ignored_keys import warn_ignored_keys
 from .head import build_ssd_head
@@ -44,19 +44,22 @@ LOSS_NORMALIZATIONS = (
 )
 
 
-def resize_to_network_size(image: Tensor, size: int, boxes: Optional[Boxes] = None):
+def resize_to_network_size(
+    image: Tensor, size: Union[int, Tuple[int, int]], boxes: Optional[Boxes] = None
+):
     """
-    SSD's one resize rule: a float (C, H, W) image stretched bilinearly to size x size, as
-    torchvision's SSD does after normalising (so that converted torchvision models give its
-    outputs to the last bits), and XYXY ``boxes`` in its pixels scaled with it (a copy when
-    resized).
+    SSD's one resize rule: a float (C, H, W) image stretched bilinearly to ``size`` (a square's
+    side or (height, width)), as torchvision's SSD does after normalising (so that converted
+    torchvision models give its outputs to the last bits), and XYXY ``boxes`` in its pixels
+    scaled with it (a copy when resized).
     """
     height, width = image.shape[-2:]
-    if (height, width) != (size, size):
-        image = F.interpolate(image[None], (size, size), mode="bilinear", align_corners=False)[0]
+    new_h, new_w = height_width(size)
+    if (height, width) != (new_h, new_w):
+        image = F.interpolate(image[None], (new_h, new_w), mode="bilinear", align_corners=False)[0]
         if boxes is not None:
             boxes = boxes.clone()
-            boxes.scale(size / width, size / height)
+            boxes.scale(new_w / width, new_h / height)
     return image, boxes
 
 
@@ -64,8 +67,8 @@ def resize_to_network_size(image: Tensor, size: int, boxes: Optional[Boxes] = No
 class SSD(nn.Module):
     """
     SSD: Single Shot MultiBox Detector (Liu et al., ECCV 2016), with Detectron2's model
-    contract. It resizes images of any size to ``image_size`` squared itself and returns boxes
-    in each input's "height" x "width" (default: the image's). Class logits are background
+    contract. It resizes images of any size to ``image_size`` ((height, width)) itself and
+    returns boxes in each input's "height" x "width" (default: the image's). Class logits are background
     first, as in the published weights; ``pred_classes`` count from 0.
     """
 
@@ -79,7 +82,7 @@ class SSD(nn.Module):
         anchor_generator: nn.Module,
         box2box_transform: Box2BoxTransform,
         num_classes: int,
-        image_size: int,
+        image_size: Union[int, Tuple[int, int]],
         iou_threshold: float = 0.5,
         matching: str = "lufficc",
         neg_pos_ratio: float = 3.0,
@@ -99,6 +102,7 @@ class SSD(nn.Module):
     ):
         """
         Args:
+            image_size: the network input, a square's side or (height, width).
             matching: whose IoU arithmetic the matching reproduces, a key of
                 :data:`ssd_d2.modeling.matching.MATCHING_ARITHMETICS`.
             min_negatives_per_image: hard negatives kept even in an image without positives.
@@ -113,7 +117,8 @@ class SSD(nn.Module):
             raise ValueError(f"MODEL.SSD.NUM_CLASSES must be >= 1, got {num_classes}.")
         self.backbone, self.head, self.head_in_features = backbone, head, head_in_features
         self.anchor_generator, self.box2box_transform = anchor_generator, box2box_transform
-        self.num_classes, self.image_size, self.input_format = num_classes, image_size, input_format
+        self.num_classes, self.input_format = num_classes, input_format
+        self.image_size = height_width(image_size)  # (height, width)
         # Training. IoU >= threshold (or > it) is positive, below is background; the rule that
         # each ground truth also takes its best default box is applied in label_anchors.
         if matching not in MATCHING_ARITHMETICS:
@@ -192,7 +197,7 @@ class SSD(nn.Module):
             "anchor_generator": anchor_generator,
             "box2box_transform": Box2BoxTransform(weights=ssd.BBOX_REG_WEIGHTS),
             "num_classes": ssd.NUM_CLASSES,
-            "image_size": ssd.IMAGE_SIZE,
+            "image_size": resolve_image_size(cfg),
             "iou_threshold": ssd.IOU_THRESHOLD,
             "matching": ssd.MATCHING,
             "neg_pos_ratio": ssd.NEG_POS_RATIO,
@@ -241,7 +246,7 @@ class SSD(nn.Module):
         return (images / 255 - self.pixel_mean / 255) / (self.pixel_std / 255)
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> Tensor:
-        """The normalised images at the network size, batched: (N, C, S, S)."""
+        """The normalised images at the network size, batched: (N, C, height, width)."""
         return torch.stack([self._at_network_size(x, False)[0] for x in batched_inputs])
 
     def _at_network_size(
@@ -263,11 +268,11 @@ class SSD(nn.Module):
         if gt is None:
             return image, None
         keep = boxes.nonempty() & torch.isfinite(boxes.tensor).all(dim=1)
-        return image, Instances((size, size), gt_boxes=boxes[keep], gt_classes=gt.gt_classes[keep])
+        return image, Instances(size, gt_boxes=boxes[keep], gt_classes=gt.gt_classes[keep])
 
     def predict(self, images: Tensor) -> Tuple[Boxes, Tensor, Tensor]:
         """The R default boxes, float32 class logits (N, R, K + 1) and box deltas (N, R, 4) of
-        a normalised (N, C, S, S) batch."""
+        a normalised (N, C, height, width) batch."""
         images = images.contiguous(memory_format=torch.channels_last)
         backbone, head = self.backbone, self.head
         # No autocast context unless asked: a disabled one would also switch off the
@@ -412,7 +417,7 @@ class SSD(nn.Module):
         boxes, scores, classes, images = select_detections(
             boxes, scores, topk, self.per_class_nms, max_det
         )
-        boxes, size = self.clip(boxes), (self.image_size, self.image_size)
+        boxes, size = self.clip(boxes), self.image_size
         return [
             Instances(size, pred_boxes=Boxes(boxes[i]), scores=scores[i], pred_classes=classes[i])
             for i in (images == n for n in range(len(pred_logits)))
@@ -430,8 +435,10 @@ class SSD(nn.Module):
         return boxes.view(num_images, num_boxes, 4), pred_logits.softmax(dim=-1)[..., 1:]
 
     def clip(self, boxes: Tensor) -> Tensor:
-        """(M, 4) boxes clipped to the square network input."""
-        return boxes.clamp(min=0, max=self.image_size)
+        """(M, 4) boxes clipped to the network input: x to its width, y to its height."""
+        height, width = self.image_size
+        limit = boxes.new_tensor([width, height, width, height])
+        return torch.minimum(boxes.clamp(min=0), limit)
 
     def per_class_nms(self, boxes: Tensor, scores: Tensor) -> Tuple[Tensor, Tensor]:
         """Candidates (G, k, 4) with scores (G, k) -> :func:`grouped_nms` with the score and

@@ -132,19 +132,22 @@ def read_record(record: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image, boxes, np.array([a["category_id"] for a in annotations], dtype=np.int64)
 
 
-def panel_grid_figure(nrows, ncols, panel: float, title: float, top: float, bottom: float):
-    """A grid of square panels with margins in inches (``title`` above each panel, ``top``,
-    ``bottom``, 0.15 between): labels keep their size and never overlap, whatever the grid."""
+def panel_grid_figure(nrows, ncols, panel, title: float, top: float, bottom: float):
+    """A grid of panels (``panel``: a square's side or (width, height)) with margins in inches
+    (``title`` above each panel, ``top``, ``bottom``, 0.15 between): labels keep their size and
+    never overlap, whatever the grid."""
     from matplotlib.figure import Figure
 
     gap = 0.15
-    width = ncols * (panel + gap) + gap
-    height = nrows * (panel + title) + top + bottom
+    panel_w, panel_h = (panel, panel) if isinstance(panel, (int, float)) else panel
+    width = ncols * (panel_w + gap) + gap
+    height = nrows * (panel_h + title) + top + bottom
     # Whole pixels plus a quarter: matplotlib releases that truncate the size in pixels and
     # those that round it then draw the same picture size.
     fig = Figure(figsize=[(round(x * DPI) + 0.25) / DPI for x in (width, height)], dpi=DPI)
     fig.subplots_adjust(left=gap / width, right=1 - gap / width, bottom=bottom / height)
-    fig.subplots_adjust(top=1 - (top + title) / height, wspace=gap / panel, hspace=title / panel)
+    fig.subplots_adjust(top=1 - (top + title) / height, wspace=gap / panel_w)
+    fig.subplots_adjust(hspace=title / panel_h)
     return fig
 
 

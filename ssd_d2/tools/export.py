@@ -64,14 +64,15 @@ def build_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_images(paths: List[str], fmt: str, size: int, dtype: torch.dtype) -> torch.Tensor:
-    """Image files in ``fmt`` at the network size (the model's resize rule): (N, C, S, S)."""
+def read_images(paths: List[str], fmt: str, size, dtype: torch.dtype) -> torch.Tensor:
+    """Image files in ``fmt`` at the network size ``size`` ((height, width), or a square's
+    side), by the model's resize rule: (N, C, height, width)."""
     images = [torch.from_numpy(read_image(p, fmt).copy()).permute(2, 0, 1).float() for p in paths]
     images = [resize_to_network_size(image, size)[0] for image in images]
     return torch.stack(images).round().clamp(0, 255).to(dtype)
 
 
-def calibration_images(cfg, count: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+def calibration_images(cfg, count: int, size, dtype: torch.dtype) -> torch.Tensor:
     """``count`` images of DATASETS.TRAIN, spread evenly over it, at the network size."""
     if count < 1:
         raise export.ExportError(f"--calibration-images must be at least 1, got {count}.")
@@ -141,10 +142,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
             calibration=calibration,
         )
         seconds = time.perf_counter() - start
-        (channels, size, _), mib = example.shape[1:], _file_mib(args.output)
+        (channels, height, width), mib = example.shape[1:], _file_mib(args.output)
         print(
             f"Wrote {args.output} ({args.format} {args.precision}, {mib:.1f} MiB) in "
-            f"{seconds:.1f} s: input images (N, {channels}, {size}, {size}) {args.input_dtype} "
+            f"{seconds:.1f} s: input images (N, {channels}, {height}, {width}) {args.input_dtype} "
             f"{cfg.INPUT.FORMAT} 0-255"
         )
         checks = []

@@ -24,8 +24,9 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
+from ssd_d2.config import resolve_image_size
 from ssd_d2.data.dataset_mapper import read_image
-from ssd_d2.data.transforms import SquareResize
+from ssd_d2.data.transforms import FixedSizeResize
 
 from . import common
 
@@ -42,7 +43,7 @@ class LevelDefaultBoxes:
 
     name: str  # the backbone output, e.g. "conv4_3"
     grid: Tuple[int, int]  # feature map height and width
-    step: float
+    step: Tuple[float, float]  # (step_y, step_x)
     boxes_per_cell: int
     cells: List[Tuple[int, int]]  # (row, column) of the cells shown
     cell_boxes: torch.Tensor  # (len(cells) * boxes_per_cell, 4), cell by cell
@@ -55,14 +56,14 @@ def default_boxes_by_level(cfg, points=((0.5, 0.5),), gt_boxes=None) -> List[Lev
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
-    model, size = build_model(cfg).eval(), cfg.MODEL.SSD.IMAGE_SIZE
+    model, size = build_model(cfg).eval(), resolve_image_size(cfg)
     with torch.no_grad():
-        features = model.backbone(torch.zeros(1, 3, size, size))
+        features = model.backbone(torch.zeros(1, 3, *size))
     features = [features[f] for f in cfg.MODEL.SSD.IN_FEATURES]
     anchors = model.anchor_generator(features)  # per level, (H * W * A) boxes
     matched = torch.zeros(sum(len(a) for a in anchors), dtype=torch.bool)
     if gt_boxes is not None and len(gt_boxes):
-        instances = Instances((size, size))
+        instances = Instances(size)
         instances.gt_boxes = Boxes(torch.as_tensor(gt_boxes, dtype=torch.float32))
         instances.gt_classes = torch.zeros(len(gt_boxes), dtype=torch.long)
         matched = model.label_anchors(Boxes.cat(anchors), [instances])[0][0] > 0
@@ -90,31 +91,36 @@ def draw_default_boxes(levels: List[LevelDefaultBoxes], image: np.ndarray, gt_bo
     coloured by shape, the ground truth (white) and the level's matched default boxes (yellow,
     dashed). Patches carry gid "cell", "default_box", "matched_box" or "gt_box".
     """
-    size = image.shape[0]
+    image_h, image_w = image.shape[:2]
     ncols = min(len(levels), 3 if len(levels) <= 6 else 4)
     nrows = math.ceil(len(levels) / ncols)
     # Two title lines above each panel, the figure title at the top.
-    fig = common.panel_grid_figure(nrows, ncols, 3.6, 0.45, 0.45, 0.15)
+    # Panels 3.6 inches on their longer side, in the input's proportions.
+    scale = 3.6 / max(image_h, image_w)
+    panel_w, panel_h = image_w * scale, image_h * scale
+    fig = common.panel_grid_figure(nrows, ncols, (panel_w, panel_h), 0.45, 0.45, 0.15)
     # The image in grey mid-tones: coloured, white and yellow boxes all stand out on it.
     background = (0.5 * cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) + 50).astype(np.uint8)
     for i, level in enumerate(levels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        ax.imshow(background, cmap="gray", vmin=0, vmax=255, extent=(0, size, size, 0))
-        (height, width), step = level.grid, level.step
+        ax.imshow(background, cmap="gray", vmin=0, vmax=255, extent=(0, image_w, image_h, 0))
+        (height, width), (step_y, step_x) = level.grid, level.step
         for box in level.matched_boxes.tolist():
             common.add_box(ax, box, "#ffe119", "matched_box", linewidth=1.2, linestyle="--")
         for box in [] if gt_boxes is None else torch.as_tensor(gt_boxes).tolist():
             common.add_box(ax, box, "white", "gt_box", linewidth=2.0, path_effects=_OUTLINE)
         for row, col in level.cells:
-            cell = Rectangle((col * step, row * step), step, step, fc="k", alpha=0.35, gid="cell")
+            corner = (col * step_x, row * step_y)
+            cell = Rectangle(corner, step_x, step_y, fc="k", alpha=0.35, gid="cell")
             ax.add_patch(cell)
         for j, box in enumerate(level.cell_boxes.tolist()):
             color = _SHAPE_COLORS[(j % level.boxes_per_cell) % len(_SHAPE_COLORS)]
             common.add_box(ax, box, color, "default_box", linewidth=1.8)
         matches = "" if gt_boxes is None else f", {len(level.matched_boxes)} matched"
         boxes = f"{level.boxes_per_cell} boxes per cell{matches}"
-        ax.set_title(f"{level.name}: {height}x{width}, step {step:g}\n{boxes}", fontsize=10)
-        ax.set(xlim=(-0.5, size + 0.5), ylim=(size + 0.5, -0.5), xticks=[], yticks=[])
+        step = f"{step_y:g}" if step_y == step_x else f"{step_y:g}x{step_x:g}"
+        ax.set_title(f"{level.name}: {height}x{width}, step {step}\n{boxes}", fontsize=10)
+        ax.set(xlim=(-0.5, image_w + 0.5), ylim=(image_h + 0.5, -0.5), xticks=[], yticks=[])
     common.add_title(fig, title, inches=0.12)
     return fig
 
@@ -140,8 +146,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--points", nargs="+", type=_point, default=[(0.5, 0.5)], metavar="X,Y", help=points_help
     )
     args, cfg = common.parse_config(parser, argv)
-    size = cfg.MODEL.SSD.IMAGE_SIZE
-    image, gt_boxes, source = np.full((size, size, 3), 200, dtype=np.uint8), None, "blank image"
+    size = resolve_image_size(cfg)
+    image, gt_boxes, source = np.full((*size, 3), 200, dtype=np.uint8), None, "blank image"
     with common.usage_errors(parser, ValueError, OSError):  # OSError: an unreadable --input
         if args.dataset:
             dicts = common.dataset_dicts(args.dataset, [], "", [args.index], "--index")[1]
@@ -152,13 +158,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             image, source = read_image(args.input, format="RGB"), os.path.basename(args.input)
     # The data mapper's resize to the network size, the boxes with it.
     resized = T.AugInput(image, boxes=gt_boxes)
-    SquareResize(size)(resized)
+    FixedSizeResize(size)(resized)
     gt_boxes = None if gt_boxes is None else torch.as_tensor(resized.boxes)
     levels = default_boxes_by_level(cfg, args.points, gt_boxes)
     for level in levels:
         counts = f"{level.boxes_per_cell} boxes per cell, {len(level.matched_boxes)} matched"
         print(f"{level.name}: {level.grid[0]}x{level.grid[1]} cells, {counts}")
-    title = f"{os.path.basename(args.config_file)}: default boxes at {size}x{size}, {source}"
+    title = f"{os.path.basename(args.config_file)}: default boxes at {size[0]}x{size[1]}, {source}"
     fig = draw_default_boxes(levels, resized.image, gt_boxes, title=title)
     common.save_figure(fig, args.output)
     return 0

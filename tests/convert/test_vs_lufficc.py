@@ -396,7 +396,7 @@ def test_augmentation_settings_are_lufficcs(lufficc_root):
     ]
     assert list(crop.modes) == their_modes
     assert list(expand.fill) == list(theirs["Expand"].mean) and expand.max_ratio == 4
-    assert resize.size == cfg.INPUT.IMAGE_SIZE and flip.prob == 0.5
+    assert resize.size == (cfg.INPUT.IMAGE_SIZE,) * 2 and flip.prob == 0.5
     distortion = theirs["PhotometricDistort"]
     assert photometric.brightness_delta == distortion.rand_brightness.delta
     contrast, _, saturation, hue, _, _ = distortion.pd

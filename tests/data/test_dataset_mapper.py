@@ -13,11 +13,11 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from ssd_d2.config import add_ssd_config
 from ssd_d2.data.dataset_mapper import SSDDatasetMapper
 from ssd_d2.data.transforms import (
+    FixedSizeResize,
     MinIoURandomCrop,
     RandomChannelSwap,
     RandomExpand,
     RandomPhotometricDistortion,
-    SquareResize,
 )
 
 IMAGE_SIZE = 64
@@ -153,17 +153,17 @@ def test_from_config_switches():
         MinIoURandomCrop,
         T.RandomFlip,
     ]
-    assert augmentation_types() == all_types + [SquareResize]
+    assert augmentation_types() == all_types + [FixedSizeResize]
     # Disabling the photometric distortion disables its channel swap too.
     switches = {"PHOTOMETRIC": all_types[2:], "EXPAND": all_types[:2] + all_types[3:]}
     switches["MIN_IOU_CROP"] = all_types[:3] + all_types[4:]
     for key, types in switches.items():
-        assert augmentation_types(f"INPUT.SSD.{key}.ENABLED", False) == types + [SquareResize]
+        assert augmentation_types(f"INPUT.SSD.{key}.ENABLED", False) == types + [FixedSizeResize]
     assert augmentation_types("INPUT.SSD.PHOTOMETRIC.CHANNEL_SWAP_PROB", 0.0) == [
         t for t in all_types if t is not RandomChannelSwap
-    ] + [SquareResize]
-    assert augmentation_types("INPUT.SSD.FLIP_PROB", 0.0) == all_types[:4] + [SquareResize]
-    assert augmentation_types(*_no_random_augmentations()) == [SquareResize]
+    ] + [FixedSizeResize]
+    assert augmentation_types("INPUT.SSD.FLIP_PROB", 0.0) == all_types[:4] + [FixedSizeResize]
+    assert augmentation_types(*_no_random_augmentations()) == [FixedSizeResize]
     assert augmentation_types(is_train=False) == []
 
     mapper = SSDDatasetMapper(_cfg(), is_train=True)
@@ -173,7 +173,7 @@ def test_from_config_switches():
     assert expand.fill == (123.0, 117.0, 104.0) and expand.max_ratio == 4.0
     # lufficc/SSD's crop modes: no 0.5.
     assert crop.min_ious == (0.1, 0.3, 0.7, 0.9) and crop.max_trials == 50
-    assert flip.prob == 0.5 and resize.size == IMAGE_SIZE
+    assert flip.prob == 0.5 and resize.size == (IMAGE_SIZE, IMAGE_SIZE)
 
 
 @pytest.mark.parametrize(

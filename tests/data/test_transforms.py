@@ -10,12 +10,12 @@ from detectron2.structures import Boxes, pairwise_iou
 from ssd_d2.data.transforms import (
     ChannelSwapTransform,
     ExpandTransform,
+    FixedSizeResize,
     MinIoURandomCrop,
     RandomChannelSwap,
     RandomExpand,
     RandomPhotometricDistortion,
     SeededColorAugSSDTransform,
-    SquareResize,
     SSDCropTransform,
 )
 
@@ -91,7 +91,7 @@ def test_boxes_move_exactly_as_pixels():
 def test_full_chain_output_size_boxes_and_classes():
     rng = np.random.default_rng(1)
     np.random.seed(1)
-    augmentations = _geometric_augmentations() + [SquareResize(IMAGE_SIZE)]
+    augmentations = _geometric_augmentations() + [FixedSizeResize(IMAGE_SIZE)]
     num_checked_colors = 0
     for _ in range(2000):
         image, boxes, classes = _random_sample(rng)
@@ -118,7 +118,7 @@ def test_full_chain_with_photometric_distortion():
     rng = np.random.default_rng(2)
     np.random.seed(2)
     augmentations = [RandomPhotometricDistortion("RGB")] + _geometric_augmentations()
-    augmentations.append(SquareResize(IMAGE_SIZE))
+    augmentations.append(FixedSizeResize(IMAGE_SIZE))
     for _ in range(300):
         image, boxes, classes = _random_sample(rng)
         image, boxes, _ = _augment(augmentations, image, boxes, classes)
@@ -265,7 +265,7 @@ def test_crop_terminates_on_degenerate_inputs():
         crop.get_transform(image, [[30, 30, 30, 40]])  # zero area
 
     augmentations = [RandomPhotometricDistortion("RGB")] + _geometric_augmentations()
-    augmentations.append(SquareResize(IMAGE_SIZE))
+    augmentations.append(FixedSizeResize(IMAGE_SIZE))
     for boxes in [no_boxes, np.array([[0, 0, 1, 1]], dtype=np.float32)]:
         for _ in range(20):
             aug_input = T.AugInput(one_pixel, boxes=boxes)
@@ -296,7 +296,7 @@ def test_square_resize_of_a_flipped_view():
     image = np.random.default_rng(3).integers(0, 256, (150, 230, 3), dtype=np.uint8)
     mirrored_view = T.HFlipTransform(230).apply_image(image)
     assert mirrored_view.strides[1] < 0
-    resize = SquareResize(64).get_transform(mirrored_view)
+    resize = FixedSizeResize(64).get_transform(mirrored_view)
     result = resize.apply_image(mirrored_view)
     expected = resize.apply_image(np.ascontiguousarray(mirrored_view))
     assert result.shape == (64, 64, 3) and result.flags["C_CONTIGUOUS"]

@@ -322,7 +322,7 @@ def test_an_exported_file_for_another_model_is_refused(fp32_files, format):
     ExportedSSD.from_config(cfg)  # its own config
     for opts, said in (
         (["MODEL.SSD.NUM_CLASSES", "3"], "num_classes 5 .the config: 3."),
-        (["MODEL.SSD.IMAGE_SIZE", "300"], "image_size 160 .the config: 300."),
+        (["MODEL.SSD.IMAGE_SIZE", "300"], r"image_size \(160, 160\) \(the config: \(300, 300\)\)"),
     ):
         cfg = load_config("ssd160_shapes_demo", "MODEL.WEIGHTS", fp32_files[format], *opts)
         with pytest.raises(ExportError, match=f"was exported for another model: {said}"):
@@ -370,3 +370,85 @@ def test_training_from_an_exported_file_is_refused(fp32_files):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "is an exported model, which only infers: evaluate it with --eval-only" in done.stderr
+
+
+NON_SQUARE = "ssd160x288_shapes_demo"
+
+
+@pytest.fixture(scope="module")
+def non_square_trained_like(tmp_path_factory):
+    """The 160 x 288 demo model with a trained model's score spread, and its checkpoint."""
+    torch.manual_seed(0)
+    model = build_model(load_config(NON_SQUARE)).eval()
+    _trained_like(model, _drawn_scenes(2, (160, 288), seed=3), background=12.0)
+    model.trained_parts.add("head")
+    path = tmp_path_factory.mktemp("non_square") / "model.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return model, str(path)
+
+
+# On this random 160 x 288 model NNCF's int8 keeps 10 of the 24 confident eager detections
+# (onnxruntime's 24 of 24; on the square demo model NNCF keeps 23 of 31), boxes within 3 px.
+_OPENVINO_INT8_NON_SQUARE = pytest.mark.xfail(
+    reason="OpenVINO int8 keeps 10 of 24 confident detections of the random 160x288 model",
+    strict=False,
+)
+
+
+@pytest.mark.parametrize(
+    "format", ["onnx", pytest.param("openvino", marks=_OPENVINO_INT8_NON_SQUARE)]
+)
+def test_non_square_int8_export_keeps_eager_detections(tmp_path, non_square_trained_like, format):
+    model, _ = non_square_trained_like
+    path = str(tmp_path / f"model{EXTENSION[format]}")
+    calibration = _drawn_scenes(16, (160, 288), seed=11)
+    export_model(model, format, path, precision="int8", calibration=calibration)
+    run, info = open_exported(path)
+    assert info["image_size"] == [160, 288] and info["precision"] == "int8"
+    agreement = int8_agreement(model, run, _drawn_scenes(4, (160, 288), seed=7))
+    print(format, agreement)
+    assert agreement["eager"] >= 10
+    assert agreement["kept"] >= 0.6 * agreement["eager"]
+    assert agreement["max_box_shift"] < 4.0
+
+
+@pytest.mark.parametrize("format", ["onnx", "openvino"])
+def test_non_square_exported_predictor_returns_boxes_in_each_images_pixels(
+    tmp_path, non_square_trained_like, format
+):
+    model, weights = non_square_trained_like
+    exported = str(tmp_path / f"model{EXTENSION[format]}")
+    # Float input: the resized images reach it unrounded, as they reach the eager model.
+    export_model(model, format, exported, example=torch.zeros(2, 3, 160, 288))
+    cfg = load_config(NON_SQUARE, "MODEL.WEIGHTS", weights, "TEST.PRECISION", "fp32")
+    eager = SSDPredictor(cfg)
+    cfg.MODEL.WEIGHTS = exported
+    predictor = ExportedPredictor(cfg)
+    assert predictor.model.image_size == (160, 288)
+    # Taller and wider than the network input, and one at a quarter of it.
+    for size in ((480, 640), (320, 1152), (40, 72)):
+        rgb = _drawn_scenes(1, size, seed=sum(size))[0].numpy().transpose(1, 2, 0)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        expected, actual = eager(bgr)["instances"], predictor(bgr)["instances"]
+        assert actual.image_size == size == expected.image_size
+        assert len(actual) == len(expected) > 0
+        # Paired within each class: a random model's near-tied scores come in either order.
+        pairs = [(i.pred_boxes.tensor, i.scores, i.pred_classes) for i in (expected, actual)]
+        box, score = matched_differences(*pairs)
+        assert box < 2e-2 and score < 1e-4
+        boxes = actual.pred_boxes.tensor
+        assert (boxes[:, 0::2] <= size[1]).all() and (boxes[:, 1::2] <= size[0]).all()
+
+
+def test_a_file_with_the_square_image_size_of_older_exports_is_read(tmp_path, trained_like):
+    model, weights = trained_like
+    path = str(tmp_path / "model.onnx")
+    export_model(model, "onnx", path)
+    _, info = open_exported(path)
+    assert info["image_size"] == [160, 160]
+    runtimes.save_onnx_info(path, dict(info, image_size=160))  # as exported before (h, w)
+    cfg = load_config("ssd160_shapes_demo", "MODEL.WEIGHTS", path)
+    assert ExportedSSD.from_config(cfg).image_size == (160, 160)
+    cfg = load_config(NON_SQUARE, "MODEL.WEIGHTS", path)
+    with pytest.raises(ExportError, match=r"image_size \(160, 160\) \(the config: \(160, 288\)\)"):
+        ExportedSSD.from_config(cfg)

@@ -97,18 +97,20 @@ def _build(config_name: str) -> nn.Module:
     return model
 
 
-def _drawn_scenes(num_images: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Scenes of the ssd_shapes data set (shapes on cluttered, noisy backgrounds), RGB."""
+def _drawn_scenes(num_images: int, size, seed: int = 0) -> torch.Tensor:
+    """Scenes of the ssd_shapes data set (shapes on cluttered, noisy backgrounds), RGB;
+    ``size``: a square's side or (height, width)."""
     rng = np.random.default_rng(seed)
+    height, width = (size, size) if isinstance(size, int) else size
     images = []
     for _ in range(num_images):
         bgr, _ = _draw_image(
             rng,
-            size,
-            size,
+            height,
+            width,
             8,
             min_shape_size=8,
-            max_shape_size=0.5 * size,
+            max_shape_size=0.5 * min(height, width),
             max_hidden_fraction=0.5,
             min_contrast=40,
         )
@@ -162,7 +164,9 @@ def exported(tmp_path_factory):
 
 
 @pytest.mark.parametrize("format", FORMATS)
-@pytest.mark.parametrize("config_name", ["ssd160_shapes_demo", "ssdlite320_mobilenet_v3_coco"])
+@pytest.mark.parametrize(
+    "config_name", ["ssd160_shapes_demo", "ssdlite320_mobilenet_v3_coco", "ssd160x288_shapes_demo"]
+)
 def test_exported_detections_equal_eager(exported, config_name, format):
     model, run, _ = exported(config_name, format)
     images, expected = _images_and_eager(config_name)
@@ -227,7 +231,9 @@ def test_output_contract(exported):
         assert scores[i, :n].diff().le(0).all()  # decreasing score
         assert (scores[i, :n] > model.test_score_thresh).all()
         assert ((classes[i, :n] >= 0) & (classes[i, :n] < model.num_classes)).all()
-        assert ((boxes[i, :n] >= 0) & (boxes[i, :n] <= model.image_size)).all()
+        height, width = model.image_size
+        assert (boxes[i, :n] >= 0).all()
+        assert (boxes[i, :n, 0::2] <= width).all() and (boxes[i, :n, 1::2] <= height).all()
         assert (boxes[i, :n, 2:] > boxes[i, :n, :2]).all()  # no empty box
         assert (classes[i, n:] == -1).all() and (scores[i, n:] == 0).all()
         assert (boxes[i, n:] == 0).all()
@@ -242,7 +248,7 @@ def test_onnx_graph(exported):
     assert image_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = image_input.type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch"  # any batch size
-    assert [d.dim_value for d in dims[1:]] == [3, model.image_size, model.image_size]
+    assert [d.dim_value for d in dims[1:]] == [3, *model.image_size]
     assert [o.name for o in graph.graph.output] == list(OUTPUT_NAMES)
     # One NMS for all images and classes.
     assert [n.op_type for n in graph.graph.node].count("NonMaxSuppression") == 1

@@ -163,3 +163,68 @@ def test_level_count_mismatch_fails_clearly():
     cfg = load_config("ssd300_voc", "MODEL.SSD.DEFAULT_BOXES.MIN_SIZES", "[30, 60, 111]")
     with pytest.raises(ValueError, match="MIN_SIZES"):
         SSDDefaultBoxGenerator(cfg, [])
+
+
+def _non_square_generator(image_size, steps, min_sizes, max_sizes, clamp="center_and_size"):
+    return SSDDefaultBoxGenerator(
+        image_size=image_size,
+        steps=steps,
+        min_sizes=min_sizes,
+        max_sizes=max_sizes,
+        aspect_ratios=[[]] * len(steps),
+        clamp=clamp,
+    )
+
+
+def test_non_square_boxes_by_hand():
+    # A 16 x 32 (height x width) input, one 1x2 level: step 16, a 8-px and a 24-px square
+    # (sqrt(8 * 72)); the 24-px square is 16 px high after the clamp, still 24 px wide.
+    generator = _non_square_generator((16, 32), [16], [8], [72], clamp="size")
+    (boxes,) = generator([torch.zeros(1, 1, 1, 2)])
+    expected = torch.tensor(
+        [
+            [8 - 4, 8 - 4, 8 + 4, 8 + 4],
+            [8 - 12, 8 - 8, 8 + 12, 8 + 8],
+            [24 - 4, 8 - 4, 24 + 4, 8 + 4],
+            [24 - 12, 8 - 8, 24 + 12, 8 + 8],
+        ],
+        dtype=torch.float32,
+    )
+    torch.testing.assert_close(boxes.tensor, expected, atol=1e-5, rtol=0)
+
+
+def test_steps_per_axis_and_centres_clamped_to_each_side():
+    # A 16 x 30 input, a 2x3 level with step_y 11 and step_x 13: centres at y 5.5, 16.5 and
+    # x 6.5, 19.5, 32.5; the last row moves to the height (16), the last column to the
+    # width (30), and no centre to the other side.
+    generator = _non_square_generator((16, 30), [[11, 13]], [4], [4])
+    (boxes,) = generator([torch.zeros(1, 1, 2, 3)])
+    centres = boxes.get_centers()[0::2]  # the first box of each cell, row by row
+    expected = torch.tensor(
+        [[6.5, 5.5], [19.5, 5.5], [30, 5.5], [6.5, 16], [19.5, 16], [30, 16]], dtype=torch.float32
+    )
+    torch.testing.assert_close(centres, expected)
+    sizes = boxes.tensor[:, 2:] - boxes.tensor[:, :2]
+    assert (sizes == 4).all()
+
+
+def test_steps_that_disagree_on_one_axis_name_it():
+    # A 16 x 32 input and step 16: a 1x2 map fits, a 1x4 map has twice the columns.
+    generator = _non_square_generator((16, 32), [16], [8], [16])
+    with pytest.raises(ValueError, match=r"STEPS\[0\] puts its 4 columns .* about 8 here"):
+        generator([torch.zeros(1, 1, 1, 4)])
+    with pytest.raises(ValueError, match=r"STEPS\[0\] puts its 3 rows"):
+        generator([torch.zeros(1, 1, 3, 2)])
+
+
+def test_a_step_of_three_numbers_fails_clearly():
+    with pytest.raises(ValueError, match=r"STEPS\[1\] = \[8, 8, 8\].*\[step_y, step_x\]"):
+        _non_square_generator((16, 32), [16, [8, 8, 8]], [8, 8], [16, 16])
+
+
+def test_square_steps_as_pairs_give_the_same_boxes():
+    maps = _feature_maps(SSD300_MAPS)
+    pairs = "[[8, 8], [16, 16], [32, 32], [64, 64], [100, 100], [300, 300]]"
+    cfg = load_config("ssd300_voc", "MODEL.SSD.DEFAULT_BOXES.STEPS", pairs)
+    for ours, theirs in zip(SSDDefaultBoxGenerator(cfg, [])(maps), _generator("ssd300_voc")(maps)):
+        assert torch.equal(ours.tensor, theirs.tensor)

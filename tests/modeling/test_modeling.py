@@ -78,14 +78,14 @@ def check_train_and_eval_forward(model, odd_size, max_detections, num_classes=20
     model.train()
     with EventStorage():
         # The second image has no boxes, the third is not at the network size.
-        losses = model(_inputs([(size, size), (size, size), odd_size], [3, 0, 2], num_classes))
+        losses = model(_inputs([size, size, odd_size], [3, 0, 2], num_classes))
         assert set(losses) == {"loss_cls", "loss_box_reg"}
         assert all(torch.isfinite(v) for v in losses.values())
         sum(losses.values()).backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert all(torch.isfinite(g).all() for g in grads)
         # A batch without any box trains too, with a zero box loss.
-        losses = model(_inputs([(size, size)] * 2, [0, 0], num_classes))
+        losses = model(_inputs([size] * 2, [0, 0], num_classes))
         assert all(torch.isfinite(v) for v in losses.values())
         assert losses["loss_box_reg"].item() == 0
 

@@ -5,6 +5,7 @@ with exact numbers, and its command writes a PNG of the expected size that is no
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -80,8 +81,9 @@ def test_default_boxes_of_the_cells_under_points():
         expected = torch.cat([grid[r, c] for r, c in level.cells])
         torch.testing.assert_close(level.cell_boxes, expected)
         centres = Boxes(level.cell_boxes).get_centers().view(len(level.cells), num_anchors, 2)
+        step_y, step_x = level.step
         for (row, col), cell_centres in zip(level.cells, centres):
-            expected_centre = torch.tensor([(col + 0.5) * level.step, (row + 0.5) * level.step])
+            expected_centre = torch.tensor([(col + 0.5) * step_x, (row + 0.5) * step_y])
             torch.testing.assert_close(cell_centres, expected_centre.expand_as(cell_centres))
         assert len(level.matched_boxes) == 0
 
@@ -353,3 +355,22 @@ def test_every_tool_has_help(tool, capsys):
         tool.main(["--help"])
     assert e.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: python -m {tool.__name__}")
+
+
+def test_non_square_default_boxes_picture(tmp_path):
+    cfg = load_config("ssd160x288_shapes_demo")
+    levels = visualize_default_boxes.default_boxes_by_level(cfg, points=[(1.0, 1.0)])
+    assert [level.grid for level in levels] == [(20, 36), (10, 18), (5, 9), (3, 5), (1, 3)]
+    assert levels[3].step == (53.333333, 57.6) and levels[3].cells == [(2, 4)]
+    fig = visualize_default_boxes.draw_default_boxes(levels, np.zeros((160, 288, 3), np.uint8))
+    for ax, level in zip(fig.get_axes(), levels):
+        # Panels as wide as the input, the bottom-right cell a step_x by step_y rectangle.
+        assert ax.get_xlim() == (-0.5, 288.5) and ax.get_ylim() == (160.5, -0.5)
+        (cell,) = _patches(ax, "cell")
+        (row, col), (step_y, step_x) = level.cells[0], level.step
+        assert cell.get_xy() == (col * step_x, row * step_y)
+        assert (cell.get_width(), cell.get_height()) == (step_x, step_y)
+    output = str(tmp_path / "boxes.png")
+    config_file = os.path.join(CONFIG_DIR, "ssd160x288_shapes_demo.yaml")
+    assert visualize_default_boxes.main(["--config-file", config_file, "--output", output]) == 0
+    _check_png(output, (1140, 550))  # 3 x 2 panels of 3.6 x 2.0 inches and titles, at 100 dpi

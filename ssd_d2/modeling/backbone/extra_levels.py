@@ -7,6 +7,7 @@ from torch import nn
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ...config import resolve_image_size
 from ..layers import init_convs
 
 __all__ = ["SSDExtraLevels", "extra_level_names"]
@@ -119,12 +120,13 @@ def build_ssd_extra_levels_backbone(cfg, input_shape: ShapeSpec) -> SSDExtraLeve
             f"levels can extend; the registered backbones are {registered}."
         )
     bottom = BACKBONE_REGISTRY.get(levels.BOTTOM)(cfg, input_shape)
-    size = cfg.MODEL.SSD.IMAGE_SIZE
-    if bottom.size_divisibility and size % bottom.size_divisibility:
+    height, width = resolve_image_size(cfg)
+    divisor = bottom.size_divisibility
+    if divisor and (height % divisor or width % divisor):
         raise ValueError(
-            f"MODEL.SSD.IMAGE_SIZE = {size} is not divisible by {bottom.size_divisibility}, as "
-            f"the backbone {levels.BOTTOM} needs (its levels are merged at several strides); "
-            "choose a multiple, e.g. 320 or 512."
+            f"The network input {height}x{width} (MODEL.SSD.IMAGE_SIZE / IMAGE_HEIGHT_WIDTH) is "
+            f"not divisible by {divisor}, as the backbone {levels.BOTTOM} needs (it merges its "
+            f"levels at several strides): choose multiples of {divisor}, e.g. 320 or 512."
         )
     extras = extra_level_names(len(levels.OUT_CHANNELS))
     in_features = list(cfg.MODEL.SSD.IN_FEATURES)

@@ -1,4 +1,4 @@
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -7,6 +7,7 @@ from torch import nn
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ...config import height_width, resolve_image_size
 from ..layers import check_rgb, init_convs
 
 __all__ = ["L2Norm", "VGG16SSD"]
@@ -84,28 +85,30 @@ class VGG16SSD(Backbone):
 
     def __init__(
         self,
-        image_size: int = 300,
+        image_size: Union[int, Tuple[int, int]] = 300,
         width_mult: float = 1.0,
         norm: str = "",
         out_features: Optional[List[str]] = None,
     ):
         """
         Args:
-            image_size: from 512 up the SSD512 extra layers are used, below it SSD300's.
+            image_size: the input, a square's side or (height, width): from a shorter side
+                of 512 up the SSD512 extra layers are used, below it SSD300's.
             width_mult: scales every layer's channels (below 1: fast demo models).
             norm: a Detectron2 norm after every conv, or "" (the published model).
             out_features: the levels to build and output; default all. Smaller inputs need
                 fewer levels (the last ones would shrink below 1x1).
         """
         super().__init__()
-        extras_layout = _EXTRAS[512] if image_size >= 512 else _EXTRAS[300]
+        image_size = height_width(image_size)
+        extras_layout = _EXTRAS[512] if min(image_size) >= 512 else _EXTRAS[300]
         all_names = ["conv4_3", "fc7"] + [f"conv{8 + i}_2" for i in range(len(extras_layout))]
         out_features = list(out_features or all_names)
         unknown = [f for f in out_features if f not in all_names]
         if unknown:
             raise ValueError(
-                f"MODEL.SSD.IN_FEATURES names {unknown}, which VGG16SSD at {image_size} pixels "
-                f"does not output; it has {all_names}."
+                f"MODEL.SSD.IN_FEATURES names {unknown}, which VGG16SSD at {image_size[0]}x"
+                f"{image_size[1]} pixels does not output; it has {all_names}."
             )
         num_levels = max(all_names.index(f) for f in out_features) + 1
         extras_layout = extras_layout[: max(0, num_levels - 2)]
@@ -121,7 +124,7 @@ class VGG16SSD(Backbone):
         for mid, out, stride, padding in extras_layout:
             mid, out = _scaled(mid, width_mult), _scaled(out, width_mult)
             # SSD512's last extra layer is a 4x4 conv that turns 2x2 into 1x1.
-            kernel = 4 if (image_size == 512 and stride == 1) else 3
+            kernel = 4 if (image_size == (512, 512) and stride == 1) else 3
             extras.append(
                 nn.Sequential(
                     *_conv(in_channels, mid, norm, kernel_size=1),
@@ -159,7 +162,7 @@ class VGG16SSD(Backbone):
 def build_vgg16_ssd_backbone(cfg, input_shape: ShapeSpec) -> VGG16SSD:
     check_rgb(input_shape, "build_vgg16_ssd_backbone")
     return VGG16SSD(
-        image_size=cfg.MODEL.SSD.IMAGE_SIZE,
+        image_size=resolve_image_size(cfg),
         width_mult=cfg.MODEL.VGG.WIDTH_MULT,
         norm=cfg.MODEL.VGG.NORM,
         out_features=cfg.MODEL.SSD.IN_FEATURES,
