@@ -30,6 +30,13 @@ def load_config(name: str, *opts):
     )
 
 
+def assert_close_at_scale(ours, theirs):
+    """Equal but for float32 rounding through tens of layers (channels-last convolutions in
+    ssd_d2, another summation order elsewhere): within 1e-5 of the largest value."""
+    atol = 1e-5 * theirs.abs().max().item()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=atol)
+
+
 def conv_init_stats(modules):
     """(weight shape, Xavier-uniform bound / max |weight|, bias all zero) of each conv."""
     stats = []
@@ -66,8 +73,8 @@ def unregister():
 
 @pytest.fixture
 def tiny_cfg(tmp_path, unregister):
-    """``tiny_cfg(*opts)``: the demo config training on four 64x48 images, batch 2, no
-    evaluation, in the main process, writing to tmp_path/out."""
+    """``tiny_cfg(*opts, config="ssd160_shapes_demo")``: the config training on four 64x48
+    images, batch 2, no evaluation, in the main process, writing to tmp_path/out."""
     name = "tiny_train"
     path = str(tmp_path / "image.jpg")
     Image.fromarray(np.full((48, 64, 3), 100, np.uint8)).save(path)
@@ -76,8 +83,8 @@ def tiny_cfg(tmp_path, unregister):
              for i in range(4)]  # fmt: skip
     DatasetCatalog.register(name, lambda: dicts)
     MetadataCatalog.get(name).set(thing_classes=["x"] * 5)
-    return lambda *opts: load_config(
-        "ssd160_shapes_demo",
+    return lambda *opts, config="ssd160_shapes_demo": load_config(
+        config,
         "DATASETS.TRAIN", (name,), "DATASETS.TEST", (), "SOLVER.IMS_PER_BATCH", 2,
         "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", str(tmp_path / "out"), *opts,
     )  # fmt: skip

@@ -15,7 +15,7 @@ from detectron2.utils.events import EventStorage
 
 from ssd_d2.modeling import SSDDefaultBoxGenerator
 
-from ..conftest import load_config
+from ..conftest import assert_close_at_scale, load_config
 from .matching_cases import matching_cases
 from .peers import nvidia_ssd300_state_dict
 
@@ -24,13 +24,6 @@ SIZE = 300
 # NVIDIA's input normalisation (torchvision's ImageNet mean and std, RGB, 0-1 images).
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def assert_close_at_scale(ours, theirs):
-    """Equal but for float32 rounding through some 50 layers (channels-last convolutions here):
-    within 1e-5 of the largest value."""
-    atol = 1e-5 * theirs.abs().max().item()
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=atol)
 
 
 def _nvidia_model(state_dict=None):
