@@ -21,6 +21,7 @@ from ..convert import ConversionError, convert_for_model
 from ..modeling import SSD
 
 __all__ = ["IMAGENET_BACKBONES", "SSDCheckpointer", "UnsafeCheckpointError", "load_weights"]
+__all__ += ["imagenet_backbone_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ IMAGENET_BACKBONES = {
     "build_vgg16_ssd_backbone": "https://s3.amazonaws.com/amdegroot-models/vgg16_reducedfc.pth",
     "build_mobilenet_v2_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v2-b0353104.pth",
     "build_mobilenet_v3_ssdlite_backbone": f"{_TORCHVISION}/mobilenet_v3_large-8738ca79.pth",
+    # Backbones SSD's extra levels extend (MODEL.SSD.EXTRA_LEVELS.BOTTOM).
+    "build_torchvision_resnet_backbone": f"{_TORCHVISION}/resnet50-0676ba61.pth",
+    "build_resnet_backbone": "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+    "build_resnet_fpn_backbone": "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
 }
 
 # Globals a Detectron2 model zoo ".pkl" (a pickle of numpy arrays) may name: array and dtype
@@ -171,6 +176,15 @@ def load_weights(model, cfg) -> SSDCheckpointer:
     return checkpointer
 
 
+def imagenet_backbone_url(cfg) -> Optional[str]:
+    """The ImageNet file the config's backbone starts from (:data:`IMAGENET_BACKBONES`; for SSD's
+    extra levels, the one of the backbone they extend), or None."""
+    name = cfg.MODEL.BACKBONE.NAME
+    if name == "build_ssd_extra_levels_backbone":
+        name = cfg.MODEL.SSD.EXTRA_LEVELS.BOTTOM
+    return IMAGENET_BACKBONES.get(name)
+
+
 def warn_if_backbone_uninitialized(cfg, model: SSD) -> Optional[str]:
     """Log (and return) a warning when a config that expects ImageNet weights
     (MODEL.SSD.EXPECT_PRETRAINED_BACKBONE) starts training from a backbone no file set."""
@@ -178,7 +192,7 @@ def warn_if_backbone_uninitialized(cfg, model: SSD) -> Optional[str]:
         return None
     weights = cfg.MODEL.WEIGHTS
     why = f"({weights}) sets none of the backbone's weights" if weights else "is empty"
-    url = IMAGENET_BACKBONES.get(cfg.MODEL.BACKBONE.NAME)
+    url = imagenet_backbone_url(cfg)
     start = f"MODEL.WEIGHTS {url}" if url else "MODEL.WEIGHTS to ImageNet weights of the backbone"
     message = (
         f"Training starts from a randomly initialised backbone: MODEL.WEIGHTS {why}. The "

@@ -15,7 +15,11 @@ from detectron2.engine import DefaultPredictor
 
 from ssd_d2 import SSDTrainer, model_zoo
 from ssd_d2.engine import SSDCheckpointer, SSDPredictor
-from ssd_d2.engine.checkpoint import IMAGENET_BACKBONES, warn_if_backbone_uninitialized
+from ssd_d2.engine.checkpoint import (
+    IMAGENET_BACKBONES,
+    imagenet_backbone_url,
+    warn_if_backbone_uninitialized,
+)
 from ssd_d2.tools.convert import main as convert_main
 
 from ..conftest import load_config
@@ -71,7 +75,7 @@ def test_model_zoo_configs():
         )
         untrained, trained = model_zoo.get_config(name), model_zoo.get_config(name, True)
         assert trained.MODEL.WEIGHTS == entry.url == model_zoo.get_checkpoint_url(name)
-        backbone = IMAGENET_BACKBONES[untrained.MODEL.BACKBONE.NAME]
+        backbone = imagenet_backbone_url(untrained)
         assert untrained.MODEL.WEIGHTS == from_scratch.get(name, backbone)
     # torchvision's SSDLite recipe: from scratch, with the tail its published model has.
     cfg = model_zoo.get_config("ssdlite320_mobilenet_v3_coco")
