@@ -195,6 +195,7 @@ def test_detections_through_default_predictor_are_nvidias(nvidia, ours, nvidia_r
             & ((scores[:, None] - instances.scores[None]).abs() < 1e-4)
         )
         found += int(same.any(dim=1).sum())
+    print(f"{found} of NVIDIA's {total} detections")
     assert found / total >= 0.99, f"{found} of NVIDIA's {total} detections"
 
 
