@@ -31,8 +31,10 @@ def _capture_model_inputs(model: nn.Module) -> list:
 
 @pytest.mark.parametrize("config_name", MODEL_CONFIGS)
 def test_default_predictor_runs_every_config(config_name):
-    # Random weights: the published configs' ImageNet backbones would be downloaded.
-    cfg = load_config(config_name, "MODEL.WEIGHTS", "")
+    # Random weights: the published configs' ImageNet backbones would be downloaded. Their
+    # near-uniform class scores (1 / 81 with COCO's classes) lie below some configs' test
+    # thresholds (mmdetection's 0.02, NVIDIA's 0.05): a lower one.
+    cfg = load_config(config_name, "MODEL.WEIGHTS", "", "MODEL.SSD.SCORE_THRESH_TEST", 0.005)
     predictor = DefaultPredictor(cfg)
     calls = _capture_model_inputs(predictor.model)
     # A different odd size per config: none is the network's square input.
@@ -51,7 +53,6 @@ def test_default_predictor_runs_every_config(config_name):
 
     assert instances.image_size == (height, width)
     assert set(instances.get_fields()) == {"pred_boxes", "scores", "pred_classes"}
-    # Random weights give near-uniform class scores, above every config's threshold.
     assert 0 < len(instances) <= cfg.TEST.DETECTIONS_PER_IMAGE
     boxes = instances.pred_boxes.tensor
     assert (boxes >= 0).all()
