@@ -364,28 +364,37 @@ class SSD(nn.Module):
         gt_deltas = self.box2box_transform.get_deltas(
             anchors_per_positive, matched_gt_boxes[positive]
         )
-        box_loss = torch.zeros_like(gt_labels, dtype=pred_deltas.dtype)
-        box_loss[positive] = F.smooth_l1_loss(
-            pred_deltas[positive], gt_deltas, beta=self.smooth_l1_beta, reduction="none"
-        ).sum(dim=1)
-
         cls_loss = F.cross_entropy(
             pred_logits.flatten(0, 1), gt_labels.flatten(), reduction="none"
         ).view_as(gt_labels)
         negative = self._hard_negatives(cls_loss.detach(), positive, num_pos_per_image)
-        cls_loss = torch.where(positive | negative, cls_loss, torch.zeros_like(cls_loss))
         if self.loss_normalization == "image":
-            # Images without positives add 0 but count in the mean, as in NVIDIA's loss.
-            per_image = num_pos_per_image.clamp(min=1).to(cls_loss.dtype)
-            return {
-                "loss_cls": (cls_loss.sum(dim=1) / per_image).mean(),
-                "loss_box_reg": (box_loss.sum(dim=1) / per_image).mean(),
-            }
+            return self._per_image_losses(cls_loss, positive, negative, pred_deltas, gt_deltas)
+
+        loss_box_reg = F.smooth_l1_loss(
+            pred_deltas[positive], gt_deltas, beta=self.smooth_l1_beta, reduction="sum"
+        )
+        loss_cls = cls_loss[positive].sum() + cls_loss[negative].sum()
         normalizer = self._loss_normalizer(num_pos)
-        return {
-            "loss_cls": cls_loss.sum() / normalizer,
-            "loss_box_reg": box_loss.sum() / normalizer,
+        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+
+    def _per_image_losses(self, cls_loss, positive, negative, pred_deltas, gt_deltas):
+        """Each image's summed losses divided by its positives, then the mean over the images;
+        those without positives add 0 but count in the mean, as in NVIDIA's loss."""
+        num_images = len(cls_loss)
+        image = torch.arange(num_images, device=cls_loss.device)[:, None].expand_as(positive)
+        box_loss = F.smooth_l1_loss(
+            pred_deltas[positive], gt_deltas, beta=self.smooth_l1_beta, reduction="none"
+        ).sum(dim=1)
+        selected = positive | negative
+        per_image = {
+            "loss_cls": cls_loss.new_zeros(num_images).index_add(
+                0, image[selected], cls_loss[selected]
+            ),
+            "loss_box_reg": box_loss.new_zeros(num_images).index_add(0, image[positive], box_loss),
         }
+        num_pos = positive.sum(dim=1).clamp(min=1).to(cls_loss.dtype)
+        return {name: (loss / num_pos).mean() for name, loss in per_image.items()}
 
     def _loss_normalizer(self, num_pos: int) -> float:
         """
