@@ -1,7 +1,7 @@
 """
 ``ssd_tall_objects``: small, tall objects on wide (16:9) images, the case that SSD's published
 default boxes (squares and boxes up to 3:1 over a square input) cover badly. Three classes,
-each with its own shape: poles (thin, 5-8 times as tall as wide), people (2.4-3.2) and trees
+each with its own shape: poles (thin, 4-6 times as tall as wide), people (2.4-3.2) and trees
 (1.6-2.2), from a few to a few dozen pixels wide, on the cluttered backgrounds of ssd_shapes.
 
 Registered on import as ``ssd_tall_objects_train`` (600 images) and ``ssd_tall_objects_val``
@@ -40,13 +40,13 @@ _SPLIT_SEEDS = {TALL_OBJECTS_TRAIN: 200, TALL_OBJECTS_VAL: 201}
 # Bump when the drawing changes, so that a cache written by an older version is detected.
 _GENERATOR_VERSION = 1
 # Image widths (the height is 9/16 of the width) and objects per image.
-_WIDTHS = (320, 384)
+_WIDTHS = (288, 352)
 _NUM_OBJECTS = (3, 10)
 # Per class: object widths in pixels and height / width, both log-uniform.
 _CLASS_SHAPES = {
-    "pole": {"width": (6, 16), "aspect": (5.0, 8.0)},
+    "pole": {"width": (10, 20), "aspect": (4.0, 6.0)},
     "person": {"width": (10, 32), "aspect": (2.4, 3.2)},
-    "tree": {"width": (14, 44), "aspect": (1.6, 2.2)},
+    "tree": {"width": (16, 44), "aspect": (1.6, 2.2)},
 }
 _MAX_HIDDEN_FRACTION = 0.6
 _MIN_CONTRAST = 120.0
