@@ -25,8 +25,13 @@ from detectron2.structures import Boxes, pairwise_iou
 
 from ..config import height_width, resolve_image_size
 from .anchor_generator import SSDDefaultBoxGenerator
-from .matching import MATCHING_ARITHMETICS, MatchingArithmetic, in_units, positive_iou_threshold
-from .matching import unit_box_iou
+from .matching import (
+    MATCHING_ARITHMETICS,
+    MatchingArithmetic,
+    in_units,
+    positive_iou_threshold,
+    unit_box_iou,
+)
 
 __all__ = ["LevelBoxes", "DefaultBoxSet", "CoverageTable", "default_box_set_from_config"]
 __all__ += ["feature_map_sizes", "matched_ground_truth", "coverage_table", "fit_default_boxes"]
@@ -72,7 +77,9 @@ class DefaultBoxSet:
 
     @property
     def num_boxes(self) -> int:
-        return sum(h * w * lv.boxes_per_location for (h, w), lv in zip(self.feature_sizes, self.levels))
+        return sum(
+            h * w * lv.boxes_per_location for (h, w), lv in zip(self.feature_sizes, self.levels)
+        )
 
     def generator(self) -> SSDDefaultBoxGenerator:
         """The model's default-box generator for this set."""
@@ -90,7 +97,9 @@ class DefaultBoxSet:
         height, width = self.image_size
         steps = []
         for step_y, step_x in (lv.step for lv in self.levels):
-            steps.append(_number(step_y) if step_y == step_x else [_number(step_y), _number(step_x)])
+            steps.append(
+                _number(step_y) if step_y == step_x else [_number(step_y), _number(step_x)]
+            )
         return {
             "IMAGE_SIZE": height if height == width else 0,
             "IMAGE_HEIGHT_WIDTH": [] if height == width else [height, width],
@@ -187,7 +196,9 @@ class CoverageTable:
 
     def format(self) -> str:
         """The table as text: each cell "matched/total share"."""
-        columns = [_bin_name(lo, hi, "h/w ") for lo, hi in zip(self.aspect_bins, self.aspect_bins[1:])]
+        columns = [
+            _bin_name(lo, hi, "h/w ") for lo, hi in zip(self.aspect_bins, self.aspect_bins[1:])
+        ]
         rows = [["size \\ shape"] + columns + ["all"]]
         for i, (lo, hi) in enumerate(zip(self.size_bins, self.size_bins[1:])):
             cells = [_cell(m, t) for m, t in zip(self.matched[i], self.total[i])]
@@ -348,9 +359,7 @@ def _fit_at_size(gt, image_size, feature_sizes, clamp, arithmetic, threshold, bu
         for grid, step in zip(feature_sizes, steps)
     ]
     # Start from the config's sizes, on the grid.
-    levels = [
-        _Level(int(np.argmin([abs(math.log(s / mn)) for s in sizes])), 2, []) for mn in start
-    ]
+    levels = [_Level(int(np.argmin([abs(math.log(s / mn)) for s in sizes])), 2, []) for mn in start]
 
     def level_hits(i, level):
         return candidates[i].matched(level.size_index, level.second, level.ratios)
@@ -412,7 +421,9 @@ def _fit_at_size(gt, image_size, feature_sizes, clamp, arithmetic, threshold, bu
         LevelBoxes(
             step,
             sizes[lv.size_index],
-            round(sizes[min(lv.size_index + lv.second, len(sizes) - 1)] ** 2 / sizes[lv.size_index], 2),
+            round(
+                sizes[min(lv.size_index + lv.second, len(sizes) - 1)] ** 2 / sizes[lv.size_index], 2
+            ),
             [float(ASPECT_RATIO_CHOICES[j]) for j in lv.ratios],
         )
         for step, lv in zip(steps, levels)
@@ -465,7 +476,9 @@ def fit_default_boxes(
         minimum = 2 * sum(h * w for h, w in feature_sizes)
         least = minimum if least is None else min(least, minimum)
         gt = torch.as_tensor(gt_boxes_for_size(image_size), dtype=torch.float32).reshape(-1, 4)
-        fitted = _fit_at_size(gt, image_size, feature_sizes, clamp, arithmetic, threshold, budget, start)
+        fitted = _fit_at_size(
+            gt, image_size, feature_sizes, clamp, arithmetic, threshold, budget, start
+        )
         if fitted is None:
             report.append(f"{image_size[0]}x{image_size[1]}: needs {minimum} boxes at least")
             continue

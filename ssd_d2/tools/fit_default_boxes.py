@@ -89,7 +89,10 @@ def describe_unmatchable(gt_boxes: np.ndarray, unmatchable: np.ndarray, box_set,
 
 def draw_coverage(tables, titles, title: str):
     """One heat map per coverage table: the matched share of each size x shape bin."""
-    fig = common.panel_grid_figure(1, len(tables), (4.2, 3.0), 0.35, 0.45, 0.9)
+    from matplotlib.figure import Figure
+
+    # Constrained layout: the tick labels of both axes get their room.
+    fig = Figure(figsize=(4.6 * len(tables), 4.0), dpi=common.DPI, constrained_layout=True)
     for i, (table, name) in enumerate(zip(tables, titles)):
         ax = fig.add_subplot(1, len(tables), i + 1)
         share = np.where(table.total > 0, table.matched / np.maximum(table.total, 1), np.nan)
@@ -106,7 +109,7 @@ def draw_coverage(tables, titles, title: str):
         if i == 0:
             ax.set_ylabel("size sqrt(w h), image px", fontsize=9)
         ax.set_title(f"{name}: {100 * table.share:.1f}% matched", fontsize=10)
-    common.add_title(fig, title)
+    fig.suptitle(title, fontsize=11)
     return fig
 
 
@@ -138,7 +141,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
         after, tried = fit_default_boxes(cfg, gt.at_input, budget, gt.typical_aspect())
     gt_after = gt.at_input(after.image_size)
-    matched_after = matched_ground_truth(torch.from_numpy(gt_after), after, ssd.IOU_THRESHOLD, ssd.MATCHING)
+    matched_after = matched_ground_truth(
+        torch.from_numpy(gt_after), after, ssd.IOU_THRESHOLD, ssd.MATCHING
+    )
     tables = [coverage_table(gt.sizes, m) for m in (matched_before, matched_after)]
     size = resolve_image_size(cfg)
     print(
@@ -151,7 +156,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(tables[0].format())
     print(f"\nInput sizes tried (budget {budget} default boxes):")
     print("\n".join("  " + line for line in tried))
-    print(f"\nFitted ({after.num_boxes} default boxes at {after.image_size[0]}x{after.image_size[1]}):")
+    print(
+        f"\nFitted ({after.num_boxes} default boxes at {after.image_size[0]}x{after.image_size[1]}):"
+    )
     print(tables[1].format())
     for i, (level, grid) in enumerate(zip(after.levels, after.feature_sizes)):
         step = level.step[0] if level.step[0] == level.step[1] else list(level.step)
@@ -178,7 +185,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"({100 * tables[1].share:.1f}%; the base config's boxes: {100 * tables[0].share:.1f}%),\n"
         f"{after.num_boxes} default boxes (budget {budget}; the base config has {before.num_boxes})."
     )
-    text = fitted_config_yaml(args.config_file, option_values(cfg, common.config_options(args)), after, comment)
+    text = fitted_config_yaml(
+        args.config_file, option_values(cfg, common.config_options(args)), after, comment
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         f.write(text)

@@ -139,25 +139,28 @@ def _draw_object_mask(mask, name: str, x0: float, y0: float, width: float, heigh
     x1, y1, cx = x0 + width, y0 + height, x0 + width / 2
     if name == "pole":
         # A lamp head as wide as the box over a mast half as wide.
-        polygon([(cx - width / 4, y0 + width), (cx + width / 4, y0 + width)] + [
-            (cx + width / 4, y1), (cx - width / 4, y1)
-        ])
+        polygon(
+            [(cx - width / 4, y0 + width), (cx + width / 4, y0 + width)]
+            + [(cx + width / 4, y1), (cx - width / 4, y1)]
+        )
         ellipse(cx, y0 + width / 2, width / 2, width / 2)
     elif name == "person":
         # A head, a body as wide as the box, legs.
         head = width * 0.3
         ellipse(cx, y0 + head, head, head)
         ellipse(cx, y0 + 2 * head + (height * 0.45) / 2, width / 2, height * 0.45 / 2)
-        polygon([(cx - width / 3, y0 + height * 0.6), (cx + width / 3, y0 + height * 0.6)] + [
-            (cx + width / 3, y1), (cx - width / 3, y1)
-        ])
+        polygon(
+            [(cx - width / 3, y0 + height * 0.6), (cx + width / 3, y0 + height * 0.6)]
+            + [(cx + width / 3, y1), (cx - width / 3, y1)]
+        )
     elif name == "tree":
         # A crown (a triangle as wide as the box) over a trunk.
         crown = height * 0.75
         polygon([(cx, y0), (x1, y0 + crown), (x0, y0 + crown)])
-        polygon([(cx - width / 8, y0 + crown), (cx + width / 8, y0 + crown)] + [
-            (cx + width / 8, y1), (cx - width / 8, y1)
-        ])
+        polygon(
+            [(cx - width / 8, y0 + crown), (cx + width / 8, y0 + crown)]
+            + [(cx + width / 8, y1), (cx - width / 8, y1)]
+        )
     else:
         raise ValueError(f"Unknown object {name!r}")
 
