@@ -35,7 +35,7 @@ from .matching import (
 
 __all__ = ["LevelBoxes", "DefaultBoxSet", "CoverageTable", "default_box_set_from_config"]
 __all__ += ["feature_map_sizes", "matched_ground_truth", "coverage_table", "fit_default_boxes"]
-__all__ += ["unmatchable_ground_truth", "SIZE_BINS", "ASPECT_BINS", "ASPECT_RATIO_CHOICES"]
+__all__ += ["candidate_input_sizes", "unmatchable_ground_truth", "SIZE_BINS", "ASPECT_BINS", "ASPECT_RATIO_CHOICES"]
 
 # Coverage tables: object size sqrt(width * height) in the data set's image pixels, and shape
 # height / width (tall objects > 1).
