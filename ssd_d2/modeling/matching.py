@@ -7,6 +7,7 @@ from detectron2.structures import Boxes
 from detectron2.structures.boxes import pairwise_intersection
 
 __all__ = ["MatchingArithmetic", "MATCHING_ARITHMETICS", "unit_box_iou", "in_units"]
+__all__ += ["positive_iou_threshold"]
 
 
 class MatchingArithmetic(NamedTuple):
@@ -59,3 +60,12 @@ def unit_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
     boxes1, boxes2 = Boxes(boxes1), Boxes(boxes2)
     intersection = pairwise_intersection(boxes1, boxes2)
     return intersection / (boxes1.area()[:, None] + boxes2.area() - intersection + eps)
+
+
+def positive_iou_threshold(iou_threshold: float, arithmetic: MatchingArithmetic) -> float:
+    """The least IoU that makes a default box positive: ``iou_threshold`` itself, or for an
+    arithmetic that wants IoU strictly above it, the next float32 after it (IoUs are float32)."""
+    if not arithmetic.strictly_above:
+        return iou_threshold
+    t = torch.tensor(iou_threshold, dtype=torch.float32)
+    return torch.nextafter(t, torch.tensor(float("inf"))).item()

@@ -26,7 +26,7 @@ from ..config import height_width, resolve_device, resolve_image_size
 from ..convert import convert_for_model, recognize
 from ..ignored_keys import warn_ignored_keys
 from .head import build_ssd_head
-from .matching import MATCHING_ARITHMETICS, in_units, unit_box_iou
+from .matching import MATCHING_ARITHMETICS, in_units, positive_iou_threshold, unit_box_iou
 from .nms import grouped_nms, select_detections
 from .precision import LowPrecisionCopy, resolve_precision, training_autocast_dtype
 
@@ -127,10 +127,7 @@ class SSD(nn.Module):
                 "the arithmetic of the peer whose weights or training the model reproduces."
             )
         self.matching = MATCHING_ARITHMETICS[matching]
-        if self.matching.strictly_above:
-            # IoUs are float32: strictly above t is at or above the next float32 after t.
-            t = torch.tensor(iou_threshold, dtype=torch.float32)
-            iou_threshold = torch.nextafter(t, torch.tensor(float("inf"))).item()
+        iou_threshold = positive_iou_threshold(iou_threshold, self.matching)
         self.anchor_matcher = Matcher([iou_threshold], [0, 1], allow_low_quality_matches=False)
         self.neg_pos_ratio, self.smooth_l1_beta = neg_pos_ratio, smooth_l1_beta
         self.min_negatives_per_image = min_negatives_per_image
