@@ -18,6 +18,7 @@ import yaml
 
 from ssd_d2.config import resolve_image_size
 from ssd_d2.data.box_statistics import dataset_boxes
+from ssd_d2.data.checks import check_class_count
 from ssd_d2.modeling.default_box_fitting import (
     coverage_table,
     default_box_set_from_config,
@@ -127,6 +128,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         dicts = []
         for name in cfg.DATASETS.TRAIN:
             dicts += common.dataset_dicts(name, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")[1]
+            # The written config trains on these data: refuse one for another class count.
+            check_class_count(name, cfg.MODEL.SSD.NUM_CLASSES, "DATASETS.TRAIN")
         gt = dataset_boxes(dicts)
         if not len(gt):
             raise ValueError(f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)} has no boxes")

@@ -92,3 +92,13 @@ def test_budget_below_minimum(dataset, tmp_path, capsys):
     assert "a budget of 100 default boxes is below the minimum" in message
     assert "--budget 1070 or more" in message
     assert not (tmp_path / "f.yaml").exists()
+
+
+def test_another_class_count_is_refused(dataset, tmp_path, capsys):
+    """A config whose MODEL.SSD.NUM_CLASSES is not the data's would write a fitted config that
+    cannot train on them: refused, naming both counts."""
+    argv = ["--config-file", CONFIG, "--output", str(tmp_path / "f.yaml")]
+    argv += ["DATASETS.TRAIN", f"('{dataset}',)", "MODEL.SSD.NUM_CLASSES", "7"]
+    message = _error(argv, capsys)
+    assert "MODEL.SSD.NUM_CLASSES is 7" in message and "Set MODEL.SSD.NUM_CLASSES 3" in message
+    assert not (tmp_path / "f.yaml").exists()
