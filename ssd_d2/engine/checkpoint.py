@@ -182,7 +182,13 @@ def imagenet_backbone_url(cfg) -> Optional[str]:
     name = cfg.MODEL.BACKBONE.NAME
     if name == "build_ssd_extra_levels_backbone":
         name = cfg.MODEL.SSD.EXTRA_LEVELS.BOTTOM
-    return IMAGENET_BACKBONES.get(name)
+    # The ResNet files are ResNet-50's.
+    depth = {
+        "build_torchvision_resnet_backbone": cfg.MODEL.TORCHVISION_RESNET.DEPTH,
+        "build_resnet_backbone": cfg.MODEL.RESNETS.DEPTH,
+        "build_resnet_fpn_backbone": cfg.MODEL.RESNETS.DEPTH,
+    }.get(name, 50)
+    return IMAGENET_BACKBONES.get(name) if depth == 50 else None
 
 
 def warn_if_backbone_uninitialized(cfg, model: SSD) -> Optional[str]:

@@ -54,8 +54,9 @@ def _step_y_x(level: int, step) -> Tuple[float, float]:
 class SSDDefaultBoxGenerator(nn.Module):
     """
     The default boxes of SSD (Liu et al., ECCV 2016, section 2.2), in XYXY pixels of the
-    network input (square or not: a box's sizes are in pixels, so squares stay square). Unlike Detectron2's DefaultAnchorGenerator (a sizes x ratios
-    product), each level has its own box set: two squares plus two boxes per aspect ratio.
+    network input (square or not: a box's sizes are in pixels, so squares stay square). Unlike
+    Detectron2's DefaultAnchorGenerator (a sizes x ratios product), each level has its own box
+    set: two squares plus two boxes per aspect ratio.
     Boxes are ordered by (row, column, box), which is the order of ``permute_to_N_HWA_K``.
     """
 

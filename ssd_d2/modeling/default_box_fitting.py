@@ -8,8 +8,8 @@ The search is greedy and deterministic. For each candidate input size (the confi
 in the data's image proportions), the backbone gives the feature maps; each level starts with
 its two squares only; then, while the budget allows, the aspect-ratio pair that matches the most
 new ground truth per default box is added to its level, its sizes re-chosen; last, each level
-trades ratios for others while that matches more. A level has SSD's box set (two squares plus an r:1, 1:r pair per ratio), so the head
-is built from the fitted config as from any other.
+trades ratios for others while that matches more. A level has SSD's box set (two squares plus
+an r:1, 1:r pair per ratio), so the head is built from the fitted config as from any other.
 """
 
 import math
@@ -35,7 +35,13 @@ from .matching import (
 
 __all__ = ["LevelBoxes", "DefaultBoxSet", "CoverageTable", "default_box_set_from_config"]
 __all__ += ["feature_map_sizes", "matched_ground_truth", "coverage_table", "fit_default_boxes"]
-__all__ += ["candidate_input_sizes", "unmatchable_ground_truth", "SIZE_BINS", "ASPECT_BINS", "ASPECT_RATIO_CHOICES"]
+__all__ += [
+    "candidate_input_sizes",
+    "unmatchable_ground_truth",
+    "SIZE_BINS",
+    "ASPECT_BINS",
+    "ASPECT_RATIO_CHOICES",
+]
 
 # Coverage tables: object size sqrt(width * height) in the data set's image pixels, and shape
 # height / width (tall objects > 1).
@@ -491,6 +497,10 @@ def fit_default_boxes(
         key = (count, -box_set.num_boxes)
         if best is None or key > best[0]:
             best = (key, box_set)
+    if least is None:
+        raise ValueError(
+            "the backbone runs at none of the input sizes tried:\n  " + "\n  ".join(report)
+        )
     if best is None:
         raise ValueError(
             f"a budget of {budget} default boxes is below the minimum: two boxes (the two "

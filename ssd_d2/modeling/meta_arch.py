@@ -25,6 +25,7 @@ from detectron2.utils.events import get_event_storage
 from ..config import height_width, resolve_device, resolve_image_size
 from ..convert import convert_for_model, recognize
 from ..ignored_keys import warn_ignored_keys
+from .anchor_generator import SSDDefaultBoxGenerator
 from .head import build_ssd_head
 from .matching import MATCHING_ARITHMETICS, in_units, positive_iou_threshold, unit_box_iou
 from .nms import grouped_nms, select_detections
@@ -68,8 +69,8 @@ class SSD(nn.Module):
     """
     SSD: Single Shot MultiBox Detector (Liu et al., ECCV 2016), with Detectron2's model
     contract. It resizes images of any size to ``image_size`` ((height, width)) itself and
-    returns boxes in each input's "height" x "width" (default: the image's). Class logits are background
-    first, as in the published weights; ``pred_classes`` count from 0.
+    returns boxes in each input's "height" x "width" (default: the image's). Class logits are
+    background first, as in the published weights; ``pred_classes`` count from 0.
     """
 
     @configurable
@@ -127,6 +128,12 @@ class SSD(nn.Module):
                 "the arithmetic of the peer whose weights or training the model reproduces."
             )
         self.matching = MATCHING_ARITHMETICS[matching]
+        if self.matching.unit_boxes and not isinstance(anchor_generator, SSDDefaultBoxGenerator):
+            raise ValueError(
+                f"MODEL.SSD.MATCHING {matching!r} computes the default boxes in [0, 1] units, "
+                f"which only SSDDefaultBoxGenerator does, not {type(anchor_generator).__name__}: "
+                'use MODEL.SSD.MATCHING "torchvision" (IoU in pixels) with another generator.'
+            )
         iou_threshold = positive_iou_threshold(iou_threshold, self.matching)
         self.anchor_matcher = Matcher([iou_threshold], [0, 1], allow_low_quality_matches=False)
         self.neg_pos_ratio, self.smooth_l1_beta = neg_pos_ratio, smooth_l1_beta
@@ -329,15 +336,18 @@ class SSD(nn.Module):
                 iou = pairwise_iou(instances.gt_boxes, anchors)  # (G, R)
             matched_idxs, is_positive = self.anchor_matcher(iou)
             # max() rather than argmax(): the first of tied boxes in the peer's order, as the peers
-            # pick; a later ground truth takes a box an earlier one also chose, as in theirs.
+            # pick; a later ground truth takes a box an earlier one also chose, as in theirs
+            # (the largest index wins, whatever order a device writes in).
             if self.matching.ties_size_first:
                 best_anchor_per_gt = tie_order[iou[:, tie_order].max(dim=1).indices]
             else:
                 best_anchor_per_gt = iou.max(dim=1).indices
-            matched_idxs[best_anchor_per_gt] = torch.arange(
-                len(instances), device=matched_idxs.device
+            owner = torch.full_like(matched_idxs, -1).scatter_reduce(
+                0, best_anchor_per_gt, torch.arange(len(instances), device=iou.device), "amax"
             )
-            is_positive[best_anchor_per_gt] = 1
+            taken = owner >= 0
+            matched_idxs[taken] = owner[taken]
+            is_positive[taken] = 1
             labels = instances.gt_classes[matched_idxs] + 1
             labels[is_positive == 0] = 0
             gt_labels.append(labels)
@@ -376,8 +386,9 @@ class SSD(nn.Module):
         return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
 
     def _per_image_losses(self, cls_loss, positive, negative, pred_deltas, gt_deltas):
-        """Each image's summed losses divided by its positives, then the mean over the images;
-        those without positives add 0 but count in the mean, as in NVIDIA's loss."""
+        """Each image's summed losses divided by its positives (at least 1), then the mean over
+        the images. An image without positives counts in the mean with the loss of its
+        ``min_negatives_per_image`` hard negatives: 0 by default, as in NVIDIA's loss."""
         num_images = len(cls_loss)
         image = torch.arange(num_images, device=cls_loss.device)[:, None].expand_as(positive)
         box_loss = F.smooth_l1_loss(

@@ -159,9 +159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(tables[0].format())
     print(f"\nInput sizes tried (budget {budget} default boxes):")
     print("\n".join("  " + line for line in tried))
-    print(
-        f"\nFitted ({after.num_boxes} default boxes at {after.image_size[0]}x{after.image_size[1]}):"
-    )
+    height, width = after.image_size
+    print(f"\nFitted ({after.num_boxes} default boxes at {height}x{width}):")
     print(tables[1].format())
     for i, (level, grid) in enumerate(zip(after.levels, after.feature_sizes)):
         step = level.step[0] if level.step[0] == level.step[1] else list(level.step)
@@ -183,10 +182,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "them (see the table; --budget raises the limit)."
         )
     comment = (
-        f"Default boxes fitted to {', '.join(cfg.DATASETS.TRAIN)} by ssd_d2.tools.fit_default_boxes:\n"
+        f"Default boxes fitted to {', '.join(cfg.DATASETS.TRAIN)} by "
+        "ssd_d2.tools.fit_default_boxes:\n"
         f"{int(matched_after.sum())} of {len(gt)} ground-truth boxes matched "
         f"({100 * tables[1].share:.1f}%; the base config's boxes: {100 * tables[0].share:.1f}%),\n"
-        f"{after.num_boxes} default boxes (budget {budget}; the base config has {before.num_boxes})."
+        f"{after.num_boxes} default boxes (budget {budget}; "
+        f"the base config has {before.num_boxes})."
     )
     text = fitted_config_yaml(
         args.config_file, option_values(cfg, common.config_options(args)), after, comment

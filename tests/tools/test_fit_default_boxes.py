@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from ssd_d2.config import load_config
 from ssd_d2.data.box_statistics import dataset_boxes
 from ssd_d2.data.datasets import register_tall_objects
+from ssd_d2.modeling import default_box_fitting
 from ssd_d2.modeling.default_box_fitting import default_box_set_from_config, matched_ground_truth
 from ssd_d2.tools import fit_default_boxes
 
@@ -102,3 +103,12 @@ def test_another_class_count_is_refused(dataset, tmp_path, capsys):
     message = _error(argv, capsys)
     assert "MODEL.SSD.NUM_CLASSES is 7" in message and "Set MODEL.SSD.NUM_CLASSES 3" in message
     assert not (tmp_path / "f.yaml").exists()
+
+
+def test_no_input_size_the_backbone_runs_at(dataset):
+    """Every size tried too small for the backbone: the error lists each with the reason, not
+    a budget."""
+    cfg = load_config(CONFIG, ["DATASETS.TRAIN", f"('{dataset}',)"])
+    boxes = dataset_boxes(DatasetCatalog.get(dataset))
+    with pytest.raises(ValueError, match=r"runs at none of the input sizes tried:\n  8x8: skipped"):
+        default_box_fitting.fit_default_boxes(cfg, boxes.at_input, 4000, 16 / 9, [(8, 8)])

@@ -1,6 +1,6 @@
-"""The generated sets ssd_shapes, toy_signs and ssd_tall_objects (registered on import), data sets named by their
-files (``coco:JSON:IMAGES``, ``voc:ROOT:SPLIT``; registered by the entry points) and Pascal VOC's
-difficult flags."""
+"""The generated sets ssd_shapes, toy_signs and ssd_tall_objects (registered on import), data
+sets named by their files (``coco:JSON:IMAGES``, ``voc:ROOT:SPLIT``; registered by the entry
+points) and Pascal VOC's difficult flags."""
 
 from .file_datasets import parse_dataset_name, register_config_datasets, register_dataset_name
 from .shapes import SHAPE_CLASSES, generate_shapes_dataset, register_shapes_dataset
