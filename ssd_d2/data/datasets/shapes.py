@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -19,6 +19,7 @@ from detectron2.data.datasets import load_coco_json
 __all__ = ["SHAPE_CLASSES", "SHAPES_SPLITS", "ensure_split", "generate_shapes_dataset"]
 __all__ += ["register_shapes_dataset", "shapes_dataset_root", "paint_objects"]
 __all__ += ["register_generated_splits", "write_generated_dataset"]
+__all__ += ["generated_dataset_root", "generated_splits"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +61,10 @@ def shapes_dataset_root(root: Optional[str] = None) -> str:
 def generate_shapes_dataset(output_dir: str, num_images: int, seed: int) -> str:
     """Draw ``num_images`` ssd_shapes images into ``output_dir`` (see write_generated_dataset);
     the same arguments give byte-identical files."""
-    info = {
-        "description": "ssd_shapes: synthetic shapes drawn by ssd_d2",
-        "version": _GENERATOR_VERSION,
-        "seed": seed,
-        "num_images": num_images,
-    }
-    categories = [
-        {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)
-    ]
+    description = "ssd_shapes: synthetic shapes drawn by ssd_d2"
+    classes = (SHAPE_CLASSES, "shape")
     return write_generated_dataset(
-        output_dir, num_images, seed, _draw_random_image, info, categories
+        output_dir, num_images, seed, _draw_random_image, description, _GENERATOR_VERSION, classes
     )
 
 
@@ -91,11 +85,24 @@ def _draw_random_image(rng: np.random.Generator):
 
 
 def write_generated_dataset(
-    output_dir: str, num_images: int, seed: int, draw_image, info: Dict, categories: List
+    output_dir: str,
+    num_images: int,
+    seed: int,
+    draw_image,
+    description: str,
+    version: int,
+    classes: Tuple[Sequence[str], str],
 ) -> str:
     """``draw_image(rng) -> (BGR image, COCO annotations)`` as ``output_dir/images/*.jpg`` and
     ``output_dir/annotations.json``; returns its path. One random stream per image (image i does
-    not depend on ``num_images``); the json comes last, so its presence means completeness."""
+    not depend on ``num_images``); the json comes last, so its presence means completeness.
+    ``classes``: (the class names in category id order from 1, their supercategory); the json's
+    info records ``description``, the generator ``version``, ``seed`` and ``num_images``."""
+    info = {"description": description, "version": version, "seed": seed, "num_images": num_images}
+    names, supercategory = classes
+    categories = [
+        {"id": i + 1, "name": name, "supercategory": supercategory} for i, name in enumerate(names)
+    ]
     image_dir = os.path.join(output_dir, _IMAGES_DIRNAME)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
@@ -321,6 +328,29 @@ def _load_generated_split(name, split_dir, split, generate, version, data_name) 
         split_dir, split["seed"], split["num_images"], generate, version, data_name
     )
     return load_coco_json(json_file, os.path.join(split_dir, _IMAGES_DIRNAME), name)
+
+
+def generated_splits(seeds: Dict[str, int], sizes: Dict[str, int]) -> Dict[str, Dict]:
+    """Data set name -> {"dirname", "seed", "num_images"} for the names of ``seeds``; the folder
+    names carry seed and size, so that splits of other sizes are cached side by side."""
+    return {
+        name: {
+            "dirname": f"{name.rsplit('_', 1)[1]}-seed{seed}-{sizes[name]}",
+            "seed": seed,
+            "num_images": sizes[name],
+        }
+        for name, seed in seeds.items()
+    }
+
+
+def generated_dataset_root(root: Optional[str], folder: str) -> str:
+    """A generated data set's cache folder, absolute: ``root`` if given, else
+    ``$SSD_D2_DATASETS/<folder>``, else ``$DETECTRON2_DATASETS/<folder>``, else
+    ``./datasets/<folder>``."""
+    if root is None:
+        parent = os.environ.get("SSD_D2_DATASETS", os.environ.get("DETECTRON2_DATASETS"))
+        root = os.path.join(parent or "datasets", folder)
+    return os.path.abspath(os.path.expanduser(os.fspath(root)))
 
 
 def register_generated_splits(

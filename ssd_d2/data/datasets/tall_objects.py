@@ -12,7 +12,6 @@ COCO json:
     python train_net.py --config-file configs/ssd160_tall_objects_demo.yaml
 """
 
-import os
 from typing import Dict, Optional
 
 import cv2
@@ -23,6 +22,8 @@ from .shapes import (
     _add_noise,
     _contrasting_color,
     _draw_background,
+    generated_dataset_root,
+    generated_splits,
     paint_objects,
     register_generated_splits,
     write_generated_dataset,
@@ -53,43 +54,27 @@ _MIN_CONTRAST = 120.0
 
 
 def tall_objects_splits(train_images: int = 600, val_images: int = 150) -> Dict[str, Dict]:
-    """Data set name -> {"dirname", "seed", "num_images"} of the two splits; the folder names
-    carry seed and size, so that splits of other sizes are cached side by side."""
+    """Data set name -> {"dirname", "seed", "num_images"} of the two splits (see
+    :func:`~ssd_d2.data.datasets.shapes.generated_splits`)."""
     sizes = {TALL_OBJECTS_TRAIN: train_images, TALL_OBJECTS_VAL: val_images}
-    return {
-        name: {
-            "dirname": f"{name.rsplit('_', 1)[1]}-seed{seed}-{sizes[name]}",
-            "seed": seed,
-            "num_images": sizes[name],
-        }
-        for name, seed in _SPLIT_SEEDS.items()
-    }
+    return generated_splits(_SPLIT_SEEDS, sizes)
 
 
 def tall_objects_root(root: Optional[str] = None) -> str:
     """The cache folder, absolute: ``root`` if given, else ``$SSD_D2_DATASETS/ssd_tall_objects``,
     else ``$DETECTRON2_DATASETS/ssd_tall_objects``, else ``./datasets/ssd_tall_objects``."""
-    if root is None:
-        parent = os.environ.get("SSD_D2_DATASETS", os.environ.get("DETECTRON2_DATASETS"))
-        root = os.path.join(parent or "datasets", "ssd_tall_objects")
-    return os.path.abspath(os.path.expanduser(os.fspath(root)))
+    return generated_dataset_root(root, "ssd_tall_objects")
 
 
 def generate_tall_objects(output_dir: str, num_images: int, seed: int) -> str:
     """Draw ``num_images`` images into ``output_dir/images/*.jpg`` and write their boxes to
     ``output_dir/annotations.json`` (COCO format, written last); returns its path. The same
     arguments give byte-identical files; image i depends on ``seed`` and i only."""
-    info = {
-        "description": "ssd_tall_objects: small, tall objects on 16:9 images, drawn by ssd_d2",
-        "version": _GENERATOR_VERSION,
-        "seed": seed,
-        "num_images": num_images,
-    }
-    categories = [
-        {"id": i + 1, "name": name, "supercategory": "object"}
-        for i, name in enumerate(TALL_OBJECT_CLASSES)
-    ]
-    return write_generated_dataset(output_dir, num_images, seed, _draw_image, info, categories)
+    description = "ssd_tall_objects: small, tall objects on 16:9 images, drawn by ssd_d2"
+    classes = (TALL_OBJECT_CLASSES, "object")
+    return write_generated_dataset(
+        output_dir, num_images, seed, _draw_image, description, _GENERATOR_VERSION, classes
+    )
 
 
 def _draw_image(rng: np.random.Generator):

@@ -12,7 +12,6 @@ generated on its first use into ``$SSD_D2_DATASETS/toy_signs`` (else
 """
 
 import functools
-import os
 from typing import Dict, Optional
 
 import cv2
@@ -23,6 +22,8 @@ from .shapes import (
     _SHIFT,
     _add_noise,
     _contrasting_color,
+    generated_dataset_root,
+    generated_splits,
     paint_objects,
     register_generated_splits,
     write_generated_dataset,
@@ -60,19 +61,11 @@ _MIN_CONTRAST = 120.0
 
 
 def toy_signs_splits(train_images: int = 1500, val_images: int = 300) -> Dict[str, Dict]:
-    """
-    Data set name -> {"dirname", "seed", "num_images"} of the two splits. The folder names
-    carry seed and size, so that splits of other sizes are cached side by side.
-    """
-    sizes = {TOY_SIGNS_TRAIN: train_images, TOY_SIGNS_VAL: val_images}
-    return {
-        name: {
-            "dirname": f"{name.rsplit('_', 1)[1]}-seed{seed}-{sizes[name]}",
-            "seed": seed,
-            "num_images": sizes[name],
-        }
-        for name, seed in _SPLIT_SEEDS.items()
-    }
+    """Data set name -> {"dirname", "seed", "num_images"} of the two splits (see
+    :func:`~ssd_d2.data.datasets.shapes.generated_splits`)."""
+    return generated_splits(
+        _SPLIT_SEEDS, {TOY_SIGNS_TRAIN: train_images, TOY_SIGNS_VAL: val_images}
+    )
 
 
 def toy_signs_root(root: Optional[str] = None) -> str:
@@ -80,10 +73,7 @@ def toy_signs_root(root: Optional[str] = None) -> str:
     The cache folder, absolute: ``root`` if given, else ``$SSD_D2_DATASETS/toy_signs``, else
     ``$DETECTRON2_DATASETS/toy_signs``, else ``./datasets/toy_signs``.
     """
-    if root is None:
-        parent = os.environ.get("SSD_D2_DATASETS", os.environ.get("DETECTRON2_DATASETS"))
-        root = os.path.join(parent or "datasets", "toy_signs")
-    return os.path.abspath(os.path.expanduser(os.fspath(root)))
+    return generated_dataset_root(root, "toy_signs")
 
 
 def generate_toy_signs(output_dir: str, num_images: int, seed: int) -> str:
@@ -92,17 +82,11 @@ def generate_toy_signs(output_dir: str, num_images: int, seed: int) -> str:
     ``output_dir/annotations.json`` (COCO format, written last); returns its path. The same
     arguments give byte-identical files; image i depends on ``seed`` and i only.
     """
-    info = {
-        "description": "toy_signs: synthetic signs drawn by ssd_d2",
-        "version": _GENERATOR_VERSION,
-        "seed": seed,
-        "num_images": num_images,
-    }
-    categories = [
-        {"id": i + 1, "name": name, "supercategory": "sign"}
-        for i, name in enumerate(TOY_SIGN_CLASSES)
-    ]
-    return write_generated_dataset(output_dir, num_images, seed, _draw_sign_image, info, categories)
+    description = "toy_signs: synthetic signs drawn by ssd_d2"
+    classes = (TOY_SIGN_CLASSES, "sign")
+    return write_generated_dataset(
+        output_dir, num_images, seed, _draw_sign_image, description, _GENERATOR_VERSION, classes
+    )
 
 
 def _draw_sign_image(rng: np.random.Generator):
