@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from detectron2.modeling import build_backbone
-from detectron2.structures import Boxes, pairwise_iou
+from detectron2.structures import Boxes
 
 from ..config import height_width, resolve_image_size
 from .anchor_generator import SSDDefaultBoxGenerator
@@ -29,8 +29,8 @@ from .matching import (
     MATCHING_ARITHMETICS,
     MatchingArithmetic,
     in_units,
+    matching_iou,
     positive_iou_threshold,
-    unit_box_iou,
 )
 
 __all__ = ["LevelBoxes", "DefaultBoxSet", "CoverageTable", "default_box_set_from_config"]
@@ -173,15 +173,11 @@ def _best_iou(gt_boxes: Tensor, box_set: DefaultBoxSet, arithmetic: MatchingArit
     anchors = Boxes.cat(generator([torch.empty(1, 0, h, w) for h, w in box_set.feature_sizes]))
     gt_boxes = torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4)
     best = torch.zeros(len(gt_boxes))
-    if arithmetic.unit_boxes:
-        anchors_in_units = generator.in_units(anchors)
-        gt_in_units = in_units(Boxes(gt_boxes), box_set.image_size)
+    anchors_in_units = generator.in_units(anchors) if arithmetic.unit_boxes else None
     for start in range(0, len(gt_boxes), _CHUNK):
         end = start + _CHUNK
-        if arithmetic.unit_boxes:
-            iou = unit_box_iou(gt_in_units[start:end], anchors_in_units, arithmetic.eps)
-        else:
-            iou = pairwise_iou(Boxes(gt_boxes[start:end]), anchors)
+        chunk = Boxes(gt_boxes[start:end])
+        iou = matching_iou(arithmetic, chunk, box_set.image_size, anchors, anchors_in_units)
         if iou.shape[1]:
             best[start:end] = iou.max(dim=1).values
     return best

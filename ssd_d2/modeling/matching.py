@@ -1,13 +1,13 @@
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, pairwise_iou
 from detectron2.structures.boxes import pairwise_intersection
 
 __all__ = ["MatchingArithmetic", "MATCHING_ARITHMETICS", "unit_box_iou", "in_units"]
-__all__ += ["positive_iou_threshold"]
+__all__ += ["matching_iou", "positive_iou_threshold"]
 
 
 class MatchingArithmetic(NamedTuple):
@@ -69,3 +69,19 @@ def positive_iou_threshold(iou_threshold: float, arithmetic: MatchingArithmetic)
         return iou_threshold
     t = torch.tensor(iou_threshold, dtype=torch.float32)
     return torch.nextafter(t, torch.tensor(float("inf"))).item()
+
+
+def matching_iou(
+    arithmetic: MatchingArithmetic,
+    gt_boxes: Boxes,
+    image_size: Tuple[int, int],
+    default_boxes: Boxes,
+    default_boxes_in_units: Optional[Tensor],
+) -> Tensor:
+    """(G, R) IoU of ``gt_boxes`` (pixels of an input of ``image_size``, (height, width)) with
+    the default boxes, as ``arithmetic`` computes it: in pixels, or with both in [0, 1] units
+    (``default_boxes_in_units``: the generator's ``in_units`` of ``default_boxes``)."""
+    if arithmetic.unit_boxes:
+        gt_in_units = in_units(gt_boxes, image_size)
+        return unit_box_iou(gt_in_units, default_boxes_in_units, arithmetic.eps)
+    return pairwise_iou(gt_boxes, default_boxes)

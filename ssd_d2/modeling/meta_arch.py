@@ -18,7 +18,7 @@ from detectron2.modeling import (
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
@@ -27,7 +27,7 @@ from ..convert import convert_for_model, recognize
 from ..ignored_keys import warn_ignored_keys
 from .anchor_generator import SSDDefaultBoxGenerator
 from .head import build_ssd_head
-from .matching import MATCHING_ARITHMETICS, in_units, positive_iou_threshold, unit_box_iou
+from .matching import MATCHING_ARITHMETICS, matching_iou, positive_iou_threshold
 from .nms import grouped_nms, select_detections
 from .precision import LowPrecisionCopy, resolve_precision, training_autocast_dtype
 
@@ -319,6 +319,7 @@ class SSD(nn.Module):
         box. The IoU is computed as the peer of ``self.matching`` computes it. Returns (N, R)
         labels (0 background, c + 1 class c) and (N, R, 4) matched boxes.
         """
+        anchors_in_units = None
         if self.matching.unit_boxes:
             anchors_in_units = self.anchor_generator.in_units(anchors)
         if self.matching.ties_size_first:
@@ -329,11 +330,9 @@ class SSD(nn.Module):
                 gt_labels.append(torch.zeros(len(anchors), dtype=torch.long, device=self.device))
                 matched_gt_boxes.append(torch.zeros_like(anchors.tensor))
                 continue
-            if self.matching.unit_boxes:
-                gt_in_units = in_units(instances.gt_boxes, instances.image_size)
-                iou = unit_box_iou(gt_in_units, anchors_in_units, self.matching.eps)  # (G, R)
-            else:
-                iou = pairwise_iou(instances.gt_boxes, anchors)  # (G, R)
+            iou = matching_iou(  # (G, R)
+                self.matching, instances.gt_boxes, instances.image_size, anchors, anchors_in_units
+            )
             matched_idxs, is_positive = self.anchor_matcher(iou)
             # max() rather than argmax(): the first of tied boxes in the peer's order, as the peers
             # pick; a later ground truth takes a box an earlier one also chose, as in theirs
