@@ -222,6 +222,29 @@ def machine_description(device: str) -> dict:
         "torchvision": torchvision.__version__,
         "detectron2": detectron2.__version__,
     }
+    info.update(cpu_kind())
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+# The CPU flags that decide the speed of float32 (AVX2, AVX-512), bfloat16 and int8 arithmetic.
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_kind() -> dict:
+    """The CPU's model name and which of SPEED_FLAGS it has (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return {
+        "cpu_model": fields.get("model name", ""),
+        "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
+    }

@@ -65,6 +65,20 @@ def markdown_tables(report: dict) -> str:
                 if r["precision"] != "bf16"
             ],
         )
+    if "compile" in report:
+        table(
+            ["demo training step, batch 8", "eager ms", "compiled ms", "compile s", "break-even"],
+            [
+                [
+                    f"{r['precision']}, {r['threads']} thread(s)",
+                    f"{r['eager_ms']:.0f}",
+                    f"{r['compiled_ms']:.0f}",
+                    f"{r['compile_s']:.0f}",
+                    "never" if r["break_even"] is None else f"{r['break_even']} iterations",
+                ]
+                for r in report["compile"]
+            ],
+        )
     bf16_header = ["ssd_d2 bf16 ms", "ssd_d2 fp32 ms", "torchvision bf16 ms", "torchvision fp32 ms"]
     bf16_header += ["ratio vs tv bf16", "vs tv fp32", "vs ssd_d2 fp32"]
 

@@ -6,6 +6,8 @@ ssd_d2 next to torchvision's SSD, in one process, with the same weights (through
   in two score regimes (below);
 - where ssd_d2's inference time goes: preprocessing, backbone, head, decoding, NMS;
 - a training step (forward, backward, SGD) of SSD300 at batch 8 on the same images and targets;
+- the demo model's training step (SSDTrainer's AdamW) eager and with torch.compile, with the
+  compile time;
 - ``SSDDatasetMapper``'s full augmentation chain on 500x375 JPEGs, in one process and through
   a DataLoader with workers;
 - peak memory of SSD300 training at batch 8 and 32 (RSS of a fresh process on the CPU,
@@ -51,7 +53,7 @@ from benchmarks.data_loading import section_data
 from benchmarks.inference import section_breakdown, section_inference
 from benchmarks.report import markdown_tables
 from benchmarks.scaling import section_scaling
-from benchmarks.training import memory_child, section_memory, section_train
+from benchmarks.training import memory_child, section_compile, section_memory, section_train
 from ssd_d2.modeling.precision import cpu_has_fast_bf16
 
 # The sections in the order they run (each writes its key or keys of the report).
@@ -59,6 +61,7 @@ SECTIONS = {
     "inference": section_inference,
     "breakdown": section_breakdown,
     "train": section_train,
+    "compile": section_compile,
     "data": section_data,
     "memory": section_memory,
     "scaling": section_scaling,

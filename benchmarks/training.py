@@ -1,4 +1,5 @@
-"""An SSD300 training step of ssd_d2 next to torchvision's, and the peak memory of training."""
+"""An SSD300 training step of ssd_d2 next to torchvision's, the peak memory of training, and the
+demo model's training step eager next to torch.compile'd."""
 
 import copy
 import json
@@ -22,8 +23,10 @@ from benchmarks.common import (
     median_times,
     print_row,
     random_images,
+    timed,
 )
 from ssd_d2.convert import coco_category_ids
+from ssd_d2.engine import SSDTrainer
 from ssd_d2.modeling.precision import training_autocast_dtype
 
 
@@ -124,6 +127,62 @@ def section_train(args, report):
         rows.append(row)
         print_row(row)
     report["train"] = rows
+
+
+def demo_batch(batch: int, device: str, num_classes: int, seed=2, size=160):
+    """Images at the demo's network size with 1-6 random boxes each."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = []
+    for image in random_images(batch, seed, size, size, device):
+        count = int(torch.randint(1, 7, (1,), generator=g))
+        xy = torch.rand(count, 2, generator=g) * size * 0.7
+        wh = torch.rand(count, 2, generator=g) * size * 0.3 + 8
+        boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size)], dim=1).to(device))
+        classes = torch.randint(0, num_classes, (count,), generator=g).to(device)
+        instances = Instances((size, size), gt_boxes=boxes, gt_classes=classes)
+        inputs.append({"image": image, "instances": instances})
+    return inputs
+
+
+def section_compile(args, report):
+    """
+    The demo model's training step as SSDTrainer runs it (forward with the losses, backward,
+    its AdamW with gradient clipping), in float32 at 8 images (one process of the quick start's
+    two): eager, and with the network (backbone and head) compiled by torch.compile (inductor).
+    compile_s is what the first two compiled steps take beyond two steady ones; break_even is
+    the iterations after which compiling has paid for itself (none when it is not faster).
+    """
+    cfg = load_cfg("ssd160_shapes_demo", args.device, "SOLVER.AMP.ENABLED", "False")
+    torch.manual_seed(0)
+    eager = build_model(cfg).train()
+    compiled = copy.deepcopy(eager)
+    compiled.backbone = torch.compile(compiled.backbone)
+    compiled.head = torch.compile(compiled.head)
+    inputs = demo_batch(8, args.device, cfg.MODEL.SSD.NUM_CLASSES)
+
+    def step_fn(model):
+        optimizer = SSDTrainer.build_optimizer(cfg, model)
+
+        def step():
+            loss = sum(model(inputs).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return step
+
+    with EventStorage():
+        steps = {"eager": step_fn(eager), "compiled": step_fn(compiled)}
+        first_two = timed(lambda: (steps["compiled"](), steps["compiled"]()), args.device)
+        t = median_times(steps, args.device, args.repeats, args.warmup)
+    row = {"model": "ssd160_shapes_demo", "batch": 8, "precision": "fp32"}
+    row.update(eager_ms=1000 * t["eager"], compiled_ms=1000 * t["compiled"])
+    row["compile_s"] = first_two - 2 * t["compiled"]
+    saved = t["eager"] - t["compiled"]
+    row["break_even"] = round(row["compile_s"] / saved) if saved > 0 else None
+    row["threads"] = torch.get_num_threads()
+    print_row(row)
+    report["compile"] = [row]
 
 
 # ----------------------------------------------------------------------------------------

@@ -122,7 +122,13 @@ class SSDTrainer(TrainerWithState):
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
-        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(params, lr=cfg.SOLVER.BASE_LR)
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if clip.ENABLED and clip.CLIP_TYPE == "norm":
+            optimizer_type = _with_each_gradient_norm_clipped(clip.CLIP_VALUE, clip.NORM_TYPE)
+        else:
+            optimizer_type = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
+        # The fused kernel: one pass over all parameters instead of a loop of small operations.
+        return optimizer_type(params, lr=cfg.SOLVER.BASE_LR, fused=True)
 
     @classmethod
     def build_train_loader(cls, cfg) -> SeededTrainLoader:
@@ -157,3 +163,21 @@ class SSDTrainer(TrainerWithState):
             "set MetadataCatalog.get(name).evaluator_type to 'coco' or 'pascal_voc', or "
             "override SSDTrainer.build_evaluator."
         )
+
+
+def _with_each_gradient_norm_clipped(max_norm: float, norm_type: float):
+    """AdamW with Detectron2's clipping of each parameter's gradient to norm ``max_norm``
+    (SOLVER.CLIP_GRADIENTS.CLIP_TYPE "norm"), in two multi-tensor operations instead of two
+    per parameter."""
+
+    class AdamWWithClipping(torch.optim.AdamW):
+        def step(self, closure=None):
+            grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                norms = torch.stack(torch._foreach_norm(grads, norm_type))
+                # torch.nn.utils.clip_grad_norm_'s factor, applied to each gradient alone.
+                factors = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+                torch._foreach_mul_(grads, factors.tolist())
+            return super().step(closure)
+
+    return AdamWWithClipping

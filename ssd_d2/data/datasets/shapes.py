@@ -259,11 +259,11 @@ def _contrasting_color(
     return np.where(background < 128, 255, 0).astype(np.uint8)
 
 
-def _add_noise(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """Gaussian noise over everything, and sometimes a slight blur."""
+def _add_noise(rng: np.random.Generator, image: np.ndarray, max_sigma: float = 6.0) -> np.ndarray:
+    """Gaussian noise over everything (sigma up to ``max_sigma``), and sometimes a slight blur."""
     # Luminance noise: a third of the random numbers (the largest cost) of per-channel noise.
     noise = rng.standard_normal(image.shape[:2] + (1,), dtype=np.float32)
-    noise *= rng.uniform(0, 6)
+    noise *= rng.uniform(0, max_sigma)
     noisy = image.astype(np.float32)
     noisy += noise
     image = np.clip(noisy, 0, 255, out=noisy).astype(np.uint8)
