@@ -3,14 +3,16 @@ Does the demo recipe converge for every seed, on the embedded set and on another
 a config (the demo model by default) once per (data set, seed), each run a train_net.py
 subprocess with its own OUTPUT_DIR, one after the other, and reads each run's metrics.json:
 the final evaluation (AP, AP50, AP75), the time per iteration, and the total and box losses
-at a few iterations. A run whose box loss at the end is still above PLATEAU_RATIO of its
-value at iteration PLATEAU_FROM is flagged as a plateau.
+at a few iterations. A run whose box loss at the end is still above STALL_RATIO of its value
+at iteration STALL_FROM is flagged as stalled.
 
-Data sets: ``ssd_shapes`` (the config's own, train_net.py as is) and ``toy_signs`` (also
-``second``; benchmarks/toy_signs.py: other classes, colours, sizes and background,
-registered with ``register_coco_instances`` before train_net.py's main runs, 4 classes).
+Data sets, the generated family: ``ssd_shapes`` (the config's own, train_net.py as is),
+``toy_signs`` (also ``second``; through benchmarks/toy_signs.py, whose split sizes can be
+changed), ``sparse_clutter`` and ``many_classes`` (ssd_d2/data/datasets/shape_family.py); each
+other than ssd_shapes with its DATASETS and MODEL.SSD.NUM_CLASSES set on the command line.
 
     python -m benchmarks.recipe_seeds --seeds 0 1 2 3 4 --datasets ssd_shapes toy_signs
+    python -m benchmarks.recipe_seeds --seeds 0 1 2 --datasets sparse_clutter many_classes
     python -m benchmarks.recipe_seeds --seeds 0 --datasets toy_signs SOLVER.MAX_ITER 500
     python -m benchmarks.recipe_seeds --report benchmarks/results/recipe_seeds.json
 
@@ -33,19 +35,21 @@ import torch
 
 import detectron2
 
+from benchmarks.common import cpu_kind
+from ssd_d2.data.datasets.shape_family import FAMILY
 from ssd_d2.data.datasets.toy_signs import TOY_SIGN_CLASSES, TOY_SIGNS_TRAIN, TOY_SIGNS_VAL
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "ssd160_shapes_demo.yaml")
 DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "benchmarks", "results", "recipe_seeds.json")
-DATASETS = ("ssd_shapes", "toy_signs")
+DATASETS = ("ssd_shapes", "toy_signs") + tuple(FAMILY)
 DATASET_ALIASES = {"second": "toy_signs"}
 # Iterations (completed) at which the losses are recorded, besides the end of the run.
-LOSS_ITERATIONS = (250, 500, 1000)
-# The plateau rule: box loss at the end > PLATEAU_RATIO x box loss at iteration PLATEAU_FROM
-# (where a run that learns has only begun: the demo's is about 2.2 there and 0.6 at the end).
-PLATEAU_FROM = 250
-PLATEAU_RATIO = 0.8
+LOSS_ITERATIONS = (100, 250, 500, 1000)
+# The stall rule: box loss at the end > STALL_RATIO x box loss at iteration STALL_FROM (where a
+# run that learns has only begun: the demo's is about 2.7 there and 0.7 at the end).
+STALL_FROM = 100
+STALL_RATIO = 0.5
 LOSS_KEYS = {"total": "total_loss", "box": "loss_box_reg"}
 
 
@@ -55,8 +59,13 @@ def train_command(dataset: str, config: str, seed: int, output_dir: str, args) -
     train_net_args = ["--num-gpus", str(args.num_gpus), "--dist-url", "auto"]
     train_net_args += ["--config-file", config]
     opts = ["SEED", str(seed), "OUTPUT_DIR", output_dir]
+    train_net = [sys.executable, os.path.join(REPO_ROOT, "train_net.py")]
     if dataset == "ssd_shapes":
-        return [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), *train_net_args, *opts]
+        return train_net + train_net_args + opts
+    if dataset in FAMILY:
+        opts += ["MODEL.SSD.NUM_CLASSES", str(len(FAMILY[dataset].classes))]
+        opts += ["DATASETS.TRAIN", f"('{dataset}_train',)", "DATASETS.TEST", f"('{dataset}_val',)"]
+        return train_net + train_net_args + opts
     toy_signs = [sys.executable, "-m", "benchmarks.toy_signs"]
     toy_signs += ["--train-images", str(args.toy_signs_train_images)]
     toy_signs += ["--val-images", str(args.toy_signs_val_images)]
@@ -75,7 +84,7 @@ def summarize_metrics(metrics: List[Dict]) -> Dict:
     A run's figures from its metrics.json lines: final AP/AP50/AP75 (None without an
     evaluation), median seconds per iteration, losses at LOSS_ITERATIONS and at the end
     (None past the end of the run) with the iteration of the line they come from, and the
-    plateau flag (None when the run ends before PLATEAU_FROM).
+    stall flag (None when the run ends before STALL_FROM).
     """
     # Detectron2 logs the losses (median of the last 20 iterations) every 20 iterations, at
     # "iteration" = completed iterations - 1.
@@ -98,17 +107,17 @@ def summarize_metrics(metrics: List[Dict]) -> Dict:
 
     row["losses"] = {str(i): losses_at(i) for i in LOSS_ITERATIONS}
     row["losses"]["end"] = losses_at(None)
-    row["plateau"] = is_plateau(row)
+    row["stalled"] = is_stalled(row)
     return row
 
 
-def is_plateau(row: Dict) -> Optional[bool]:
-    """The plateau rule on a row of :func:`summarize_metrics`; None when it cannot tell."""
-    start, end = row["losses"][str(PLATEAU_FROM)], row["losses"]["end"]
-    # No line at PLATEAU_FROM, or it is the last one: too short a run to tell.
+def is_stalled(row: Dict) -> Optional[bool]:
+    """The stall rule on a row of :func:`summarize_metrics`; None when it cannot tell."""
+    start, end = row["losses"][str(STALL_FROM)], row["losses"]["end"]
+    # No line at STALL_FROM, or it is the last one: too short a run to tell.
     if start["box"] is None or start["iteration"] >= end["iteration"]:
         return None
-    return bool(end["box"] > PLATEAU_RATIO * start["box"])
+    return bool(end["box"] > STALL_RATIO * start["box"])
 
 
 def run_one(dataset: str, seed: int, args) -> Dict:
@@ -143,28 +152,28 @@ def _fmt(value, digits=1):
 
 def markdown_table(report: Dict) -> str:
     """One row per run, then min / median / max AP50 per data set."""
-    header = ["data set", "seed", "AP50", "AP", "AP75", "total loss 250 / end"]
+    header = ["data set", "seed", "AP50", "AP", "AP75", f"total loss {STALL_FROM} / end"]
     header += ["box loss " + " / ".join(f"{i}" for i in LOSS_ITERATIONS) + " / end"]
-    header += ["plateau", "s/iter", "wall min", "exit"]
+    header += ["stalled", "s/iter", "wall min", "exit"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in report["runs"]:
-        total = [r["losses"][k]["total"] for k in (str(PLATEAU_FROM), "end")]
+        total = [r["losses"][k]["total"] for k in (str(STALL_FROM), "end")]
         box = [r["losses"][str(i)]["box"] for i in LOSS_ITERATIONS] + [r["losses"]["end"]["box"]]
-        plateau = {True: "yes", False: "no", None: "-"}[r["plateau"]]
+        stalled = {True: "yes", False: "no", None: "-"}[r["stalled"]]
         cells = [r["dataset"], r["seed"], _fmt(r["AP50"]), _fmt(r["AP"]), _fmt(r["AP75"])]
         cells += [" / ".join(_fmt(v, 2) for v in total), " / ".join(_fmt(v, 2) for v in box)]
-        cells += [plateau, _fmt(r["s_per_iter"], 3), _fmt(r["wall_s"] / 60), r["returncode"]]
+        cells += [stalled, _fmt(r["s_per_iter"], 3), _fmt(r["wall_s"] / 60), r["returncode"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    lines += ["", "| data set | runs | AP50 min | AP50 median | AP50 max | plateaus |"]
+    lines += ["", "| data set | runs | AP50 min | AP50 median | AP50 max | stalled |"]
     lines.append("|" + "---|" * 6)
     for dataset in dict.fromkeys(r["dataset"] for r in report["runs"]):
         runs = [r for r in report["runs"] if r["dataset"] == dataset]
         ap50 = [r["AP50"] if r["AP50"] is not None else float("nan") for r in runs]
         # A run without an evaluation counts as the worst.
         ap50 = sorted(0.0 if v != v else v for v in ap50)
-        plateaus = sum(r["plateau"] is True for r in runs)
+        stalled = sum(r["stalled"] is True for r in runs)
         cells = [dataset, len(runs), _fmt(ap50[0]), _fmt(statistics.median(ap50)), _fmt(ap50[-1])]
-        lines.append("| " + " | ".join(str(c) for c in cells + [plateaus]) + " |")
+        lines.append("| " + " | ".join(str(c) for c in cells + [stalled]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -234,9 +243,10 @@ def main(argv=None):
             "torch": torch.__version__,
             "detectron2": detectron2.__version__,
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            **cpu_kind(),
         },
         "args": {k: v for k, v in vars(args).items() if k != "report"},
-        "plateau_rule": f"box loss at the end > {PLATEAU_RATIO} x box loss at {PLATEAU_FROM}",
+        "stall_rule": f"box loss at the end > {STALL_RATIO} x box loss at {STALL_FROM}",
         "runs": [],
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
