@@ -168,10 +168,8 @@ def test_prior_prob_starts_the_classifier_at_that_foreground_probability(config_
     cfg = load_config(
         config_name, "MODEL.SSD.PRIOR_PROB", 0.01, "MODEL.SSD.NUM_CLASSES", num_classes
     )
-    # In training, as the prior is meant: BatchNorm normalises with the batch's statistics (an
-    # untrained model in eval has none of its own yet).
-    model = build_model(cfg).train()
-    images = [{"image": torch.randint(0, 256, (3, 100, 120), dtype=torch.uint8)} for _ in range(2)]
+    model = build_model(cfg).eval()
+    images = [{"image": torch.randint(0, 256, (3, 100, 120), dtype=torch.uint8)}]
     with torch.no_grad():
         _, logits, _ = model.predict(model.preprocess_image(images))
     probs = logits.softmax(-1)

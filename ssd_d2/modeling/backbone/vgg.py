@@ -1,4 +1,3 @@
-import functools
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
@@ -138,16 +137,6 @@ class VGG16SSD(Backbone):
         # The extra layers are in no ImageNet file: Xavier-uniform weights and zero biases,
         # as lufficc/SSD, ssd.pytorch and torchvision initialise them.
         init_convs(self.extras, nn.init.xavier_uniform_)
-        if norm:
-            # Trained from scratch (a norm layer is in no published SSD): He init, as torchvision's
-            # VGG-BN. A conv before a norm layer is scale-free, and AdamW moves each weight by
-            # about the learning rate whatever its size, so small weights turn fast: PyTorch's
-            # default (std 1 / sqrt(3 fan_in)) turned the features faster than a few positives
-            # per image could shape them, and such runs stalled (docs/training.md).
-            he_normal = functools.partial(
-                nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu"
-            )
-            init_convs(self, he_normal)
 
         self._out_features = out_features
         # Nominal strides (powers of two); the default-box steps of the config give the
