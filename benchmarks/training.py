@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import torch
 from torchvision.models.detection import ssd300_vgg16
@@ -149,9 +150,12 @@ def section_compile(args, report):
     The demo model's training step as SSDTrainer runs it (forward with the losses, backward,
     its AdamW with gradient clipping), in float32 at 8 images (one process of the quick start's
     two): eager, and with the network (backbone and head) compiled by torch.compile (inductor).
-    compile_s is what the first two compiled steps take beyond two steady ones; break_even is
+    compile_s is what the first two compiled steps take beyond two steady ones, with an empty
+    compile cache (a new user's first run); break_even is
     the iterations after which compiling has paid for itself (none when it is not faster).
     """
+    # A new user's first run: no kernels compiled by an earlier run to reuse.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="ssd_d2_inductor_")
     cfg = load_cfg("ssd160_shapes_demo", args.device, "SOLVER.AMP.ENABLED", "False")
     torch.manual_seed(0)
     eager = build_model(cfg).train()
