@@ -1,7 +1,6 @@
 """The generated sets ssd_shapes, toy_signs, ssd_tall_objects, sparse_clutter and many_classes
-(registered on import), data
-sets named by their files (``coco:JSON:IMAGES``, ``voc:ROOT:SPLIT``; registered by the entry
-points) and Pascal VOC's difficult flags."""
+(registered on import), data sets named by their files (``coco:JSON:IMAGES``,
+``voc:ROOT:SPLIT``; registered by the entry points) and Pascal VOC's difficult flags."""
 
 from .file_datasets import parse_dataset_name, register_config_datasets, register_dataset_name
 from .shape_family import FAMILY, generate_family_member, register_shape_family
