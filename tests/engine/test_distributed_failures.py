@@ -76,13 +76,17 @@ def test_train_net_stops_when_one_of_its_processes_is_killed(tmp_path, shapes_ro
         "MODEL.VGG.NORM", "", "OUTPUT_DIR", str(out),
     ]  # fmt: skip
     env = dict(os.environ, SSD_D2_DATASETS=str(shapes_root), OMP_NUM_THREADS="1")
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    # The output goes to a file: in a pipe read only at the end, a start-up log longer than the
+    # pipe's buffer would block the processes before training starts.
+    console = tmp_path / "console.txt"
+    with open(console, "w") as f:
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=f, stderr=subprocess.STDOUT, text=True
+        )
     try:
         deadline = time.monotonic() + 300
         while "Starting training" not in _read(out / "log.txt"):
-            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert process.poll() is None, _read(console)[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.2)
         time.sleep(1.0)  # in the middle of training
@@ -94,10 +98,14 @@ def test_train_net_stops_when_one_of_its_processes_is_killed(tmp_path, shapes_ro
         assert len(workers) == 2
         workers[1].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
-        output, _ = process.communicate(timeout=120)
+        process.wait(timeout=120)
         elapsed = time.monotonic() - killed_at
+        output = _read(console)
     finally:
         if process.poll() is None:
+            # The processes it spawned too, which would otherwise train on.
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
             process.kill()
     print(f"train_net.py exited {elapsed:.1f} s after the SIGKILL")
     assert process.returncode != 0
