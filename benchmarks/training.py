@@ -31,7 +31,7 @@ from ssd_d2.engine import SSDTrainer
 from ssd_d2.modeling.precision import training_autocast_dtype
 
 
-def training_batch(batch: int, device: str, seed=2, size=300):
+def training_batch(batch: int, device: str, seed=2, size=300, num_classes=80):
     """Images at the network size and 1-6 random boxes each, in both models' formats."""
     g = torch.Generator().manual_seed(seed)
     images = random_images(batch, seed, size, size, device)
@@ -42,7 +42,7 @@ def training_batch(batch: int, device: str, seed=2, size=300):
         xy = torch.rand(count, 2, generator=g) * size * 0.7
         wh = torch.rand(count, 2, generator=g) * size * 0.3 + 8
         boxes = torch.cat([xy, (xy + wh).clamp(max=size)], dim=1).to(device)
-        classes = torch.randint(0, 80, (count,), generator=g).to(device)
+        classes = torch.randint(0, num_classes, (count,), generator=g).to(device)
         instances = Instances((size, size), gt_boxes=Boxes(boxes), gt_classes=classes)
         ours.append({"image": image, "instances": instances})
         theirs_targets.append({"boxes": boxes, "labels": coco_ids.to(device)[classes]})
@@ -130,21 +130,6 @@ def section_train(args, report):
     report["train"] = rows
 
 
-def demo_batch(batch: int, device: str, num_classes: int, seed=2, size=160):
-    """Images at the demo's network size with 1-6 random boxes each."""
-    g = torch.Generator().manual_seed(seed)
-    inputs = []
-    for image in random_images(batch, seed, size, size, device):
-        count = int(torch.randint(1, 7, (1,), generator=g))
-        xy = torch.rand(count, 2, generator=g) * size * 0.7
-        wh = torch.rand(count, 2, generator=g) * size * 0.3 + 8
-        boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size)], dim=1).to(device))
-        classes = torch.randint(0, num_classes, (count,), generator=g).to(device)
-        instances = Instances((size, size), gt_boxes=boxes, gt_classes=classes)
-        inputs.append({"image": image, "instances": instances})
-    return inputs
-
-
 def section_compile(args, report):
     """
     The demo model's training step as SSDTrainer runs it (forward with the losses, backward,
@@ -162,7 +147,7 @@ def section_compile(args, report):
     compiled = copy.deepcopy(eager)
     compiled.backbone = torch.compile(compiled.backbone)
     compiled.head = torch.compile(compiled.head)
-    inputs = demo_batch(8, args.device, cfg.MODEL.SSD.NUM_CLASSES)
+    inputs, _ = training_batch(8, args.device, size=160, num_classes=cfg.MODEL.SSD.NUM_CLASSES)
 
     def step_fn(model):
         optimizer = SSDTrainer.build_optimizer(cfg, model)
