@@ -23,7 +23,6 @@ emptied before it starts. The JSON is rewritten after each run.
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -33,9 +32,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-import detectron2
-
-from benchmarks.common import cpu_kind
+from benchmarks.common import machine_description
 from ssd_d2.data.datasets.shape_family import FAMILY
 from ssd_d2.data.datasets.toy_signs import TOY_SIGN_CLASSES, TOY_SIGNS_TRAIN, TOY_SIGNS_VAL
 
@@ -237,14 +234,7 @@ def main(argv=None):
         return 0
     args.config = os.path.abspath(args.config)
     report = {
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "detectron2": detectron2.__version__,
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            **cpu_kind(),
-        },
+        "machine": machine_description("cuda" if torch.cuda.is_available() else "cpu"),
         "args": {k: v for k, v in vars(args).items() if k != "report"},
         "stall_rule": f"box loss at the end > {STALL_RATIO} x box loss at {STALL_FROM}",
         "runs": [],
